@@ -1,0 +1,126 @@
+"""What a cost model sees: a layer's fixed shape and its discrete compression state.
+
+A cost model is a black box from a layer's discrete state to a number. The search never
+differentiates it analytically: it evaluates it on discrete configurations and uses gate-flip
+differences (see ``hwsbs.search.cost_term``), so lookup tables and cycle models plug in unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from hwsbs.profiles.schema import HardwareProfile
+
+__all__ = ["FULL_PRECISION_BITS", "LayerShape", "LayerState", "CostModel"]
+
+#: Bit width that stands for "not quantised" (FP32) in a :class:`LayerState`.
+FULL_PRECISION_BITS = 32
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The static shape of one Conv2d or Linear layer, as traced with a sample input.
+
+    Linear layers use ``kernel_size=(1, 1)`` and ``out_size=(positions, 1)`` where positions is
+    the number of vectors the layer is applied to per sample (1 for a classifier head).
+    """
+
+    name: str  # qualified module name in the model, e.g. "layer1.0.conv1"
+    kind: Literal["conv", "linear"]  # conv: Conv2d, linear: Linear
+    in_channels: int  # unpruned input channels (features for Linear)
+    out_channels: int  # unpruned output channels
+    kernel_size: tuple[int, int] = (1, 1)  # (kh, kw)
+    stride: tuple[int, int] = (1, 1)  # (sh, sw)
+    groups: int = 1  # Conv2d groups; depthwise when groups == in_channels == out_channels
+    in_size: tuple[int, int] = (1, 1)  # spatial size of the input (H, W)
+    out_size: tuple[int, int] = (1, 1)  # spatial size of the output (H, W)
+
+    @property
+    def is_depthwise(self) -> bool:
+        """True for a depthwise conv, whose channels are coupled one to one."""
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
+    def signature(self) -> str:
+        """A stable key for lookup tables: everything that decides a layer's speed but its channels' pruning."""
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ih, iw = self.in_size
+        if self.kind == "linear":
+            return f"linear_i{self.in_channels}_o{self.out_channels}_n{self.out_size[0]}"
+        group_tag = "dw" if self.is_depthwise else f"g{self.groups}"
+        return (
+            f"conv_k{kh}x{kw}_s{sh}x{sw}_{group_tag}_i{self.in_channels}_o{self.out_channels}"
+            f"_h{ih}x{iw}"
+        )
+
+    def macs(self, kept_in: int | None = None, kept_out: int | None = None) -> int:
+        """Multiply-accumulates per sample with the given kept channel counts."""
+        cin = self.in_channels if kept_in is None else kept_in
+        cout = self.out_channels if kept_out is None else kept_out
+        oh, ow = self.out_size
+        kh, kw = self.kernel_size
+        if self.is_depthwise:
+            return oh * ow * cout * kh * kw
+        return oh * ow * cout * (cin // self.groups if self.groups > 1 else cin) * kh * kw
+
+    def weight_count(self, kept_in: int | None = None, kept_out: int | None = None) -> int:
+        """Number of weights (bias excluded) with the given kept channel counts."""
+        cin = self.in_channels if kept_in is None else kept_in
+        cout = self.out_channels if kept_out is None else kept_out
+        kh, kw = self.kernel_size
+        if self.is_depthwise:
+            return cout * kh * kw
+        return cout * (cin // self.groups if self.groups > 1 else cin) * kh * kw
+
+    def input_count(self, kept_in: int | None = None) -> int:
+        """Input activations read per sample."""
+        cin = self.in_channels if kept_in is None else kept_in
+        return cin * self.in_size[0] * self.in_size[1]
+
+    def output_count(self, kept_out: int | None = None) -> int:
+        """Output activations written per sample."""
+        cout = self.out_channels if kept_out is None else kept_out
+        return cout * self.out_size[0] * self.out_size[1]
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """A layer's discrete compression state: the only thing a cost model may depend on."""
+
+    w_bits: int  # weight bit width; FULL_PRECISION_BITS for float
+    a_bits: int  # input-activation bit width; FULL_PRECISION_BITS for float
+    kept_in: int  # input channels left after the producer's pruning
+    kept_out: int  # output channels left after this layer's pruning
+
+
+class CostModel(ABC):
+    """Maps a layer's shape and discrete state to a cost in a declared unit.
+
+    Subclasses set ``name``, ``metric`` and ``unit``, and declare with ``monotone`` whether the
+    cost never decreases when bits or kept channels grow (checked by ``hwsbs.testing``).
+    """
+
+    name: ClassVar[str] = ""  # registry name, e.g. "bops"
+    metric: ClassVar[str] = ""  # what is measured: "bops", "latency", "energy", "size"
+    unit: ClassVar[str] = ""  # unit of the returned numbers, e.g. "BOPs", "s", "J", "bit"
+    monotone: ClassVar[bool] = True  # cost is non-decreasing in w_bits, a_bits, kept_in, kept_out
+
+    def __init__(self, profile: HardwareProfile | None = None) -> None:
+        self.profile = profile
+
+    @abstractmethod
+    def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
+        """Cost of running ``shape`` in ``state`` on a batch of ``batch`` samples."""
+
+    def model_cost(self, shapes: list[LayerShape], states: list[LayerState], batch: int = 1) -> float:
+        """Cost of a whole model: the sum of its layers' costs (override for cross-layer effects)."""
+        return float(sum(self.layer_cost(s, st, batch) for s, st in zip(shapes, states, strict=True)))
+
+    def describe(self) -> str:
+        """One line for tables and logs."""
+        hw = f" on {self.profile.name}" if self.profile is not None else ""
+        return f"{self.name} ({self.metric}, {self.unit}){hw}"

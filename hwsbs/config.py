@@ -1,0 +1,122 @@
+"""Run configuration: every option of a search, with why it exists (nanoGPT style)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from hwsbs.errors import ConfigError
+from hwsbs.quant.quantizer import validate_bit_candidates
+
+__all__ = ["SearchConfig", "parse_target"]
+
+
+@dataclass
+class SearchConfig:
+    """Options of one search run (CLI flags map 1:1 onto these fields)."""
+
+    # --- what to compress and where
+    hw: str = "a100"  # hardware profile: built-in name or YAML path
+    cost: str | None = None  # cost model override; None = the profile's default
+    model: str = "small_cnn"  # built-in model name or package.module:factory
+    data: str = "digits"  # dataset name; digits needs no files
+    data_dir: str | None = None  # where file-based datasets live
+    subset: int | None = None  # cap on training samples, for quick runs
+    workers: int = 0  # DataLoader worker processes
+    checkpoint: str | None = None  # trained full-precision state_dict: skips pretraining
+    method: str = "sbs"  # search method: sbs (baselines register other names)
+    # --- the search space
+    bits: tuple[int, ...] = (2, 4, 8)  # candidate bit widths; each must double the previous
+    uniform_bits: int | None = None  # for the uniform baseline: every searchable layer at this width
+    pin_first_last: bool = True  # first and last layers stay at pin_bits (paper convention)
+    pin_bits: int = 8  # bits of the pinned layers
+    prune: bool = True  # search 0-bit channel groups on prunable pairs
+    group_size: int = 4  # output channels per pruning gate (paper: 4 on CIFAR)
+    max_prune_fraction: float = 0.5  # at most this share of a layer's groups can be pruned
+    # --- the objective
+    lam: float = 0.1  # lambda: weight of the cost term
+    target: float | None = None  # absolute cost budget (budget form of the loss) in the model's unit
+    target_fraction: float | None = None  # budget as a fraction of the uniform 8-bit cost
+    temperature: float = 1.0  # gate surrogate temperature tau (paper: 1)
+    cost_batch: int = 1  # batch size the cost model prices (deployment batch)
+    # --- schedule
+    pretrain_epochs: int = 15  # full-precision training when no checkpoint is given
+    search_epochs: int = 10  # joint weight + gate search
+    finetune_epochs: int = 6  # training of the derived fixed configuration
+    batch_size: int = 64  # training batch size
+    lr: float = 0.05  # SGD learning rate for full-precision training and fine-tuning
+    search_lr: float = 0.01  # SGD learning rate for weights during the search
+    threshold_lr: float = 0.05  # Adam learning rate for gate thresholds (relative units)
+    weight_decay: float = 5e-4  # on weights only; never on thresholds or clipping values
+    # --- run control
+    seed: int = 0  # seeds every random source (torch, python, data order, Optuna)
+    device: str = "cpu"  # torch device
+    out: str | None = None  # run directory; None = runs/<timestamp>
+    resume: bool = False  # continue from the run directory's last checkpoint
+    progress: bool = True  # rich progress bars
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific options (baselines)
+
+    def __post_init__(self) -> None:
+        self.bits = validate_bit_candidates(self.bits)
+        positive_ints = ("group_size", "batch_size", "cost_batch")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
+        for name in ("pretrain_epochs", "search_epochs", "finetune_epochs", "workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: expected an integer >= 0, got {value!r}")
+        for name in ("lr", "search_lr", "threshold_lr", "temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a positive number, got {value!r}")
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ConfigError(f"--lambda: expected a number >= 0, got {self.lam!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight-decay: expected a number >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.max_prune_fraction < 1.0:
+            raise ConfigError(f"--max-prune-fraction: expected 0 <= f < 1, got {self.max_prune_fraction!r}")
+        if self.target is not None and not (math.isfinite(self.target) and self.target > 0):
+            raise ConfigError(f"--target: expected a positive cost, got {self.target!r}")
+        if self.target_fraction is not None and not (0 < self.target_fraction):
+            raise ConfigError(f"--target: expected a positive percentage, got {self.target_fraction!r}")
+        if self.pin_bits not in (*self.bits, 32) and self.pin_bits not in range(1, 33):
+            raise ConfigError(f"--pin-bits: expected 1..32, got {self.pin_bits!r}")
+        if self.uniform_bits is not None and not 1 <= self.uniform_bits <= 32:
+            raise ConfigError(f"--bits: uniform width must be 1..32, got {self.uniform_bits!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bits"] = list(self.bits)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown search option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def parse_target(text: str) -> tuple[float | None, float | None]:
+    """``--target``: an absolute cost (``1.5e6``) or a share of the uniform 8-bit cost (``30%``).
+
+    Returns:
+        ``(absolute, fraction)`` with exactly one of them set.
+    """
+    raw = text.strip()
+    try:
+        if raw.endswith("%"):
+            value = float(raw[:-1]) / 100.0
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError
+            return None, value
+        value = float(raw)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError
+        return value, None
+    except ValueError:
+        raise ConfigError(f"--target: expected a positive cost like 2.5e9 or a percentage like 30%, got {text!r}") from None

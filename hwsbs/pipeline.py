@@ -1,0 +1,355 @@
+"""The whole run: train full precision, search, derive, fine-tune the pruned model, evaluate.
+
+Each phase checkpoints at every epoch boundary; ``resume`` continues from the last one. Every
+epoch reseeds torch from (seed, phase, epoch), so a resumed run replays the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cost_models import build_cost_model
+from cost_models.base import CostModel
+from hwsbs.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
+from hwsbs.config import SearchConfig
+from hwsbs.data import build_dataset, make_loader
+from hwsbs.errors import CheckpointError, ConfigError
+from hwsbs.models import build_model
+from hwsbs.profiles import HardwareProfile, load_profile
+from hwsbs.progress import PhaseProgress
+from hwsbs.result import SearchResult, cost_summary, write_outputs
+from hwsbs.search.config_io import CompressionConfig, LayerDecision, load_config, save_config
+from hwsbs.search.convert import SearchSpace, convert_model
+from hwsbs.search.derive import apply_config, derive_config
+from hwsbs.search.engine import CostObjective, SearchEngine
+from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
+
+__all__ = ["run_search", "resolve_cost_model", "default_run_dir", "Objective", "build_compressed_model"]
+
+PHASES = ("pretrain", "search", "finetune", "done")
+_RESUME_IGNORED = {"resume", "out", "progress", "device", "workers"}
+
+
+@dataclass
+class Objective:
+    """A (profile, cost model, weight) the search pays for; the first one is the primary."""
+
+    hw: str  # profile name or path
+    cost: str | None = None  # cost model override
+    weight: float = 1.0  # weight of its log-cost in the loss
+
+
+def resolve_cost_model(hw: str | HardwareProfile, cost: str | None = None) -> tuple[HardwareProfile, CostModel]:
+    """Load a profile and build its default cost model (or ``cost`` instead)."""
+    profile = hw if isinstance(hw, HardwareProfile) else load_profile(hw)
+    return profile, build_cost_model(cost or profile.cost_model.name, profile)
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, phase: str, epoch: int) -> int:
+    return (seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch) % (2**31)
+
+
+def _as_loader(data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    return make_loader(data, batch_size, shuffle, seed, workers)
+
+
+class _Run:
+    """State shared by the phases of one run."""
+
+    def __init__(self, config: SearchConfig, model: nn.Module | None, train_data, val_data,
+                 objectives: Sequence[Objective] | None) -> None:
+        self.cfg = config
+        self.device = torch.device(config.device)
+        _seed_all(config.seed)
+        objs = list(objectives) if objectives else [Objective(config.hw, config.cost, 1.0)]
+        self.objectives: list[tuple[Objective, HardwareProfile, CostModel]] = []
+        for o in objs:
+            profile, cm = resolve_cost_model(o.hw, o.cost)
+            self.objectives.append((o, profile, cm))
+        _, self.profile, self.cost_model = self.objectives[0]
+        if train_data is None or val_data is None:
+            bundle = build_dataset(config.data, config.data_dir, config.subset, config.seed)
+            train_data, val_data = bundle.train, bundle.val
+            self.model_name = config.model
+            if model is None:
+                model = build_model(config.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
+        else:
+            self.model_name = config.model if model is None else type(model).__name__
+            if model is None:
+                raise ConfigError("hwsbs.search: a model is needed when train_data/val_data are given")
+        self.model_builder_state = model
+        self.train_data, self.val_data = train_data, val_data
+        self.val_loader = _as_loader(val_data, max(config.batch_size, 256), False, config.seed, config.workers)
+        first = next(iter(self.loader("pretrain", 0)))
+        self.example = first[0].to(self.device)
+        self.run_dir = Path(config.out) if config.out else default_run_dir()
+        self.history: list[dict[str, Any]] = []
+        self.fp_accuracy: float | None = None
+
+    def loader(self, phase: str, epoch: int) -> DataLoader:
+        seed = _epoch_seed(self.cfg.seed, phase, epoch)
+        torch.manual_seed(seed)
+        return _as_loader(self.train_data, self.cfg.batch_size, True, seed, self.cfg.workers)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.loader("pretrain", 0))
+
+    def checkpoint(self, phase: str, epoch: int, model: nn.Module, optim: dict[str, Any]) -> None:
+        save_checkpoint(
+            {
+                "phase": phase,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optim": optim,
+                "fp_accuracy": self.fp_accuracy,
+                "history": json.dumps(self.history),
+            },
+            self.run_dir,
+        )
+
+
+def _check_resume_options(run_dir: Path, cfg: SearchConfig) -> None:
+    saved_path = run_dir / "options.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = cfg.to_dict()
+    for key, value in saved.items():
+        if key in _RESUME_IGNORED:
+            continue
+        if key in now and now[key] != value:
+            raise ConfigError(f"--resume {run_dir}: option {key} was {value!r} in that run, now {now[key]!r}")
+
+
+def _pretrain(run: _Run, model: nn.Module, ckpt: dict | None, progress: PhaseProgress) -> None:
+    cfg = run.cfg
+    epochs = cfg.pretrain_epochs
+    optimizer = make_sgd(*split_decay(model), cfg.lr, cfg.weight_decay)
+    steps = max(epochs * run.steps_per_epoch(), 1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    start = 0
+    if ckpt is not None and ckpt["phase"] == "pretrain":
+        optimizer.load_state_dict(ckpt["optim"]["optimizer"])
+        scheduler.load_state_dict(ckpt["optim"]["scheduler"])
+        start = int(ckpt["epoch"])
+    progress.start("pretrain", epochs * run.steps_per_epoch(), start * run.steps_per_epoch())
+    for epoch in range(start, epochs):
+        loss = train_epoch(model, run.loader("pretrain", epoch), optimizer, scheduler, run.device, progress,
+                           f"full-precision training epoch {epoch + 1}")
+        run.history.append({"phase": "pretrain", "epoch": epoch + 1, "loss": loss})
+        run.checkpoint("pretrain", epoch + 1, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+
+
+def _convert(run: _Run, fp_model: nn.Module) -> SearchSpace:
+    cfg = run.cfg
+    return convert_model(
+        fp_model, run.example, cfg.bits, group_size=cfg.group_size, max_prune_fraction=cfg.max_prune_fraction,
+        temperature=cfg.temperature, pin_first_last=cfg.pin_first_last, pin_bits=cfg.pin_bits,
+        prune=cfg.prune and cfg.method == "sbs",
+    )
+
+
+def _resolve_target(run: _Run, space: SearchSpace, cm: CostModel) -> float | None:
+    cfg = run.cfg
+    if cfg.target is not None:
+        return cfg.target if cm is run.cost_model else None
+    if cfg.target_fraction is not None:
+        shapes = [space.shapes[n] for n in space.layer_names]
+        u8 = CompressionConfig([LayerDecision(s, 8, 8) for s in shapes], batch=cfg.cost_batch).cost(cm)
+        return cfg.target_fraction * u8
+    return None
+
+
+def _search(run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:
+    cfg = run.cfg
+    objectives = [CostObjective(cm, o.weight, _resolve_target(run, space, cm)) for o, _, cm in run.objectives]
+    engine = SearchEngine(space, objectives, cfg.lam, cfg.search_lr, cfg.threshold_lr, cfg.weight_decay, cfg.cost_batch)
+    start = 0
+    if ckpt is not None and ckpt["phase"] == "search":
+        engine.load_state_dict(ckpt["optim"]["engine"])
+        start = int(ckpt["epoch"])
+    spe = run.steps_per_epoch()
+    progress.start("search", cfg.search_epochs * spe, start * spe)
+    for epoch in range(start, cfg.search_epochs):
+        stats: dict[str, float] = {}
+        for x, y in run.loader("search", epoch):
+            stats = engine.step(x.to(run.device), y.to(run.device), f"search epoch {epoch + 1}")
+            progress.update(loss=stats["loss"], acc=stats["acc"], cost=f"{stats['cost']:.3g} {run.cost_model.unit}")
+        run.history.append({"phase": "search", "epoch": epoch + 1, **stats})
+        run.checkpoint("search", epoch + 1, space.model, {"engine": engine.state_dict()})
+    return derive_config(space, run.model_name, run.cfg.data, list(cfg.bits), cfg.group_size, cfg.cost_batch)
+
+
+def _uniform_config(run: _Run, space: SearchSpace) -> CompressionConfig:
+    """The uniform baseline: every searchable layer at ``uniform_bits``, pinned layers as pinned."""
+    bits = run.cfg.uniform_bits or run.cfg.bits[-1]
+    decisions = []
+    for name, layer in space.layers():
+        b = layer.fixed_w_bits if layer.pinned else bits
+        a = layer.fixed_a_bits if layer.pinned else bits
+        decisions.append(LayerDecision(space.shapes[name], b, a))
+    return CompressionConfig(decisions, run.model_name, run.cfg.data, list(run.cfg.bits), run.cfg.group_size, run.cfg.cost_batch)
+
+
+def _finetune(run: _Run, model: nn.Module, ckpt: dict | None, progress: PhaseProgress) -> None:
+    cfg = run.cfg
+    optimizer = make_sgd(*split_decay(model), cfg.lr * 0.2, cfg.weight_decay)
+    steps = max(cfg.finetune_epochs * run.steps_per_epoch(), 1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    start = 0
+    if ckpt is not None and ckpt["phase"] == "finetune":
+        optimizer.load_state_dict(ckpt["optim"]["optimizer"])
+        scheduler.load_state_dict(ckpt["optim"]["scheduler"])
+        start = int(ckpt["epoch"])
+    spe = run.steps_per_epoch()
+    progress.start("finetune", cfg.finetune_epochs * spe, start * spe)
+    for epoch in range(start, cfg.finetune_epochs):
+        loss = train_epoch(model, run.loader("finetune", epoch), optimizer, scheduler, run.device, progress,
+                           f"fine-tuning epoch {epoch + 1}")
+        run.history.append({"phase": "finetune", "epoch": epoch + 1, "loss": loss})
+        run.checkpoint("finetune", epoch + 1, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+
+
+def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{source} does not match the model: {detail[:240]}") from None
+
+
+def run_search(
+    config: SearchConfig,
+    *,
+    model: nn.Module | None = None,
+    train_data: DataLoader | Dataset | None = None,
+    val_data: DataLoader | Dataset | None = None,
+    objectives: Sequence[Objective] | None = None,
+) -> SearchResult:
+    """Run the whole pipeline for ``config`` and write its artefacts to the run directory.
+
+    Args:
+        config: every option of the run.
+        model: a full-precision model (default: built from ``config.model``).
+        train_data / val_data: DataLoaders or Datasets (default: built from ``config.data``).
+        objectives: costs to pay in the loss (default: ``config.hw`` with weight 1). Results are
+            reported on the first; the others appear under ``extra_costs``.
+
+    Returns:
+        The :class:`SearchResult`; ``result.model`` is the fine-tuned compressed model.
+    """
+    run = _Run(config, model, train_data, val_data, objectives)
+    cfg = run.cfg
+    run_dir = run.run_dir
+    ckpt = None
+    if cfg.resume:
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume: run directory {run_dir} does not exist")
+        _check_resume_options(run_dir, cfg)
+        ckpt = load_checkpoint(run_dir)
+    elif (run_dir / "checkpoint.pt").exists() or (run_dir / "result.json").exists():
+        raise ConfigError(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "options.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    if ckpt is not None:
+        run.history = json.loads(ckpt.get("history", "[]"))
+        run.fp_accuracy = ckpt.get("fp_accuracy")
+        if ckpt["phase"] == "done":
+            return _finish(run, ckpt, None)
+
+    fp_model = run.model_builder_state.to(run.device)
+    phase = ckpt["phase"] if ckpt is not None else "pretrain"
+    with PhaseProgress(cfg.progress) as progress:
+        if phase == "pretrain":
+            if ckpt is not None:
+                _load_model_state(fp_model, ckpt["model"], f"{run_dir}/checkpoint.pt")
+            elif cfg.checkpoint is not None:
+                _load_model_state(fp_model, load_state_dict_file(cfg.checkpoint), f"--checkpoint {cfg.checkpoint}")
+            if cfg.checkpoint is None and cfg.pretrain_epochs > 0:
+                _pretrain(run, fp_model, ckpt, progress)
+            run.fp_accuracy = evaluate(fp_model, run.val_loader, run.device)
+            progress.log(f"full precision: accuracy {run.fp_accuracy:.4f}")
+            ckpt = None
+        space = _convert(run, fp_model)
+        config_path = run_dir / "config.yaml"
+        if phase in ("pretrain", "search"):
+            if ckpt is not None:  # resuming inside the search
+                _load_model_state(space.model, ckpt["model"], f"{run_dir}/checkpoint.pt")
+            if cfg.method == "uniform":
+                found = _uniform_config(run, space)
+            else:
+                found = _search(run, space, ckpt, progress)
+            save_config(found, config_path)
+            ckpt = None
+        else:
+            found = load_config(config_path)
+        model = apply_config(space, found, str(config_path))
+        if ckpt is not None and ckpt["phase"] == "finetune":
+            _load_model_state(model, ckpt["model"], f"{run_dir}/checkpoint.pt")
+        _finetune(run, model, ckpt, progress)
+    return _finish(run, None, (model, found))
+
+
+def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, CompressionConfig] | None) -> SearchResult:
+    cfg = run.cfg
+    found = load_config(run.run_dir / "config.yaml") if trained is None else trained[1]
+    model = trained[0] if trained is not None else None
+    if model is not None:
+        compressed_acc = evaluate(model, run.val_loader, run.device)
+        save_checkpoint({"phase": "done", "epoch": 0, "model": model.state_dict(), "optim": {},
+                         "fp_accuracy": run.fp_accuracy, "history": json.dumps(run.history),
+                         "compressed_accuracy": compressed_acc}, run.run_dir)
+    else:
+        assert done_ckpt is not None
+        compressed_acc = float(done_ckpt["compressed_accuracy"])
+    costs, layers = cost_summary(found, run.cost_model)
+    extra = {}
+    for o, profile, cm in run.objectives[1:]:
+        c, _ = cost_summary(found, cm)
+        extra[f"{profile.name}:{cm.name}"] = {**c, "unit": cm.unit, "metric": cm.metric}  # type: ignore[dict-item]
+    result = SearchResult(
+        hardware=run.profile.name,
+        cost_model=run.cost_model.name,
+        metric=run.cost_model.metric,
+        unit=run.cost_model.unit,
+        accuracy={"full_precision": float(run.fp_accuracy) if run.fp_accuracy is not None else float("nan"),
+                  "compressed": compressed_acc},
+        cost=costs,
+        layers=layers,
+        config=found,
+        method=cfg.method,
+        run_dir=run.run_dir,
+        model=model,
+        history=run.history,
+        extra_costs=extra,
+    )
+    write_outputs(result, run.run_dir)
+    return result
+
+
+def build_compressed_model(model: nn.Module, config: CompressionConfig, example: torch.Tensor, source: str = "config.yaml") -> nn.Module:
+    """A full-precision model turned into the fixed, physically pruned model ``config`` describes."""
+    space = convert_model(model, example, config.bits, group_size=config.group_size, prune=True)
+    return apply_config(space, config, source)

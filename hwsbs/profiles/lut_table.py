@@ -1,0 +1,107 @@
+"""Measured latency tables (``hardware_profiles/tables/NAME.yaml``) used by the ``lut`` cost model.
+
+A table is a flat list of measurements, one per (layer signature, w_bits, a_bits, kept_in,
+kept_out, batch), so that a profiling tool can append rows as it measures them. Entries of one
+signature and bit pair should form a grid over kept_in x kept_out (depthwise layers: a line over
+kept_out) for the cost model to interpolate pruned layers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from hwsbs.errors import ConfigError, ProfileError
+
+from .cost_params import StrictModel
+from .errors_format import format_validation_error
+from .yaml_io import dump_yaml, load_yaml
+
+__all__ = ["LUT_FORMAT", "LutEntry", "LookupTable", "load_lookup_table", "save_lookup_table"]
+
+#: Format tag written at the top of every table file.
+LUT_FORMAT = "hwsbs-lut/1"
+
+
+class LutEntry(StrictModel):
+    """One measured layer latency."""
+
+    signature: str = Field(min_length=1, description="LayerShape.signature of the measured layer.")
+    w_bits: int = Field(ge=1, le=32, description="Weight bits the layer ran at (32 = float).")
+    a_bits: int = Field(ge=1, le=32, description="Input-activation bits the layer ran at (32 = float).")
+    kept_in: int = Field(gt=0, description="Input channels the measured layer had.")
+    kept_out: int = Field(gt=0, description="Output channels the measured layer had.")
+    batch: int = Field(default=1, gt=0, description="Batch size of the measurement.")
+    mean_s: float = Field(gt=0, description="Mean (or median) latency in seconds.")
+    std_s: float = Field(default=0.0, ge=0, description="Spread of the latency (standard deviation) in seconds.")
+
+
+class LookupTable(StrictModel):
+    """A device's measured layer latencies."""
+
+    format: Literal["hwsbs-lut/1"] = Field(default=LUT_FORMAT, description="Table format and version.")
+    device: str = Field(default="", description="What was measured (device, driver, library versions).")
+    method: str = Field(default="", description="How it was measured (warm-up, repetitions, threads, statistic).")
+    fallback: Literal["next_wider", "error"] = Field(
+        default="error",
+        description=(
+            "A bit pair missing for a layer: next_wider uses the narrowest measured pair at least as wide "
+            "in both operands (what a device without that precision does); error refuses."
+        ),
+    )
+    entries: list[LutEntry] = Field(min_length=1, description="The measurements.")
+
+    @model_validator(mode="after")
+    def _unique_entries(self) -> LookupTable:
+        seen: dict[tuple, int] = {}
+        for i, e in enumerate(self.entries):
+            key = (e.signature, e.w_bits, e.a_bits, e.kept_in, e.kept_out, e.batch)
+            if key in seen:
+                raise ValueError(f"entries[{i}] repeats entries[{seen[key]}] ({e.signature} {e.w_bits}/{e.a_bits} bits)")
+            seen[key] = i
+        return self
+
+
+def _read_table_data(path: Path) -> Any:
+    if path.suffix == ".json":
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ProfileError(f"{path}: lookup table file not found") from None
+        except (OSError, ValueError) as exc:
+            raise ProfileError(f"{path}: cannot read lookup table: {exc}") from None
+    if not path.is_file():
+        raise ProfileError(f"{path}: lookup table file not found")
+    try:
+        return load_yaml(path)
+    except ConfigError as exc:
+        raise ProfileError(str(exc)) from None
+
+
+def load_lookup_table(path: str | Path) -> LookupTable:
+    """Read and validate a table file (YAML, or JSON by ``.json`` suffix).
+
+    Raises:
+        ProfileError: ``FILE: field.path: problem`` for a missing, unparsable or invalid table.
+    """
+    p = Path(path)
+    data = _read_table_data(p)
+    if not isinstance(data, dict):
+        raise ProfileError(f"{p}: a lookup table must be a mapping with 'format' and 'entries'")
+    try:
+        return LookupTable.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(format_validation_error(str(p), exc)) from None
+
+
+def save_lookup_table(table: LookupTable, path: str | Path) -> None:
+    """Write ``table`` as YAML (JSON for a ``.json`` path), atomically for YAML."""
+    p = Path(path)
+    data = table.model_dump(mode="json")
+    if p.suffix == ".json":
+        p.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    else:
+        dump_yaml(data, p)

@@ -1,0 +1,47 @@
+"""Binary threshold gates with a sigmoid surrogate gradient (method section 2).
+
+Forward: ``g = 1[A > alpha]`` (hard). Backward with respect to the threshold:
+``dg/dalpha = -sigma'((A - alpha) / tau) / tau``. The statistic ``A`` (a residual norm) is not
+differentiated: gates learn only through their thresholds.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["threshold_gate", "surrogate_grad"]
+
+
+def surrogate_grad(statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:
+    """``d g / d alpha`` of the sigmoid surrogate: ``-sigma'((A - alpha)/tau) / tau``."""
+    s = torch.sigmoid((statistic - alpha) / tau)
+    return -(s * (1.0 - s)) / tau
+
+
+class _ThresholdGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(statistic, alpha)
+        ctx.tau = tau
+        return (statistic > alpha).to(statistic.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        statistic, alpha = ctx.saved_tensors
+        g_alpha = grad * surrogate_grad(statistic, alpha, ctx.tau)
+        # alpha may be a scalar shared by many gates (one pruning threshold per layer): reduce.
+        if g_alpha.shape != alpha.shape:
+            g_alpha = g_alpha.sum().reshape(alpha.shape)
+        return None, g_alpha, None
+
+
+def threshold_gate(statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:
+    """Hard gate ``1[statistic > alpha]`` whose gradient reaches ``alpha`` through the surrogate.
+
+    Args:
+        statistic: the residual norm(s) ``A``; detached inside (gates learn through alpha only).
+        alpha: the learnable threshold (a scalar parameter, broadcast over ``statistic``).
+        tau: surrogate temperature (> 0); smaller is sharper around ``A == alpha``.
+    """
+    return _ThresholdGate.apply(statistic.detach(), alpha, float(tau))

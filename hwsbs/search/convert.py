@@ -1,0 +1,158 @@
+"""Turn any nn.Module into a searchable one: wrap every Conv2d/Linear, trace shapes, mark pruning."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cost_models.base import LayerShape
+from hwsbs.errors import ModelError
+from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
+
+from .prunable import PrunableGroup, find_prunable_groups, warn_untraceable
+
+__all__ = ["SearchSpace", "convert_model", "set_submodule", "trace_layer_shapes"]
+
+
+@dataclass
+class SearchSpace:
+    """A converted model and what the search needs to know about it."""
+
+    model: nn.Module  # the model with SBS layers in place of Conv2d/Linear
+    layer_names: list[str]  # SBS layers in execution order
+    shapes: dict[str, LayerShape]  # each layer's unpruned shape, traced with a sample batch
+    groups: list[PrunableGroup] = field(default_factory=list)  # prunable producer/consumer chains
+    pruning_disabled_reason: str | None = None  # why pruning is off, when it is
+
+    def layer(self, name: str) -> SBSLayerMixin:
+        return self.model.get_submodule(name)  # type: ignore[return-value]
+
+    def layers(self) -> list[tuple[str, SBSLayerMixin]]:
+        return [(n, self.layer(n)) for n in self.layer_names]
+
+    def kept_in_source(self) -> dict[str, str]:
+        """For each layer whose input channels follow a producer's pruning: that producer."""
+        out: dict[str, str] = {}
+        for g in self.groups:
+            out[g.consumer] = g.producer
+            for p in g.passthrough:
+                out[p] = g.producer
+        return out
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name``."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+@torch.no_grad()
+def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], dict[str, LayerShape]]:
+    """Run ``example`` once (eval mode) and record every Conv2d/Linear's shape in execution order."""
+    order: list[str] = []
+    shapes: dict[str, LayerShape] = {}
+    hooks = []
+
+    def make_hook(name: str):
+        def hook(mod: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if name in shapes:
+                return  # shared module called twice: first call defines the shape
+            x = inputs[0]
+            if isinstance(mod, nn.Conv2d):
+                shapes[name] = LayerShape(
+                    name=name, kind="conv", in_channels=mod.in_channels, out_channels=mod.out_channels,
+                    kernel_size=tuple(mod.kernel_size), stride=tuple(mod.stride), groups=mod.groups,
+                    in_size=(int(x.shape[-2]), int(x.shape[-1])), out_size=(int(output.shape[-2]), int(output.shape[-1])),
+                )
+            else:
+                positions = int(x[..., 0].numel() // x.shape[0]) if x.dim() > 1 else 1
+                shapes[name] = LayerShape(
+                    name=name, kind="linear", in_channels=mod.in_features, out_channels=mod.out_features,
+                    out_size=(max(positions, 1), 1), in_size=(max(positions, 1), 1),
+                )
+            order.append(name)
+
+        return hook
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            hooks.append(mod.register_forward_hook(make_hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    except Exception as exc:
+        raise ModelError(f"the model failed on a sample batch of shape {tuple(example.shape)}: {exc}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return order, shapes
+
+
+def convert_model(
+    model: nn.Module,
+    example: Tensor,
+    bits: Sequence[int] = (2, 4, 8),
+    *,
+    group_size: int = 4,
+    max_prune_fraction: float = 0.5,
+    temperature: float = 1.0,
+    pin_first_last: bool = True,
+    pin_bits: int = 8,
+    prune: bool = True,
+    inplace: bool = False,
+) -> SearchSpace:
+    """Wrap every Conv2d/Linear of ``model`` in an SBS layer and calibrate it on ``example``.
+
+    Args:
+        model: any nn.Module; never modified unless ``inplace``.
+        example: a representative input batch (used to trace shapes and calibrate clipping).
+        bits: candidate bit widths (doubling).
+        group_size: output channels per pruning gate.
+        max_prune_fraction: at most this share of a layer's groups can be pruned.
+        temperature: gate surrogate temperature.
+        pin_first_last: keep the first and last layers at ``pin_bits`` (method section 4).
+        pin_bits: bit width of pinned layers (32 keeps them in float).
+        prune: search pruning for the prunable pairs torch.fx finds.
+        inplace: convert ``model`` itself instead of a deep copy.
+
+    Returns:
+        The :class:`SearchSpace`. Models fx cannot trace get no pruning and a warning saying why.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    order, shapes = trace_layer_shapes(model, example)
+    if not order:
+        raise ModelError(f"{type(model).__name__} has no Conv2d or Linear layer to quantise")
+    groups: list[PrunableGroup] = []
+    reason: str | None = None
+    if prune:
+        groups, reason = find_prunable_groups(model)
+        if reason is not None:
+            warn_untraceable(reason)
+    unused = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in shapes]
+    for name in order + unused:
+        mod = model.get_submodule(name)
+        cls = SBSConv2d if isinstance(mod, nn.Conv2d) else SBSLinear
+        set_submodule(model, name, cls.from_module(mod, bits, group_size, max_prune_fraction, temperature))
+    pinned = {order[0], order[-1]} if pin_first_last else set()
+    producers = {g.producer for g in groups}
+    groups = [g for g in groups if g.producer not in pinned]  # a pinned layer keeps its channels
+    producers = {g.producer for g in groups}
+    for name in order:
+        layer: SBSLayerMixin = model.get_submodule(name)  # type: ignore[assignment]
+        if name in pinned:
+            layer.pinned = True
+            layer.fixed_w_bits = layer.fixed_a_bits = pin_bits
+        layer.prunable = name in producers
+    model.eval()
+    with torch.no_grad():
+        model(example)  # calibrates clipping values and gate statistic scales
+    model.train()
+    return SearchSpace(model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason)

@@ -1,0 +1,142 @@
+"""From gates to a configuration, and from a configuration to a physically pruned model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hwsbs.errors import ModelError
+from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
+
+from .config_io import CompressionConfig, LayerDecision
+from .convert import SearchSpace, set_submodule
+
+__all__ = ["derive_config", "apply_config", "slice_sbs_layer", "slice_batchnorm"]
+
+
+def derive_config(space: SearchSpace, model_name: str = "", dataset: str = "", bits: list[int] | None = None,
+                  group_size: int = 4, batch: int = 1) -> CompressionConfig:
+    """Read every gate: open bit gates give the bits, closed channel gates the pruned channels."""
+    pruned = {name: layer.pruned_channels() for name, layer in space.layers()}
+    source = space.kept_in_source()
+    decisions = []
+    for name, layer in space.layers():
+        shape = space.shapes[name]
+        w_bits, a_bits = layer.current_bits()
+        kept_in = None
+        if name in source:
+            kept_in = shape.in_channels - len(pruned[source[name]])
+        own = pruned[name]
+        if name in {p for g in space.groups for p in g.passthrough}:
+            own = pruned[source[name]]  # a depthwise conv loses the producer's channels
+        decisions.append(LayerDecision(shape, w_bits, a_bits, list(own), kept_in))
+    return CompressionConfig(
+        layers=decisions, model=model_name, dataset=dataset,
+        bits=list(bits or space.layer(space.layer_names[0]).bits), group_size=group_size, batch=batch,
+    )
+
+
+def _copy_sbs_state(src: SBSLayerMixin, dst: SBSLayerMixin) -> None:
+    for attr in ("mode", "fixed_w_bits", "fixed_a_bits", "pinned", "search_weight_bits"):
+        setattr(dst, attr, getattr(src, attr))
+    dst.prunable = False  # once channels are physically removed, the pruning decision is final
+    with torch.no_grad():
+        for pname in ("weight_clip", "act_clip", "w_theta", "a_theta", "p_theta"):
+            getattr(dst, pname).copy_(getattr(src, pname))
+        for bname in ("calibrated", "act_signed", "w_scale", "a_scale", "p_scale", "a_residual_ema"):
+            getattr(dst, bname).copy_(getattr(src, bname))
+
+
+def slice_sbs_layer(layer: SBSLayerMixin, out_idx: list[int] | None, in_idx: list[int] | None) -> SBSLayerMixin:
+    """A new SBS layer keeping only ``out_idx`` output and ``in_idx`` input channels."""
+    w = layer.weight.detach()
+    if isinstance(layer, SBSConv2d):
+        depthwise = layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
+        if depthwise:
+            idx = out_idx if out_idx is not None else in_idx
+            assert idx is not None
+            new_w = w[idx]
+            cin = cout = groups = len(idx)
+        else:
+            if layer.groups != 1 and (out_idx is not None or in_idx is not None):
+                raise ModelError(f"cannot prune channels of grouped conv with groups={layer.groups}")
+            new_w = w if out_idx is None else w[out_idx]
+            new_w = new_w if in_idx is None else new_w[:, in_idx]
+            cout, cin, groups = new_w.shape[0], new_w.shape[1] * layer.groups, layer.groups
+        ref = nn.Conv2d(cin, cout, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                        dilation=layer.dilation, groups=groups, bias=layer.bias is not None, padding_mode=layer.padding_mode)
+        new = SBSConv2d.from_module(ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau)
+    else:
+        new_w = w if out_idx is None else w[out_idx]
+        new_w = new_w if in_idx is None else new_w[:, in_idx]
+        ref = nn.Linear(new_w.shape[1], new_w.shape[0], bias=layer.bias is not None)
+        new = SBSLinear.from_module(ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau)
+    with torch.no_grad():
+        new.weight.copy_(new_w)
+        if layer.bias is not None:
+            b = layer.bias.detach()
+            new.bias.copy_(b if out_idx is None else b[out_idx])
+    _copy_sbs_state(layer, new)
+    return new.to(layer.weight.device)
+
+
+def slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, idx: list[int]) -> nn.Module:
+    """A batch-norm keeping only channels ``idx``."""
+    new = type(bn)(len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats)
+    with torch.no_grad():
+        if bn.affine:
+            new.weight.copy_(bn.weight[idx])
+            new.bias.copy_(bn.bias[idx])
+        if bn.track_running_stats:
+            new.running_mean.copy_(bn.running_mean[idx])
+            new.running_var.copy_(bn.running_var[idx])
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return new.to(bn.weight.device if bn.affine else "cpu")
+
+
+def check_config_matches(space: SearchSpace, config: CompressionConfig, source: str = "config.yaml") -> None:
+    """Raise ModelError when ``config`` was not made for this model."""
+    cfg = config.by_name()
+    missing = [n for n in space.layer_names if n not in cfg]
+    extra = [n for n in cfg if n not in space.shapes]
+    if missing or extra:
+        detail = f"layers missing from it: {', '.join(missing[:3])}" if missing else f"unknown layers: {', '.join(extra[:3])}"
+        raise ModelError(f"{source} does not match the model ({detail})")
+    for name in space.layer_names:
+        a, b = space.shapes[name], cfg[name].shape
+        if (a.in_channels, a.out_channels, a.kernel_size, a.groups) != (b.in_channels, b.out_channels, b.kernel_size, b.groups):
+            raise ModelError(
+                f"{source}: layer {name} is {b.in_channels}->{b.out_channels} k{b.kernel_size} there but "
+                f"{a.in_channels}->{a.out_channels} k{a.kernel_size} in the model"
+            )
+
+
+def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "config.yaml") -> nn.Module:
+    """Fix every layer's bits and physically remove pruned channels; returns ``space.model``.
+
+    Raises:
+        ModelError: the config names other layers or shapes, or prunes a layer that is not prunable.
+    """
+    check_config_matches(space, config, source)
+    cfg = config.by_name()
+    model = space.model
+    for name, layer in space.layers():
+        layer.set_fixed(cfg[name].w_bits, cfg[name].a_bits)
+        layer.prunable = False
+    producers = {g.producer: g for g in space.groups}
+    passthrough = {p for g in space.groups for p in g.passthrough}
+    for name in space.layer_names:
+        if cfg[name].pruned_channels and name not in producers and name not in passthrough:
+            raise ModelError(f"{source}: layer {name} has pruned_channels but is not prunable in this model")
+    for producer, group in producers.items():
+        pruned = set(cfg[producer].pruned_channels)
+        if not pruned:
+            continue
+        keep = [c for c in range(space.shapes[producer].out_channels) if c not in pruned]
+        set_submodule(model, producer, slice_sbs_layer(space.layer(producer), keep, None))
+        for bn in group.norms:
+            set_submodule(model, bn, slice_batchnorm(model.get_submodule(bn), keep))
+        for dw in group.passthrough:
+            set_submodule(model, dw, slice_sbs_layer(space.layer(dw), keep, keep))
+        set_submodule(model, group.consumer, slice_sbs_layer(space.layer(group.consumer), None, keep))
+    return model

@@ -1,0 +1,114 @@
+"""The joint search: weights, clipping values and gate thresholds trained against CE + cost.
+
+Loss (method section 4): ``CE + lambda * sum_k w_k * log R_k`` or, with a budget,
+``CE + lambda * sum_k w_k * max(0, log(R_k / target_k))``. Several weighted cost objectives allow
+multi-device searches (Pareto studies); the common case is one objective with weight 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cost_models.base import CostModel
+from hwsbs.training import check_finite, make_sgd, split_decay
+
+from .convert import SearchSpace
+from .cost_term import CostTerm
+
+__all__ = ["CostObjective", "SearchEngine"]
+
+
+@dataclass
+class CostObjective:
+    """One hardware cost in the loss."""
+
+    cost_model: CostModel  # prices a configuration on one device
+    weight: float = 1.0  # relative weight of this device's log-cost
+    target: float | None = None  # budget in the cost model's unit; None = plain log-cost
+
+
+class SearchEngine:
+    """Owns the optimisers and performs search steps on a :class:`SearchSpace`."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objectives: list[CostObjective],
+        lam: float,
+        weight_lr: float,
+        threshold_lr: float,
+        weight_decay: float,
+        cost_batch: int = 1,
+    ) -> None:
+        self.space = space
+        self.objectives = objectives
+        self.lam = lam
+        self.terms = [CostTerm(space, o.cost_model, cost_batch) for o in objectives]
+        thresholds = {"weight": [], "activation": []}
+        for _, layer in space.layers():
+            for family, params in layer.threshold_parameters().items():
+                thresholds[family].extend(params)
+        excluded = {id(p) for ps in thresholds.values() for p in ps}
+        decay, no_decay = split_decay(space.model, exclude=excluded)
+        self.weight_optimizer = make_sgd(decay, no_decay, weight_lr, weight_decay)
+        # Adam for thresholds, as DARTS-style searches do for architecture parameters: the
+        # step size then does not depend on the (device-specific) scale of the cost gradient.
+        self.threshold_optimizers = {
+            family: torch.optim.Adam(params, lr=threshold_lr, betas=(0.9, 0.999))
+            for family, params in thresholds.items()
+            if params
+        }
+        self.step_count = 0
+
+    def cost_values(self) -> list[Tensor]:
+        """Each objective's differentiable total cost for the latest forward."""
+        return [term() for term in self.terms]
+
+    def loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``(total loss, cross-entropy, costs)`` for the latest forward."""
+        ce = F.cross_entropy(logits, targets)
+        costs = self.cost_values()
+        penalty = torch.zeros(())
+        for obj, r in zip(self.objectives, costs):
+            log_r = torch.log(r.clamp_min(1e-30))
+            if obj.target is not None:
+                log_r = torch.relu(log_r - torch.log(torch.tensor(obj.target)))
+            penalty = penalty + obj.weight * log_r
+        return ce + self.lam * penalty, ce, costs
+
+    def step(self, x: Tensor, y: Tensor, where: str = "search") -> dict[str, float]:
+        """One search step; weight and activation thresholds are updated on alternate steps."""
+        self.space.model.train()
+        logits = self.space.model(x)
+        loss, ce, costs = self.loss(logits, y)
+        check_finite(loss, where)
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        for opt in self.threshold_optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.weight_optimizer.step()
+        family = "weight" if self.step_count % 2 == 0 else "activation"
+        if family in self.threshold_optimizers:
+            self.threshold_optimizers[family].step()  # the other family stays at its current choice
+        for _, layer in self.space.layers():
+            layer.clamp_parameters()
+        self.step_count += 1
+        acc = float((logits.argmax(1) == y).float().mean())
+        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "acc": acc, "cost": float(costs[0].detach()) if costs else 0.0}
+
+    def state_dict(self) -> dict:
+        return {
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "threshold_optimizers": {k: v.state_dict() for k, v in self.threshold_optimizers.items()},
+            "step_count": self.step_count,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        for k, v in state["threshold_optimizers"].items():
+            self.threshold_optimizers[k].load_state_dict(v)
+        self.step_count = int(state["step_count"])

@@ -1,0 +1,81 @@
+"""Plain training and evaluation loops (full precision and fixed-configuration fine-tuning)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hwsbs.errors import SearchDivergedError
+from hwsbs.progress import PhaseProgress
+
+__all__ = ["make_sgd", "train_epoch", "evaluate", "check_finite"]
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Stop on a NaN/inf loss instead of training on garbage."""
+    if not torch.isfinite(loss):
+        raise SearchDivergedError(f"loss became {float(loss)} during {where}; lower the learning rate or lambda")
+
+
+def make_sgd(params_decay: list[nn.Parameter], params_no_decay: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum 0.9 (the paper's optimiser); decay only on weights."""
+    groups = [{"params": params_decay, "weight_decay": weight_decay}]
+    if params_no_decay:
+        groups.append({"params": params_no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+
+
+def split_decay(model: nn.Module, exclude: set[int] | None = None) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Weights of Conv/Linear get weight decay; biases, norms, clipping values do not."""
+    exclude = exclude or set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if id(p) in exclude or not p.requires_grad:
+            continue
+        (decay if name.endswith("weight") and p.dim() > 1 else no_decay).append(p)
+    return decay, no_decay
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    progress: PhaseProgress,
+    where: str,
+) -> float:
+    """One epoch of cross-entropy training; returns the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        check_finite(loss, where)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+        progress.update(loss=float(loss.detach()))
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Top-1 accuracy as a fraction."""
+    was_training = model.training
+    model.eval()
+    correct, count = 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        correct += int((model(x).argmax(1) == y).sum())
+        count += len(y)
+    model.train(was_training)
+    return correct / count if count else math.nan
