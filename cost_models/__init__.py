@@ -1,13 +1,17 @@
 """Pluggable cost models: a layer's discrete state -> a cost on some hardware.
 
 Built-ins register on import; third-party packages add theirs through the ``hwsbs.cost_models``
-entry-point group.
+entry-point group. ``cost_model_for(profile, name=None)`` builds a profile's default model, or the
+``--cost NAME`` override.
 """
 
 from __future__ import annotations
 
-from . import analytic  # noqa: F401  (registers bops, size)
+# Order matters: base, registry and factory import nothing from the hwsbs package, and must be
+# bound before the model modules below import hwsbs.profiles (importing the hwsbs package runs
+# modules that import these names back from here).
 from .base import FULL_PRECISION_BITS, CostModel, LayerShape, LayerState
+from .factory import cost_model_for, default_cost_model_name
 from .registry import (
     ENTRY_POINT_GROUP,
     build_cost_model,
@@ -16,6 +20,9 @@ from .registry import (
     register_cost_model,
 )
 
+# isort: split
+from . import analytic, bit_serial, energy, lut, roofline  # noqa: F401  (importing registers them)
+
 __all__ = [
     "FULL_PRECISION_BITS",
     "CostModel",
@@ -23,6 +30,8 @@ __all__ = [
     "LayerState",
     "ENTRY_POINT_GROUP",
     "build_cost_model",
+    "cost_model_for",
+    "default_cost_model_name",
     "get_cost_model_class",
     "list_cost_models",
     "register_cost_model",

@@ -2,19 +2,26 @@
 
 A cost model is a black box from a layer's discrete state to a number. The search never
 differentiates it analytically: it evaluates it on discrete configurations and uses gate-flip
-differences (see ``hwsbs.search.cost_term``), so lookup tables and cycle models plug in unchanged.
+differences (see ``hwsbs.sbs.cost_term``), so lookup tables and cycle models plug in unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 if TYPE_CHECKING:
     from hwsbs.profiles.schema import HardwareProfile
 
-__all__ = ["FULL_PRECISION_BITS", "LayerShape", "LayerState", "CostModel"]
+_P = TypeVar("_P")
+
+#: Distinct (shape, state, batch) results each cost model instance memoises.
+LAYER_COST_CACHE_SIZE = 1 << 16
+
+__all__ = ["FULL_PRECISION_BITS", "LAYER_COST_CACHE_SIZE", "LayerShape", "LayerState", "CostModel"]
 
 #: Bit width that stands for "not quantised" (FP32) in a :class:`LayerState`.
 FULL_PRECISION_BITS = 32
@@ -116,9 +123,43 @@ class CostModel(ABC):
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
         """Cost of running ``shape`` in ``state`` on a batch of ``batch`` samples."""
 
+    def cached_layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
+        """:meth:`layer_cost`, memoised per instance on (shape, state, batch).
+
+        The search evaluates the same few states of every layer many times per step; shapes and
+        states are frozen dataclasses, so they key an LRU cache directly. Results must therefore
+        depend only on the arguments and on the (immutable) profile.
+        """
+        cache: Callable[..., float] | None = self.__dict__.get("_layer_cost_cache")
+        if cache is None:  # created lazily: subclasses need not call super().__init__()
+            cache = functools.lru_cache(maxsize=LAYER_COST_CACHE_SIZE)(self.layer_cost)
+            self.__dict__["_layer_cost_cache"] = cache
+        return cache(shape, state, batch)
+
     def model_cost(self, shapes: list[LayerShape], states: list[LayerState], batch: int = 1) -> float:
         """Cost of a whole model: the sum of its layers' costs (override for cross-layer effects)."""
-        return float(sum(self.layer_cost(s, st, batch) for s, st in zip(shapes, states, strict=True)))
+        return float(sum(self.cached_layer_cost(s, st, batch) for s, st in zip(shapes, states, strict=True)))
+
+    def require_profile(self) -> HardwareProfile:
+        """The profile this model was built with.
+
+        Raises:
+            CostModelError: built without one (device-specific models need ``--hw``).
+        """
+        if self.profile is None:
+            # Imported here: importing the hwsbs package pulls in modules that import this one.
+            from hwsbs.errors import CostModelError
+
+            raise CostModelError(f"cost model {self.name!r} needs a hardware profile (--hw NAME or FILE)")
+        return self.profile
+
+    def profile_params(self, params_cls: type[_P]) -> _P:
+        """This model's parameters: the profile's ``cost_model`` block when it names this model,
+        else ``params_cls()`` defaults (the model was chosen with ``--cost`` over another default)."""
+        block: Any = getattr(self.profile, "cost_model", None)
+        if block is not None and getattr(block, "name", None) == self.name and isinstance(block, params_cls):
+            return block
+        return params_cls()
 
     def describe(self) -> str:
         """One line for tables and logs."""

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from hwsbs.errors import CostModelError
-
 from .base import CostModel
 
 if TYPE_CHECKING:
@@ -83,6 +81,10 @@ def get_cost_model_class(name: str) -> type[CostModel]:
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
+        # Imported here, not at the top: importing the hwsbs package imports modules that need
+        # this registry's names already bound (see cost_models/__init__.py).
+        from hwsbs.errors import CostModelError
+
         raise CostModelError(f"unknown cost model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 

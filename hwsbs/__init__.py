@@ -9,16 +9,8 @@ Python API::
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
-
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
-from hwsbs.config import SearchConfig
-from hwsbs.errors import HwsbsError
-from hwsbs.pipeline import Objective, run_search
-from hwsbs.result import SearchResult
-from hwsbs.search.config_io import CompressionConfig, load_config, save_config
 
 __all__ = [
     "search",
@@ -34,35 +26,26 @@ __all__ = [
 
 __version__ = "0.1.0"
 
+# Lazy re-exports: ``cost_models`` imports ``hwsbs.errors``, so importing the pipeline eagerly
+# here would make ``import cost_models`` circular.
+_EXPORTS = {
+    "search": "hwsbs.api",
+    "run_search": "hwsbs.pipeline",
+    "Objective": "hwsbs.pipeline",
+    "SearchConfig": "hwsbs.config",
+    "SearchResult": "hwsbs.result",
+    "CompressionConfig": "hwsbs.sbs.config_io",
+    "load_config": "hwsbs.sbs.config_io",
+    "save_config": "hwsbs.sbs.config_io",
+    "HwsbsError": "hwsbs.errors",
+}
 
-def search(
-    model: nn.Module,
-    train_data: DataLoader | Dataset,
-    val_data: DataLoader | Dataset,
-    hw: str = "a100",
-    **options: Any,
-) -> SearchResult:
-    """Search per-layer bits and pruning for ``model`` on the hardware profile ``hw``.
 
-    Args:
-        model: a full-precision model; it is trained for ``pretrain_epochs`` first (pass
-            ``pretrain_epochs=0`` when it is already trained). It is not modified.
-        train_data: training DataLoader (used as is) or Dataset (batched with ``batch_size``).
-        val_data: validation DataLoader or Dataset; every reported accuracy is measured on it.
-        hw: built-in profile name or path to a profile YAML.
-        **options: any :class:`SearchConfig` field (``lam``, ``target``, ``bits``,
-            ``search_epochs``, ``out``, ...).
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hwsbs' has no attribute {name!r}")
 
-    Returns:
-        A :class:`SearchResult` with the same content as ``result.json``, the configuration and
-        the fine-tuned compressed model.
 
-    Raises:
-        HwsbsError: for bad options, profiles, models or data (a subclass says which).
-    """
-    import copy
-
-    options.setdefault("progress", False)
-    options.setdefault("model", type(model).__name__)
-    config = SearchConfig.from_dict({"hw": hw, **options})
-    return run_search(config, model=copy.deepcopy(model), train_data=train_data, val_data=val_data)
+def __dir__() -> list[str]:
+    return sorted(__all__)

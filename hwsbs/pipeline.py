@@ -28,10 +28,10 @@ from hwsbs.models import build_model
 from hwsbs.profiles import HardwareProfile, load_profile
 from hwsbs.progress import PhaseProgress
 from hwsbs.result import SearchResult, cost_summary, write_outputs
-from hwsbs.search.config_io import CompressionConfig, LayerDecision, load_config, save_config
-from hwsbs.search.convert import SearchSpace, convert_model
-from hwsbs.search.derive import apply_config, derive_config
-from hwsbs.search.engine import CostObjective, SearchEngine
+from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
+from hwsbs.sbs.convert import SearchSpace, convert_model
+from hwsbs.sbs.derive import apply_config, derive_config
+from hwsbs.sbs.engine import CostObjective, SearchEngine
 from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
 
 __all__ = ["run_search", "resolve_cost_model", "default_run_dir", "Objective", "build_compressed_model"]

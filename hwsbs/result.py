@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from cost_models.base import CostModel
-from hwsbs.search.config_io import CompressionConfig, save_config
+from hwsbs.sbs.config_io import CompressionConfig, save_config
 
 __all__ = ["SearchResult", "cost_summary", "write_outputs"]
 

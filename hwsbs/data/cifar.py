@@ -20,7 +20,14 @@ from .safe_pickle import load_plain_pickle
 from .seeded import AugmentedDataset
 from .transforms import Transform, small_image_transform
 
-__all__ = ["CifarRelease", "CIFAR10", "CIFAR100", "CifarDataset", "find_release_dir", "load_cifar_split"]
+__all__ = [
+    "CifarRelease",
+    "CIFAR10",
+    "CIFAR100",
+    "CifarDataset",
+    "find_release_dir",
+    "load_cifar_split",
+]
 
 
 @dataclass(frozen=True)
@@ -92,13 +99,20 @@ def find_release_dir(data_dir: Path | None, release: CifarRelease) -> Path:
         if cand.is_dir() and all((cand / f).is_file() for f in required):
             return cand
     if not data_dir.exists():
-        raise DataError(f"--data-dir {data_dir}: does not exist; expected {release.describe()} or its parent")
+        raise DataError(
+            f"--data-dir {data_dir}: does not exist; expected {release.describe()} or its parent"
+        )
     # Report against the candidate that looks most like the release (the most batch files; on a
     # tie the release-named subdirectory, since its presence says where the user put the files).
-    best = max(candidates[::-1], key=lambda c: sum((c / f).is_file() for f in required) if c.is_dir() else -1)
+    best = max(
+        candidates[::-1],
+        key=lambda c: sum((c / f).is_file() for f in required) if c.is_dir() else -1,
+    )
     missing = next(f for f in required if not (best / f).is_file())
     where = "" if best == data_dir else f" in {best}"
-    raise DataError(f"--data-dir {data_dir}: expected {release.describe()} or its parent; missing {missing}{where}")
+    raise DataError(
+        f"--data-dir {data_dir}: expected {release.describe()} or its parent; missing {missing}{where}"
+    )
 
 
 def _get(batch: dict[Any, Any], key: str) -> Any:
@@ -135,7 +149,9 @@ def load_cifar_split(
             raise DataError(f"{path}: {expected}; 'data' is {data.dtype} {tuple(data.shape)}")
         lab_arr = np.asarray(lab, dtype=np.int64).reshape(-1)
         if lab_arr.shape[0] != data.shape[0]:
-            raise DataError(f"{path}: {expected}; {data.shape[0]} images but {lab_arr.shape[0]} labels")
+            raise DataError(
+                f"{path}: {expected}; {data.shape[0]} images but {lab_arr.shape[0]} labels"
+            )
         if lab_arr.size and (lab_arr.min() < 0 or lab_arr.max() >= release.num_classes):
             raise DataError(
                 f"{path}: labels must lie in 0..{release.num_classes - 1}, found {lab_arr.min()}..{lab_arr.max()}"
@@ -155,14 +171,18 @@ def _class_names(release_dir: Path, release: CifarRelease) -> list[str] | None:
     meta = load_plain_pickle(path)
     names = _get(meta, release.names_key) if isinstance(meta, dict) else None
     if not isinstance(names, list) or len(names) != release.num_classes:
-        raise DataError(f"{path}: expected a dict with {release.names_key!r}, a list of {release.num_classes} names")
+        raise DataError(
+            f"{path}: expected a dict with {release.names_key!r}, a list of {release.num_classes} names"
+        )
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 class CifarDataset(AugmentedDataset):
     """In-memory uint8 images with labels; ``transform`` receives a uint8 CHW tensor."""
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: Transform | None, seed: int = 0) -> None:
+    def __init__(
+        self, images: Tensor, labels: Tensor, transform: Transform | None, seed: int = 0
+    ) -> None:
         super().__init__(transform, seed)
         self.images = images
         self.labels = labels
@@ -174,7 +194,9 @@ class CifarDataset(AugmentedDataset):
         return self.images[index], int(self.labels[index])
 
 
-def build_cifar(data_dir: Path | None, seed: int, release: CifarRelease, augment: bool = True) -> DatasetBundle:
+def build_cifar(
+    data_dir: Path | None, seed: int, release: CifarRelease, augment: bool = True
+) -> DatasetBundle:
     """Both splits of a CIFAR release; training gets pad-4 random crop and flip unless ``augment`` is off."""
     root = find_release_dir(data_dir, release)
     classes = _class_names(root, release)

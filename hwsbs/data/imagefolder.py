@@ -32,13 +32,26 @@ __all__ = [
     "imagefolder",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Images whose sides are all at most this many pixels use the CIFAR recipe.
 SMALL_IMAGE_MAX = 64
 _DEFAULT_LARGE_SIZE = 224
-_EXPECTED = "a directory with train/ and val/ (or test/), each holding one folder of images per class"
+_EXPECTED = (
+    "a directory with train/ and val/ (or test/), each holding one folder of images per class"
+)
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -71,10 +84,14 @@ def find_splits(data_dir: Path | None) -> tuple[Path, Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
-def scan_split(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+def scan_split(
+    split_dir: Path, classes: list[str] | None = None
+) -> tuple[list[str], list[tuple[Path, int]]]:
     """List ``(path, label)`` samples of one split, sorted by class then file name.
 
     Args:
@@ -86,7 +103,9 @@ def scan_split(split_dir: Path, classes: list[str] | None = None) -> tuple[list[
         DataError: no class folders, an empty training class, a class unknown to ``classes``,
             or a split with no images at all.
     """
-    folders = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(
+        p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     if not folders:
         raise DataError(f"{split_dir}: expected one folder of images per class; found no folders")
     is_reference = classes is None  # the training split defines the classes: none may be empty
@@ -96,7 +115,9 @@ def scan_split(split_dir: Path, classes: list[str] | None = None) -> tuple[list[
     samples: list[tuple[Path, int]] = []
     for name in folders:
         if name not in index:
-            raise DataError(f"{split_dir}: class folder {name!r} does not exist in the training split")
+            raise DataError(
+                f"{split_dir}: class folder {name!r} does not exist in the training split"
+            )
         files = _images_in(split_dir / name)
         if not files and is_reference:
             exts = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS[:4])
@@ -110,7 +131,9 @@ def scan_split(split_dir: Path, classes: list[str] | None = None) -> tuple[list[
 class ImageFolderDataset(AugmentedDataset):
     """Images decoded on access; ``transform`` receives an RGB PIL image."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: Transform | None, seed: int = 0) -> None:
+    def __init__(
+        self, samples: list[tuple[Path, int]], transform: Transform | None, seed: int = 0
+    ) -> None:
         super().__init__(transform, seed)
         self.samples = samples
 
@@ -145,7 +168,9 @@ def imagefolder(
         image_size = max(w, h) if max(w, h) <= SMALL_IMAGE_MAX else _DEFAULT_LARGE_SIZE
     if image_size <= SMALL_IMAGE_MAX:
         # resize=True is a no-op for images that already have the size, and makes odd ones fit.
-        train_tf = small_image_transform(image_size, augment, IMAGENET_MEAN, IMAGENET_STD, resize=True)
+        train_tf = small_image_transform(
+            image_size, augment, IMAGENET_MEAN, IMAGENET_STD, resize=True
+        )
         val_tf = small_image_transform(image_size, False, IMAGENET_MEAN, IMAGENET_STD, resize=True)
     else:
         train_tf = large_image_transform(image_size, augment, IMAGENET_MEAN, IMAGENET_STD)

@@ -4,7 +4,8 @@ Where the randomness comes from (the design choice):
 
 * In the main process (``DataLoader(num_workers=0)`` or direct indexing) the dataset owns a
   :class:`torch.Generator` seeded with the dataset's ``seed``; it keeps running across epochs, so
-  every epoch sees fresh augmentation and the whole sequence is a function of ``seed``.
+  every epoch sees fresh augmentation and the whole sequence is a function of ``seed`` (call
+  :meth:`AugmentedDataset.reseed` or build the dataset again to replay it).
 * In a DataLoader worker the generator is re-seeded from that worker's seed
   (``get_worker_info().seed``, i.e. ``base_seed + worker_id``). PyTorch draws ``base_seed`` from
   the loader's ``generator``, which :func:`hwsbs.data.make_loader` seeds from the run's seed, and

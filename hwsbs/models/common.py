@@ -25,7 +25,9 @@ def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
         except (TypeError, ValueError):
             raise ModelError(f"image_size: expected an int or (H, W), got {image_size!r}") from None
     if len(hw) != 2 or min(hw) <= 0:
-        raise ModelError(f"image_size: expected an int or (H, W) of positive sides, got {image_size!r}")
+        raise ModelError(
+            f"image_size: expected an int or (H, W) of positive sides, got {image_size!r}"
+        )
     return hw[0], hw[1]
 
 

@@ -10,10 +10,19 @@ from pydantic import ValidationError
 import hardware_profiles
 from hwsbs.errors import ProfileError
 
+from .errors_format import format_validation_error
+from .lut_table import LookupTable, load_lookup_table
 from .schema import HardwareProfile
 from .yaml_io import load_yaml
 
-__all__ = ["BUILTIN_DIR", "builtin_profile_names", "resolve_profile_path", "load_profile", "validate_profile_data"]
+__all__ = [
+    "BUILTIN_DIR",
+    "builtin_profile_names",
+    "resolve_profile_path",
+    "load_profile",
+    "validate_profile_data",
+    "resolve_lookup_table",
+]
 
 #: Directory of the profiles shipped with hwsbs.
 BUILTIN_DIR = Path(hardware_profiles.__file__).resolve().parent
@@ -43,23 +52,25 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field (misspelled?)"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
+    """Kept for callers of the earlier private name; see :func:`format_validation_error`."""
+    return format_validation_error(source, exc)
 
 
-def validate_profile_data(data: Any, source: str) -> HardwareProfile:
-    """Validate already-parsed YAML as a profile; errors name ``source`` and the field."""
+def validate_profile_data(data: Any, source: str, path: str | Path | None = None) -> HardwareProfile:
+    """Validate already-parsed YAML as a profile; errors name ``source`` and the field.
+
+    Args:
+        data: the parsed mapping.
+        source: how errors name the input (usually the file path).
+        path: the profile's file, against which a relative ``lookup_table`` path resolves.
+    """
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: a hardware profile must be a mapping, got {type(data).__name__}")
     try:
-        return HardwareProfile.model_validate(data)
+        profile = HardwareProfile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(_format_validation_error(source, exc)) from None
+        raise ProfileError(format_validation_error(source, exc)) from None
+    return profile.with_source(path)
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
@@ -76,4 +87,24 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise
     except Exception as exc:  # ConfigError from YAML parsing -> a ProfileError for the same file
         raise ProfileError(str(exc)) from None
-    return validate_profile_data(data, str(path))
+    return validate_profile_data(data, str(path), path)
+
+
+def resolve_lookup_table(profile: HardwareProfile) -> tuple[LookupTable, str]:
+    """The profile's measured latency table and a name for it in messages.
+
+    A relative ``lookup_table`` path resolves against the profile's own file (against the working
+    directory for a profile built in code).
+
+    Raises:
+        ProfileError: the profile has no table, or the table file is missing or invalid.
+    """
+    ref = profile.lookup_table
+    if ref is None:
+        raise ProfileError(f"profile {profile.name!r}: lookup_table: not set (the lut cost model needs a measured table)")
+    if isinstance(ref, LookupTable):
+        return ref, f"profile {profile.name!r} (inline lookup_table)"
+    path = Path(ref)
+    if not path.is_absolute() and profile.source_path is not None:
+        path = profile.source_path.parent / path
+    return load_lookup_table(path), str(path)

@@ -1,41 +1,247 @@
-"""Hardware profile schema (pydantic v2). Extended by the profiles/cost-models work (issue 3)."""
+"""Hardware profile schema (pydantic v2): what a device executes, how fast, and how to cost it.
+
+Units are in field names (``_hz``, ``_bytes_per_s``, ``_bytes``, ``_pj``, ``_s``). Every class
+forbids unknown keys, so a misspelled field is an error rather than a silently ignored default.
+The JSON Schema exported from here is committed as ``hardware_profiles/schema.json``.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    Discriminator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    Tag,
+    model_validator,
+)
 
-__all__ = ["SCHEMA_VERSION", "BopsParams", "SizeParams", "CostModelParams", "HardwareProfile"]
+from .cost_params import (
+    BitSerialParams,
+    BopsParams,
+    CostModelParams,
+    EnergyParams,
+    Fraction,
+    LutParams,
+    RooflineParams,
+    SizeParams,
+    StrictModel,
+)
+from .lut_table import LookupTable
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "FLOAT_BITS",
+    "PrecisionEntry",
+    "MemoryLevel",
+    "BufferSpec",
+    "Efficiency",
+    "ArraySpec",
+    "EnergyFigures",
+    "BopsParams",
+    "SizeParams",
+    "RooflineParams",
+    "BitSerialParams",
+    "EnergyParams",
+    "LutParams",
+    "CostModelParams",
+    "HardwareProfile",
+    "profile_json_schema",
+    "json_schema_text",
+    "write_json_schema",
+]
 
 SCHEMA_VERSION = 1
 
+#: Bits that stand for float (equals ``cost_models.base.FULL_PRECISION_BITS``; not imported from
+#: there because cost_models imports this module).
+FLOAT_BITS = 32
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BopsParams(_Strict):
-    """Bit operations need no parameters."""
-
-    name: Literal["bops"] = "bops"
+Bits = Annotated[int, Field(ge=1, le=FLOAT_BITS)]
 
 
-class SizeParams(_Strict):
-    """Weight storage needs no parameters."""
+class PrecisionEntry(StrictModel):
+    """A (w_bits, a_bits) pair the device executes natively, and how fast."""
 
-    name: Literal["size"] = "size"
+    w_bits: Bits = Field(description="Weight bits of this execution path (32 = FP32).")
+    a_bits: Bits = Field(description="Activation bits of this execution path (32 = FP32).")
+    ops_per_s: PositiveFloat = Field(
+        description="Peak dense throughput in operations per second; one multiply-accumulate = 2 operations, as datasheets count."
+    )
+    number_format: Literal["int", "float"] = Field(
+        default="int", description="int: fixed point; float: a floating-point path (FP16, BF16, FP32)."
+    )
+    label: str = Field(default="", description="What the path is called, e.g. 'INT8 tensor core'.")
+    channel_tile: PositiveInt | None = Field(
+        default=None,
+        description="Channel counts are rounded up to a multiple of this on this path; null uses the profile's channel_tile.",
+    )
 
 
-CostModelParams = Annotated[BopsParams | SizeParams, Field(discriminator="name")]
+class MemoryLevel(StrictModel):
+    """One memory the device reads layers' operands from."""
+
+    name: str = Field(min_length=1, description="Short name, e.g. 'hbm3' or 'dram'.")
+    bandwidth_bytes_per_s: PositiveFloat = Field(description="Peak bandwidth in bytes per second.")
+    size_bytes: PositiveInt | None = Field(default=None, description="Capacity in bytes (informational).")
 
 
-class HardwareProfile(_Strict):
-    """What a device is and how to cost a layer on it."""
+class BufferSpec(StrictModel):
+    """An on-chip buffer of an accelerator (sizes bound how a layer is tiled)."""
+
+    name: str = Field(min_length=1, description="What the buffer holds, e.g. 'weights'.")
+    size_bytes: PositiveInt = Field(description="Capacity in bytes.")
+
+
+class Efficiency(StrictModel):
+    """Achievable fractions of the peaks (1.0 = the datasheet peak, an upper bound)."""
+
+    compute: Fraction = Field(default=1.0, description="Achieved / peak arithmetic throughput.")
+    memory: Fraction = Field(default=1.0, description="Achieved / peak memory bandwidth.")
+
+
+class ArraySpec(StrictModel):
+    """A bit-serial or bit-fusion accelerator's compute array (each model reads the fields it needs)."""
+
+    d_m: PositiveInt | None = Field(
+        default=None, description="Output channels in parallel (BISMO D_m; Bit Fusion M, the array's columns)."
+    )
+    d_k: PositiveInt | None = Field(
+        default=None, description="Reduction terms in parallel (BISMO D_k; Bit Fusion N, the array's rows)."
+    )
+    d_n: PositiveInt | None = Field(default=None, description="Output positions in parallel (BISMO D_n).")
+    equivalent_macs_per_cycle: PositiveInt | None = Field(
+        default=None,
+        description="Stripes/Loom: bit-parallel MACs per cycle at baseline_bits the array matches in peak throughput.",
+    )
+    baseline_bits: Bits = Field(
+        default=16, description="Precision of that bit-parallel equivalent (Stripes/Loom: 16)."
+    )
+    min_bits: Bits = Field(default=1, description="Narrowest precision; narrower operands run at this (Bit Fusion: 2-bit bricks).")
+    max_bits: Bits = Field(
+        default=16, description="Widest precision; wider operands, float included, run at this (fixed point)."
+    )
+
+    @model_validator(mode="after")
+    def _bits_order(self) -> ArraySpec:
+        if self.min_bits > self.max_bits:
+            raise ValueError(f"min_bits ({self.min_bits}) must not exceed max_bits ({self.max_bits})")
+        return self
+
+
+class EnergyFigures(StrictModel):
+    """Energy per operation and per 64-bit access, in picojoules (e.g. Horowitz, ISSCC 2014, 45 nm)."""
+
+    int8_add_pj: PositiveFloat = Field(description="8-bit integer add.")
+    int8_mult_pj: PositiveFloat = Field(description="8-bit x 8-bit integer multiply.")
+    int32_add_pj: PositiveFloat = Field(description="32-bit integer add.")
+    int32_mult_pj: PositiveFloat = Field(description="32-bit integer multiply.")
+    fp16_add_pj: PositiveFloat = Field(description="16-bit float add.")
+    fp16_mult_pj: PositiveFloat = Field(description="16-bit float multiply.")
+    fp32_add_pj: PositiveFloat = Field(description="32-bit float add.")
+    fp32_mult_pj: PositiveFloat = Field(description="32-bit float multiply.")
+    sram_read_64b_pj: PositiveFloat = Field(description="64-bit read from the on-chip SRAM buffers.")
+    dram_read_64b_pj: PositiveFloat = Field(description="64-bit read from DRAM.")
+
+
+def _table_tag(value: Any) -> str:
+    return "path" if isinstance(value, str) else "inline"
+
+
+# A table file path (relative to the profile file) or the table itself.
+LookupTableRef = Annotated[
+    Annotated[str, Tag("path")] | Annotated[LookupTable, Tag("inline")],
+    Discriminator(_table_tag),
+]
+
+
+class HardwareProfile(StrictModel):
+    """What a device is, which precisions it executes at what speed, and how to cost a layer on it."""
 
     schema_version: Literal[1] = Field(description="Profile schema version; bump on breaking changes.")
-    name: str = Field(min_length=1, description="Short name used with --hw.")
+    name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Short name used with --hw."
+    )
     description: str = Field(default="", description="One line on the device.")
     kind: Literal["gpu", "cpu", "accelerator"] = Field(description="Device class.")
-    cost_model: CostModelParams = Field(description="Default cost model and its parameters.")
-    sources: list[str] = Field(min_length=1, description="Where the figures come from.")
+    cost_model: CostModelParams = Field(description="Default cost model and its parameters (override with --cost).")
+    clock_hz: PositiveFloat | None = Field(default=None, description="Clock of the compute array, in hertz.")
+    precisions: list[PrecisionEntry] = Field(
+        default_factory=list, description="(w_bits, a_bits) pairs the device executes natively, with their throughput."
+    )
+    fallback: Literal["next_wider", "error"] = Field(
+        default="next_wider",
+        description=(
+            "A pair not in precisions: next_wider runs it on the narrowest executed pair at least as wide in "
+            "both operands; error refuses. Float (32 bits) always runs on a 32/32 entry, else the widest float one."
+        ),
+    )
+    channel_tile: PositiveInt = Field(
+        default=1, description="Channel counts are rounded up to a multiple of this (1 = no rounding)."
+    )
+    memory: list[MemoryLevel] = Field(
+        default_factory=list, description="Memories feeding the layers; the first is the default for the roofline."
+    )
+    buffers: list[BufferSpec] = Field(
+        default_factory=list, description="On-chip buffers of an accelerator (informational for the built-in models)."
+    )
+    array: ArraySpec | None = Field(default=None, description="Compute array of a bit-serial or bit-fusion accelerator.")
+    energy: EnergyFigures | None = Field(default=None, description="Energy per operation and per access.")
+    efficiency: Efficiency = Field(default_factory=Efficiency, description="Achievable fractions of the peaks.")
+    lookup_table: LookupTableRef | None = Field(
+        default=None, description="Measured latencies: a table file path relative to this profile, or the table inline."
+    )
+    extensions: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Settings for plugin cost models, keyed by the plugin's cost model name (not validated by hwsbs).",
+    )
+    sources: list[str] = Field(min_length=1, description="Where the figures come from (datasheets, papers, measurements).")
+
+    # The file the profile was loaded from; relative table paths resolve against it.
+    _source_path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> HardwareProfile:
+        pairs = [(p.w_bits, p.a_bits) for p in self.precisions]
+        for i, pair in enumerate(pairs):
+            if pair in pairs[:i]:
+                raise ValueError(f"precisions[{i}]: {pair[0]}/{pair[1]} bits listed twice")
+        names = [m.name for m in self.memory]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise ValueError(f"memory[{i}]: name {n!r} listed twice")
+        return self
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file this profile was loaded from (None when built in code)."""
+        return self._source_path
+
+    def with_source(self, path: str | Path | None) -> HardwareProfile:
+        """Record the file this profile came from (the loader calls this); returns self."""
+        self._source_path = None if path is None else Path(path)
+        return self
+
+
+def profile_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a hardware profile file (what ``hwsbs profiles schema`` prints)."""
+    schema = HardwareProfile.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+    }
+
+
+def json_schema_text() -> str:
+    """The schema as the exact text committed in ``hardware_profiles/schema.json``."""
+    return json.dumps(profile_json_schema(), indent=2, sort_keys=False) + "\n"
+
+
+def write_json_schema(path: str | Path) -> None:
+    """Write the profile JSON Schema to ``path`` (regenerates ``hardware_profiles/schema.json``)."""
+    Path(path).write_text(json_schema_text(), encoding="utf-8")

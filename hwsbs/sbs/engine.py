@@ -72,13 +72,13 @@ class SearchEngine:
         """``(total loss, cross-entropy, costs)`` for the latest forward."""
         ce = F.cross_entropy(logits, targets)
         costs = self.cost_values()
-        penalty = torch.zeros(())
+        penalty = torch.zeros((), dtype=torch.float64)
         for obj, r in zip(self.objectives, costs):
             log_r = torch.log(r.clamp_min(1e-30))
             if obj.target is not None:
                 log_r = torch.relu(log_r - torch.log(torch.tensor(obj.target)))
             penalty = penalty + obj.weight * log_r
-        return ce + self.lam * penalty, ce, costs
+        return ce + (self.lam * penalty).to(ce.device, ce.dtype), ce, costs
 
     def step(self, x: Tensor, y: Tensor, where: str = "search") -> dict[str, float]:
         """One search step; weight and activation thresholds are updated on alternate steps."""

@@ -66,7 +66,8 @@ class CostTerm:
     def cost_table(self, name: str, kin: int, kout: int, w_bits: Sequence[int], a_bits: Sequence[int]) -> Tensor:
         """``T[i, j]`` = cost of layer ``name`` at ``(w_bits[i], a_bits[j])`` with these channels."""
         shape = self.space.shapes[name]
-        return torch.tensor([[self._layer_cost(shape, w, a, kin, kout) for a in a_bits] for w in w_bits])
+        return torch.tensor([[self._layer_cost(shape, w, a, kin, kout) for a in a_bits] for w in w_bits],
+                            dtype=torch.float64)
 
     # ------------------------------------------------------------------ discrete state
     def _kept_out(self, name: str) -> int:
@@ -110,13 +111,14 @@ class CostTerm:
 
     # ------------------------------------------------------------------ the term
     def __call__(self) -> Tensor:
-        total = torch.zeros(())
+        """Total cost (float64, on the CPU) for the latest forward, differentiable w.r.t. gates."""
+        total = torch.zeros((), dtype=torch.float64)
         states = self.current_states()
         for name in self.space.layer_names:
             st = states[name]
             w_bits, s_w, a_bits, s_a = self._bit_choices(name)
             table = self.cost_table(name, st.kept_in, st.kept_out, w_bits, a_bits)
-            total = total + s_w @ table @ s_a
+            total = total + s_w.cpu().double() @ table @ s_a.cpu().double()
         for group in self.space.groups:
             total = total + self._channel_term(group.producer, states)
         return total
@@ -136,9 +138,9 @@ class CostTerm:
         layer = self.space.layer(producer)
         g = layer.last_p_gates
         if g is None:
-            return torch.zeros(())
+            return torch.zeros((), dtype=torch.float64)
         sizes = layer.group_sizes()
-        deltas = torch.empty(len(sizes))
+        deltas = torch.empty(len(sizes), dtype=torch.float64)
         cache: dict[tuple[int, bool], float] = {}
         for c, (size, gate) in enumerate(zip(sizes, g.detach().tolist())):
             kept = gate > 0.5
@@ -151,4 +153,5 @@ class CostTerm:
                     delta += self._flip_delta(other, states[other], step, d_out)
                 cache[key] = delta if kept else -delta  # d cost / d g in both cases
             deltas[c] = cache[key]
+        g = g.cpu().double()
         return ((g - g.detach()) * deltas).sum()

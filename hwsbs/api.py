@@ -1,0 +1,46 @@
+"""The one-call Python API: ``hwsbs.search(model, train_data, val_data, hw=...)``."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hwsbs.config import SearchConfig
+from hwsbs.pipeline import run_search
+from hwsbs.result import SearchResult
+
+__all__ = ["search"]
+
+
+def search(
+    model: nn.Module,
+    train_data: DataLoader | Dataset,
+    val_data: DataLoader | Dataset,
+    hw: str = "a100",
+    **options: Any,
+) -> SearchResult:
+    """Search per-layer bits and pruning for ``model`` on the hardware profile ``hw``.
+
+    Args:
+        model: a full-precision model; it is trained for ``pretrain_epochs`` first (pass
+            ``pretrain_epochs=0`` when it is already trained). It is not modified.
+        train_data: training DataLoader (used as is) or Dataset (batched with ``batch_size``).
+        val_data: validation DataLoader or Dataset; every reported accuracy is measured on it.
+        hw: built-in profile name or path to a profile YAML.
+        **options: any :class:`SearchConfig` field (``lam``, ``target``, ``bits``,
+            ``search_epochs``, ``out``, ...).
+
+    Returns:
+        A :class:`SearchResult` with the same content as ``result.json``, the configuration and
+        the fine-tuned compressed model.
+
+    Raises:
+        HwsbsError: for bad options, profiles, models or data (a subclass says which).
+    """
+    options.setdefault("progress", False)
+    options.setdefault("model", type(model).__name__)
+    config = SearchConfig.from_dict({"hw": hw, **options})
+    return run_search(config, model=copy.deepcopy(model), train_data=train_data, val_data=val_data)

@@ -1,1 +1,0 @@
-"""The SBS search: model conversion, the cost term, the training loop and configuration I/O."""

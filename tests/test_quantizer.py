@@ -1,0 +1,69 @@
+"""Bit-sharing decomposition (method section 1) and bit-set validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hwsbs.errors import ConfigError
+from hwsbs.quant.quantizer import bit_sharing_terms, compose, quantize, step_size, validate_bit_candidates
+
+
+def _edge_inputs(bits: tuple[int, ...]) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.rand(10_000, generator=g, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)]
+    for b in bits:  # exact grid points and exact ties (midpoints) of every grid
+        n = 2**b - 1
+        grid = torch.arange(n + 1, dtype=torch.float64) / n
+        parts += [grid, (grid[:-1] + grid[1:]) / 2]
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("bits", [(2, 4, 8), (1, 2, 4, 8), (2, 4), (4, 8)])
+def test_lowest_level_plus_offsets_equals_direct_quantisation(bits):
+    z = _edge_inputs(bits)
+    terms, residuals = bit_sharing_terms(z, bits)
+    assert len(terms) == len(bits) and len(residuals) == len(bits) - 1
+    cumulative = terms[0]
+    assert torch.allclose(cumulative, quantize(z, step_size(bits[0])), atol=1e-12)
+    for j, b in enumerate(bits[1:], start=1):
+        cumulative = cumulative + terms[j]
+        direct = quantize(z, step_size(b))
+        diff = (cumulative - direct).abs()
+        s = step_size(b)
+        # Equal everywhere except at exact ties of the finer grid, where round-half-even may
+        # pick the other neighbour: never more than one step apart there.
+        tie = ((z / s) - (z / s).floor() - 0.5).abs() < 1e-9
+        assert torch.all(diff[~tie] < 1e-9), f"mismatch at {b} bits for non-tie inputs"
+        assert torch.all(diff[tie] < s + 1e-9)
+
+
+def test_offsets_land_on_the_finer_grid_and_stay_in_range():
+    z = torch.rand(5000, dtype=torch.float64)
+    terms, _ = bit_sharing_terms(z, (2, 4, 8))
+    total = sum(terms)
+    assert total.min() >= 0 and total.max() <= 1
+    grid_index = total * 255
+    assert torch.allclose(grid_index, grid_index.round(), atol=1e-7)
+
+
+def test_compose_with_gates_selects_bitwidth():
+    z = torch.rand(1000, dtype=torch.float64)
+    terms, _ = bit_sharing_terms(z, (2, 4, 8))
+    one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    assert torch.allclose(compose(terms, [zero, one]), quantize(z, step_size(2)))  # closed g2 drops all above
+    assert torch.allclose(compose(terms, [one, zero]), terms[0] + terms[1])
+    assert torch.allclose(compose(terms, [one, one]), terms[0] + terms[1] + terms[2])
+
+
+def test_straight_through_gradient_is_identity_when_all_gates_open():
+    z = torch.rand(100, dtype=torch.float64, requires_grad=True)
+    terms, _ = bit_sharing_terms(z, (2, 4, 8))
+    sum(terms).sum().backward()
+    assert torch.allclose(z.grad, torch.ones_like(z))
+
+
+@pytest.mark.parametrize("bits,needle", [((2, 3, 8), "double"), ((0, 2), ">= 1"), ((), "at least one"), ((8, 16, 32), "at most 16")])
+def test_bit_sets_that_do_not_double_are_rejected(bits, needle):
+    with pytest.raises(ConfigError, match=needle):
+        validate_bit_candidates(bits)
