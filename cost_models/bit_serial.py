@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from hwsbs.errors import CostModelError
 from hwsbs.profiles.cost_params import BitSerialParams
-from hwsbs.profiles.precision import executed_precision
+from hwsbs.profiles.precision import ExecutedPrecision, executed_precision
 from hwsbs.profiles.schema import ArraySpec, HardwareProfile
 
 from .base import CostModel, LayerShape, LayerState
@@ -107,10 +107,14 @@ class BitSerialCostModel(CostModel):
             raise CostModelError(f"profile {prof.name!r}: clock_hz: required by the bit_serial model (cycles / clock)")
         self.array: ArraySpec = prof.array
         self.clock_hz: float = prof.clock_hz
+        self._paths: dict[tuple[int, int], ExecutedPrecision] = {}
 
     def layer_cycles(self, shape: LayerShape, state: LayerState, batch: int = 1) -> int:
         """Cycles of the layer at the precision the array executes it at."""
-        ex = executed_precision(self.require_profile(), state.w_bits, state.a_bits)
+        key = (state.w_bits, state.a_bits)
+        ex = self._paths.get(key)
+        if ex is None:  # memoised per bit pair: the profile is immutable
+            ex = self._paths[key] = executed_precision(self.require_profile(), *key)
         return layer_cycles(self.params.variant, self.array, shape, state, ex.w_bits, ex.a_bits, batch)
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hwsbs.errors import CostModelError
 from hwsbs.profiles.cost_params import EnergyParams
-from hwsbs.profiles.precision import executed_precision
+from hwsbs.profiles.precision import ExecutedPrecision, executed_precision
 from hwsbs.profiles.schema import EnergyFigures, HardwareProfile
 
 from .base import CostModel, LayerShape, LayerState
@@ -55,12 +55,16 @@ class EnergyCostModel(CostModel):
                 "energies (int8_mult_pj, sram_read_64b_pj, dram_read_64b_pj, ...)"
             )
         self.figures: EnergyFigures = prof.energy
+        self._paths: dict[tuple[int, int], ExecutedPrecision] = {}
 
     def _access_pj(self, where: str) -> float:
         return self.figures.dram_read_64b_pj if where == "dram" else self.figures.sram_read_64b_pj
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
-        ex = executed_precision(self.require_profile(), state.w_bits, state.a_bits)
+        key = (state.w_bits, state.a_bits)
+        ex = self._paths.get(key)
+        if ex is None:  # memoised per bit pair: the profile is immutable
+            ex = self._paths[key] = executed_precision(self.require_profile(), *key)
         macs = batch * shape.macs(state.kept_in, state.kept_out)
         arithmetic = macs * mac_energy_pj(self.figures, ex.w_bits, ex.a_bits, ex.number_format)
         weight_bits = shape.weight_count(state.kept_in, state.kept_out) * ex.w_bits

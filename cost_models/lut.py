@@ -97,6 +97,7 @@ class LutCostModel(CostModel):
         for e in self.table.entries:
             self._index[e.signature][(e.w_bits, e.a_bits, e.batch)].append(e)
         self._grids: dict[tuple[str, int, int, int, bool], Grid] = {}
+        self._pairs: dict[tuple[str, int, int], tuple[int, int]] = {}
 
     @property
     def lookup_table(self) -> LookupTable:
@@ -147,7 +148,11 @@ class LutCostModel(CostModel):
                 f"{self.where}: no entry for layer {shape.name!r} (signature {shape.signature}); measure it "
                 "into the table or use another cost model (--cost)"
             )
-        w, a = self._pair(shape, state.w_bits, state.a_bits)
+        pair_key = (shape.signature, state.w_bits, state.a_bits)
+        pair = self._pairs.get(pair_key)
+        if pair is None:
+            pair = self._pairs[pair_key] = self._pair(shape, state.w_bits, state.a_bits)
+        w, a = pair
         grid, measured_batch = self._grid(shape, w, a, batch)
         # Clamp into the measured grid; depthwise grids have a single kept_in row.
         ci = 1 if shape.is_depthwise else min(max(state.kept_in, grid.kin[0]), grid.kin[-1])

@@ -68,6 +68,8 @@ class RooflineCostModel(CostModel):
         self.memory = _memory_level(prof, self.params.memory_level)
         self.compute_efficiency = self.params.compute_efficiency or prof.efficiency.compute
         self.memory_efficiency = self.params.memory_efficiency or prof.efficiency.memory
+        # Execution paths per requested (w_bits, a_bits); the profile is immutable.
+        self._paths: dict[tuple[int, int], list[ExecutedPrecision]] = {}
 
     def _terms(self, ex: ExecutedPrecision, shape: LayerShape, state: LayerState, batch: int) -> tuple[float, float]:
         assert ex.ops_per_s is not None  # precisions entries always carry a throughput
@@ -83,7 +85,10 @@ class RooflineCostModel(CostModel):
 
     def compute_and_memory_s(self, shape: LayerShape, state: LayerState, batch: int = 1) -> tuple[float, float]:
         """The two roofline terms (compute seconds, memory seconds) of the fastest executed path."""
-        paths = candidate_precisions(self.require_profile(), state.w_bits, state.a_bits)
+        key = (state.w_bits, state.a_bits)
+        paths = self._paths.get(key)
+        if paths is None:
+            paths = self._paths[key] = candidate_precisions(self.require_profile(), *key)
         return min((self._terms(ex, shape, state, batch) for ex in paths), key=max)
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:

@@ -99,6 +99,10 @@ class _Run:
             if model is None:
                 raise ConfigError("hwsbs.search: a model is needed when train_data/val_data are given")
         self.model_builder_state = model
+        self.fp_state = None
+        if config.checkpoint is not None:  # validated before anything is written
+            self.fp_state = load_state_dict_file(config.checkpoint)
+            _load_model_state(model, self.fp_state, f"--checkpoint {config.checkpoint}")
         self.train_data, self.val_data = train_data, val_data
         self.val_loader = _as_loader(val_data, max(config.batch_size, 256), False, config.seed, config.workers)
         first = next(iter(self.loader("pretrain", 0)))
@@ -285,8 +289,8 @@ def run_search(
         if phase == "pretrain":
             if ckpt is not None:
                 _load_model_state(fp_model, ckpt["model"], f"{run_dir}/checkpoint.pt")
-            elif cfg.checkpoint is not None:
-                _load_model_state(fp_model, load_state_dict_file(cfg.checkpoint), f"--checkpoint {cfg.checkpoint}")
+            elif run.fp_state is not None:
+                _load_model_state(fp_model, run.fp_state, f"--checkpoint {cfg.checkpoint}")
             if cfg.checkpoint is None and cfg.pretrain_epochs > 0:
                 _pretrain(run, fp_model, ckpt, progress)
             run.fp_accuracy = evaluate(fp_model, run.val_loader, run.device)

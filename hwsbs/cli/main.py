@@ -12,7 +12,7 @@ from hwsbs.errors import HwsbsError
 __all__ = ["main", "build_parser", "OneLineArgumentParser"]
 
 #: Modules under ``hwsbs.cli`` that each define ``add_parser(subparsers)``; order = help order.
-COMMAND_MODULES: tuple[str, ...] = ("search", "profiles", "cost")
+COMMAND_MODULES: tuple[str, ...] = ("search", "profiles", "cost", "tune", "pareto", "report")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -40,7 +40,12 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = format_loc(tuple(err["loc"]))
     msg = _REWORDED.get(err["type"], err["msg"])
-    if err["type"] == "value_error":
+    ctx = err.get("ctx") or {}
+    if err["type"] == "union_tag_invalid":  # e.g. cost_model.name: a misspelled model name
+        key = str(ctx.get("discriminator", "")).strip("'")
+        loc = f"{loc}.{key}" if key else loc
+        msg = f"unknown value {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    elif err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
     elif err["type"] not in _REWORDED and err["type"] != "extra_forbidden":
         shown = _shown_input(err.get("input"))

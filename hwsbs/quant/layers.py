@@ -110,7 +110,7 @@ class SBSLayerMixin:
         z_w = self._normalise_weight(w_std)
         _, w_res = bit_sharing_terms(z_w, self.bits)
         self.w_scale.copy_(torch.stack([r.abs().mean() for r in w_res]).clamp_min(_EPS) if w_res else self.w_scale)
-        z_a = self._normalise_act(x)
+        z_a = self._normalise_act(x, self.act_clip)
         _, a_res = bit_sharing_terms(z_a, self.bits)
         if a_res:
             a_stats = torch.stack([r.abs().mean() for r in a_res]).clamp_min(_EPS)
@@ -126,20 +126,26 @@ class SBSLayerMixin:
         std = std + _EPS
         return (w - w.mean()) / std, std
 
+    def _weight_clip(self) -> Tensor:
+        return _grad_scale(self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1)))
+
+    def _act_clip(self, x: Tensor) -> Tensor:
+        per_sample = max(x[0].numel(), 1) if x.dim() > 1 else x.numel()
+        return _grad_scale(self.act_clip, 1.0 / math.sqrt(per_sample * (2 ** self.bits[-1] - 1)))
+
     def _normalise_weight(self, w_std: Tensor) -> Tensor:
-        v = self.weight_clip
+        v = self._weight_clip()
         return (torch.clamp(w_std / v, -1.0, 1.0) + 1.0) / 2.0
 
-    def _normalise_act(self, x: Tensor) -> Tensor:
-        v = self.act_clip
+    def _normalise_act(self, x: Tensor, v: Tensor) -> Tensor:
         if bool(self.act_signed):
             return (torch.clamp(x / v, -1.0, 1.0) + 1.0) / 2.0
         return torch.clamp(x / v, 0.0, 1.0)
 
-    def _denormalise_act(self, z: Tensor) -> Tensor:
+    def _denormalise_act(self, z: Tensor, v: Tensor) -> Tensor:
         if bool(self.act_signed):
-            return self.act_clip * (2.0 * z - 1.0)
-        return self.act_clip * z
+            return v * (2.0 * z - 1.0)
+        return v * z
 
     # ---------------------------------------------------------------- quantisers
     def quantized_weight(self) -> Tensor:
@@ -159,7 +165,7 @@ class SBSLayerMixin:
             z_hat = compose(terms, gates)
         else:
             z_hat = quantize(z, step_size(w_bits))
-        w_q = std * self.weight_clip * (2.0 * z_hat - 1.0)
+        w_q = std * self._weight_clip() * (2.0 * z_hat - 1.0)
         if searching and self.prunable:
             stats = self._group_norms(w_std) / self.p_scale
             g = threshold_gate(stats, self.p_theta, self.tau)
@@ -182,7 +188,8 @@ class SBSLayerMixin:
         searching = self.mode == "search" and not self.pinned
         if not searching and self.fixed_a_bits >= FULL_PRECISION_BITS:
             return x
-        z = self._normalise_act(x)
+        v = self._act_clip(x)
+        z = self._normalise_act(x, v)
         if searching:
             terms, residuals = bit_sharing_terms(z, self.bits)
             if self.training:
@@ -197,7 +204,7 @@ class SBSLayerMixin:
             z_hat = compose(terms, gates)
         else:
             z_hat = quantize(z, step_size(self.fixed_a_bits))
-        return self._denormalise_act(z_hat)
+        return self._denormalise_act(z_hat, v)
 
     def _maybe_calibrate(self, x: Tensor) -> None:
         if not bool(self.calibrated):
@@ -265,6 +272,16 @@ class SBSLayerMixin:
         if self.prunable:
             state["prunable"] = True
         return base + ", " + ", ".join(f"{k}={v}" for k, v in state.items())
+
+
+def _grad_scale(x: Tensor, scale: float) -> Tensor:
+    """``x`` in the forward pass, ``scale * grad`` in the backward (LSQ's step-size gradient scale).
+
+    A clipping value collects one gradient term per element it clips; without this scale its
+    gradient grows with the tensor size and deep models diverge.
+    """
+    scaled = x * scale
+    return (x - scaled).detach() + scaled
 
 
 def _bits_from_gates(bits: Sequence[int], open_gates: Sequence[bool]) -> int:

@@ -1,0 +1,49 @@
+"""Optuna tuning of the SBS search's outer hyperparameters (``hwsbs tune``, ``pareto``, ``report``).
+
+Python API::
+
+    from hwsbs.config import SearchConfig
+    from hwsbs.pipeline import Objective
+    from hwsbs.tuning import StudySettings, run_study, collect, write_report
+
+    run = run_study(StudySettings(SearchConfig(search_epochs=3), [Objective("a100")], n_trials=20,
+                                  target="30%"))
+    report = collect(run.study)
+    write_report(report, run.out_dir)
+"""
+
+from __future__ import annotations
+
+from hwsbs.tuning.report import (
+    StudyReport,
+    collect,
+    hypervolume,
+    non_dominated,
+    print_report,
+    write_report,
+)
+from hwsbs.tuning.space import SearchSpace
+from hwsbs.tuning.study import (
+    StudyRun,
+    StudySettings,
+    load_study,
+    make_sampler,
+    open_storage,
+    run_study,
+)
+
+__all__ = [
+    "SearchSpace",
+    "StudySettings",
+    "StudyRun",
+    "run_study",
+    "load_study",
+    "open_storage",
+    "make_sampler",
+    "StudyReport",
+    "collect",
+    "write_report",
+    "print_report",
+    "hypervolume",
+    "non_dominated",
+]

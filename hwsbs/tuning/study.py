@@ -1,0 +1,407 @@
+"""Optuna studies over the SBS search: storage, seeded samplers, the trial objective, the run loop.
+
+One trial = one inner :func:`~hwsbs.pipeline.run_search` with sampled outer hyperparameters, its
+artefacts in ``<out>/trials/trial-<number>/``. Everything a report needs (accuracy, every cost,
+units, paths, failure reasons) is stored in trial user attributes, so ``hwsbs report`` works from
+the storage alone. ``n_trials`` is the total for the study: re-running the same command, or
+starting several workers on one storage, stops once that many trials exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from hwsbs.config import SearchConfig, parse_target
+from hwsbs.data import build_dataset, make_loader
+from hwsbs.errors import ConfigError
+from hwsbs.models import build_model
+from hwsbs.pipeline import Objective, resolve_cost_model, run_search
+from hwsbs.progress import PhaseProgress
+from hwsbs.training import make_sgd, split_decay, train_epoch
+from hwsbs.tuning.space import SearchSpace
+
+__all__ = ["StudySettings", "StudyRun", "run_study", "open_storage", "load_study", "make_sampler",
+           "counted_trials", "STUDY_ATTR"]
+
+#: Study user attribute holding what hwsbs needs to continue and report a study.
+STUDY_ATTR = "hwsbs"
+HEARTBEAT_INTERVAL_S = 20  # a running trial's worker writes a heartbeat this often (SQL storages)
+GRACE_PERIOD_S = 60  # a RUNNING trial without heartbeat for this long is marked FAIL
+SAMPLERS = ("tpe", "nsga2", "random")
+_NOT_IN_SIGNATURE = {"out", "resume", "progress", "device", "workers", "hw", "cost", "target", "target_fraction", "extra"}
+
+
+@dataclass
+class StudySettings:
+    """Everything one tuning run needs (the CLI builds it from its flags).
+
+    Attributes:
+        base: inner-search options; sampled fields are overridden per trial.
+        objectives: profiles (and cost models) to pay for; the first is the primary.
+        n_trials: total trials the study should hold (counting earlier runs and other workers).
+        multi_objective: ``False``: maximise accuracy (``tune``); ``True``: maximise accuracy and
+            minimise every objective's cost (``pareto``).
+        space: the sampled hyperparameters.
+        target: cost budget of the primary objective, absolute or ``"30%"`` of its uniform 8-bit
+            cost; trials above it are infeasible (an Optuna constraint).
+        storage: Optuna storage URL or ``journal:PATH``; default ``sqlite:///<out>/study.db``.
+        study_name: default ``<tune|pareto>-<profile>-<cost model>[...]``.
+        sampler: ``tpe`` (default), ``nsga2`` or ``random``; seeded from ``base.seed``.
+        out: study directory; default the study's stored one, else ``runs/<study name>``.
+    """
+
+    base: SearchConfig
+    objectives: list[Objective]
+    n_trials: int
+    multi_objective: bool = False
+    space: SearchSpace = field(default_factory=SearchSpace.default)
+    target: str | float | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    sampler: str = "tpe"
+    out: str | Path | None = None
+
+
+@dataclass
+class StudyRun:
+    """A finished :func:`run_study` call."""
+
+    study: optuna.Study
+    out_dir: Path
+    storage_url: str  # password masked
+    new_trials: int  # trials this call ran
+
+
+def _mask(url: str) -> str:
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _record_lost(study: optuna.Study, trial: FrozenTrial) -> None:
+    study.set_user_attr(f"lost:{trial.number}", f"worker stopped: no heartbeat for over {GRACE_PERIOD_S} s")
+
+
+def open_storage(url: str) -> BaseStorage:
+    """An Optuna storage from a URL, ``journal:PATH`` or a ``*.db`` path.
+
+    SQL storages get a heartbeat, so a killed worker's RUNNING trial is marked FAIL once stale.
+
+    Raises:
+        ConfigError: an unknown form, a missing database driver, or an unreachable database.
+    """
+    if url.startswith("journal:"):
+        path = url[len("journal:"):]
+        if not path:
+            raise ConfigError("--storage journal:PATH: the journal file path is missing")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        if not url.endswith((".db", ".sqlite", ".sqlite3")):
+            raise ConfigError(f"--storage {url!r}: expected an Optuna storage URL (sqlite:///study.db, "
+                              "postgresql://..., mysql://...), journal:PATH or a .db file")
+        url = f"sqlite:///{Path(url).resolve()}"
+    engine_kwargs = None
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait, not fail
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                              grace_period=GRACE_PERIOD_S, heartbeat_stale_trial_callback=_record_lost)
+    except ImportError as exc:
+        raise ConfigError(f"--storage {_mask(url)}: database driver missing ({exc})") from None
+    except Exception as exc:
+        raise ConfigError(f"--storage {_mask(url)}: cannot open ({str(exc).splitlines()[0][:200]})") from None
+
+
+def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
+    """Open an existing hwsbs study (the only one in ``storage`` when no name is given)."""
+    store = open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if study_name is None:
+        if len(names) != 1:
+            raise ConfigError(f"--study-name: {_mask(storage)} holds {len(names)} studies "
+                              f"({', '.join(names) or 'none'}); name one")
+        study_name = names[0]
+    if study_name not in names:
+        raise ConfigError(f"--study-name {study_name}: no such study in {_mask(storage)} (it has: {', '.join(names) or 'none'})")
+    study = optuna.load_study(study_name=study_name, storage=store, sampler=optuna.samplers.RandomSampler(seed=0))
+    if STUDY_ATTR not in study.user_attrs:
+        raise ConfigError(f"study {study_name} was not created by hwsbs tune/pareto")
+    return study
+
+
+def _trial_seed(seed: int, number: int) -> int:
+    return (seed * 1_000_003 + number * 7_919 + 17) % (2**32)
+
+
+class TrialSeededSampler(BaseSampler):
+    """Delegates to a fresh inner sampler per trial, seeded from (seed, trial number).
+
+    A trial's parameters then depend only on the seed, its number and the history it sees, so a
+    single worker is reproducible and several workers never draw the same random start points.
+    """
+
+    def __init__(self, factory: Callable[[int], BaseSampler], seed: int) -> None:
+        self._factory = factory
+        self._seed = seed
+        self._inner = factory(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = self._factory(_trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def make_sampler(name: str, seed: int) -> BaseSampler:
+    """``tpe``, ``nsga2`` (population 16) or ``random``, explicitly seeded per trial."""
+    factories: dict[str, Callable[[int], BaseSampler]] = {
+        "tpe": lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=10, constant_liar=True),
+        "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s, population_size=16),
+        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
+    }
+    if name not in factories:
+        raise ConfigError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
+    return TrialSeededSampler(factories[name], seed)
+
+
+def _is_lost(trial: FrozenTrial, study_attrs: dict[str, Any]) -> bool:
+    return trial.state == TrialState.FAIL and (bool(trial.user_attrs.get("lost")) or f"lost:{trial.number}" in study_attrs)
+
+
+def counted_trials(study: optuna.Study, before: int | None = None) -> int:
+    """Trials that count towards ``n_trials``: all but surplus ones and those lost to a dead worker."""
+    attrs = study.user_attrs
+    return sum(
+        1 for t in study.get_trials(deepcopy=False)
+        if (before is None or t.number < before) and not t.user_attrs.get("surplus") and not _is_lost(t, attrs)
+    )
+
+
+def _pretrain_once(cfg: SearchConfig, study_dir: Path) -> str | None:
+    """Train the full-precision model once per study (``fp_model.pt``); trials load it.
+
+    The schedule equals the pipeline's pretraining for the same options. Workers starting
+    together may each train; the first to finish publishes its file and all trials use that one.
+    """
+    if cfg.checkpoint is not None or cfg.pretrain_epochs == 0:
+        return cfg.checkpoint
+    path = study_dir / "fp_model.pt"
+    if path.is_file():
+        return str(path)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    bundle = build_dataset(cfg.data, cfg.data_dir, cfg.subset, cfg.seed)
+    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(device)
+    optimizer = make_sgd(*split_decay(model), cfg.lr, cfg.weight_decay)
+    steps = len(make_loader(bundle.train, cfg.batch_size, True, cfg.seed, cfg.workers))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.pretrain_epochs * steps, 1))
+    with PhaseProgress(cfg.progress) as progress:
+        progress.start("pretrain", cfg.pretrain_epochs * steps)
+        for epoch in range(cfg.pretrain_epochs):
+            epoch_seed = (cfg.seed * 1_000_003 + epoch) % (2**31)  # the pipeline's pretraining seed
+            torch.manual_seed(epoch_seed)
+            loader = make_loader(bundle.train, cfg.batch_size, True, epoch_seed, cfg.workers)
+            train_epoch(model, loader, optimizer, scheduler, device, progress, f"full-precision training epoch {epoch + 1}")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    tmp = study_dir / f"fp_model.{os.getpid()}.tmp"
+    torch.save(model.state_dict(), tmp)
+    try:
+        os.link(tmp, path)  # atomic publish-if-absent
+    except FileExistsError:
+        pass
+    except OSError:
+        if not path.exists():
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(path)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+
+
+def _signature(settings: StudySettings, labels: list[dict[str, Any]], target: tuple[float | None, float | None]) -> dict[str, Any]:
+    sampled = {p.name for p in settings.space.params}
+    base = {k: v for k, v in settings.base.to_dict().items() if k not in _NOT_IN_SIGNATURE and k not in sampled}
+    return _jsonable({
+        "kind": "pareto" if settings.multi_objective else "tune",
+        "objectives": labels,
+        "target": None if target == (None, None) else {"absolute": target[0], "fraction": target[1]},
+        "space": settings.space.to_dict(),
+        "base": base,
+    })
+
+
+def _check_continuation(stored: dict[str, Any], now: dict[str, Any], name: str) -> None:
+    for key in ("kind", "objectives", "target", "space", "base"):
+        if stored.get(key) == now[key]:
+            continue
+        if key == "base":
+            diff = sorted(k for k in set(stored["base"]) | set(now["base"]) if stored["base"].get(k) != now["base"].get(k))
+            detail = ", ".join(f"{k}: {stored['base'].get(k)!r} -> {now['base'].get(k)!r}" for k in diff[:3])
+        else:
+            detail = f"{stored.get(key)!r} -> {now[key]!r}"
+        raise ConfigError(f"study {name} was started with a different {key} ({detail}); "
+                          "re-run with the same options, or pass another --study-name")
+
+
+class _TrialObjective:
+    """One trial: sample, run the inner search in its own directory, record everything."""
+
+    def __init__(self, settings: StudySettings, base: SearchConfig, labels: list[str], out_dir: Path,
+                 target: tuple[float | None, float | None]) -> None:
+        self.settings, self.base, self.labels, self.out_dir, self.target = settings, base, labels, out_dir, target
+        self.started = 0  # trials this process ran
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self.started += 1
+        if counted_trials(trial.study, before=trial.number) >= self.settings.n_trials:
+            trial.set_user_attr("surplus", True)  # another worker took the last slot at the same moment
+            raise optuna.TrialPruned(f"the study already has {self.settings.n_trials} trials")
+        run_dir = self.out_dir / "trials" / f"trial-{trial.number}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            sample = self.settings.space.sample(trial, self.labels)
+            trial.set_user_attr("options", _jsonable(sample.options))
+            trial.set_user_attr("weights", dict(zip(self.labels, sample.weights)))
+            cfg = dataclasses.replace(self.base, **sample.options, out=str(run_dir), resume=False)
+            objectives = [Objective(o.hw, o.cost, w) for o, w in zip(self.settings.objectives, sample.weights)]
+            result = run_search(cfg, objectives=objectives)
+            accuracy = float(result.accuracy["compressed"])
+            if not math.isfinite(accuracy):
+                raise ConfigError(f"compressed accuracy is {accuracy} (empty validation set?)")
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            trial.set_user_attr("lost", True)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc)[:500]}")
+            raise
+        costs = {self.labels[0]: {**result.cost, "unit": result.unit, "metric": result.metric}, **result.extra_costs}
+        trial.set_user_attr("accuracy", {k: float(v) for k, v in result.accuracy.items()})
+        trial.set_user_attr("costs", _jsonable(costs))
+        trial.set_user_attr("config_path", str(run_dir / "config.yaml"))
+        trial.set_user_attr("result_path", str(run_dir / "result.json"))
+        absolute, fraction = self.target
+        if absolute is not None or fraction is not None:
+            budget = absolute if absolute is not None else fraction * result.cost["uniform_8bit"]
+            violation = result.cost["compressed"] / budget - 1.0
+            trial.set_constraint("cost_budget", violation)
+            trial.set_user_attr("budget", budget)
+            trial.set_user_attr("constraint", [violation])
+        if not self.settings.multi_objective:
+            return accuracy
+        return (accuracy, *(float(costs[label]["compressed"]) for label in self.labels))
+
+
+def _default_name(kind: str, labels: list[str]) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join([kind, *labels]))
+
+
+def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> StudyRun:
+    """Create or continue a study and run trials until it holds ``settings.n_trials``.
+
+    Args:
+        settings: the study (see :class:`StudySettings`).
+        callbacks: called after every trial of this process (Optuna callback signature).
+
+    Returns:
+        The study, its directory and the number of trials this call ran.
+
+    Raises:
+        ConfigError: bad settings, a storage that cannot be opened, or a study started with
+            different options.
+    """
+    if not isinstance(settings.n_trials, int) or settings.n_trials < 1:
+        raise ConfigError(f"--trials: expected a positive integer, got {settings.n_trials!r}")
+    if not settings.objectives:
+        raise ConfigError("--hw: at least one hardware profile is needed")
+    objectives_info = []
+    for o in settings.objectives:
+        profile, cm = resolve_cost_model(o.hw, o.cost)
+        objectives_info.append({"label": f"{profile.name}:{cm.name}", "hw": o.hw, "cost": cm.name, "unit": cm.unit, "metric": cm.metric})
+    labels = [o["label"] for o in objectives_info]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--hw: the same profile and cost model appears twice ({', '.join(labels)})")
+    target = parse_target(settings.target) if isinstance(settings.target, str) else (settings.target, None)
+    if target[0] is not None and not (math.isfinite(target[0]) and target[0] > 0):
+        raise ConfigError(f"--target: expected a positive cost, got {target[0]!r}")
+    kind = "pareto" if settings.multi_objective else "tune"
+    name = settings.study_name or _default_name(kind, labels)
+    signature = _signature(settings, objectives_info, target)
+
+    out_dir = Path(settings.out) if settings.out is not None else None
+    if settings.storage is None:
+        out_dir = out_dir or Path("runs") / name
+        storage_url = f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    else:
+        storage_url = settings.storage
+    storage = open_storage(storage_url)
+    directions = ["maximize", *(["minimize"] * len(labels) if settings.multi_objective else [])]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True,
+                                sampler=make_sampler(settings.sampler, settings.base.seed))
+    stored = study.user_attrs.get(STUDY_ATTR)
+    if stored is not None:
+        _check_continuation(stored, signature, name)
+        out_dir = out_dir or Path(stored.get("out") or Path("runs") / name)
+    elif study.trials:
+        raise ConfigError(f"study {name} in {_mask(storage_url)} was not created by hwsbs; pass another --study-name")
+    out_dir = (out_dir or Path("runs") / name).resolve()
+    if stored is None:
+        study.set_user_attr(STUDY_ATTR, {**signature, "out": str(out_dir), "study_name": name})
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    base = dataclasses.replace(settings.base, hw=settings.objectives[0].hw, cost=settings.objectives[0].cost,
+                               target=None, target_fraction=None)
+    if counted_trials(study) < settings.n_trials:
+        base = dataclasses.replace(base, checkpoint=_pretrain_once(base, out_dir))
+    objective = _TrialObjective(settings, base, labels, out_dir, target)
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)  # a killed worker's RUNNING trial becomes FAIL (SQL storages)
+        if counted_trials(study) >= settings.n_trials:
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+    return StudyRun(study, out_dir, _mask(storage_url), objective.started)
