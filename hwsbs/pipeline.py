@@ -330,7 +330,7 @@ def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, Compres
         compressed_acc = float(done_ckpt["compressed_accuracy"])
     costs, layers = cost_summary(found, run.cost_model)
     extra = {}
-    for o, profile, cm in run.objectives[1:]:
+    for _, profile, cm in run.objectives[1:]:
         c, _ = cost_summary(found, cm)
         extra[f"{profile.name}:{cm.name}"] = {**c, "unit": cm.unit, "metric": cm.metric}  # type: ignore[dict-item]
     result = SearchResult(

@@ -54,10 +54,10 @@ def test_raising_lambda_raises_thresholds_and_lowers_bits():
     weak, strong = _search(0.0), _search(1.0)
 
     def mean_theta(space):
-        return torch.cat([torch.cat([l.w_theta, l.a_theta]) for _, l in space.layers() if not l.pinned]).mean()
+        return torch.cat([torch.cat([m.w_theta, m.a_theta]) for _, m in space.layers() if not m.pinned]).mean()
 
     def mean_bits(space):
-        return sum(sum(l.current_bits()) for _, l in space.layers()) / len(space.layer_names)
+        return sum(sum(m.current_bits()) for _, m in space.layers()) / len(space.layer_names)
 
     assert mean_theta(strong) > mean_theta(weak) + 0.1
     assert mean_bits(strong) < mean_bits(weak)

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from hwsbs.errors import ConfigError
-from hwsbs.quant.quantizer import bit_sharing_terms, compose, quantize, step_size, validate_bit_candidates
+from hwsbs.quant.quantizer import (
+    bit_sharing_terms,
+    compose,
+    quantize,
+    step_size,
+    validate_bit_candidates,
+)
 
 
 def _edge_inputs(bits: tuple[int, ...]) -> torch.Tensor:

@@ -95,6 +95,23 @@ def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], di
     return order, shapes
 
 
+@torch.no_grad()
+def _calibrate(model: nn.Module, example: Tensor) -> None:
+    """One forward in training mode initialises clipping values and gate statistic scales.
+
+    Training mode, because that is what the search sees: in eval mode the batch-norms of an
+    untrained model do not normalise, activations shrink layer after layer, and the clipping
+    values calibrated there would clip nearly everything once training starts. Batch-norm running
+    statistics are restored afterwards, so calibration leaves no trace.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    model.train()
+    model(example)
+    for m, state in zip(norms, saved):
+        m.load_state_dict(state)
+
+
 def convert_model(
     model: nn.Module,
     example: Tensor,
@@ -151,8 +168,5 @@ def convert_model(
             layer.pinned = True
             layer.fixed_w_bits = layer.fixed_a_bits = pin_bits
         layer.prunable = name in producers
-    model.eval()
-    with torch.no_grad():
-        model(example)  # calibrates clipping values and gate statistic scales
-    model.train()
+    _calibrate(model, example)
     return SearchSpace(model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason)
