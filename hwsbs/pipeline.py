@@ -24,14 +24,15 @@ from hwsbs.checkpoint import load_checkpoint, load_state_dict_file, save_checkpo
 from hwsbs.config import SearchConfig
 from hwsbs.data import build_dataset, make_loader
 from hwsbs.errors import CheckpointError, ConfigError
+from hwsbs.methods import MethodContext, get_method
 from hwsbs.models import build_model
 from hwsbs.profiles import HardwareProfile, load_profile
 from hwsbs.progress import PhaseProgress
 from hwsbs.result import SearchResult, cost_summary, write_outputs
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
 from hwsbs.sbs.convert import SearchSpace, convert_model
-from hwsbs.sbs.derive import apply_config, derive_config
-from hwsbs.sbs.engine import CostObjective, SearchEngine
+from hwsbs.sbs.derive import apply_config
+from hwsbs.sbs.engine import CostObjective
 from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
 
 __all__ = ["run_search", "resolve_cost_model", "default_run_dir", "Objective", "build_compressed_model"]
@@ -170,7 +171,7 @@ def _convert(run: _Run, fp_model: nn.Module) -> SearchSpace:
     return convert_model(
         fp_model, run.example, cfg.bits, group_size=cfg.group_size, max_prune_fraction=cfg.max_prune_fraction,
         temperature=cfg.temperature, pin_first_last=cfg.pin_first_last, pin_bits=cfg.pin_bits,
-        prune=cfg.prune and cfg.method == "sbs",
+        prune=cfg.prune and get_method(cfg.method).prunes,
     )
 
 
@@ -185,35 +186,22 @@ def _resolve_target(run: _Run, space: SearchSpace, cm: CostModel) -> float | Non
     return None
 
 
-def _search(run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:
+def _run_method(run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:
     cfg = run.cfg
     objectives = [CostObjective(cm, o.weight, _resolve_target(run, space, cm)) for o, _, cm in run.objectives]
-    engine = SearchEngine(space, objectives, cfg.lam, cfg.search_lr, cfg.threshold_lr, cfg.weight_decay, cfg.cost_batch)
-    start = 0
-    if ckpt is not None and ckpt["phase"] == "search":
-        engine.load_state_dict(ckpt["optim"]["engine"])
-        start = int(ckpt["epoch"])
-    spe = run.steps_per_epoch()
-    progress.start("search", cfg.search_epochs * spe, start * spe)
-    for epoch in range(start, cfg.search_epochs):
-        stats: dict[str, float] = {}
-        for x, y in run.loader("search", epoch):
-            stats = engine.step(x.to(run.device), y.to(run.device), f"search epoch {epoch + 1}")
-            progress.update(loss=stats["loss"], acc=stats["acc"], cost=f"{stats['cost']:.3g} {run.cost_model.unit}")
-        run.history.append({"phase": "search", "epoch": epoch + 1, **stats})
-        run.checkpoint("search", epoch + 1, space.model, {"engine": engine.state_dict()})
-    return derive_config(space, run.model_name, run.cfg.data, list(cfg.bits), cfg.group_size, cfg.cost_batch)
+    resuming = ckpt is not None and ckpt["phase"] == "search"
 
+    def save_state(epochs_done: int, state: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+        run.history.append({"phase": "search", "epoch": epochs_done, **(metrics or {})})
+        run.checkpoint("search", epochs_done, space.model, state)
 
-def _uniform_config(run: _Run, space: SearchSpace) -> CompressionConfig:
-    """The uniform baseline: every searchable layer at ``uniform_bits``, pinned layers as pinned."""
-    bits = run.cfg.uniform_bits or run.cfg.bits[-1]
-    decisions = []
-    for name, layer in space.layers():
-        b = layer.fixed_w_bits if layer.pinned else bits
-        a = layer.fixed_a_bits if layer.pinned else bits
-        decisions.append(LayerDecision(space.shapes[name], b, a))
-    return CompressionConfig(decisions, run.model_name, run.cfg.data, list(run.cfg.bits), run.cfg.group_size, run.cfg.cost_batch)
+    ctx = MethodContext(
+        config=cfg, space=space, objectives=objectives, train_loader=run.loader, val_loader=run.val_loader,
+        device=run.device, progress=progress, save_state=save_state,
+        resume_state=ckpt["optim"] if resuming else None, resume_epoch=int(ckpt["epoch"]) if resuming else 0,
+        model_name=run.model_name, dataset=cfg.data, extra=dict(cfg.extra),
+    )
+    return get_method(cfg.method).run(ctx)
 
 
 def _finetune(run: _Run, model: nn.Module, ckpt: dict | None, progress: PhaseProgress) -> None:
@@ -264,6 +252,7 @@ def run_search(
     Returns:
         The :class:`SearchResult`; ``result.model`` is the fine-tuned compressed model.
     """
+    get_method(config.method)  # an unknown method fails before any work
     run = _Run(config, model, train_data, val_data, objectives)
     cfg = run.cfg
     run_dir = run.run_dir
@@ -301,10 +290,7 @@ def run_search(
         if phase in ("pretrain", "search"):
             if ckpt is not None:  # resuming inside the search
                 _load_model_state(space.model, ckpt["model"], f"{run_dir}/checkpoint.pt")
-            if cfg.method == "uniform":
-                found = _uniform_config(run, space)
-            else:
-                found = _search(run, space, ckpt, progress)
+            found = _run_method(run, space, ckpt, progress)
             save_config(found, config_path)
             ckpt = None
         else:

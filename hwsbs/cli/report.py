@@ -19,7 +19,7 @@ def _handle(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(report.out or Path("runs") / study.study_name)
     written = write_report(report, out)
     print_report(report, stdout_console())
-    console.print(f"written: {', '.join(str(p) for p in written)}")
+    console.print(f"written: {', '.join(str(p) for p in written)}", soft_wrap=True)
     return 0
 
 

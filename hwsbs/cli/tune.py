@@ -46,9 +46,10 @@ def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
             costs = ", ".join(f"{label} {c['compressed']:.4g} {c['unit']} ({c['compressed'] / c['uniform_8bit']:.2f}x u8)"
                               for label, c in ua["costs"].items() if c.get("uniform_8bit"))
             budget = "" if "constraint" not in ua else (" within budget" if ua["constraint"][0] <= 0 else " OVER budget")
-            console.print(f"trial {trial.number}: accuracy {ua['accuracy']['compressed']:.4f}, {costs}{budget} {elapsed}")
+            console.print(f"trial {trial.number}: accuracy {ua['accuracy']['compressed']:.4f}, {costs}{budget} {elapsed}",
+                          soft_wrap=True)
         elif trial.state.name == "FAIL":
-            console.print(f"trial {trial.number} failed: {ua.get('fail_reason', 'unknown error')} {elapsed}")
+            console.print(f"trial {trial.number} failed: {ua.get('fail_reason', 'unknown error')} {elapsed}", soft_wrap=True)
         elif ua.get("surplus"):
             console.print(f"trial {trial.number} skipped: the study already has its trials {elapsed}")
 
@@ -69,7 +70,7 @@ def run_and_report(args: argparse.Namespace, objectives: list[Objective], multi_
     written = write_report(report, run.out_dir)
     print_report(report, stdout_console())
     console.print(f"study {run.study.study_name} in {run.storage_url}: {len(report.trials)} trials "
-                  f"({run.new_trials} run now); artefacts: {', '.join(str(p) for p in written)}")
+                  f"({run.new_trials} run now); artefacts: {', '.join(str(p) for p in written)}", soft_wrap=True)
     return 0
 
 

@@ -213,7 +213,9 @@ def _plot_png(report: StudyReport, path: Path) -> None:
         others = [t for t in complete if t.number not in front_ids]
         feas = [t for t in others if t.feasible]
         infeas = [t for t in others if not t.feasible]
-        ax.scatter([t.cost(label) for t in feas], [t.accuracy["compressed"] for t in feas], c="0.6", s=22, label="trial")
+        if feas:
+            ax.scatter([t.cost(label) for t in feas], [t.accuracy["compressed"] for t in feas], c="0.6", s=22,
+                       label="dominated trial")
         if infeas:
             ax.scatter([t.cost(label) for t in infeas], [t.accuracy["compressed"] for t in infeas], c="tab:red",
                        marker="x", s=26, label="over budget")
@@ -221,8 +223,11 @@ def _plot_png(report: StudyReport, path: Path) -> None:
             xs = [t.cost(label) for t in report.front]
             ys = [t.accuracy["compressed"] for t in report.front]
             ax.scatter(xs, ys, c="tab:blue", s=40, zorder=3, label="Pareto front")
+            at: dict[tuple[float, float], list[str]] = {}
             for t, x, y in zip(report.front, xs, ys):
-                ax.annotate(f"#{t.number}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                at.setdefault((x, y), []).append(str(t.number))
+            for (x, y), numbers in at.items():  # trials at the same point share one label
+                ax.annotate("#" + ",".join(numbers), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             stair = sorted((xs[i], ys[i]) for i in non_dominated([(x, -y) for x, y in zip(xs, ys)]))
             ax.step([p[0] for p in stair], [p[1] for p in stair], where="post", c="tab:blue", lw=1)
         if complete:

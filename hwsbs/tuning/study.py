@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,15 +128,20 @@ def open_storage(url: str) -> BaseStorage:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait, not fail
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                              grace_period=GRACE_PERIOD_S, heartbeat_stale_trial_callback=_record_lost)
-    except ImportError as exc:
-        raise ConfigError(f"--storage {_mask(url)}: database driver missing ({exc})") from None
-    except Exception as exc:
-        raise ConfigError(f"--storage {_mask(url)}: cannot open ({str(exc).splitlines()[0][:200]})") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                  grace_period=GRACE_PERIOD_S, heartbeat_stale_trial_callback=_record_lost)
+        except ImportError as exc:
+            raise ConfigError(f"--storage {_mask(url)}: database driver missing ({exc})") from None
+        except Exception as exc:
+            # workers creating a new database together race on its schema: the loser retries
+            if attempt == 4 or "IntegrityError" not in type(exc).__name__ and "already exists" not in str(exc):
+                raise ConfigError(f"--storage {_mask(url)}: cannot open ({str(exc).splitlines()[0][:200]})") from None
+            time.sleep(0.2 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
