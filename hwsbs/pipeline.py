@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from cost_models import build_cost_model
 from cost_models.base import CostModel
@@ -113,8 +113,13 @@ class _Run:
         self.fp_accuracy: float | None = None
 
     def loader(self, phase: str, epoch: int) -> DataLoader:
+        """The training loader for one epoch; every random source restarts from (seed, phase, epoch)."""
         seed = _epoch_seed(self.cfg.seed, phase, epoch)
         torch.manual_seed(seed)
+        random.seed(seed)
+        base = self.train_data.dataset if isinstance(self.train_data, Subset) else self.train_data
+        if hasattr(base, "reseed"):  # augmentation streams of hwsbs datasets restart too
+            base.reseed(seed)
         return _as_loader(self.train_data, self.cfg.batch_size, True, seed, self.cfg.workers)
 
     def steps_per_epoch(self) -> int:

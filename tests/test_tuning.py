@@ -25,7 +25,7 @@ from hwsbs.tuning import (
     run_study,
     write_report,
 )
-from hwsbs.tuning.study import counted_trials, make_sampler, open_storage
+from hwsbs.tuning.study import counted_trials, load_study, make_sampler, open_storage
 
 TINY = dict(subset=128, batch_size=64, pretrain_epochs=1, search_epochs=1, finetune_epochs=1, progress=False)
 
@@ -246,3 +246,24 @@ def test_continuing_with_other_options_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="different target"):
         run_study(StudySettings(base, [Objective("a100", "bops")], n_trials=2, out=tmp_path / "s", target="30%"))
     assert len(list(itertools.chain((tmp_path / "s" / "trials").iterdir()))) == 1
+    (tmp_path / "s" / "study.db").unlink()  # the storage is gone, the trial directories are not
+    with pytest.raises(ConfigError, match="holds the trials of another study"):
+        run_study(settings)
+
+
+def test_journal_trial_failed_by_hand_and_marked_lost_is_replaced(tmp_path):
+    url = f"journal:{tmp_path / 'study.log'}"
+    settings = StudySettings(SearchConfig(**TINY), [Objective("a100", "bops")], n_trials=1, storage=url,
+                             study_name="j", out=tmp_path / "s")
+    run_study(settings)
+    study = load_study(url, "j")
+    dead = study.ask()  # a killed worker's trial: journal storages have no heartbeat
+    study.tell(dead.number, state=TrialState.FAIL)
+    study.set_user_attr(f"lost:{dead.number}", "worker killed")
+    run = run_study(dataclasses.replace(settings, n_trials=2, out=None))  # the study remembers its directory
+    assert run.out_dir == (tmp_path / "s").resolve()
+    assert [t.state for t in run.study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    with pytest.raises(ConfigError, match="no such file"):
+        load_study(f"journal:{tmp_path / 'missing.log'}")
+    with pytest.raises(ConfigError, match="no such study"):
+        load_study(url, "other")

@@ -14,6 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from hwsbs.cli.main import main
+from hwsbs.cli.pareto import parse_hw_spec
 from hwsbs.tuning import hypervolume
 
 TINY = ["--subset", "128", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "1", "--no-progress"]
@@ -157,6 +158,15 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "s"), *TINY]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_hw_specs():
+    assert (parse_hw_spec("a100:size").hw, parse_hw_spec("a100:size").cost) == ("a100", "size")
+    assert parse_hw_spec("a100", "bops").cost == "bops"
+    assert parse_hw_spec("a100").cost is None
+    assert (parse_hw_spec("profiles/my.yaml:energy").hw, parse_hw_spec("profiles/my.yaml:energy").cost) == ("profiles/my.yaml", "energy")
+    assert parse_hw_spec("profiles/my.yaml").hw == "profiles/my.yaml"
+    assert parse_hw_spec(r"C:\hw\my.yaml").hw == r"C:\hw\my.yaml"
 
 
 @pytest.mark.slow

@@ -34,6 +34,8 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--study-name", default=None, help="study name (default: derived from the command and profiles)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler, seeded by --seed (default: %(default)s)")
     g.add_argument("--out", default=None, help="study directory (default: runs/<study name>)")
+    g.add_argument("--constraint-only", dest="inner_budget", action="store_false",
+                   help="--target only filters trials; by default each inner search also aims at it (budget loss)")
 
 
 def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
@@ -63,7 +65,7 @@ def run_and_report(args: argparse.Namespace, objectives: list[Objective], multi_
     space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
     base = config_from_args(args, hw=objectives[0].hw, cost=objectives[0].cost, target=None, target_fraction=None)
     settings = StudySettings(base=base, objectives=objectives, n_trials=args.trials, multi_objective=multi_objective,
-                             space=space, target=args.target, storage=args.storage, study_name=args.study_name,
+                             space=space, target=args.target, inner_budget=args.inner_budget, storage=args.storage, study_name=args.study_name,
                              sampler=args.sampler, out=args.out)
     run = run_study(settings, callbacks=[_trial_printer()])
     report = collect(run.study, run.storage_url)

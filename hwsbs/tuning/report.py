@@ -352,8 +352,13 @@ def print_report(report: StudyReport, console: Console) -> None:
     for t in failed[:5]:
         console.print(f"trial {t.number} failed: {t.fail_reason or 'no reason recorded'}")
     if report.kind == "tune":
-        if report.best is None:
-            console.print("no complete trial meets the budget" if report.target else "no complete trial yet")
+        over = [t for t in report.trials if t.complete and not t.feasible]
+        if report.best is None and over:
+            closest = min(over, key=lambda t: t.constraint)
+            console.print(f"no complete trial meets the budget; closest: trial {closest.number}, "
+                          f"{100 * closest.constraint:.0f}% over it at {closest.ratio(report.labels[0]):.2f}x uniform 8-bit")
+        elif report.best is None:
+            console.print("no complete trial yet")
         else:
             b, label = report.best, report.labels[0]
             console.print(f"best feasible: trial {b.number}, accuracy {b.accuracy['compressed']:.4f}, "

@@ -28,6 +28,7 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
+from torch.utils.data import Subset
 
 from hwsbs.config import SearchConfig, parse_target
 from hwsbs.data import build_dataset, make_loader
@@ -62,6 +63,8 @@ class StudySettings:
         space: the sampled hyperparameters.
         target: cost budget of the primary objective, absolute or ``"30%"`` of its uniform 8-bit
             cost; trials above it are infeasible (an Optuna constraint).
+        inner_budget: also give each inner search the budget (its hinge loss form), so trials
+            aim at it; ignored when the space samples ``target_fraction``.
         storage: Optuna storage URL or ``journal:PATH``; default ``sqlite:///<out>/study.db``.
         study_name: default ``<tune|pareto>-<profile>-<cost model>[...]``.
         sampler: ``tpe`` (default), ``nsga2`` or ``random``; seeded from ``base.seed``.
@@ -74,6 +77,7 @@ class StudySettings:
     multi_objective: bool = False
     space: SearchSpace = field(default_factory=SearchSpace.default)
     target: str | float | None = None
+    inner_budget: bool = True
     storage: str | None = None
     study_name: str | None = None
     sampler: str = "tpe"
@@ -138,7 +142,8 @@ def open_storage(url: str) -> BaseStorage:
             raise ConfigError(f"--storage {_mask(url)}: database driver missing ({exc})") from None
         except Exception as exc:
             # workers creating a new database together race on its schema: the loser retries
-            if attempt == 4 or "IntegrityError" not in type(exc).__name__ and "already exists" not in str(exc):
+            racing = "IntegrityError" in type(exc).__name__ or "already exists" in str(exc)
+            if attempt == 4 or not racing:
                 raise ConfigError(f"--storage {_mask(url)}: cannot open ({str(exc).splitlines()[0][:200]})") from None
             time.sleep(0.2 + random.random() * (attempt + 1))
     raise AssertionError("unreachable")
@@ -146,6 +151,10 @@ def open_storage(url: str) -> BaseStorage:
 
 def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     """Open an existing hwsbs study (the only one in ``storage`` when no name is given)."""
+    local = storage[len("journal:"):] if storage.startswith("journal:") else (
+        storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else storage if "://" not in storage else None)
+    if local is not None and local != ":memory:" and not Path(local).is_file():
+        raise ConfigError(f"--storage {storage}: no such file")  # do not create an empty database
     store = open_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if study_name is None:
@@ -225,7 +234,7 @@ def counted_trials(study: optuna.Study, before: int | None = None) -> int:
 def _pretrain_once(cfg: SearchConfig, study_dir: Path) -> str | None:
     """Train the full-precision model once per study (``fp_model.pt``); trials load it.
 
-    The schedule equals the pipeline's pretraining for the same options. Workers starting
+    Same schedule and per-epoch seeding as the pipeline's pretraining. Workers starting
     together may each train; the first to finish publishes its file and all trials use that one.
     """
     if cfg.checkpoint is not None or cfg.pretrain_epochs == 0:
@@ -246,6 +255,10 @@ def _pretrain_once(cfg: SearchConfig, study_dir: Path) -> str | None:
         for epoch in range(cfg.pretrain_epochs):
             epoch_seed = (cfg.seed * 1_000_003 + epoch) % (2**31)  # the pipeline's pretraining seed
             torch.manual_seed(epoch_seed)
+            random.seed(epoch_seed)
+            data = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
+            if hasattr(data, "reseed"):  # augmentation streams restart too
+                data.reseed(epoch_seed)
             loader = make_loader(bundle.train, cfg.batch_size, True, epoch_seed, cfg.workers)
             train_epoch(model, loader, optimizer, scheduler, device, progress, f"full-precision training epoch {epoch + 1}")
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +286,8 @@ def _signature(settings: StudySettings, labels: list[dict[str, Any]], target: tu
     return _jsonable({
         "kind": "pareto" if settings.multi_objective else "tune",
         "objectives": labels,
-        "target": None if target == (None, None) else {"absolute": target[0], "fraction": target[1]},
+        "target": None if target == (None, None) else {"absolute": target[0], "fraction": target[1],
+                                                         "inner_budget": settings.inner_budget},
         "space": settings.space.to_dict(),
         "base": base,
     })
@@ -301,10 +315,10 @@ class _TrialObjective:
         self.started = 0  # trials this process ran
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        self.started += 1
         if counted_trials(trial.study, before=trial.number) >= self.settings.n_trials:
             trial.set_user_attr("surplus", True)  # another worker took the last slot at the same moment
             raise optuna.TrialPruned(f"the study already has {self.settings.n_trials} trials")
+        self.started += 1
         run_dir = self.out_dir / "trials" / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
         try:
@@ -394,12 +408,16 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
     elif study.trials:
         raise ConfigError(f"study {name} in {_mask(storage_url)} was not created by hwsbs; pass another --study-name")
     out_dir = (out_dir or Path("runs") / name).resolve()
+    if stored is None and (out_dir / "trials").is_dir() and any((out_dir / "trials").iterdir()):
+        raise ConfigError(f"--out {out_dir}: holds the trials of another study (not in {_mask(storage_url)}); "
+                          "choose another --out or pass that study's --storage")
     if stored is None:
         study.set_user_attr(STUDY_ATTR, {**signature, "out": str(out_dir), "study_name": name})
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    inner = settings.inner_budget and "target_fraction" not in {p.name for p in settings.space.params}
     base = dataclasses.replace(settings.base, hw=settings.objectives[0].hw, cost=settings.objectives[0].cost,
-                               target=None, target_fraction=None)
+                               target=target[0] if inner else None, target_fraction=target[1] if inner else None)
     if counted_trials(study) < settings.n_trials:
         base = dataclasses.replace(base, checkpoint=_pretrain_once(base, out_dir))
     objective = _TrialObjective(settings, base, labels, out_dir, target)

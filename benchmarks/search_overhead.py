@@ -1,0 +1,233 @@
+"""Per-step time and peak memory: FP32 training, fixed 4-bit QAT, the SBS step, the multipath step.
+
+Usage::
+
+    .venv/bin/python benchmarks/search_overhead.py --models resnet20 mobilenetv2 --batch 64 \
+        --out benchmarks/results/search_overhead.json [--profile]
+
+Method:
+
+* Time: the four configurations of one model live in one process and are timed round-robin
+  (``--repeats`` rounds of ``--steps`` steps each, after ``--warmup`` steps), so load from other
+  processes hits them alike; per-step time is the median over rounds. Ratios are of medians.
+* Memory: one subprocess per configuration builds the model, reads ``ru_maxrss`` (peak resident
+  set size) after setup, runs ``--mem-steps`` steps and reads it again; the growth is the peak
+  memory a training step needs beyond the model and optimiser (activations kept for the backward
+  pass, gradients, temporaries). Setup calibrates on 8 images so its own peak stays below the
+  step's.
+* Same model, same random CIFAR-shaped batch, same thread count for all. SBS and multipath pay
+  the BOPs cost (``lambda`` 0.1); 4-bit QAT is ``set_fixed(4, 4)`` on every non-pinned layer.
+
+``--profile`` adds the top operators of the SBS step (``torch.profiler``, self CPU time) and the
+hwsbs functions they come from (``cProfile``, cumulative time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cost_models import build_cost_model
+from hwsbs.methods.multipath import MultiPathSearch
+from hwsbs.models import build_model
+from hwsbs.sbs.convert import convert_model
+from hwsbs.sbs.engine import CostObjective, SearchEngine
+from hwsbs.training import make_sgd, split_decay
+
+__all__ = ["CONFIGS", "make_step", "machine_info"]
+
+CONFIGS = ("fp32", "qat4", "sbs", "multipath")
+
+
+def machine_info() -> dict[str, object]:
+    """CPU model, cores and library versions, for the record."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def _batch(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+
+
+def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """A closure performing one training step of ``config`` on (x, y)."""
+    torch.manual_seed(0)
+    model = build_model(model_name, 10, 3, (32, 32))
+    if config == "fp32":
+        opt = make_sgd(*split_decay(model), 0.01, 5e-4)
+
+        def fp_step() -> None:
+            model.train()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return fp_step
+    space = convert_model(model, x[:8], (2, 4, 8), prune=config == "sbs")
+    objectives = [CostObjective(build_cost_model("bops"))]
+    if config == "qat4":
+        for _, layer in space.layers():
+            if not layer.pinned:
+                layer.set_fixed(4, 4)
+            else:
+                layer.set_fixed(layer.fixed_w_bits, layer.fixed_a_bits)
+        qopt = make_sgd(*split_decay(space.model), 0.01, 5e-4)
+
+        def qat_step() -> None:
+            space.model.train()
+            loss = F.cross_entropy(space.model(x), y)
+            qopt.zero_grad(set_to_none=True)
+            loss.backward()
+            qopt.step()
+
+        return qat_step
+    if config == "sbs":
+        engine = SearchEngine(space, objectives, 0.1, 0.01, 0.05, 5e-4)
+        return lambda: engine.step(x, y)
+    if config == "multipath":
+        search = MultiPathSearch(space, objectives, 0.1, 0.01, 0.05, 5e-4)
+        return lambda: search.step(x, y)
+    raise ValueError(f"unknown configuration {config!r}")
+
+
+def time_model(model_name: str, batch: int, warmup: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Round-robin timing of every configuration of one model, in this process."""
+    x, y = _batch(batch)
+    fns = {c: make_step(model_name, c, x, y) for c in CONFIGS}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    for _ in range(repeats):
+        for c, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            samples[c].append((time.perf_counter() - t0) / steps)
+    return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)} for c, v in samples.items()}
+
+
+def memory_probe(model_name: str, config: str, batch: int, steps: int) -> dict[str, float]:
+    """Peak RSS growth (MiB) over ``steps`` steps, after setup; run in a fresh process."""
+    x, y = _batch(batch)
+    fn = make_step(model_name, config, x, y)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    for _ in range(steps):
+        fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"setup_peak_mib": before / 1024, "step_peak_growth_mib": (after - before) / 1024, "peak_mib": after / 1024}
+
+
+def _memory(model_name: str, batch: int, steps: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for c in CONFIGS:
+        proc = subprocess.run([sys.executable, __file__, "--probe", model_name, c, "--batch", str(batch), "--mem-steps", str(steps)],
+                              capture_output=True, text=True, check=True)
+        out[c] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def profile_sbs(model_name: str, batch: int, top: int = 12) -> dict[str, object]:
+    """Where the SBS step's time goes: top operators (torch.profiler, self CPU time) and the
+    hwsbs functions that issue them (cProfile, cumulative time; this torch build records no
+    Python stacks in the profiler). Shares are of the profiled step time."""
+    import cProfile
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    x, y = _batch(batch)
+    fn = make_step(model_name, "sbs", x, y)
+    for _ in range(2):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            fn()
+    ops = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    top_ops = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(3):
+        fn()
+    pr.disable()
+    stats = pstats.Stats(pr).stats  # type: ignore[attr-defined]
+    step_total = max((v[3] for k, v in stats.items() if k[2] == "step"), default=1.0)
+    funcs = [(f"{Path(k[0]).as_posix().split('/hwsbs/')[-1]}:{k[1]}({k[2]})", v[3]) for k, v in stats.items()
+             if "/hwsbs/" in Path(k[0]).as_posix() or k[2] == "backward"]
+    funcs.sort(key=lambda kv: kv[1], reverse=True)
+    return {
+        "ops": [{"op": e.key, "self_share": e.self_cpu_time_total / total, "calls_per_step": e.count / 3} for e in top_ops],
+        "functions": [{"where": k, "cumulative_share": v / step_total} for k, v in funcs[:top]],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="steps per timing round")
+    p.add_argument("--repeats", type=int, default=7, help="timing rounds (median taken)")
+    p.add_argument("--mem-steps", type=int, default=3)
+    p.add_argument("--profile", action="store_true", help="also profile the SBS step")
+    p.add_argument("--out", default=None, help="write the JSON here too")
+    p.add_argument("--probe", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.probe:
+        print(json.dumps(memory_probe(args.probe[0], args.probe[1], args.batch, args.mem_steps)))
+        return 0
+    report: dict[str, object] = {"machine": machine_info(), "batch": args.batch, "image": [3, 32, 32],
+                                 "command": " ".join(["benchmarks/search_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
+                                 "models": {}}
+    for m in args.models:
+        times = time_model(m, args.batch, args.warmup, args.steps, args.repeats)
+        mem = _memory(m, args.batch, args.mem_steps)
+        fp, mp = times["fp32"]["median_s"], times["multipath"]["median_s"]
+        entry: dict[str, object] = {
+            "time": times, "memory": mem,
+            "ratios": {
+                "sbs_vs_fp32_time": times["sbs"]["median_s"] / fp,
+                "qat4_vs_fp32_time": times["qat4"]["median_s"] / fp,
+                "multipath_vs_fp32_time": mp / fp,
+                "sbs_vs_multipath_time": times["sbs"]["median_s"] / mp,
+                "sbs_vs_multipath_memory": mem["sbs"]["step_peak_growth_mib"] / max(mem["multipath"]["step_peak_growth_mib"], 1e-9),
+                "sbs_vs_fp32_memory": mem["sbs"]["step_peak_growth_mib"] / max(mem["fp32"]["step_peak_growth_mib"], 1e-9),
+            },
+        }
+        if args.profile:
+            entry["sbs_profile"] = profile_sbs(m, args.batch)
+        report["models"][m] = entry  # type: ignore[index]
+        print(json.dumps({m: entry["ratios"]}), file=sys.stderr, flush=True)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

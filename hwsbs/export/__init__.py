@@ -1,0 +1,35 @@
+"""Deployable export: a found configuration on real integer kernels, pruned channels removed.
+
+``export_model`` turns a fixed SBS model into an :class:`ExportedModel` (int8 kernels for layers
+of <= 8 bits the device executes exactly, float32 for the rest); ``ExportedModel.save`` and
+``load_exported`` store it as tensors plus plain metadata (``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+from .encoding import int16_pair_safe, weight_codes
+from .kernels import BACKENDS, onednn_available, onednn_saturates, resolve_backend
+from .layers import ExportedLayer, LayerRecord
+from .model import EXPORT_FORMAT, ExportedModel, export_model, load_exported, plan_path
+from .source import ModelSpec, compressed_model, default_spec, load_run, spec_from_config
+
+__all__ = [
+    "BACKENDS",
+    "EXPORT_FORMAT",
+    "ExportedLayer",
+    "ExportedModel",
+    "LayerRecord",
+    "ModelSpec",
+    "compressed_model",
+    "default_spec",
+    "export_model",
+    "int16_pair_safe",
+    "load_exported",
+    "load_run",
+    "onednn_available",
+    "onednn_saturates",
+    "plan_path",
+    "resolve_backend",
+    "spec_from_config",
+    "weight_codes",
+]

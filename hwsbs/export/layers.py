@@ -1,0 +1,167 @@
+"""One exported Conv2d/Linear: a plain record (saved) and the module rebuilt from it (run).
+
+A layer at <= 8 bits in both operands runs on an integer kernel (:mod:`hwsbs.export.kernels`)
+when the back-end executes that bit pair exactly; every other layer runs in float32 on the
+fake-quantised values (what a device without the kernel does: the next wider path). A batch-norm
+that directly follows a convolution is folded into its per-channel output scale and bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .encoding import MAX_INT_BITS, fake_quant_input, input_codes, odd_weights
+from .kernels import IntKernel, build_kernel
+
+__all__ = ["LayerRecord", "ExportedLayer"]
+
+_FLOAT_BITS = 32
+
+
+@dataclass
+class LayerRecord:
+    """Everything needed to rebuild one exported layer: tensors plus plain metadata."""
+
+    name: str  # qualified module name
+    kind: str  # "conv" or "linear"
+    in_channels: int  # kept input channels (features)
+    out_channels: int  # kept output channels
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str  # a tuple, or "same"/"valid"
+    dilation: tuple[int, int]
+    groups: int
+    padding_mode: str  # nn.Conv2d padding_mode ("zeros" for linear)
+    w_bits: int
+    a_bits: int
+    act_signed: bool  # the input quantiser is signed (calibration saw negative inputs)
+    path: str  # "int8" (integer kernel) or "float"
+    reason: str  # why this path (e.g. "int16 saturation without VNNI")
+    weight: Tensor  # int8 codes (w_bits <= 8) or float32 fake-quantised weights
+    weight_scale: Tensor  # 0-d float32: w_q = weight_scale * n (1 for float weights)
+    doubled: bool  # 8-bit codes: n = 2 * code + 1
+    act_clip: Tensor  # 0-d float32 clip v of the input quantiser, as the layer computes it (unused at 32 bits)
+    out_scale: Tensor  # per output channel, float32: folded batch-norm scale (ones without one)
+    out_bias: Tensor  # per output channel, float32: bias after folding
+    folded_norm: str | None  # the batch-norm folded into this layer, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only, so ``torch.load(weights_only=True)`` reads it back."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerRecord:
+        values = dict(data)
+        for key in ("kernel_size", "stride", "dilation"):
+            values[key] = tuple(values[key])
+        if not isinstance(values["padding"], str):
+            values["padding"] = tuple(values["padding"])
+        return cls(**values)
+
+    @property
+    def quantised_input(self) -> bool:
+        return self.a_bits < _FLOAT_BITS  # SBS layers quantise every width below 32
+
+    def float_weight(self) -> Tensor:
+        """The fake-quantised weight in float32, batch-norm scale folded in."""
+        if self.w_bits <= MAX_INT_BITS:
+            w = self.weight_scale * odd_weights(self.weight, self.doubled).to(torch.float32)
+        else:
+            w = self.weight.to(torch.float32)
+        return w * self.out_scale.view(-1, *([1] * (w.dim() - 1)))
+
+
+class ExportedLayer(nn.Module):
+    """A Conv2d/Linear rebuilt from a :class:`LayerRecord` (no state_dict entries of its own)."""
+
+    def __init__(self, record: LayerRecord, backend: str, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.record = record
+        self.backend = backend if record.path == "int8" else "float"
+        dev = torch.device(device)
+        self.clip = record.act_clip.to(dev, torch.float32)
+        self._border_cache: dict[tuple[int, int], Tensor] = {}
+        self.kernel: IntKernel | None = None
+        if record.path == "int8":
+            self._build_int(record, dev)
+        else:
+            self.weight = record.float_weight().to(dev)
+            self.bias = record.out_bias.to(dev, torch.float32)
+            if record.kind == "conv" and dev.type == "cpu":  # mkldnn convolutions run NHWC fastest
+                self.weight = self.weight.contiguous(memory_format=torch.channels_last)
+            if record.kind == "conv" and record.padding_mode != "zeros":
+                ph, pw = record.padding  # type: ignore[misc]
+                self._pad = (pw, pw, ph, ph)
+
+    # ---------------------------------------------------------------- integer path
+    def _build_int(self, r: LayerRecord, dev: torch.device) -> None:
+        levels = 2**r.a_bits - 1
+        s_a = self.clip.cpu() / levels
+        g = (s_a * r.weight_scale * r.out_scale).to(torch.float32)  # per output channel
+        n = odd_weights(r.weight, r.doubled)
+        beta = r.out_bias.to(torch.float32)
+        self.border_scale: Tensor | None = None
+        if r.act_signed:
+            # x_q = s_a (2u - L) off the padding: 2 g S - g L sum(n over the window); the
+            # full-window part is a per-channel constant, the rest is added near the borders.
+            beta = beta - g * levels * n.flatten(1).sum(1).to(torch.float32)
+            padded = r.kind == "conv" and any(p > 0 for p in r.padding)  # type: ignore[union-attr]
+            if padded:
+                self.border_scale = (g * levels).to(dev)
+                self._n64 = n.to(torch.float64)
+            g = 2.0 * g
+        geometry: dict[str, Any] = {"a_bits": r.a_bits}
+        if r.kind == "conv":
+            geometry.update(stride=r.stride, padding=r.padding, dilation=r.dilation, groups=r.groups)
+        self.kernel = build_kernel(self.backend, r.weight.to(dev), r.doubled, g.to(dev), beta.to(dev), **geometry)
+
+    def _border(self, h: int, w: int, like: Tensor) -> Tensor:
+        """``g L (sum(n) - sum(n over the non-padded window))`` per channel and output position."""
+        key = (h, w)
+        term = self._border_cache.get(key)
+        if term is None:
+            r = self.record
+            ones = torch.ones(1, self._n64.shape[1] * r.groups, h, w, dtype=torch.float64)
+            inside = F.conv2d(ones, self._n64, None, r.stride, r.padding, r.dilation, r.groups)
+            full = self._n64.flatten(1).sum(1).view(1, -1, 1, 1)
+            assert self.border_scale is not None
+            term = (full - inside).to(torch.float32).to(like.device) * self.border_scale.view(1, -1, 1, 1)
+            self._border_cache[key] = term
+        return term
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.record
+        if self.kernel is not None:
+            u = input_codes(x, self.clip, r.a_bits, r.act_signed)
+            if r.kind == "linear":
+                lead = u.shape[:-1]
+                y = self.kernel(u.reshape(-1, u.shape[-1]))
+                return y.reshape(*lead, y.shape[-1])
+            y = self.kernel(u)
+            if self.border_scale is not None:
+                y = y + self._border(int(x.shape[-2]), int(x.shape[-1]), y)
+            return y
+        if r.quantised_input:
+            x = fake_quant_input(x, self.clip, r.a_bits, r.act_signed)
+        if r.kind == "linear":
+            return F.linear(x, self.weight, self.bias)
+        if r.padding_mode != "zeros":
+            x = F.pad(x, self._pad, mode=r.padding_mode)
+            return F.conv2d(x, self.weight, self.bias, r.stride, 0, r.dilation, r.groups)
+        return F.conv2d(x, self.weight, self.bias, r.stride, r.padding, r.dilation, r.groups)
+
+    def extra_repr(self) -> str:
+        r = self.record
+        bits = f"w{r.w_bits}/a{r.a_bits}{'s' if r.act_signed and r.quantised_input else ''}"
+        kernel = f"{self.backend}" + (f" ({r.reason})" if r.reason else "")
+        return f"{r.kind} {r.in_channels}->{r.out_channels}, {bits}, {kernel}"

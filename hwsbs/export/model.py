@@ -1,0 +1,275 @@
+"""Export a fixed, pruned SBS model to integer kernels; save it as tensors + plain metadata.
+
+The saved file (``torch.save`` of a dict, readable with ``torch.load(weights_only=True)``) holds
+per layer a :class:`~hwsbs.export.layers.LayerRecord` (int8 weight codes, scales, clip values,
+folded batch-norm), the state of every other module (batch-norms that could not be folded, ...)
+and the :class:`~hwsbs.export.source.ModelSpec` to rebuild the module tree: loading builds the
+full-precision model by name, swaps in the exported layers, resizes the pruned batch-norms and
+loads the rest. Prepacked kernel weights are rebuilt on load (they are opaque oneDNN tensors).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from hwsbs.errors import CheckpointError, ModelError
+from hwsbs.quant.layers import SBSLayerMixin, sbs_layers
+from hwsbs.sbs.convert import set_submodule
+
+from .encoding import MAX_INT_BITS, int16_pair_safe, weight_codes
+from .kernels import onednn_saturates, resolve_backend
+from .layers import ExportedLayer, LayerRecord
+from .source import ModelSpec
+
+__all__ = ["EXPORT_FORMAT", "ExportedModel", "export_model", "load_exported", "plan_path", "foldable_norms"]
+
+EXPORT_FORMAT = "hwsbs-export/1"
+_FLOAT_BITS = 32
+
+
+def plan_path(w_bits: int, a_bits: int, groups: int, padding: Any, padding_mode: str, backend: str) -> tuple[str, str]:
+    """``("int8" | "float", reason)``: where a layer runs with ``backend``."""
+    if backend == "float":
+        return "float", "float export"
+    if w_bits > MAX_INT_BITS or a_bits > MAX_INT_BITS:
+        return "float", f"wider than {MAX_INT_BITS} bits"
+    if isinstance(padding, str) or padding_mode != "zeros":
+        return "float", f"padding {padding if isinstance(padding, str) else padding_mode}"
+    if backend == "intmm" and groups != 1:
+        return "float", "no grouped _int_mm kernel"
+    if backend == "onednn" and onednn_saturates() and not int16_pair_safe(w_bits, a_bits):
+        return "float", "int16 saturation without VNNI"
+    return "int8", ""
+
+
+class _SBSLeafTracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, SBSLayerMixin) or super().is_leaf_module(m, module_qualified_name)
+
+
+def foldable_norms(model: nn.Module) -> dict[str, str]:
+    """``{conv name: batch-norm name}`` where a BatchNorm2d (eval statistics) is the only reader
+    of a convolution's output and runs once; {} when torch.fx cannot trace the model."""
+    try:
+        graph = _SBSLeafTracer().trace(model)
+    except Exception:  # untraceable control flow: export without folding
+        return {}
+    modules = dict(model.named_modules())
+    uses: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            uses[str(node.target)] = uses.get(str(node.target), 0) + 1
+    pairs: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.Conv2d):
+            continue
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module" or uses[str(node.target)] != 1:
+            continue
+        bn = modules.get(str(users[0].target))
+        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and uses[str(users[0].target)] == 1:
+            pairs[str(node.target)] = str(users[0].target)
+    return pairs
+
+
+def _norm_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Eval-mode batch-norm as ``y * scale + shift``."""
+    inv = torch.rsqrt(bn.running_var.float() + bn.eps)
+    scale = bn.weight.float() * inv if bn.affine else inv
+    shift = (bn.bias.float() if bn.affine else 0.0) - bn.running_mean.float() * scale
+    return scale.detach(), shift.detach()
+
+
+def _capture_clips(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
+    """Each quantised layer's input clip exactly as its forward computes it (it is grad-scaled by
+    the per-sample input size, so it is read from a real forward pass)."""
+    clips: dict[str, Tensor] = {}
+    hooks = []
+    for name, layer in sbs_layers(model):
+        def pre(mod: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
+            clips.setdefault(name, mod._act_clip(inputs[0]).detach().clone().reshape(()).float())  # type: ignore[operator]
+        hooks.append(layer.register_forward_pre_hook(pre))  # type: ignore[union-attr]
+    try:
+        model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return clips
+
+
+def _record(name: str, layer: SBSLayerMixin, clip: Tensor | None, norm: tuple[str, nn.BatchNorm2d] | None,
+            backend: str) -> LayerRecord:
+    conv = isinstance(layer, nn.Conv2d)
+    w_bits, a_bits = int(layer.fixed_w_bits), int(layer.fixed_a_bits)
+    out_ch = int(layer.weight.shape[0])
+    if conv:
+        geom = dict(kernel_size=tuple(layer.kernel_size), stride=tuple(layer.stride), dilation=tuple(layer.dilation),
+                    groups=int(layer.groups), padding_mode=str(layer.padding_mode), in_channels=int(layer.in_channels))
+        padding = layer.padding if isinstance(layer.padding, str) else tuple(layer.padding)
+    else:
+        geom = dict(kernel_size=(1, 1), stride=(1, 1), dilation=(1, 1), groups=1, padding_mode="zeros",
+                    in_channels=int(layer.weight.shape[1]))
+        padding = (0, 0)
+    path, reason = plan_path(w_bits, a_bits, geom["groups"], padding, geom["padding_mode"], backend)
+    if w_bits <= MAX_INT_BITS:
+        codes = weight_codes(layer, w_bits)
+        weight, w_scale, doubled = codes.codes, codes.scale, codes.doubled
+    else:
+        weight = (layer.quantized_weight() if w_bits < _FLOAT_BITS else layer.weight).detach().float().clone()
+        w_scale, doubled = torch.ones(()), False
+    bias = layer.bias.detach().float().clone() if layer.bias is not None else torch.zeros(out_ch)
+    scale = torch.ones(out_ch)
+    if norm is not None:
+        scale, shift = _norm_affine(norm[1])
+        bias = bias * scale + shift
+    return LayerRecord(
+        name=name, kind="conv" if conv else "linear", out_channels=out_ch, padding=padding, w_bits=w_bits,
+        a_bits=a_bits, act_signed=bool(layer.act_signed), path=path, reason=reason, weight=weight,
+        weight_scale=w_scale.float().reshape(()), doubled=doubled,
+        act_clip=clip if clip is not None else torch.ones(()), out_scale=scale.contiguous(),
+        out_bias=bias.contiguous(), folded_norm=norm[0] if norm is not None else None, **geom,  # type: ignore[arg-type]
+    )
+
+
+class ExportedModel(nn.Module):
+    """A model whose Conv2d/Linear layers run on integer kernels (or float where they cannot)."""
+
+    def __init__(self, net: nn.Module, records: list[LayerRecord], backend: str, device: torch.device | str,
+                 spec: ModelSpec | None = None, info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.net = net.eval()
+        self.records = records
+        self.backend = backend
+        self.device = torch.device(device)
+        self.spec = spec
+        self.info = dict(info or {})
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and self.device.type == "cpu":  # the oneDNN kernels read and write NHWC
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def layer_table(self) -> list[dict[str, Any]]:
+        """One row per exported layer: bits, kept channels, where it runs and why."""
+        return [{"name": r.name, "kind": r.kind, "w_bits": r.w_bits, "a_bits": r.a_bits, "in": r.in_channels,
+                 "out": r.out_channels, "path": r.path, "kernel": self.backend if r.path == "int8" else "float",
+                 "reason": r.reason, "weight_dtype": str(r.weight.dtype).replace("torch.", ""),
+                 "folded_norm": r.folded_norm} for r in self.records]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the export (tensors + plain metadata) to ``path``."""
+        if self.spec is None:
+            raise ModelError("this export has no model spec (name and input geometry): it cannot be rebuilt on load")
+        norms = {n: _norm_meta(m) for n, m in self.net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        payload = {
+            "format": EXPORT_FORMAT, "spec": self.spec.to_dict(), "backend": self.backend,
+            "layers": [r.to_dict() for r in self.records],
+            "folded_norms": [r.folded_norm for r in self.records if r.folded_norm],
+            "norms": norms, "state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "info": {**self.info, "torch": torch.__version__},
+        }
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, p)
+        return p
+
+
+def _norm_meta(m: nn.Module) -> dict[str, Any]:
+    return {"type": type(m).__name__, "num_features": int(m.num_features), "eps": float(m.eps),  # type: ignore[arg-type]
+            "affine": bool(m.affine), "track_running_stats": bool(m.track_running_stats)}
+
+
+@torch.no_grad()
+def export_model(model: nn.Module, example: Tensor, *, backend: str = "auto", device: torch.device | str = "cpu",
+                 spec: ModelSpec | None = None, fold_norms: bool = True) -> ExportedModel:
+    """Export a model whose SBS layers are in fixed mode (``apply_config``) to integer kernels.
+
+    Args:
+        model: the fixed, physically pruned SBS model (not modified).
+        example: an input batch; one eval forward reads each layer's input clip.
+        backend: ``auto``, ``onednn``, ``intmm`` or ``float`` (every layer in float32).
+        device: where the exported model runs.
+        spec: how to rebuild the module tree on load (needed by :meth:`ExportedModel.save`).
+        fold_norms: fold batch-norms that directly follow a convolution.
+
+    Raises:
+        ModelError: a layer is still in search mode, or the model has no SBS layer.
+    """
+    layers = sbs_layers(model)
+    if not layers:
+        raise ModelError(f"{type(model).__name__} has no SBS layer: export needs a converted, configured model")
+    searching = [n for n, m in layers if m.mode != "fixed"]
+    if searching:
+        raise ModelError(f"layer {searching[0]} is in search mode: apply a configuration (apply_config) before export")
+    chosen = resolve_backend(backend, device)
+    was_training = model.training
+    model.eval()
+    try:
+        clips = _capture_clips(model, example)
+        pairs = foldable_norms(model) if fold_norms else {}
+        net = copy.deepcopy(model).cpu()
+    finally:
+        model.train(was_training)
+    records = []
+    for name, layer in sbs_layers(net):
+        norm_name = pairs.get(name)
+        norm = (norm_name, net.get_submodule(norm_name)) if norm_name else None
+        records.append(_record(name, layer, clips.get(name), norm, chosen))  # type: ignore[arg-type]
+    return _assemble(net, records, chosen, device, spec, {"from": "sbs model"})
+
+
+def _assemble(net: nn.Module, records: list[LayerRecord], backend: str, device: torch.device | str,
+              spec: ModelSpec | None, info: dict[str, Any]) -> ExportedModel:
+    for r in records:
+        set_submodule(net, r.name, ExportedLayer(r, backend, device))
+        if r.folded_norm:
+            set_submodule(net, r.folded_norm, nn.Identity())
+    return ExportedModel(net.to(device), records, backend, device, spec, info)
+
+
+def load_exported(path: str | Path, device: torch.device | str = "cpu", backend: str | None = None) -> ExportedModel:
+    """Rebuild an exported model saved by :meth:`ExportedModel.save`.
+
+    Args:
+        path: the ``.pt`` file.
+        device: where to run it.
+        backend: override the saved integer back-end (e.g. ``intmm`` to run an export on CUDA).
+
+    Raises:
+        CheckpointError: not an export file, or its state does not fit the rebuilt model.
+    """
+    p = Path(path)
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: file not found") from None
+    except Exception as exc:
+        raise CheckpointError(f"{p}: cannot read export: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{p}: not an hwsbs export (format {EXPORT_FORMAT!r} expected)")
+    spec = ModelSpec.from_dict(data["spec"])
+    chosen = resolve_backend(backend or data["backend"], device)
+    net = spec.build()
+    for name, meta in data["norms"].items():
+        cls = getattr(nn, meta["type"])
+        set_submodule(net, name, cls(meta["num_features"], eps=meta["eps"], affine=meta["affine"],
+                                     track_running_stats=meta["track_running_stats"]))
+    records = [LayerRecord.from_dict(d) for d in data["layers"]]
+    if chosen != data["backend"]:  # a different kernel may execute other bit pairs exactly
+        for r in records:
+            r.path, r.reason = plan_path(r.w_bits, r.a_bits, r.groups, r.padding, r.padding_mode, chosen)
+    for r in records:
+        set_submodule(net, r.name, ExportedLayer(r, chosen, device))
+        if r.folded_norm:
+            set_submodule(net, r.folded_norm, nn.Identity())
+    try:
+        net.load_state_dict(data["state"], strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise CheckpointError(f"{p}: saved state does not fit the rebuilt {spec.name}: {lines[-1][:200]}") from None
+    return ExportedModel(net.to(device), records, chosen, device, spec, data.get("info"))

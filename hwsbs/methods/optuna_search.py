@@ -1,0 +1,142 @@
+"""The Optuna baseline: black-box TPE over per-layer bits and per-producer pruning under the budget.
+
+``--method optuna`` samples, per searchable layer, weight and activation bits from the candidate
+set and, per prunable producer, how many channel groups to prune (0 up to the
+``--max-prune-fraction`` cap; the groups with the smallest mean |w| go, the statistic SBS's
+pruning gates read). A trial is scored like a random-search candidate (validation accuracy of the
+quantised, pruned model after batch-norm re-estimation, no training); a trial over the budget is
+reported to TPE as a violated constraint and not evaluated, since it can never be chosen.
+
+The sampler is ``TPESampler(seed=--seed)`` on in-memory storage; the budget is a trial
+constraint, ``cost / budget - 1 <= 0``, set with ``Trial.set_constraint`` (Optuna 5 deprecates
+the sampler's ``constraints_func`` for it; constrained TPE reads it the same way). The first
+trial is the widest uniform configuration that fits the budget, so TPE starts from a feasible
+point. ``N`` counts evaluated (feasible) trials: ``extra["trials"]``, else compute-matched to
+``--search-epochs`` (see :func:`~hwsbs.methods.random_search.default_trials`). Budget and the
+other options (``bn_batches``, ``eval_batches``, ``budget_bits``) as for ``--method random``.
+"""
+
+from __future__ import annotations
+
+import optuna
+import torch
+
+from hwsbs.sbs.config_io import CompressionConfig
+
+from .base import MethodContext, register_method
+from .random_search import (
+    Candidate,
+    CandidateEvaluator,
+    candidate_config,
+    cheapest_candidate,
+    check_budget_reachable,
+    default_trials,
+    max_pruned_groups,
+    resolve_budget,
+)
+
+__all__ = ["group_magnitudes", "optuna_search"]
+
+_CONSTRAINT = "budget"  # trial constraint: relative overshoot of the budget (<= 0 is feasible)
+
+
+@torch.no_grad()
+def group_magnitudes(layer) -> list[float]:
+    """Mean |w - mean(w)| per output-channel group: the ranking of SBS's pruning-gate statistic."""
+    w = layer.weight.detach()
+    per_channel = (w - w.mean()).abs().flatten(1).mean(1)
+    sizes = layer.group_sizes()
+    out, start = [], 0
+    for size in sizes:
+        out.append(float(per_channel[start:start + size].mean()))
+        start += size
+    return out
+
+
+class _Space:
+    """Trial parameters <-> candidates."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.ctx = ctx
+        self.bits = list(ctx.config.bits)
+        self.searchable = [n for n, layer in ctx.space.layers() if not layer.pinned]
+        self.producers = {}
+        for g in ctx.space.groups:
+            layer = ctx.space.layer(g.producer)
+            mags = group_magnitudes(layer)
+            order = sorted(range(layer.num_groups), key=lambda i, m=mags: (m[i], i))
+            self.producers[g.producer] = (max_pruned_groups(layer), order)
+
+    def suggest(self, trial: optuna.trial.Trial) -> Candidate:
+        bits = {n: (int(trial.suggest_categorical(f"{n}:w", self.bits)), int(trial.suggest_categorical(f"{n}:a", self.bits)))
+                for n in self.searchable}
+        pruned = {}
+        for name, (cap, order) in self.producers.items():
+            k = trial.suggest_int(f"{name}:pruned_groups", 0, cap) if cap > 0 else 0
+            pruned[name] = sorted(order[:k])
+        return Candidate(bits, pruned)
+
+    def uniform_params(self, bits: int) -> dict[str, int]:
+        params = {f"{n}:{kind}": bits for n in self.searchable for kind in ("w", "a")}
+        params.update({f"{name}:pruned_groups": 0 for name, (cap, _) in self.producers.items() if cap > 0})
+        return params
+
+
+@register_method("optuna", prunes=True, description="Optuna TPE over per-layer bits and pruned groups under the budget (no training per trial)")
+def optuna_search(ctx: MethodContext) -> CompressionConfig:
+    """Run the study and return its most accurate feasible trial (ties: the cheaper one)."""
+    cfg = ctx.config
+    cm = ctx.objectives[0].cost_model
+    if ctx.resume_state is not None and "best" in ctx.resume_state:
+        return candidate_config(ctx, Candidate.from_state(ctx.resume_state["best"]))
+    budget = resolve_budget(ctx)
+    check_budget_reachable(ctx, budget)
+    evaluator = CandidateEvaluator(ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches"))
+    n = int(ctx.extra.get("trials") or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples))
+    space = _Space(ctx)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+        for b in sorted(cfg.bits, reverse=True):  # a feasible first trial: widest uniform that fits
+            if candidate_config(ctx, Candidate({s: (b, b) for s in space.searchable})).cost(cm) <= budget:
+                study.enqueue_trial(space.uniform_params(b))
+                break
+        best = _run_trials(ctx, study, space, evaluator, budget, n)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    acc, cost, cand = best
+    ctx.save_state(cfg.search_epochs, {"best": cand.to_state()},
+                   {"acc": acc, "cost": cost, "trials": len(study.trials), "evaluated": evaluator.evaluated})
+    return candidate_config(ctx, cand)
+
+
+def _run_trials(ctx: MethodContext, study: optuna.Study, space: _Space, evaluator: CandidateEvaluator,
+                budget: float, n: int) -> tuple[float, float, Candidate]:
+    """Ask/tell until ``n`` feasible trials were evaluated (or a cap on infeasible ones is hit)."""
+    cm = ctx.objectives[0].cost_model
+    max_attempts = 50 * n + 200  # TPE learns feasibility quickly; the cap only guards odd budgets
+    ctx.progress.start("search", n, 0)
+    best: tuple[float, float, Candidate] | None = None
+    attempts = 0
+    while evaluator.evaluated < n and attempts < max_attempts:
+        attempts += 1
+        trial = study.ask()
+        cand = space.suggest(trial)
+        config = candidate_config(ctx, cand)
+        cost = config.cost(cm)
+        trial.set_constraint(_CONSTRAINT, cost / budget - 1.0)
+        trial.set_user_attr("cost", cost)
+        if cost > budget:
+            study.tell(trial, 0.0)  # infeasible: the constraint already rules it out
+            continue
+        acc = evaluator(config)
+        study.tell(trial, acc)
+        if best is None or (acc, -cost) > (best[0], -best[1]):
+            best = (acc, cost, cand)
+        ctx.progress.update(acc=acc, best=best[0], cost=f"{cost:.3g} {cm.unit}")
+    if best is None:  # no feasible point in max_attempts draws: fall back to the cheapest one
+        cand = cheapest_candidate(ctx)
+        config = candidate_config(ctx, cand)
+        best = (evaluator(config), config.cost(cm), cand)
+    return best

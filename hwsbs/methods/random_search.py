@@ -1,0 +1,255 @@
+"""The random-search baseline, and the budget and candidate-evaluation helpers it shares with Optuna.
+
+``--method random`` draws per-layer (w, a) bits from the candidate set and, for every prunable
+producer, a random number of random channel groups under ``--max-prune-fraction``; a draw over the
+budget is repaired by random downgrades (one bit step or one more pruned group at a time) until it
+fits. Each candidate is scored by the validation accuracy of the quantised, pruned model, without
+training, after its batch-norm statistics are re-estimated on a few training batches; the best
+one is returned and the pipeline fine-tunes it like every other method's choice.
+
+Budget: the primary objective's ``--target`` (absolute, or a % of uniform 8-bit); without one,
+the cost of uniform ``extra["budget_bits"]`` (default 4) bits with the pinned layers at their
+pinned bits, i.e. the cost of ``--method uniform --uniform-bits 4``.
+
+Options (``SearchConfig.extra``): ``candidates`` (default: compute-matched, see
+:func:`default_trials`), ``bn_batches`` (8), ``eval_batches`` (all of the validation set),
+``budget_bits`` (4).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from hwsbs.errors import ConfigError
+from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
+from hwsbs.sbs.convert import SearchSpace
+from hwsbs.sbs.derive import apply_config
+
+from .base import MethodContext, register_method
+
+__all__ = ["Candidate", "CandidateEvaluator", "resolve_budget", "default_trials", "random_search"]
+
+
+@dataclass
+class Candidate:
+    """One point of the search space: bits per searchable layer, pruned groups per producer."""
+
+    bits: dict[str, tuple[int, int]]  # non-pinned layer -> (w_bits, a_bits)
+    pruned: dict[str, list[int]] = field(default_factory=dict)  # producer -> pruned group indices
+
+    def to_state(self) -> dict:
+        """A plain, checkpointable form."""
+        return {"bits": {k: list(v) for k, v in self.bits.items()}, "pruned": {k: list(v) for k, v in self.pruned.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Candidate:
+        return cls({k: (int(v[0]), int(v[1])) for k, v in state["bits"].items()},
+                   {k: [int(g) for g in v] for k, v in state["pruned"].items()})
+
+
+def max_pruned_groups(layer) -> int:
+    """Groups a producer may lose: the ``max_prune_fraction`` cap, and never all of them."""
+    return min(int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1)
+
+
+def candidate_config(ctx: MethodContext, cand: Candidate) -> CompressionConfig:
+    """The configuration a candidate stands for (derive_config's channel rules, from given choices)."""
+    space = ctx.space
+    pruned_ch: dict[str, list[int]] = {}
+    for name, layer in space.layers():
+        gs = layer.group_size
+        pruned_ch[name] = [c for g in sorted(cand.pruned.get(name, []))
+                           for c in range(g * gs, min((g + 1) * gs, space.shapes[name].out_channels))]
+    source = space.kept_in_source()
+    passthrough = {p for g in space.groups for p in g.passthrough}
+    decisions = []
+    for name, layer in space.layers():
+        shape = space.shapes[name]
+        w, a = (layer.fixed_w_bits, layer.fixed_a_bits) if layer.pinned else cand.bits[name]
+        kept_in = shape.in_channels - len(pruned_ch[source[name]]) if name in source else None
+        own = pruned_ch[source[name]] if name in passthrough else pruned_ch[name]
+        decisions.append(LayerDecision(shape, w, a, list(own), kept_in))
+    return ctx.make_config(decisions)
+
+
+def resolve_budget(ctx: MethodContext) -> float:
+    """The primary objective's target, else the cost of uniform ``budget_bits`` (default 4)."""
+    obj = ctx.objectives[0]
+    if obj.target is not None:
+        return float(obj.target)
+    bits = int(ctx.extra.get("budget_bits", 4))
+    searchable = [n for n, layer in ctx.space.layers() if not layer.pinned]
+    return candidate_config(ctx, Candidate({n: (bits, bits) for n in searchable})).cost(obj.cost_model)
+
+
+def cheapest_candidate(ctx: MethodContext) -> Candidate:
+    """Lowest bits everywhere and every producer pruned to its cap (its first, full-size groups)."""
+    low = min(ctx.config.bits)
+    bits = {n: (low, low) for n, layer in ctx.space.layers() if not layer.pinned}
+    pruned = {}
+    for g in ctx.space.groups:
+        layer = ctx.space.layer(g.producer)
+        pruned[g.producer] = list(range(max_pruned_groups(layer)))
+    return Candidate(bits, pruned)
+
+
+def check_budget_reachable(ctx: MethodContext, budget: float) -> None:
+    """Raise a ConfigError when even the cheapest configuration costs more than ``budget``."""
+    cm = ctx.objectives[0].cost_model
+    floor = candidate_config(ctx, cheapest_candidate(ctx)).cost(cm)
+    if floor > budget:
+        raise ConfigError(f"--target {budget:.4g} {cm.unit}: below the cheapest configuration of this search space "
+                          f"({floor:.4g} {cm.unit}: {min(ctx.config.bits)} bits everywhere, maximal pruning)")
+
+
+def default_trials(ctx: MethodContext, bn_batches: int, eval_samples: int) -> int:
+    """Candidates whose evaluation costs about what ``--search-epochs`` of training would.
+
+    A training step is counted as three forward passes (forward + backward); a candidate costs
+    ``bn_batches`` training batches plus the evaluated validation samples, all forward only.
+    """
+    cfg = ctx.config
+    steps = len(ctx.train_loader("search", 0))
+    train_samples = 3 * cfg.search_epochs * steps * cfg.batch_size
+    per_trial = bn_batches * cfg.batch_size + eval_samples
+    return max(2, round(train_samples / max(per_trial, 1)))
+
+
+class CandidateEvaluator:
+    """Accuracy of a fixed, pruned configuration without training (BN statistics re-estimated).
+
+    Each candidate is applied to a copy of the converted model exactly as the pipeline applies
+    the final choice (bits fixed, pruned channels physically removed), so the score is that of the
+    model fine-tuning would start from. The same training batches re-estimate batch-norm for
+    every candidate, so scores differ only through the configurations.
+    """
+
+    def __init__(self, ctx: MethodContext, bn_batches: int, eval_batches: int | None) -> None:
+        self.ctx = ctx
+        loader = ctx.train_loader("search", 0)
+        self.bn_data: list[Tensor] = []
+        for x, _ in loader:
+            if len(self.bn_data) >= bn_batches:
+                break
+            self.bn_data.append(x)
+        self.eval_batches = eval_batches
+        self.evaluated = 0
+
+    @property
+    def eval_samples(self) -> int:
+        loader = self.ctx.val_loader
+        total = len(loader.dataset)  # type: ignore[arg-type]
+        if self.eval_batches is None:
+            return total
+        return min(total, self.eval_batches * (loader.batch_size or 1))
+
+    @torch.no_grad()
+    def __call__(self, config: CompressionConfig) -> float:
+        space = self.ctx.space
+        copy_space = dataclasses.replace(space, model=copy.deepcopy(space.model))
+        model = apply_config(copy_space, config, "candidate")
+        _reestimate_batchnorm(model, self.bn_data, self.ctx.device)
+        model.eval()
+        correct = count = 0
+        for i, (x, y) in enumerate(self.ctx.val_loader):
+            if self.eval_batches is not None and i >= self.eval_batches:
+                break
+            x, y = x.to(self.ctx.device), y.to(self.ctx.device)
+            correct += int((model(x).argmax(1) == y).sum())
+            count += len(y)
+        self.evaluated += 1
+        return correct / max(count, 1)
+
+
+def _reestimate_batchnorm(model: nn.Module, batches: list[Tensor], device: torch.device) -> None:
+    """Replace batch-norm running statistics by their plain average over ``batches``.
+
+    Quantisation and pruning shift every layer's output distribution; statistics collected on the
+    full-precision model would misjudge a candidate that fine-tuning would quickly fix.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or not batches:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the given batches
+    model.train()
+    for x in batches:
+        model(x.to(device))
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+
+
+def _sample(ctx: MethodContext, rng: random.Random) -> Candidate:
+    bits = list(ctx.config.bits)
+    chosen = {n: (rng.choice(bits), rng.choice(bits)) for n, layer in ctx.space.layers() if not layer.pinned}
+    pruned = {}
+    for g in ctx.space.groups:
+        layer = ctx.space.layer(g.producer)
+        k = rng.randint(0, max_pruned_groups(layer))
+        pruned[g.producer] = sorted(rng.sample(range(layer.num_groups), k))
+    return Candidate(chosen, pruned)
+
+
+def _repair(ctx: MethodContext, cand: Candidate, budget: float, rng: random.Random) -> Candidate:
+    """Random downgrades (a bit step, or one more pruned group) until the candidate fits."""
+    bits = sorted(ctx.config.bits)
+    cm = ctx.objectives[0].cost_model
+    space: SearchSpace = ctx.space
+    while candidate_config(ctx, cand).cost(cm) > budget:
+        moves: list[tuple[str, str]] = []
+        for name, (w, a) in cand.bits.items():
+            if w > bits[0]:
+                moves.append((name, "w"))
+            if a > bits[0]:
+                moves.append((name, "a"))
+        for g in space.groups:
+            if len(cand.pruned[g.producer]) < max_pruned_groups(space.layer(g.producer)):
+                moves.append((g.producer, "p"))
+        if not moves:  # cannot happen once check_budget_reachable passed
+            raise ConfigError(f"random search: no configuration fits the budget {budget:.4g} {cm.unit}")
+        name, what = rng.choice(moves)
+        w, a = cand.bits.get(name, (0, 0))
+        if what == "w":
+            cand.bits[name] = (bits[bits.index(w) - 1], a)
+        elif what == "a":
+            cand.bits[name] = (w, bits[bits.index(a) - 1])
+        else:
+            free = [i for i in range(space.layer(name).num_groups) if i not in cand.pruned[name]]
+            cand.pruned[name] = sorted([*cand.pruned[name], rng.choice(free)])
+    return cand
+
+
+@register_method("random", prunes=True, description="best of N random bit/pruning configurations under the budget (no training per candidate)")
+def random_search(ctx: MethodContext) -> CompressionConfig:
+    """Sample, repair to the budget, score after BN re-estimation, return the best (seeded)."""
+    cfg = ctx.config
+    cm = ctx.objectives[0].cost_model
+    if ctx.resume_state is not None and "best" in ctx.resume_state:
+        return candidate_config(ctx, Candidate.from_state(ctx.resume_state["best"]))
+    budget = resolve_budget(ctx)
+    check_budget_reachable(ctx, budget)
+    evaluator = CandidateEvaluator(ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches"))
+    n = int(ctx.extra.get("candidates") or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples))
+    rng = random.Random(cfg.seed)  # own stream: the pipeline reseeds torch's global RNG per loader
+    ctx.progress.start("search", n, 0)
+    best: tuple[float, float, Candidate] | None = None
+    for _ in range(n):
+        cand = _repair(ctx, _sample(ctx, rng), budget, rng)
+        config = candidate_config(ctx, cand)
+        cost = config.cost(cm)
+        acc = evaluator(config)
+        if best is None or (acc, -cost) > (best[0], -best[1]):  # ties go to the cheaper one
+            best = (acc, cost, cand)
+        ctx.progress.update(acc=acc, best=best[0], cost=f"{cost:.3g} {cm.unit}")
+    assert best is not None
+    ctx.save_state(cfg.search_epochs, {"best": best[2].to_state()}, {"acc": best[0], "cost": best[1], "candidates": n})
+    return candidate_config(ctx, best[2])
