@@ -52,8 +52,8 @@ def test_gate_gradients_equal_flip_differences(cost_model):
     # the value is exactly the model's discrete cost
     shapes = [space.shapes[n] for n in space.layer_names]
     assert float(total) == pytest.approx(cost_model.model_cost(shapes, [states[n] for n in space.layer_names]), rel=1e-9)
-    g3 = layer.last_w_gates[1]
-    (grad_g3,) = torch.autograd.grad(total, g3, retain_graph=True)
+    (grad_w_gates,) = torch.autograd.grad(total, layer.last_w_gates, retain_graph=True)
+    grad_g3 = grad_w_gates[1]
     st = states[name]
     shape = space.shapes[name]
     flip = cost_model.layer_cost(shape, LayerState(8, st.a_bits, st.kept_in, st.kept_out)) - cost_model.layer_cost(shape, st)

@@ -73,3 +73,29 @@ def test_straight_through_gradient_is_identity_when_all_gates_open():
 def test_bit_sets_that_do_not_double_are_rejected(bits, needle):
     with pytest.raises(ConfigError, match=needle):
         validate_bit_candidates(bits)
+
+
+@pytest.mark.parametrize("bits", [(2, 4, 8), (1, 2, 4, 8)])
+def test_fused_gated_quantiser_matches_the_reference_in_value_and_gradient(bits):
+    import itertools
+
+    from hwsbs.quant.fused import gated_quantize
+
+    g = torch.Generator().manual_seed(1)
+    z0 = torch.rand(4096, generator=g, dtype=torch.float64)
+    upstream = torch.randn(4096, generator=g, dtype=torch.float64)
+    for pattern in itertools.product([0.0, 1.0], repeat=len(bits) - 1):
+        z_ref = z0.clone().requires_grad_(True)
+        gates_ref = torch.tensor(pattern, dtype=torch.float64, requires_grad=True)
+        terms, _ = bit_sharing_terms(z_ref, bits)
+        ref = compose(terms, list(gates_ref.unbind()))
+        (ref * upstream).sum().backward()
+
+        z_new = z0.clone().requires_grad_(True)
+        gates_new = torch.tensor(pattern, dtype=torch.float64, requires_grad=True)
+        new = gated_quantize(z_new, gates_new, bits)
+        (new * upstream).sum().backward()
+
+        assert torch.allclose(new, ref, atol=1e-12)
+        assert torch.allclose(z_new.grad, z_ref.grad)
+        assert torch.allclose(gates_new.grad, gates_ref.grad, rtol=1e-9, atol=1e-9), pattern

@@ -12,7 +12,16 @@ from hwsbs.errors import HwsbsError
 __all__ = ["main", "build_parser", "OneLineArgumentParser"]
 
 #: Modules under ``hwsbs.cli`` that each define ``add_parser(subparsers)``; order = help order.
-COMMAND_MODULES: tuple[str, ...] = ("search", "profiles", "cost", "tune", "pareto", "report")
+COMMAND_MODULES: tuple[str, ...] = ("search", "profiles", "cost", "tune", "pareto", "report", "export", "lut")
+
+
+#: What Ctrl-C leaves behind, per command; a subparser may set its own with
+#: ``set_defaults(on_interrupt=...)``. Commands without one just say "interrupted".
+ON_INTERRUPT: dict[str, str] = {
+    "search": "finished epochs are checkpointed; continue with the same command plus --resume",
+    "tune": "finished trials are stored in the study; re-run the same command to continue it",
+    "pareto": "finished trials are stored in the study; re-run the same command to continue it",
+}
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -44,14 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except HwsbsError as exc:
+    except (HwsbsError, OSError) as exc:  # OSError: an unusable path (--out is a file, no permission, ...)
         if debug:
             raise
-        print(f"hwsbs {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hwsbs {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"hwsbs {args.command}: interrupted; finished work is checkpointed (use --resume)", file=sys.stderr)
+        hint = getattr(args, "on_interrupt", None) or ON_INTERRUPT.get(args.command)
+        print(f"hwsbs {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}" + (f" ({exc.filename2})" if exc.filename2 else "")
+    else:
+        text = str(exc)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

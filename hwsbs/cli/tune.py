@@ -58,6 +58,11 @@ def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
     return show
 
 
+def _show_wait(numbers: list[int], grace: int) -> None:
+    console.print(f"waiting for trial(s) {', '.join(map(str, numbers))}: running in another worker, or lost with "
+                  f"a stopped one (then failed after {grace} s without heartbeat and replaced)", soft_wrap=True)
+
+
 def run_and_report(args: argparse.Namespace, objectives: list[Objective], multi_objective: bool) -> int:
     """Build the settings from ``args``, run the study, write and print its report."""
     if not getattr(args, "debug", False):
@@ -67,7 +72,7 @@ def run_and_report(args: argparse.Namespace, objectives: list[Objective], multi_
     settings = StudySettings(base=base, objectives=objectives, n_trials=args.trials, multi_objective=multi_objective,
                              space=space, target=args.target, inner_budget=args.inner_budget, storage=args.storage, study_name=args.study_name,
                              sampler=args.sampler, out=args.out)
-    run = run_study(settings, callbacks=[_trial_printer()])
+    run = run_study(settings, callbacks=[_trial_printer()], on_wait=_show_wait)
     report = collect(run.study, run.storage_url)
     written = write_report(report, run.out_dir)
     print_report(report, stdout_console())

@@ -90,14 +90,16 @@ def odd_weights(codes: Tensor, doubled: bool) -> Tensor:
 def input_codes(x: Tensor, clip: Tensor, bits: int, signed: bool) -> Tensor:
     """Integer levels ``j`` (a float tensor of whole numbers in ``0 .. 2^bits - 1``).
 
-    The operations are those of ``SBSLayerMixin.quantized_input`` in fixed mode, so ``j`` is
-    bit-identical to the fake quantiser's for the same ``x``.
+    The operations are those of ``SBSLayerMixin.quantized_input`` in fixed mode (in place on
+    one temporary, which does not change a single rounding), so ``j`` is bit-identical to the
+    fake quantiser's levels for the same ``x``.
     """
+    z = x / clip
     if signed:
-        z = (torch.clamp(x / clip, -1.0, 1.0) + 1.0) / 2.0
+        z.clamp_(-1.0, 1.0).add_(1.0).div_(2.0)
     else:
-        z = torch.clamp(x / clip, 0.0, 1.0)
-    return torch.round(z / step_size(bits))
+        z.clamp_(0.0, 1.0)
+    return z.div_(step_size(bits)).round_()
 
 
 def fake_quant_input(x: Tensor, clip: Tensor, bits: int, signed: bool) -> Tensor:

@@ -34,6 +34,7 @@ __all__ = [
     "OneDNNKernel",
     "IntMMKernel",
     "build_kernel",
+    "pad_for_int_mm",
 ]
 
 #: Integer back-ends by name; ``auto`` picks per device (see :func:`resolve_backend`).
@@ -114,57 +115,62 @@ class OneDNNKernel(IntKernel):
 
     def __init__(self, codes: Tensor, doubled: bool, gamma: Tensor, beta: Tensor, **geometry) -> None:
         super().__init__(codes, doubled, gamma, beta, **geometry)
-        # 8-bit weights (n = 2 code + 1) need sum(u) per output: with groups == 1 one extra output
-        # channel of ones computes it inside the same kernel call, scaled by 1.
-        self.ones_channel = doubled and self.groups == 1
-        w = codes
-        scale = self.gamma * (2.0 if doubled else 1.0)
-        bias = self.beta
-        if self.ones_channel:
-            w = torch.cat([codes, torch.ones_like(codes[:1])])
-            scale = torch.cat([scale, torch.ones(1)])
-            bias = torch.cat([bias, torch.zeros(1)])
-        self.w_scale = scale.contiguous()
-        self.bias = bias.contiguous()
-        self.w_zp = torch.zeros(w.shape[0], dtype=torch.long)
-        self.ones_weight: Tensor | None = None
-        if doubled and not self.ones_channel:  # grouped: sum(u) per group by an exact float conv
-            self.ones_weight = torch.ones(codes.shape, dtype=torch.float32)
+        self.w_scale = (self.gamma * (2.0 if doubled else 1.0)).contiguous()
+        self.w_zp = torch.zeros(codes.shape[0], dtype=torch.long)
+        # 8-bit weights (n = 2 code + 1) also need sum(u) over each output's receptive field,
+        # added as gamma * sum(u). Sums of levels stay below 2^24, so float32 computes them
+        # exactly: over channels first, then one single-channel box filter (groups == 1).
+        self.box_weight: Tensor | None = None
+        if doubled and self.conv:
+            shape = (1, 1, *self.kernel_size) if self.groups == 1 else tuple(codes.shape)
+            self.box_weight = torch.ones(shape, dtype=torch.float32)
+        self.gamma_view = self.gamma.view(1, -1, 1, 1) if self.conv else self.gamma
         if self.conv:
             self.packed = torch.ops.onednn.qconv_prepack(
-                w.contiguous(), torch.ones(w.shape[0]), 1.0, 0, self.stride, self.padding, self.dilation,
+                codes.contiguous(), torch.ones(codes.shape[0]), 1.0, 0, self.stride, self.padding, self.dilation,
                 self.groups, None,
             )
         else:
-            self.packed = torch.ops.onednn.qlinear_prepack(w.contiguous(), None)
+            self.packed = torch.ops.onednn.qlinear_prepack(codes.contiguous(), None)
+
+    def _receptive_sum(self, u: Tensor) -> Tensor:
+        if not self.conv:
+            return u.sum(-1, keepdim=True)
+        assert self.box_weight is not None
+        if self.groups == 1:
+            u = u.sum(1, keepdim=True)
+        return F.conv2d(u, self.box_weight, None, self.stride, self.padding, self.dilation,
+                        1 if self.groups == 1 else self.groups)
 
     def __call__(self, u: Tensor) -> Tensor:
-        q = u.to(torch.uint8)
+        q = _as_uint8(u, self.a_bits)
         if self.conv:
             q = q.contiguous(memory_format=torch.channels_last)
             out = torch.ops.onednn.qconv_pointwise(
-                q, 1.0, 0, self.packed, self.w_scale, self.w_zp, self.bias, self.stride, self.padding,
+                q, 1.0, 0, self.packed, self.w_scale, self.w_zp, self.beta, self.stride, self.padding,
                 self.dilation, self.groups, 1.0, 0, torch.float32, "none", [], "",
             )
         else:
             out = torch.ops.onednn.qlinear_pointwise(
-                q.contiguous(), 1.0, 0, self.packed, self.w_scale, self.w_zp, self.bias, 1.0, 0, torch.float32,
+                q.contiguous(), 1.0, 0, self.packed, self.w_scale, self.w_zp, self.beta, 1.0, 0, torch.float32,
                 "none", [], "",
             )
-        if self.ones_channel:
-            n = self.out_channels
-            g = self.gamma.view(1, -1, 1, 1) if self.conv else self.gamma
-            return out[:, :n] + g * out[:, n:]
-        if self.ones_weight is not None:  # integer sums < 2^24 are exact in float32
-            box = F.conv2d(u, self.ones_weight, None, self.stride, self.padding, self.dilation, self.groups)
-            return out + self.gamma.view(1, -1, 1, 1) * box
+        if self.doubled:
+            return torch.addcmul(out, self.gamma_view, self._receptive_sum(u))
         return out
 
 
-def _int_mm_padded(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` in int32; on CUDA zero-pads M to > 16 and K, N to multiples of 8 as _int_mm needs."""
-    if a.device.type != "cuda":
-        return torch._int_mm(a, b)
+def _as_uint8(u: Tensor, bits: int) -> Tensor:
+    """Float levels to uint8. PyTorch's float -> uint8 cast is scalar code on CPU (several times
+    slower than float -> int8), so the cast goes through int8 and a reinterpreting view."""
+    if bits < 8:
+        return u.to(torch.int8).view(torch.uint8)
+    q = (u - 128.0).to(torch.int8).view(torch.uint8)
+    return q.bitwise_xor_(128)  # (j - 128) mod 256 with the top bit flipped is j
+
+
+def pad_for_int_mm(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero-pad ``a`` (M x K) and ``b`` (K x N) to M > 16 and K, N multiples of 8 (CUDA _int_mm)."""
     m, k = a.shape
     n = b.shape[1]
     pm, pk, pn = max(17 - m, 0), (-k) % 8, (-n) % 8
@@ -172,7 +178,7 @@ def _int_mm_padded(a: Tensor, b: Tensor) -> Tensor:
         a = F.pad(a, (0, pk, 0, pm))
     if pk or pn:
         b = F.pad(b, (0, pn, 0, pk))
-    return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
+    return a.contiguous(), b.contiguous()
 
 
 class IntMMKernel(IntKernel):
@@ -185,10 +191,19 @@ class IntMMKernel(IntKernel):
         flat = codes.reshape(codes.shape[0], -1)
         self.k = int(flat.shape[1])
         self.w = flat.t().contiguous()  # K x N int8
+        if codes.device.type == "cuda":  # padded once here; inputs are padded per call
+            self.w = pad_for_int_mm(flat.new_zeros(17, self.k), self.w)[1]
         # 8-bit levels (0..255) do not fit int8: a = u - 128, which adds 128 * sum(n) per output
         # channel (padded positions have u = 0, a = -128, and still contribute 0 in total).
         self.offset = 128 if self.a_bits == 8 else 0
         self.colsum = odd_weights(flat, doubled).sum(1).to(torch.int32)
+
+    def _mm(self, a: Tensor) -> Tensor:
+        if a.device.type != "cuda":  # the CPU kernel takes any shape
+            return torch._int_mm(a, self.w)
+        m, k = a.shape
+        a = F.pad(a, (0, self.w.shape[0] - k, 0, max(17 - m, 0)))
+        return torch._int_mm(a, self.w)[:m, : self.out_channels]
 
     def __call__(self, u: Tensor) -> Tensor:
         if self.conv:
@@ -202,7 +217,7 @@ class IntMMKernel(IntKernel):
             a_f = u
         offset = self.offset
         a = (a_f - offset).to(torch.int8) if offset else a_f.to(torch.int8)
-        acc = _int_mm_padded(a, self.w)
+        acc = self._mm(a)
         if self.doubled:
             acc = 2 * acc + a.sum(1, keepdim=True, dtype=torch.int32)
         if offset:

@@ -171,7 +171,7 @@ class ExportedModel(nn.Module):
             "layers": [r.to_dict() for r in self.records],
             "folded_norms": [r.folded_norm for r in self.records if r.folded_norm],
             "norms": norms, "state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-            "info": {**self.info, "torch": torch.__version__},
+            "info": {**self.info, "torch": str(torch.__version__)},
         }
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)

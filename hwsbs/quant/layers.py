@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from cost_models.base import FULL_PRECISION_BITS
 
+from .fused import gated_quantize, lower_grid_residuals
 from .gates import threshold_gate
-from .quantizer import bit_sharing_terms, compose, quantize, step_size
+from .quantizer import quantize, step_size
 
 __all__ = ["SBSLayerMixin", "SBSConv2d", "SBSLinear", "sbs_layers"]
 
@@ -72,8 +73,8 @@ class SBSLayerMixin:
         self.register_buffer("p_scale", torch.ones(()))  # mean group |w| at calibration
         self.register_buffer("a_residual_ema", torch.zeros(k - 1))  # running activation residuals
         # Gates of the latest forward, read by the cost term (differentiable w.r.t. thresholds).
-        self.last_w_gates: list[Tensor] = []
-        self.last_a_gates: list[Tensor] = []
+        self.last_w_gates: Tensor | None = None  # one 0/1 gate per bit width above the lowest
+        self.last_a_gates: Tensor | None = None
         self.last_p_gates: Tensor | None = None
 
     # ---------------------------------------------------------------- groups
@@ -107,15 +108,11 @@ class SBSLayerMixin:
             flat = flat[torch.randperm(flat.numel(), device=flat.device)[:200_000]]
         clip = float(torch.quantile(flat, 0.999)) if flat.numel() > 1 else float(flat.max())
         self.act_clip.fill_(max(clip, _MIN_CLIP))
-        z_w = self._normalise_weight(w_std)
-        _, w_res = bit_sharing_terms(z_w, self.bits)
-        self.w_scale.copy_(torch.stack([r.abs().mean() for r in w_res]).clamp_min(_EPS) if w_res else self.w_scale)
-        z_a = self._normalise_act(x, self.act_clip)
-        _, a_res = bit_sharing_terms(z_a, self.bits)
-        if a_res:
-            a_stats = torch.stack([r.abs().mean() for r in a_res]).clamp_min(_EPS)
-            self.a_scale.copy_(a_stats)
-            self.a_residual_ema.copy_(a_stats)
+        w_stats, _ = lower_grid_residuals(self._normalise_weight(w_std), self.bits)
+        a_stats, _ = lower_grid_residuals(self._normalise_act(x, self.act_clip), self.bits)
+        self.w_scale.copy_(w_stats.clamp_min(_EPS))
+        self.a_scale.copy_(a_stats.clamp_min(_EPS))
+        self.a_residual_ema.copy_(a_stats.clamp_min(_EPS))
         self.p_scale.fill_(max(float(self._group_norms(w_std).mean()), _EPS))
         self.calibrated.fill_(True)
 
@@ -158,11 +155,10 @@ class SBSLayerMixin:
         w_std, std = self._standardise(self.weight)
         z = self._normalise_weight(w_std)
         if searching and self.search_weight_bits:
-            terms, residuals = bit_sharing_terms(z, self.bits)
-            stats = [r.detach().abs().mean() / s for r, s in zip(residuals, self.w_scale)]
-            gates = [threshold_gate(a, t, self.tau) for a, t in zip(stats, self.w_theta)]
+            stats, grids = lower_grid_residuals(z, self.bits)
+            gates = threshold_gate(stats / self.w_scale, self.w_theta, self.tau)
             self.last_w_gates = gates
-            z_hat = compose(terms, gates)
+            z_hat = gated_quantize(z, gates, self.bits, grids)
         else:
             z_hat = quantize(z, step_size(w_bits))
         w_q = std * self._weight_clip() * (2.0 * z_hat - 1.0)
@@ -191,17 +187,15 @@ class SBSLayerMixin:
         v = self._act_clip(x)
         z = self._normalise_act(x, v)
         if searching:
-            terms, residuals = bit_sharing_terms(z, self.bits)
+            batch_stats, grids = lower_grid_residuals(z, self.bits)
             if self.training:
-                batch_stats = torch.stack([r.detach().abs().mean() for r in residuals])
                 with torch.no_grad():
                     self.a_residual_ema.lerp_(batch_stats, _EMA_MOMENTUM)
             else:
                 batch_stats = self.a_residual_ema
-            rel = batch_stats / self.a_scale
-            gates = [threshold_gate(rel[j], self.a_theta[j], self.tau) for j in range(len(residuals))]
+            gates = threshold_gate(batch_stats / self.a_scale, self.a_theta, self.tau)
             self.last_a_gates = gates
-            z_hat = compose(terms, gates)
+            z_hat = gated_quantize(z, gates, self.bits, grids)
         else:
             z_hat = quantize(z, step_size(self.fixed_a_bits))
         return self._denormalise_act(z_hat, v)
@@ -218,8 +212,8 @@ class SBSLayerMixin:
             return self.fixed_w_bits, self.fixed_a_bits
         w_std, _ = self._standardise(self.weight)
         if self.search_weight_bits:
-            _, residuals = bit_sharing_terms(self._normalise_weight(w_std), self.bits)
-            w_rel = [float(r.abs().mean() / s) for r, s in zip(residuals, self.w_scale)]
+            stats, _ = lower_grid_residuals(self._normalise_weight(w_std), self.bits)
+            w_rel = (stats / self.w_scale).tolist()
             w_bits = _bits_from_gates(self.bits, [a > float(t) for a, t in zip(w_rel, self.w_theta)])
         else:
             w_bits = self.fixed_w_bits

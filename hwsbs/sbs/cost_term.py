@@ -24,9 +24,9 @@ from .convert import SearchSpace
 __all__ = ["selection_vector", "CostTerm"]
 
 
-def selection_vector(gates: Sequence[Tensor], k: int) -> Tensor:
+def selection_vector(gates: Sequence[Tensor] | Tensor, k: int) -> Tensor:
     """One-hot (in value) selection over ``k`` candidates from ``k - 1`` nested gates, differentiably."""
-    if not gates:
+    if len(gates) == 0:
         return torch.ones(1)
     parts = []
     prefix = torch.ones((), dtype=gates[0].dtype)
@@ -89,11 +89,11 @@ class CostTerm:
         layer = self.space.layer(name)
         bits = list(layer.bits)
         searching = layer.mode == "search" and not layer.pinned
-        if searching and layer.search_weight_bits and layer.last_w_gates:
+        if searching and layer.search_weight_bits and layer.last_w_gates is not None:
             w_bits, s_w = bits, selection_vector(layer.last_w_gates, len(bits))
         else:
             w_bits, s_w = [layer.fixed_w_bits], torch.ones(1)
-        if searching and layer.last_a_gates:
+        if searching and layer.last_a_gates is not None:
             a_bits, s_a = bits, selection_vector(layer.last_a_gates, len(bits))
         else:
             a_bits, s_a = [layer.fixed_a_bits], torch.ones(1)

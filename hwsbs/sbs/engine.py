@@ -83,17 +83,26 @@ class SearchEngine:
     def step(self, x: Tensor, y: Tensor, where: str = "search") -> dict[str, float]:
         """One search step; weight and activation thresholds are updated on alternate steps."""
         self.space.model.train()
-        logits = self.space.model(x)
-        loss, ce, costs = self.loss(logits, y)
-        check_finite(loss, where)
-        self.weight_optimizer.zero_grad(set_to_none=True)
-        for opt in self.threshold_optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.weight_optimizer.step()
         family = "weight" if self.step_count % 2 == 0 else "activation"
+        # The other family stays at its current choice: no gradient is even computed for it.
+        frozen = [p for fam, opt in self.threshold_optimizers.items() if fam != family
+                  for group in opt.param_groups for p in group["params"]]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            logits = self.space.model(x)
+            loss, ce, costs = self.loss(logits, y)
+            check_finite(loss, where)
+            self.weight_optimizer.zero_grad(set_to_none=True)
+            for opt in self.threshold_optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        self.weight_optimizer.step()
         if family in self.threshold_optimizers:
-            self.threshold_optimizers[family].step()  # the other family stays at its current choice
+            self.threshold_optimizers[family].step()
         for _, layer in self.space.layers():
             layer.clamp_parameters()
         self.step_count += 1

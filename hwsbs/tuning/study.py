@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +31,28 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 from torch.utils.data import Subset
 
+from cost_models.base import CostModel
+from hwsbs.checkpoint import load_state_dict_file
 from hwsbs.config import SearchConfig, parse_target
 from hwsbs.data import build_dataset, make_loader
 from hwsbs.errors import ConfigError
 from hwsbs.models import build_model
-from hwsbs.pipeline import Objective, resolve_cost_model, run_search
+from hwsbs.pipeline import Objective, _load_model_state, resolve_cost_model, run_search
 from hwsbs.progress import PhaseProgress
+from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
+from hwsbs.sbs.convert import trace_layer_shapes
 from hwsbs.training import make_sgd, split_decay, train_epoch
 from hwsbs.tuning.space import SearchSpace
 
 __all__ = ["StudySettings", "StudyRun", "run_study", "open_storage", "load_study", "make_sampler",
-           "counted_trials", "STUDY_ATTR"]
+           "counted_trials", "heartbeat_settings", "study_dir_name", "STUDY_ATTR"]
 
 #: Study user attribute holding what hwsbs needs to continue and report a study.
 STUDY_ATTR = "hwsbs"
 HEARTBEAT_INTERVAL_S = 20  # a running trial's worker writes a heartbeat this often (SQL storages)
 GRACE_PERIOD_S = 60  # a RUNNING trial without heartbeat for this long is marked FAIL
+#: Environment variables overriding the two (whole seconds; e.g. short ones in tests).
+HEARTBEAT_ENV = ("HWSBS_HEARTBEAT_INTERVAL_S", "HWSBS_HEARTBEAT_GRACE_S")
 SAMPLERS = ("tpe", "nsga2", "random")
 _NOT_IN_SIGNATURE = {"out", "resume", "progress", "device", "workers", "hw", "cost", "target", "target_fraction", "extra"}
 
@@ -105,8 +112,29 @@ def _mask(url: str) -> str:
         return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
-def _record_lost(study: optuna.Study, trial: FrozenTrial) -> None:
-    study.set_user_attr(f"lost:{trial.number}", f"worker stopped: no heartbeat for over {GRACE_PERIOD_S} s")
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: 20 and 60, or ``HEARTBEAT_ENV`` when set.
+
+    Raises:
+        ConfigError: a value that is not a whole number >= 1, or a grace period not above the interval.
+    """
+    values = []
+    for var, default in zip(HEARTBEAT_ENV, (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)):
+        text = os.environ.get(var, "").strip()
+        value = int(text) if text.isdigit() else (default if not text else 0)
+        if value < 1:
+            raise ConfigError(f"{var}={text!r}: expected a whole number of seconds >= 1")
+        values.append(value)
+    interval, grace = values
+    if grace <= interval:
+        raise ConfigError(f"{HEARTBEAT_ENV[1]}: the grace period ({grace} s) must exceed the heartbeat interval "
+                          f"({interval} s), or live trials would be failed between two heartbeats")
+    return interval, grace
+
+
+def study_dir_name(name: str) -> str:
+    """A study name as one safe path component (``runs/<this>``): no separators, never ``..``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-") or "study"
 
 
 def open_storage(url: str) -> BaseStorage:
@@ -132,12 +160,17 @@ def open_storage(url: str) -> BaseStorage:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait, not fail
+    interval, grace = heartbeat_settings()
+
+    def record_lost(study: optuna.Study, trial: FrozenTrial) -> None:
+        study.set_user_attr(f"lost:{trial.number}", f"worker stopped: no heartbeat for over {grace} s")
+
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                  grace_period=GRACE_PERIOD_S, heartbeat_stale_trial_callback=_record_lost)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
+                                  grace_period=grace, heartbeat_stale_trial_callback=record_lost)
         except ImportError as exc:
             raise ConfigError(f"--storage {_mask(url)}: database driver missing ({exc})") from None
         except Exception as exc:
@@ -359,12 +392,55 @@ def _default_name(kind: str, labels: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join([kind, *labels]))
 
 
-def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> StudyRun:
-    """Create or continue a study and run trials until it holds ``settings.n_trials``.
+def _check_inputs(cfg: SearchConfig, cost_models: list[CostModel]) -> None:
+    """Fail before anything is written if no trial could succeed: the dataset, the model, the
+    checkpoint, and every cost model pricing every layer (a lookup table needs each signature)."""
+    bundle = build_dataset(cfg.data, cfg.data_dir, cfg.subset, cfg.seed)
+    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
+    if cfg.checkpoint is not None:
+        _load_model_state(model, load_state_dict_file(cfg.checkpoint), f"--checkpoint {cfg.checkpoint}")
+    example = next(iter(make_loader(bundle.train, 2, False, cfg.seed, 0)))[0]
+    order, shapes = trace_layer_shapes(model, example)
+    plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=cfg.cost_batch)
+    for cm in cost_models:  # every result reports the uniform 8-bit and full-precision costs
+        plain.cost(cm)
+        plain.full_precision().cost(cm)
+
+
+def _fail_lost_trials(study: optuna.Study, grace: int) -> None:
+    """Mark the RUNNING trials of dead workers FAIL (and lost, so that they are replaced).
+
+    Optuna fails trials whose heartbeat is older than the grace period; a worker killed between
+    creating a trial and its first heartbeat leaves one without any, recognised here as a trial
+    that never reached the objective (no ``run_dir``) for longer than the grace period.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+    limit = datetime.now() - timedelta(seconds=grace)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "run_dir" in t.user_attrs or t.datetime_start is None or t.datetime_start > limit:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except Exception:  # another worker finished or failed it meanwhile
+            continue
+        study.set_user_attr(f"lost:{t.number}", f"worker stopped before the trial began ({grace} s ago)")
+
+
+def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+              on_wait: Callable[[list[int], int], None] | None = None) -> StudyRun:
+    """Create or continue a study and run trials until it holds ``settings.n_trials`` finished ones.
+
+    With an SQL storage, once every trial has been started, the call waits for the trials still
+    RUNNING: live workers finish them, those of dead workers are failed after the heartbeat grace
+    period and replaced. So re-running a command whose worker was killed completes the study.
 
     Args:
         settings: the study (see :class:`StudySettings`).
         callbacks: called after every trial of this process (Optuna callback signature).
+        on_wait: called with the numbers of the RUNNING trials waited for and the grace period
+            (seconds), whenever that set changes.
 
     Returns:
         The study, its directory and the number of trials this call ran.
@@ -389,11 +465,15 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
         raise ConfigError(f"--target: expected a positive cost, got {target[0]!r}")
     kind = "pareto" if settings.multi_objective else "tune"
     name = settings.study_name or _default_name(kind, labels)
+    if not name.strip():
+        raise ConfigError("--study-name: expected a non-empty name")
     signature = _signature(settings, objectives_info, target)
+    _check_inputs(settings.base, [resolve_cost_model(o.hw, o.cost)[1] for o in settings.objectives])
 
     out_dir = Path(settings.out) if settings.out is not None else None
+    default_dir = Path("runs") / study_dir_name(name)  # a name like ../../x stays inside runs/
     if settings.storage is None:
-        out_dir = out_dir or Path("runs") / name
+        out_dir = out_dir or default_dir
         storage_url = f"sqlite:///{(out_dir / 'study.db').resolve()}"
     else:
         storage_url = settings.storage
@@ -404,10 +484,10 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
     stored = study.user_attrs.get(STUDY_ATTR)
     if stored is not None:
         _check_continuation(stored, signature, name)
-        out_dir = out_dir or Path(stored.get("out") or Path("runs") / name)
+        out_dir = out_dir or Path(stored.get("out") or default_dir)
     elif study.trials:
         raise ConfigError(f"study {name} in {_mask(storage_url)} was not created by hwsbs; pass another --study-name")
-    out_dir = (out_dir or Path("runs") / name).resolve()
+    out_dir = (out_dir or default_dir).resolve()
     if stored is None and (out_dir / "trials").is_dir() and any((out_dir / "trials").iterdir()):
         raise ConfigError(f"--out {out_dir}: holds the trials of another study (not in {_mask(storage_url)}); "
                           "choose another --out or pass that study's --storage")
@@ -421,11 +501,20 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
     if counted_trials(study) < settings.n_trials:
         base = dataclasses.replace(base, checkpoint=_pretrain_once(base, out_dir))
     objective = _TrialObjective(settings, base, labels, out_dir, target)
+    heartbeat = isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None
+    interval, grace = heartbeat_settings()
+    waited_for: list[int] = []
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)  # a killed worker's RUNNING trial becomes FAIL (SQL storages)
-        if counted_trials(study) >= settings.n_trials:
+        if heartbeat:
+            _fail_lost_trials(study, grace)  # a killed worker's RUNNING trial becomes FAIL, and is replaced
+        if counted_trials(study) < settings.n_trials:
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+            continue
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        if not heartbeat or not running:  # journal storages: a dead worker's trial would be waited for forever
             break
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+        if running != waited_for and on_wait is not None:
+            on_wait(running, grace)
+        waited_for = running
+        time.sleep(min(interval, 5))
     return StudyRun(study, out_dir, _mask(storage_url), objective.started)

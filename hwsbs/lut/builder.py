@@ -1,0 +1,203 @@
+"""Measure a device's layer latencies into a ``hwsbs-lut/1`` table for the ``lut`` cost model.
+
+Every distinct layer shape (``LayerShape.signature``) of the given models is exported exactly as
+``hwsbs export`` exports it and timed in isolation: over a grid of kept channel counts where the
+search can prune (producers' outputs, consumers' inputs, depthwise layers in between), at every
+(w_bits, a_bits) the export's kernels execute differently. Bit pairs that run on the same kernel
+are not measured twice: the table says ``fallback: next_wider`` and the ``lut`` model maps them
+to the narrowest measured pair at least as wide, which is the kernel the export uses for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from hwsbs.export import ModelSpec, export_model
+from hwsbs.export.layers import ExportedLayer
+from hwsbs.export.model import plan_path
+from hwsbs.profiles.lut_table import LookupTable, LutEntry
+from hwsbs.quant.layers import SBSConv2d, SBSLinear
+from hwsbs.sbs.convert import convert_model
+
+from .configs import kept_channels
+from .timing import Timing, time_callable
+
+__all__ = ["LayerJob", "MeasureSettings", "plan_jobs", "executed_pairs", "grid_points", "measure_jobs"]
+
+_FLOAT = 32
+
+
+@dataclass
+class LayerJob:
+    """One layer signature to measure and the kept channel counts the search can give it."""
+
+    signature: str
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool
+    in_size: tuple[int, int]  # input H x W (linear: positions x 1)
+    act_signed: bool  # the model feeds it signed inputs (decides the input quantiser)
+    kin: set[int] = field(default_factory=set)
+    kout: set[int] = field(default_factory=set)
+    layers: list[str] = field(default_factory=list)  # "model:layer" names with this signature
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    def points(self) -> list[tuple[int, int]]:
+        """(kept_in, kept_out) to measure: a full grid, a line for depthwise layers."""
+        if self.depthwise:
+            return [(k, k) for k in sorted(self.kout)]
+        return [(i, o) for i in sorted(self.kin) for o in sorted(self.kout)]
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How each layer is timed."""
+
+    batches: tuple[int, ...] = (1,)
+    warmup: int = 10
+    repeats: int = 30
+    min_time_s: float = 0.05  # keep repeating fast layers until this much time is spent
+    backend: str = "auto"
+    device: str = "cpu"
+
+
+def grid_points(channels: int, fewest: int, count: int, group_size: int) -> list[int]:
+    """``count`` kept channel counts from ``fewest`` to ``channels``, on whole pruning groups."""
+    if count <= 1 or fewest >= channels:
+        return [channels]
+    points = {channels, fewest}
+    for k in range(1, count - 1):
+        raw = fewest + (channels - fewest) * k / (count - 1)
+        snapped = channels - group_size * round((channels - raw) / group_size)
+        points.add(min(max(snapped, fewest), channels))
+    return sorted(points)
+
+
+def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = (2, 4, 8), *, group_size: int = 4,
+              max_prune_fraction: float = 0.5, grid: int = 3) -> list[LayerJob]:
+    """The signatures of ``specs``' layers with their kept-channel grids (union over layers)."""
+    jobs: dict[str, LayerJob] = {}
+    for spec in specs:
+        space = convert_model(spec.build(), spec.example(), bits, group_size=group_size,
+                              max_prune_fraction=max_prune_fraction, prune=True)
+        producers = {g.producer for g in space.groups}
+        source = space.kept_in_source()
+
+        def options(channels: int) -> list[int]:
+            fewest, _ = kept_channels(channels, group_size, max_prune_fraction)
+            return grid_points(channels, fewest, grid, group_size)
+
+        for name in space.layer_names:
+            shape = space.shapes[name]
+            mod = space.layer(name)
+            sig = shape.signature
+            job = jobs.get(sig)
+            if job is None:
+                conv = shape.kind == "conv"
+                job = jobs[sig] = LayerJob(
+                    signature=sig, kind=shape.kind, in_channels=shape.in_channels, out_channels=shape.out_channels,
+                    kernel_size=shape.kernel_size, stride=shape.stride,
+                    padding=tuple(mod.padding) if conv else (0, 0),  # type: ignore[arg-type]
+                    dilation=tuple(mod.dilation) if conv else (1, 1),  # type: ignore[arg-type]
+                    groups=shape.groups, bias=mod.bias is not None, in_size=shape.in_size,
+                    act_signed=bool(mod.act_signed),
+                )
+            job.layers.append(f"{spec.name}:{name}")
+            if shape.is_depthwise:
+                job.kout.update(options(shape.out_channels) if name in source else [shape.out_channels])
+                continue
+            job.kout.update(options(shape.out_channels) if name in producers else [shape.out_channels])
+            job.kin.update(options(shape.in_channels) if name in source else [shape.in_channels])
+    return list(jobs.values())
+
+
+def executed_pairs(backend: str) -> list[tuple[int, int, str]]:
+    """The (w_bits, a_bits) pairs to measure with ``backend`` and what runs them.
+
+    The widest pairs of the integer region (every narrower pair runs the same kernel), 8/8 when it
+    is not in that region (it then runs in float32 on fake-quantised values), and 32/32.
+    """
+    inside = [(w, a) for w in range(1, 9) for a in range(1, 9) if plan_path(w, a, 1, (0, 0), "zeros", backend)[0] == "int8"]
+    widest = [p for p in inside if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in inside)]
+    pairs = [(w, a, f"int8 {backend}") for w, a in sorted(widest, reverse=True)]
+    if (8, 8) not in inside:
+        pairs.append((8, 8, f"float32 ({plan_path(8, 8, 1, (0, 0), 'zeros', backend)[1]})"))
+    pairs.append((_FLOAT, _FLOAT, "float32"))
+    return pairs
+
+
+def _base_module(job: LayerJob, kin: int, kout: int) -> nn.Module:
+    if job.kind == "linear":
+        return nn.Linear(kin, kout, bias=job.bias)
+    groups = kout if job.depthwise else job.groups
+    return nn.Conv2d(kin, kout, job.kernel_size, stride=job.stride, padding=job.padding, dilation=job.dilation,
+                     groups=groups, bias=job.bias)
+
+
+def _input(job: LayerJob, kin: int, batch: int, gen: torch.Generator) -> Tensor:
+    if job.kind == "linear":
+        positions = job.in_size[0]
+        shape: tuple[int, ...] = (batch, positions, kin) if positions > 1 else (batch, kin)
+    else:
+        shape = (batch, kin, *job.in_size)
+    x = torch.randn(shape, generator=gen) if job.act_signed else torch.rand(shape, generator=gen)
+    return x
+
+
+def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings) -> ExportedLayer:
+    cls = SBSConv2d if job.kind == "conv" else SBSLinear
+    layer = cls.from_module(base, (2, 4, 8), 4, 0.5, 1.0)  # type: ignore[arg-type]
+    layer._maybe_calibrate(example)
+    layer.act_signed.fill_(job.act_signed)
+    layer.set_fixed(w, a)
+    exported = export_model(nn.Sequential(layer), example[:2], backend=settings.backend, device=settings.device,
+                            fold_norms=False)
+    return exported.net[0]  # type: ignore[return-value]
+
+
+def measure_jobs(jobs: Sequence[LayerJob], settings: MeasureSettings,
+                 on_step: Callable[[str], None] | None = None) -> list[LutEntry]:
+    """Time every job at every executed pair, grid point and batch; one entry per measurement."""
+    from hwsbs.export.kernels import resolve_backend
+
+    backend = resolve_backend(settings.backend, settings.device)
+    pairs = executed_pairs(backend)
+    dev = torch.device(settings.device)
+    gen = torch.Generator().manual_seed(0)
+    entries: list[LutEntry] = []
+    for job in jobs:
+        for kin, kout in job.points():
+            torch.manual_seed(len(entries))
+            base = _base_module(job, kin, kout)
+            for batch in settings.batches:
+                x = _input(job, kin, batch, gen)
+                for w, a, _ in pairs:
+                    layer = _exported(job, base, w, a, x, settings)
+                    xd = x.to(dev)
+                    if xd.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
+                        xd = xd.contiguous(memory_format=torch.channels_last)
+                    timing: Timing = time_callable(lambda layer=layer, xd=xd: layer(xd), warmup=settings.warmup,
+                                                   repeats=settings.repeats, device=dev, min_time_s=settings.min_time_s)
+                    entries.append(LutEntry(signature=job.signature, w_bits=w, a_bits=a, kept_in=kin, kept_out=kout,
+                                            batch=batch, mean_s=timing.median_s, std_s=timing.std_s))
+                    if on_step is not None:
+                        on_step(f"{job.signature} {w}/{a} {kin}->{kout} b{batch}")
+    return entries
+
+
+def make_table(entries: list[LutEntry], device: str, method: str) -> LookupTable:
+    """The validated table (fallback ``next_wider``: unmeasured pairs run on the next wider kernel)."""
+    return LookupTable(device=device, method=method, fallback="next_wider", entries=entries)

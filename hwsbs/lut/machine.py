@@ -1,0 +1,71 @@
+"""What a measurement ran on: CPU model, cores, instruction sets, PyTorch and kernel facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["machine_info", "describe_machine"]
+
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo (empty off Linux)."""
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return {}
+    info: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            if info:
+                break
+            continue
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def machine_info(device: torch.device | str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """Facts about the machine and software a latency table is measured with."""
+    from hwsbs.export.kernels import onednn_available, onednn_saturates
+
+    cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    info: dict[str, Any] = {
+        "cpu": cpu.get("model name", platform.processor() or platform.machine()),
+        "cpu_family": cpu.get("cpu family", ""),
+        "cpu_model": cpu.get("model", ""),
+        "cores": cores,
+        "isa": [f for f in _FLAGS if f in flags],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "device": str(device),
+        "onednn_int8": onednn_available(),
+        "int16_pair_saturation": onednn_saturates(),
+    }
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    """One line for a table's ``device`` field."""
+    if "gpu" in info:
+        return f"{info['gpu']} (CUDA {info.get('cuda')}), torch {info['torch']}"
+    isa = ", ".join(info["isa"]) or "no AVX2"
+    vnni = "VNNI" if any("vnni" in f for f in info["isa"]) else "no VNNI"
+    sat = "int8 pair sums saturate int16" if info["int16_pair_saturation"] else "int8 accumulates in int32"
+    return (f"{info['cpu']} (family {info['cpu_family']} model {info['cpu_model']}), {info['cores']} cores "
+            f"[{isa}; {vnni}], {info['threads']} threads, torch {info['torch']}, "
+            f"oneDNN int8 {'yes' if info['onednn_int8'] else 'no'} ({sat})")

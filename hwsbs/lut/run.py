@@ -1,0 +1,101 @@
+"""``hwsbs lut build`` as a function: plan, measure with a progress bar, write table and profile."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from hwsbs.errors import ConfigError
+from hwsbs.export import ModelSpec
+from hwsbs.export.kernels import resolve_backend
+from hwsbs.profiles.schema import HardwareProfile
+from hwsbs.progress import console
+
+from .builder import MeasureSettings, executed_pairs, make_table, measure_jobs, plan_jobs
+from .machine import describe_machine, machine_info
+from .profile_io import profile_name_for, write_profile, write_table
+from .timing import fixed_threads
+
+__all__ = ["BuildResult", "build_profile"]
+
+
+@dataclass
+class BuildResult:
+    """What ``lut build`` wrote."""
+
+    profile: HardwareProfile
+    profile_path: Path
+    table_path: Path
+    entries: int
+    signatures: int
+    seconds: float
+
+
+def _count(jobs, settings: MeasureSettings, pairs: int) -> int:
+    return sum(len(j.points()) for j in jobs) * len(settings.batches) * pairs
+
+
+def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: MeasureSettings, *, threads: int | None,
+                  grid: int = 3, bits: Sequence[int] = (2, 4, 8), group_size: int = 4,
+                  max_prune_fraction: float = 0.5, command: str = "", progress: bool = True,
+                  table_out: str | Path | None = None) -> BuildResult:
+    """Measure ``specs``' layers and write ``out`` (a profile) plus its table (``tables/NAME.yaml``
+    next to it unless ``table_out``).
+
+    Raises:
+        ConfigError: a bad option (device not available, bad output name).
+    """
+    dev = torch.device(settings.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    out_path = Path(out)
+    name = profile_name_for(out_path)
+    table_path = Path(table_out) if table_out else out_path.parent / "tables" / f"{name}.yaml"
+    start = time.perf_counter()
+    with fixed_threads(threads):
+        backend = resolve_backend(settings.backend, settings.device)
+        settings = MeasureSettings(**{**settings.__dict__, "backend": backend})
+        machine = machine_info(settings.device, torch.get_num_threads())
+        jobs = plan_jobs(specs, bits, group_size=group_size, max_prune_fraction=max_prune_fraction, grid=grid)
+        pairs = executed_pairs(backend)
+        total = _count(jobs, settings, len(pairs))
+        with Progress(TextColumn("[bold]measuring"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                      TextColumn("{task.fields[what]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=console, disable=not progress) as bar:
+            task = bar.add_task("lut", total=total, what="")
+            entries = measure_jobs(jobs, settings, lambda what: bar.update(task, advance=1, what=what))
+    elapsed = time.perf_counter() - start
+    device_line = describe_machine(machine)
+    paths = "; ".join(f"{w}/{a}: {label}" for w, a, label in pairs)
+    method = (f"each layer exported as by hwsbs export and timed alone (NHWC input); {settings.warmup} warm-up calls, "
+              f">= {settings.repeats} timed calls (and >= {settings.min_time_s * 1e3:g} ms), {machine['threads']} "
+              f"threads; mean_s = median, std_s = standard deviation; pairs measured: {paths}; other pairs run on "
+              f"the next wider measured one (fallback next_wider)")
+    table = make_table(entries, device_line, method)
+    date = time.strftime("%Y-%m-%d")
+    models = ", ".join(s.describe() for s in specs)
+    header = [f"Measured by hwsbs lut build on {date}; regenerate with the command below, do not edit by hand.",
+              f"command: {command}" if command else "command: (API call)",
+              f"machine: {device_line}", f"models: {models}"]
+    write_table(table, table_path, header)
+    kind = "gpu" if dev.type == "cuda" else "cpu"
+    profile = write_profile(
+        out_path, name=name, kind=kind, table_path=table_path, header=header,
+        description=f"measured layer latencies: {machine.get('gpu', machine['cpu'])}, {machine['threads']} threads, "
+                    f"torch {machine['torch']} ({backend} int8 kernels)",
+        sources=[f"Measured with `{command or 'hwsbs.lut.build_profile'}` on {date} ({len(entries)} entries, "
+                 f"{len(jobs)} layer shapes of {models})", f"Machine: {device_line}", f"Method: {method}"],
+    )
+    return BuildResult(profile, out_path, table_path, len(entries), len(jobs), elapsed)

@@ -1,0 +1,95 @@
+"""The gated bit-sharing quantiser as one autograd function (same values, fewer tensor passes).
+
+``compose(bit_sharing_terms(z), gates)`` builds a graph of ~6K element-wise ops and keeps their
+outputs for the backward pass. With hard gates its value is simply ``D(z, s_b)`` at the selected
+bit width ``b`` (the decomposition is exact, method section 1), its gradient with respect to ``z``
+is the identity (straight-through), and its gradient with respect to gate ``g_j`` is a linear
+combination of the scalars ``<grad, eps_k>``. This function computes exactly that: the forward
+quantises once at the chosen width, the backward recomputes the grids from ``z`` alone. The
+reference implementation stays in :mod:`hwsbs.quant.quantizer`; tests check both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .quantizer import step_size
+
+__all__ = ["lower_grid_residuals", "gated_quantize"]
+
+
+def _grid(z: Tensor, bits: int) -> Tensor:
+    """``D(z, s_b)`` without autograd, in place on one temporary (this runs on every activation)."""
+    levels = float(2**bits - 1)
+    with torch.no_grad():
+        return (z * levels).round_().div_(levels)
+
+
+@torch.no_grad()
+def lower_grid_residuals(z: Tensor, bits: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
+    """Mean |z - z_b| at every candidate but the widest (the gate statistics), and those grids."""
+    grids = [_grid(z, b) for b in bits[:-1]]
+    stats = torch.stack([F.l1_loss(g, z) for g in grids]) if grids else z.new_zeros(0)
+    return stats, grids
+
+
+def _level(gates: Tensor) -> int:
+    """Index of the selected bit width: the number of consecutive open gates."""
+    level = 0
+    for g in gates.tolist():
+        if g < 0.5:
+            break
+        level += 1
+    return level
+
+
+class _GatedQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, gates: Tensor, bits: tuple[int, ...], grids: list[Tensor]) -> Tensor:  # type: ignore[override]
+        level = _level(gates)
+        out = grids[level] if level < len(grids) else _grid(z, bits[level])
+        ctx.bits = bits
+        ctx.save_for_backward(z, gates)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None]:  # type: ignore[override]
+        z, gates = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return grad, None, None, None
+        bits = ctx.bits
+        # <grad, q_k> for every grid, then <grad, eps_k> = <grad, q_k> - <grad, q_(k-1)>.
+        dots = torch.stack([(grad * _grid(z, b)).sum() for b in bits])
+        eps_dots = dots[1:] - dots[:-1]
+        g = gates.to(eps_dots.dtype)
+        n = len(bits) - 1
+        grad_gates = torch.zeros(n, dtype=eps_dots.dtype, device=eps_dots.device)
+        # z_hat = q_1 + sum_k (g_1...g_k) eps_k  =>  d z_hat / d g_j = sum_{k>=j} prod_{i<=k, i!=j} g_i eps_k
+        for j in range(n):
+            total = eps_dots.new_zeros(())
+            prefix_without_j = eps_dots.new_ones(())
+            for k in range(n):
+                if k != j:
+                    prefix_without_j = prefix_without_j * g[k]
+                if k >= j:
+                    total = total + prefix_without_j * eps_dots[k]
+            grad_gates[j] = total
+        return grad, grad_gates.to(gates.dtype), None, None
+
+
+def gated_quantize(z: Tensor, gates: Tensor, bits: Sequence[int], grids: list[Tensor] | None = None) -> Tensor:
+    """``compose(bit_sharing_terms(z, bits), gates)`` in one autograd node.
+
+    Args:
+        z: normalised values in [0, 1].
+        gates: hard 0/1 gates, one per bit width above the lowest (differentiable).
+        bits: candidate bit widths (doubling).
+        grids: ``D(z, s_b)`` for all but the widest width, if already computed (reused).
+    """
+    if grids is None:
+        grids = [_grid(z.detach(), b) for b in bits[:-1]]
+    return _GatedQuantize.apply(z, gates, tuple(bits), grids)
