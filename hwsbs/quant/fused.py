@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .quantizer import step_size
-
 __all__ = ["lower_grid_residuals", "gated_quantize"]
 
 
