@@ -67,12 +67,20 @@ def _write_inputs(root: Path) -> None:
         (cifar / name).write_bytes(b"\x80\x04garbage")
     (root / "a_file").write_text("not a directory", encoding="utf-8")
     (root / "space.yaml").write_text("bits: {choices: ['2,3']}\n", encoding="utf-8")
+    (root / "study.txt").write_text("not a storage\n", encoding="utf-8")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     optuna.create_study(study_name="foreign", storage=f"sqlite:///{root / 'foreign.db'}")
 
 
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inputs")
+    _write_inputs(root)
+    return root
+
+
 class Case(NamedTuple):
-    argv: list[str]  # {t} is the test's directory; every case writes (if anything) to {t}/out
+    argv: list[str]  # {t} is the directory of input files; a case that writes would write to ./out
     needle: str  # {t} too
     env: dict[str, str] = {}
 
@@ -149,7 +157,7 @@ CASES: dict[str, Case] = {
     # hwsbs report
     "report-missing-storage": Case(["report", "--storage", "{t}/gone.db"], "--storage {t}/gone.db: no such file"),
     "report-unknown-study": Case(["report", "--storage", "{t}/foreign.db", "--study-name", "nope"],
-                                 "--study-name nope: no such study in sqlite:///{t}/foreign.db (it has: foreign)"),
+                                 "--study-name nope: no such study in {t}/foreign.db (it has: foreign)"),
     "report-foreign-study": Case(["report", "--storage", "{t}/foreign.db"], "study foreign was not created by hwsbs tune/pareto"),
     "report-not-a-storage": Case(["report", "--storage", "{t}/study.txt"], "expected an Optuna storage URL"),
 }
@@ -164,16 +172,14 @@ def _params():
 
 
 @pytest.mark.parametrize(("name", "case"), list(_params()))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, case, tmp_path, monkeypatch, capsys):
-    _write_inputs(tmp_path)
-    capsys.readouterr()
-    monkeypatch.chdir(tmp_path)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, case, inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the working directory: default outputs (runs/...) would land here
     for var, value in case.env.items():
         monkeypatch.setenv(var, value)
-    argv = [a.replace("{t}", str(tmp_path)) for a in case.argv]
+    argv = [a.replace("{t}", str(inputs)) for a in case.argv]
     if argv[0] in WITH_OUT:
         argv += [*TINY] + ([] if "--out" in argv else ["--out", str(tmp_path / "out")])
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    before = {p: p.stat().st_mtime_ns for p in inputs.rglob("*")}
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse
@@ -183,11 +189,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, case, tmp_path, m
     assert "Traceback" not in err
     lines = err.splitlines()
     assert len(lines) == 1, err
-    assert case.needle.replace("{t}", str(tmp_path)) in lines[0]
+    assert case.needle.replace("{t}", str(inputs)) in lines[0]
     if argv[0] != "profiles":
         assert lines[0].startswith(f"hwsbs {argv[0]}: error: "), lines[0]
     assert out == ""
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # not even an empty --out
+    assert list(tmp_path.iterdir()) == []  # not even an empty --out
+    assert {p: p.stat().st_mtime_ns for p in inputs.rglob("*")} == before
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
@@ -201,18 +208,17 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     assert proc.stderr.startswith("Traceback") and "hwsbs.errors.ProfileError: unknown hardware profile" in proc.stderr
 
 
-def test_config_for_another_model_raises_model_error(tmp_path):
-    _write_inputs(tmp_path)
+def test_config_for_another_model_raises_model_error(inputs):
     model = build_model("small_cnn", 10, 1, (8, 8))
     with pytest.raises(ModelError, match=r"config.yaml does not match the model \(layers missing from it: conv1"):
-        build_compressed_model(model, load_config(tmp_path / "config.yaml"), torch.randn(2, 1, 8, 8),
-                               source=str(tmp_path / "config.yaml"))
+        build_compressed_model(model, load_config(inputs / "config.yaml"), torch.randn(2, 1, 8, 8),
+                               source=str(inputs / "config.yaml"))
 
 
 @pytest.mark.parametrize(("command", "target", "hint"), [
-    ("search", "hwsbs.cli.search.run_search", "continue with the same command plus --resume"),
-    ("tune", "hwsbs.cli.tune.run_study", "re-run the same command to continue it"),
-    ("pareto", "hwsbs.cli.tune.run_study", "re-run the same command to continue it"),
+    ("search", "hwsbs.cli.search.run_search", "finished epochs are checkpointed; continue with the same command plus --resume"),
+    ("tune", "hwsbs.cli.tune.run_study", "finished trials are stored in the study; re-run the same command to continue it"),
+    ("pareto", "hwsbs.cli.tune.run_study", "finished trials are stored in the study; re-run the same command to continue it"),
 ])
 def test_ctrl_c_says_how_to_continue(command, target, hint, monkeypatch, tmp_path, capsys):
     def interrupted(*args, **kwargs):

@@ -151,6 +151,7 @@ def open_storage(url: str) -> BaseStorage:
             raise ConfigError("--storage journal:PATH: the journal file path is missing")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
+    interval, grace = heartbeat_settings()  # checked before anything is created
     if "://" not in url:
         if not url.endswith((".db", ".sqlite", ".sqlite3")):
             raise ConfigError(f"--storage {url!r}: expected an Optuna storage URL (sqlite:///study.db, "
@@ -160,7 +161,6 @@ def open_storage(url: str) -> BaseStorage:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait, not fail
-    interval, grace = heartbeat_settings()
 
     def record_lost(study: optuna.Study, trial: FrozenTrial) -> None:
         study.set_user_attr(f"lost:{trial.number}", f"worker stopped: no heartbeat for over {grace} s")
@@ -468,6 +468,7 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
     if not name.strip():
         raise ConfigError("--study-name: expected a non-empty name")
     signature = _signature(settings, objectives_info, target)
+    interval, grace = heartbeat_settings()
     _check_inputs(settings.base, [resolve_cost_model(o.hw, o.cost)[1] for o in settings.objectives])
 
     out_dir = Path(settings.out) if settings.out is not None else None
@@ -502,7 +503,6 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
         base = dataclasses.replace(base, checkpoint=_pretrain_once(base, out_dir))
     objective = _TrialObjective(settings, base, labels, out_dir, target)
     heartbeat = isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None
-    interval, grace = heartbeat_settings()
     waited_for: list[int] = []
     while True:
         if heartbeat:
