@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -97,8 +96,24 @@ def parse_model(text: str, args: argparse.Namespace) -> ModelSpec:
     return default_spec(name, args.num_classes, args.in_channels, image)
 
 
-def _command() -> str:
-    return "hwsbs " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hwsbs lut build"
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, every measurement option spelled out."""
+    parts = ["hwsbs", "lut", args.lut_command]
+    if args.lut_command == "build":
+        for m in args.model:
+            parts += ["--model", m]
+        parts += ["--out", str(args.out), "--grid", str(args.grid), "--bits", ",".join(map(str, args.bits))]
+    else:
+        for hw in args.hw:
+            parts += ["--hw", hw]
+        parts += ["--model", args.model, "--configs", str(args.configs), "--seed", str(args.seed)]
+    for flag in ("image_size", "num_classes", "in_channels", "threads"):
+        if getattr(args, flag) is not None:
+            parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for b in args.batch or [1]:
+        parts += ["--batch", str(b)]
+    parts += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device, "--kernel", args.kernel]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _check_common(args: argparse.Namespace) -> list[int]:
@@ -118,7 +133,7 @@ def _build(args: argparse.Namespace) -> int:
                                device=args.device)
     result = build_profile(specs, args.out, settings, threads=args.threads, grid=args.grid, bits=args.bits,
                            group_size=args.group_size, max_prune_fraction=args.max_prune_fraction,
-                           command=_command(), progress=args.progress)
+                           command=_command(args), progress=args.progress)
     console.print(f"wrote {result.profile_path} (profile {result.profile.name!r}, cost model lut) and "
                   f"{result.table_path}: {result.entries} entries for {result.signatures} layer shapes in "
                   f"{result.seconds:.0f} s")
@@ -148,7 +163,7 @@ def _check(args: argparse.Namespace) -> int:
 
     settings = {"configs": args.configs, "seed": args.seed, "batch": batch, "threads": args.threads or torch.get_num_threads(),
                 "device": args.device, "kernel": args.kernel, "repeats": args.repeats, "bits": list(args.bits),
-                "command": _command()}
+                "command": _command(args)}
     report = report_dict(spec, measured, fits, settings)
     if args.json:
         print(json.dumps(report, indent=2))
