@@ -12,7 +12,6 @@ model is only ever called on discrete states, and every call is memoised.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -58,10 +57,10 @@ class CostTerm:
         for g in space.groups:
             self._consumers_of[g.producer] = [g.consumer, *g.passthrough]
         self._depthwise = {p for g in space.groups for p in g.passthrough}
-        self._layer_cost = lru_cache(maxsize=None)(self._uncached_layer_cost)
 
-    def _uncached_layer_cost(self, shape: LayerShape, w: int, a: int, kin: int, kout: int) -> float:
-        return float(self.cost_model.layer_cost(shape, LayerState(w, a, kin, kout), self.batch))
+    def _layer_cost(self, shape: LayerShape, w: int, a: int, kin: int, kout: int) -> float:
+        # Memoised by the cost model itself: a step asks for the same few states again and again.
+        return float(self.cost_model.cached_layer_cost(shape, LayerState(w, a, kin, kout), self.batch))
 
     def cost_table(self, name: str, kin: int, kout: int, w_bits: Sequence[int], a_bits: Sequence[int]) -> Tensor:
         """``T[i, j]`` = cost of layer ``name`` at ``(w_bits[i], a_bits[j])`` with these channels."""
