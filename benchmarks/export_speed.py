@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -63,7 +64,7 @@ def bench_model(name: str, batch: int, repeats: int, warmup: int, run_dir: Path 
         "export fp32 (BN folded, NHWC)": uniform_config(space, 32),
         "export uniform 8-bit": uniform_config(space, 8),
         "export uniform 4-bit (first/last 8)": uniform_config(space, 4, pinned_bits=8),
-        "export random mixed (seed %d)" % seed: random_config(space, __import__("random").Random(seed), (2, 4, 8)),
+        f"export random mixed (seed {seed})": random_config(space, random.Random(seed), (2, 4, 8)),
     }
     fp = spec.build().eval()
     x = spec.example(batch)

@@ -10,11 +10,11 @@ Method:
 * Time: the four configurations of one model live in one process and are timed round-robin
   (``--repeats`` rounds of ``--steps`` steps each, after ``--warmup`` steps), so load from other
   processes hits them alike; per-step time is the median over rounds. Ratios are of medians.
-* Memory: one subprocess per configuration builds the model, reads ``ru_maxrss`` (peak resident
-  set size) after setup, runs ``--mem-steps`` steps and reads it again; the growth is the peak
-  memory a training step needs beyond the model and optimiser (activations kept for the backward
-  pass, gradients, temporaries). Setup calibrates on 8 images so its own peak stays below the
-  step's.
+* Memory: one subprocess per configuration (run before the timing, while this process is
+  small) builds the model, resets its peak resident set size (``/proc/self/clear_refs``; falls
+  back to ``ru_maxrss``), runs ``--mem-steps`` steps and reads the peak (``VmHWM``); the growth
+  over the RSS after setup is the memory a training step needs beyond the model and optimiser
+  (activations kept for the backward pass, gradients, temporaries, allocator slack).
 * Same model, same random CIFAR-shaped batch, same thread count for all. SBS and multipath pay
   the BOPs cost (``lambda`` 0.1); 4-bit QAT is ``set_fixed(4, 4)`` on every non-pinned layer.
 
@@ -129,21 +129,43 @@ def time_model(model_name: str, batch: int, warmup: int, steps: int, repeats: in
     return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)} for c, v in samples.items()}
 
 
-def memory_probe(model_name: str, config: str, batch: int, steps: int) -> dict[str, float]:
-    """Peak RSS growth (MiB) over ``steps`` steps, after setup; run in a fresh process."""
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_probe(model_name: str, config: str, batch: int, steps: int) -> dict[str, float | str]:
+    """Peak RSS growth (MiB) over ``steps`` steps, after setup; run in a fresh process.
+
+    Linux keeps the peak RSS (``VmHWM``) across fork and exec, so a child's ``ru_maxrss`` can
+    start at its parent's size; resetting the peak through ``/proc/self/clear_refs`` after setup
+    makes the measurement independent of who started the probe.
+    """
     x, y = _batch(batch)
     fn = make_step(model_name, config, x, y)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    rss = _status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        method = "VmHWM after /proc/self/clear_refs reset"
+        before = rss
+    except OSError:
+        method = "ru_maxrss (peak could not be reset)"
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(steps):
         fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"setup_peak_mib": before / 1024, "step_peak_growth_mib": (after - before) / 1024, "peak_mib": after / 1024}
+    after = _status_kib("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"rss_after_setup_mib": rss / 1024, "step_peak_growth_mib": (after - before) / 1024,
+            "peak_mib": after / 1024, "method": method}
 
 
 def _memory(model_name: str, batch: int, steps: int) -> dict[str, dict[str, float]]:
     out = {}
     for c in CONFIGS:
-        proc = subprocess.run([sys.executable, __file__, "--probe", model_name, c, "--batch", str(batch), "--mem-steps", str(steps)],
+        cmd = [sys.executable, __file__, "--probe", model_name, c, "--batch", str(batch), "--mem-steps", str(steps),
+               "--threads", str(torch.get_num_threads())]
+        proc = subprocess.run(cmd,
                               capture_output=True, text=True, check=True)
         out[c] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
@@ -194,17 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mem-steps", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="also profile the SBS step")
     p.add_argument("--out", default=None, help="write the JSON here too")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--probe", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.probe:
         print(json.dumps(memory_probe(args.probe[0], args.probe[1], args.batch, args.mem_steps)))
         return 0
     report: dict[str, object] = {"machine": machine_info(), "batch": args.batch, "image": [3, 32, 32],
                                  "command": " ".join(["benchmarks/search_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
-                                 "models": {}}
+                                 "threads": torch.get_num_threads(), "models": {}}
+    mems = {m: _memory(m, args.batch, args.mem_steps) for m in args.models}  # while this process is small
     for m in args.models:
+        mem = mems[m]
         times = time_model(m, args.batch, args.warmup, args.steps, args.repeats)
-        mem = _memory(m, args.batch, args.mem_steps)
         fp, mp = times["fp32"]["median_s"], times["multipath"]["median_s"]
         entry: dict[str, object] = {
             "time": times, "memory": mem,

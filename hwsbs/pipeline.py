@@ -30,7 +30,7 @@ from hwsbs.profiles import HardwareProfile, load_profile
 from hwsbs.progress import PhaseProgress
 from hwsbs.result import SearchResult, cost_summary, write_outputs
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
-from hwsbs.sbs.convert import SearchSpace, convert_model
+from hwsbs.sbs.convert import SearchSpace, convert_model, trace_layer_shapes
 from hwsbs.sbs.derive import apply_config
 from hwsbs.sbs.engine import CostObjective
 from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
@@ -75,6 +75,17 @@ def _as_loader(data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed:
     return make_loader(data, batch_size, shuffle, seed, workers)
 
 
+def _check_costable(model: nn.Module, example: torch.Tensor, objectives: Sequence[tuple[Objective, HardwareProfile, CostModel]],
+                    batch: int) -> None:
+    """Every cost model must price this model (a lookup table: every layer signature) before anything is written."""
+    param = next(model.parameters(), None)
+    order, shapes = trace_layer_shapes(model, example if param is None else example.to(param.device))
+    plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=batch)
+    for _, _, cm in objectives:
+        plain.cost(cm)
+        plain.full_precision().cost(cm)
+
+
 class _Run:
     """State shared by the phases of one run."""
 
@@ -108,6 +119,7 @@ class _Run:
         self.val_loader = _as_loader(val_data, max(config.batch_size, 256), False, config.seed, config.workers)
         first = next(iter(self.loader("pretrain", 0)))
         self.example = first[0].to(self.device)
+        _check_costable(model, first[0], self.objectives, config.cost_batch)
         self.run_dir = Path(config.out) if config.out else default_run_dir()
         self.history: list[dict[str, Any]] = []
         self.fp_accuracy: float | None = None
@@ -152,23 +164,26 @@ def _check_resume_options(run_dir: Path, cfg: SearchConfig) -> None:
             raise ConfigError(f"--resume {run_dir}: option {key} was {value!r} in that run, now {now[key]!r}")
 
 
-def _pretrain(run: _Run, model: nn.Module, ckpt: dict | None, progress: PhaseProgress) -> None:
-    cfg = run.cfg
-    epochs = cfg.pretrain_epochs
-    optimizer = make_sgd(*split_decay(model), cfg.lr, cfg.weight_decay)
-    steps = max(epochs * run.steps_per_epoch(), 1)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+_PHASE_WHAT = {"pretrain": "full-precision training", "finetune": "fine-tuning"}
+
+
+def _train_phase(run: _Run, phase: str, model: nn.Module, epochs: int, lr: float, ckpt: dict | None,
+                 progress: PhaseProgress) -> None:
+    """Cross-entropy training (SGD, cosine schedule) with a checkpoint after every epoch."""
+    optimizer = make_sgd(*split_decay(model), lr, run.cfg.weight_decay)
+    spe = run.steps_per_epoch()
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs * spe, 1))
     start = 0
-    if ckpt is not None and ckpt["phase"] == "pretrain":
+    if ckpt is not None and ckpt["phase"] == phase:
         optimizer.load_state_dict(ckpt["optim"]["optimizer"])
         scheduler.load_state_dict(ckpt["optim"]["scheduler"])
         start = int(ckpt["epoch"])
-    progress.start("pretrain", epochs * run.steps_per_epoch(), start * run.steps_per_epoch())
+    progress.start(phase, epochs * spe, start * spe)
     for epoch in range(start, epochs):
-        loss = train_epoch(model, run.loader("pretrain", epoch), optimizer, scheduler, run.device, progress,
-                           f"full-precision training epoch {epoch + 1}")
-        run.history.append({"phase": "pretrain", "epoch": epoch + 1, "loss": loss})
-        run.checkpoint("pretrain", epoch + 1, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        loss = train_epoch(model, run.loader(phase, epoch), optimizer, scheduler, run.device, progress,
+                           f"{_PHASE_WHAT[phase]} epoch {epoch + 1}")
+        run.history.append({"phase": phase, "epoch": epoch + 1, "loss": loss})
+        run.checkpoint(phase, epoch + 1, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
 
 
 def _convert(run: _Run, fp_model: nn.Module) -> SearchSpace:
@@ -207,25 +222,6 @@ def _run_method(run: _Run, space: SearchSpace, ckpt: dict | None, progress: Phas
         model_name=run.model_name, dataset=cfg.data, extra=dict(cfg.extra),
     )
     return get_method(cfg.method).run(ctx)
-
-
-def _finetune(run: _Run, model: nn.Module, ckpt: dict | None, progress: PhaseProgress) -> None:
-    cfg = run.cfg
-    optimizer = make_sgd(*split_decay(model), cfg.lr * 0.2, cfg.weight_decay)
-    steps = max(cfg.finetune_epochs * run.steps_per_epoch(), 1)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    start = 0
-    if ckpt is not None and ckpt["phase"] == "finetune":
-        optimizer.load_state_dict(ckpt["optim"]["optimizer"])
-        scheduler.load_state_dict(ckpt["optim"]["scheduler"])
-        start = int(ckpt["epoch"])
-    spe = run.steps_per_epoch()
-    progress.start("finetune", cfg.finetune_epochs * spe, start * spe)
-    for epoch in range(start, cfg.finetune_epochs):
-        loss = train_epoch(model, run.loader("finetune", epoch), optimizer, scheduler, run.device, progress,
-                           f"fine-tuning epoch {epoch + 1}")
-        run.history.append({"phase": "finetune", "epoch": epoch + 1, "loss": loss})
-        run.checkpoint("finetune", epoch + 1, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
 
 
 def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -286,7 +282,7 @@ def run_search(
             elif run.fp_state is not None:
                 _load_model_state(fp_model, run.fp_state, f"--checkpoint {cfg.checkpoint}")
             if cfg.checkpoint is None and cfg.pretrain_epochs > 0:
-                _pretrain(run, fp_model, ckpt, progress)
+                _train_phase(run, "pretrain", fp_model, cfg.pretrain_epochs, cfg.lr, ckpt, progress)
             run.fp_accuracy = evaluate(fp_model, run.val_loader, run.device)
             progress.log(f"full precision: accuracy {run.fp_accuracy:.4f}")
             ckpt = None
@@ -303,7 +299,8 @@ def run_search(
         model = apply_config(space, found, str(config_path))
         if ckpt is not None and ckpt["phase"] == "finetune":
             _load_model_state(model, ckpt["model"], f"{run_dir}/checkpoint.pt")
-        _finetune(run, model, ckpt, progress)
+        # fine-tuning starts from searched weights: a fifth of the from-scratch learning rate
+        _train_phase(run, "finetune", model, cfg.finetune_epochs, cfg.lr * 0.2, ckpt, progress)
     return _finish(run, None, (model, found))
 
 

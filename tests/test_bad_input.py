@@ -31,9 +31,6 @@ PROFILE = {
 TABLE = {"format": "hwsbs-lut/1", "fallback": "next_wider", "entries": [
     {"signature": "conv_k3x3_s1x1_g1_i64_o64_h56x56", "w_bits": w, "a_bits": w, "kept_in": 64, "kept_out": 64,
      "mean_s": 1e-4} for w in (8, 32)]}
-NEEDS_PIPELINE_PREFLIGHT = pytest.mark.xfail(
-    strict=True, reason="hwsbs search pretrains before the cost model fails: needs the run_search preflight "
-                        "(docs/reliability.md, lead to apply in hwsbs/pipeline.py)")
 
 
 def _write_inputs(root: Path) -> None:
@@ -167,7 +164,7 @@ WITH_OUT = ("search", "tune", "pareto")
 
 def _params():
     for name, case in CASES.items():
-        marks = [NEEDS_PIPELINE_PREFLIGHT] if name == "search-lut-without-entry" else []
+        marks = []
         yield pytest.param(name, case, id=name, marks=marks)
 
 
@@ -230,3 +227,14 @@ def test_ctrl_c_says_how_to_continue(command, target, hint, monkeypatch, tmp_pat
     err = capsys.readouterr().err
     assert err == f"hwsbs {command}: interrupted; {hint}\n"
     assert ("--resume" in err) == (command == "search")
+
+
+def test_a_study_name_cannot_escape_runs(tmp_path, monkeypatch):
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    schedule = ["--subset", "64", "--pretrain-epochs", "0", "--search-epochs", "1", "--finetune-epochs", "0", "--no-progress"]
+    assert main(["tune", "--hw", "a100", "--trials", "1", "--study-name", "../../x", *schedule]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]
+    assert (cwd / "runs" / "x" / "study.db").is_file() and (cwd / "runs" / "x" / "trials" / "trial-0").is_dir()
+    assert [p.name for p in (cwd / "runs").iterdir()] == ["x"]

@@ -176,6 +176,8 @@ def test_exported_structure_has_kept_channels_and_integer_weights():
         grouped_on_intmm = exported.backend == "intmm" and rec.groups > 1
         assert rec.path == ("float" if rec.w_bits == 32 or grouped_on_intmm else "int8")
     assert {r["folded_norm"] for r in rows.values()} == {"bn0", "bn1", "bn2", None}
+    assert {n: r["fused"] for n, r in rows.items()} == {"stem": "relu", "expand": "relu", "dw": "relu",
+                                                       "project": None, "fc": None}
 
 
 def test_whole_model_matches_fake_quantised_evaluation():

@@ -164,3 +164,21 @@ def test_multipath_step_moves_logits_towards_cheaper_paths():
         for x, y in train:
             search.step(x, y)
     assert search.expected_costs()[0].item() < before
+
+
+def test_multipath_state_round_trips_through_a_fresh_space():
+    """What resume does: an SBS-converted model loads the checkpointed weights, then the paths."""
+    first = _multipath(lam=1.0)
+    train, _ = digits_loaders(batch_size=32, subset=128)
+    for x, y in train:
+        first.step(x, y)
+    second = _multipath(lam=1.0)
+    second.space.model.load_state_dict(first.space.model.state_dict())
+    second.load_state_dict(first.state_dict())
+    assert second.expected_costs()[0].item() == first.expected_costs()[0].item()
+    assert [(d.w_bits, d.a_bits) for d in second.derive()] == [(d.w_bits, d.a_bits) for d in first.derive()]
+    x, _ = next(iter(train))
+    first.space.model.eval()
+    second.space.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(second.space.model(x), first.space.model(x))

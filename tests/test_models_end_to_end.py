@@ -50,7 +50,7 @@ def test_builtin_models_on_synthetic_tensors(name, tmp_path):
 
 
 def test_user_model_as_module_factory_end_to_end(tmp_path, monkeypatch, capsys):
-    (tmp_path / "my_nets.py").write_text(textwrap.dedent("""
+    (tmp_path / "user_nets_e2e.py").write_text(textwrap.dedent("""
         from torch import nn
 
         def build(num_classes=10, in_channels=1):
@@ -61,8 +61,8 @@ def test_user_model_as_module_factory_end_to_end(tmp_path, monkeypatch, capsys):
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
-    assert main(["search", "--hw", "a100", "--model", "my_nets:build", "--subset", "256", "--pretrain-epochs", "1",
+    assert main(["search", "--hw", "a100", "--model", "user_nets_e2e:build", "--subset", "256", "--pretrain-epochs", "1",
                  "--search-epochs", "1", "--finetune-epochs", "1", "--no-progress", "--out", str(out)]) == 0
     config = hwsbs.load_config(out / "config.yaml")
-    assert config.model == "my_nets:build"
+    assert config.model == "user_nets_e2e:build"
     assert [d.shape.name for d in config.layers] == ["0", "3", "8"]

@@ -8,15 +8,15 @@ from pathlib import Path
 from hwsbs.cli.profiles import stdout_console
 from hwsbs.progress import console
 from hwsbs.tuning.report import collect, print_report, write_report
-from hwsbs.tuning.study import load_study
+from hwsbs.tuning.study import load_study, mask_url, study_dir_name
 
 __all__ = ["add_parser"]
 
 
 def _handle(args: argparse.Namespace) -> int:
     study = load_study(args.storage, args.study_name)
-    report = collect(study, args.storage)
-    out = Path(args.out) if args.out else Path(report.out or Path("runs") / study.study_name)
+    report = collect(study, mask_url(args.storage))
+    out = Path(args.out) if args.out else Path(report.out or Path("runs") / study_dir_name(study.study_name))
     written = write_report(report, out)
     print_report(report, stdout_console())
     console.print(f"written: {', '.join(str(p) for p in written)}", soft_wrap=True)

@@ -125,6 +125,7 @@ class OneDNNKernel(IntKernel):
             shape = (1, 1, *self.kernel_size) if self.groups == 1 else tuple(codes.shape)
             self.box_weight = torch.ones(shape, dtype=torch.float32)
         self.gamma_view = self.gamma.view(1, -1, 1, 1) if self.conv else self.gamma
+        self.attr, self.scalars = "none", []  # oneDNN post-op (a fused ReLU / ReLU6)
         if self.conv:
             self.packed = torch.ops.onednn.qconv_prepack(
                 codes.contiguous(), torch.ones(codes.shape[0]), 1.0, 0, self.stride, self.padding, self.dilation,
@@ -132,6 +133,16 @@ class OneDNNKernel(IntKernel):
             )
         else:
             self.packed = torch.ops.onednn.qlinear_prepack(codes.contiguous(), None)
+
+    def fuse_post_op(self, activation: str) -> bool:
+        """Apply ``relu``/``relu6`` inside the kernel; False when an epilogue follows the kernel."""
+        if self.doubled:
+            return False
+        if activation == "relu":
+            self.attr, self.scalars = "relu", []
+        else:
+            self.attr, self.scalars = "hardtanh", [0.0, 6.0]
+        return True
 
     def _receptive_sum(self, u: Tensor) -> Tensor:
         if not self.conv:
@@ -148,12 +159,12 @@ class OneDNNKernel(IntKernel):
             q = q.contiguous(memory_format=torch.channels_last)
             out = torch.ops.onednn.qconv_pointwise(
                 q, 1.0, 0, self.packed, self.w_scale, self.w_zp, self.beta, self.stride, self.padding,
-                self.dilation, self.groups, 1.0, 0, torch.float32, "none", [], "",
+                self.dilation, self.groups, 1.0, 0, torch.float32, self.attr, self.scalars, "",
             )
         else:
             out = torch.ops.onednn.qlinear_pointwise(
                 q.contiguous(), 1.0, 0, self.packed, self.w_scale, self.w_zp, self.beta, 1.0, 0, torch.float32,
-                "none", [], "",
+                self.attr, self.scalars, "",
             )
         if self.doubled:
             return torch.addcmul(out, self.gamma_view, self._receptive_sum(u))

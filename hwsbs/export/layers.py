@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoding import MAX_INT_BITS, fake_quant_input, input_codes, odd_weights
-from .kernels import IntKernel, build_kernel
+from .encoding import MAX_INT_BITS, input_codes, odd_weights
+from .kernels import IntKernel, OneDNNKernel, build_kernel
 
 __all__ = ["LayerRecord", "ExportedLayer"]
 
@@ -91,10 +91,18 @@ class ExportedLayer(nn.Module):
         self.clip = record.act_clip.to(dev, torch.float32)
         self._border_cache: dict[tuple[int, int], Tensor] = {}
         self.kernel: IntKernel | None = None
+        self.activation: str | None = None  # a fused ReLU / ReLU6 (see hwsbs.export.fuse)
+        self._clamp_output = False  # apply it here, in place (not inside the kernel)
+        self.border_scale: Tensor | None = None  # signed padded inputs: per-position correction
         if record.path == "int8":
             self._build_int(record, dev)
         else:
-            self.weight = record.float_weight().to(dev)
+            weight = record.float_weight()
+            if record.quantised_input:
+                # conv(s_a * n_a, W) = conv(n_a, s_a * W): the input scale moves into the weight,
+                # so the layer reads the integer levels and skips two passes over its input.
+                weight = weight * (record.act_clip.float() / (2**record.a_bits - 1))
+            self.weight = weight.to(dev)
             self.bias = record.out_bias.to(dev, torch.float32)
             if record.kind == "conv" and dev.type == "cpu":  # mkldnn convolutions run NHWC fastest
                 self.weight = self.weight.contiguous(memory_format=torch.channels_last)
@@ -109,7 +117,6 @@ class ExportedLayer(nn.Module):
         g = (s_a * r.weight_scale * r.out_scale).to(torch.float32)  # per output channel
         n = odd_weights(r.weight, r.doubled)
         beta = r.out_bias.to(torch.float32)
-        self.border_scale: Tensor | None = None
         if r.act_signed:
             # x_q = s_a (2u - L) off the padding: 2 g S - g L sum(n over the window); the
             # full-window part is a per-channel constant, the rest is added near the borders.
@@ -138,8 +145,25 @@ class ExportedLayer(nn.Module):
             self._border_cache[key] = term
         return term
 
+    def fuse_activation(self, kind: str) -> None:
+        """Apply ``relu`` or ``relu6`` to this layer's output (in the kernel where it can)."""
+        if kind not in ("relu", "relu6"):
+            raise ValueError(f"cannot fuse activation {kind!r}")
+        self.activation = kind
+        in_kernel = (isinstance(self.kernel, OneDNNKernel) and self.border_scale is None
+                     and self.kernel.fuse_post_op(kind))
+        self._clamp_output = not in_kernel
+
+    def _activate(self, y: Tensor) -> Tensor:
+        if not self._clamp_output:
+            return y
+        return y.clamp_min_(0.0) if self.activation == "relu" else y.clamp_(0.0, 6.0)
+
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
+        return self._activate(self._forward(x))
+
+    def _forward(self, x: Tensor) -> Tensor:
         r = self.record
         if self.kernel is not None:
             u = input_codes(x, self.clip, r.a_bits, r.act_signed)
@@ -149,10 +173,12 @@ class ExportedLayer(nn.Module):
                 return y.reshape(*lead, y.shape[-1])
             y = self.kernel(u)
             if self.border_scale is not None:
-                y = y + self._border(int(x.shape[-2]), int(x.shape[-1]), y)
+                y = y.add_(self._border(int(x.shape[-2]), int(x.shape[-1]), y))
             return y
-        if r.quantised_input:
-            x = fake_quant_input(x, self.clip, r.a_bits, r.act_signed)
+        if r.quantised_input:  # integer levels as floats (odd levels when signed, 0 = padding)
+            x = input_codes(x, self.clip, r.a_bits, r.act_signed)
+            if r.act_signed:
+                x = x.mul_(2.0).sub_(2**r.a_bits - 1)
         if r.kind == "linear":
             return F.linear(x, self.weight, self.bias)
         if r.padding_mode != "zeros":
@@ -164,4 +190,6 @@ class ExportedLayer(nn.Module):
         r = self.record
         bits = f"w{r.w_bits}/a{r.a_bits}{'s' if r.act_signed and r.quantised_input else ''}"
         kernel = f"{self.backend}" + (f" ({r.reason})" if r.reason else "")
+        if self.activation:
+            kernel += f" + {self.activation}"
         return f"{r.kind} {r.in_channels}->{r.out_channels}, {bits}, {kernel}"

@@ -22,6 +22,7 @@ from hwsbs.quant.layers import SBSLayerMixin, sbs_layers
 from hwsbs.sbs.convert import set_submodule
 
 from .encoding import MAX_INT_BITS, int16_pair_safe, weight_codes
+from .fuse import fuse_activations
 from .kernels import onednn_saturates, resolve_backend
 from .layers import ExportedLayer, LayerRecord
 from .source import ModelSpec
@@ -154,12 +155,18 @@ class ExportedModel(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def layers(self) -> dict[str, ExportedLayer]:
+        """The exported layers by qualified name."""
+        return {n: m for n, m in self.net.named_modules() if isinstance(m, ExportedLayer)}
+
     def layer_table(self) -> list[dict[str, Any]]:
         """One row per exported layer: bits, kept channels, where it runs and why."""
+        mods = self.layers()
         return [{"name": r.name, "kind": r.kind, "w_bits": r.w_bits, "a_bits": r.a_bits, "in": r.in_channels,
                  "out": r.out_channels, "path": r.path, "kernel": self.backend if r.path == "int8" else "float",
                  "reason": r.reason, "weight_dtype": str(r.weight.dtype).replace("torch.", ""),
-                 "folded_norm": r.folded_norm} for r in self.records]
+                 "folded_norm": r.folded_norm, "fused": mods[r.name].activation if r.name in mods else None}
+                for r in self.records]
 
     def save(self, path: str | Path) -> Path:
         """Write the export (tensors + plain metadata) to ``path``."""
@@ -229,7 +236,7 @@ def _assemble(net: nn.Module, records: list[LayerRecord], backend: str, device: 
         set_submodule(net, r.name, ExportedLayer(r, backend, device))
         if r.folded_norm:
             set_submodule(net, r.folded_norm, nn.Identity())
-    return ExportedModel(net.to(device), records, backend, device, spec, info)
+    return ExportedModel(fuse_activations(net).to(device), records, backend, device, spec, info)
 
 
 def load_exported(path: str | Path, device: torch.device | str = "cpu", backend: str | None = None) -> ExportedModel:
@@ -267,6 +274,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu", backend:
         set_submodule(net, r.name, ExportedLayer(r, chosen, device))
         if r.folded_norm:
             set_submodule(net, r.folded_norm, nn.Identity())
+    net = fuse_activations(net)  # the same rewrite as at export, so the state keys match
     try:
         net.load_state_dict(data["state"], strict=True)
     except RuntimeError as exc:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from hwsbs.export import ModelSpec, export_model
+from hwsbs.export.fuse import activations_after
 from hwsbs.export.layers import ExportedLayer
 from hwsbs.export.model import plan_path
 from hwsbs.profiles.lut_table import LookupTable, LutEntry
@@ -47,9 +48,18 @@ class LayerJob:
     bias: bool
     in_size: tuple[int, int]  # input H x W (linear: positions x 1)
     act_signed: bool  # the model feeds it signed inputs (decides the input quantiser)
+    activations: list[str | None] = field(default_factory=list)  # fused ReLU/ReLU6 per layer (None: none)
     kin: set[int] = field(default_factory=set)
     kout: set[int] = field(default_factory=set)
     layers: list[str] = field(default_factory=list)  # "model:layer" names with this signature
+
+    @property
+    def activation(self) -> str | None:
+        """The activation most of its layers get fused (ties: fused), measured with the layer."""
+        fused = [a for a in self.activations if a is not None]
+        if not fused or 2 * len(fused) < len(self.activations):
+            return None
+        return max(set(fused), key=fused.count)
 
     @property
     def depthwise(self) -> bool:
@@ -91,7 +101,9 @@ def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = (2, 4, 8), *, gr
     """The signatures of ``specs``' layers with their kept-channel grids (union over layers)."""
     jobs: dict[str, LayerJob] = {}
     for spec in specs:
-        space = convert_model(spec.build(), spec.example(), bits, group_size=group_size,
+        fp = spec.build()
+        fused = activations_after(fp)
+        space = convert_model(fp, spec.example(), bits, group_size=group_size,
                               max_prune_fraction=max_prune_fraction, prune=True)
         producers = {g.producer for g in space.groups}
         source = space.kept_in_source()
@@ -116,6 +128,7 @@ def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = (2, 4, 8), *, gr
                     act_signed=bool(mod.act_signed),
                 )
             job.layers.append(f"{spec.name}:{name}")
+            job.activations.append(fused.get(name))
             if shape.is_depthwise:
                 job.kout.update(options(shape.out_channels) if name in source else [shape.out_channels])
                 continue
@@ -165,7 +178,10 @@ def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, s
     layer.set_fixed(w, a)
     exported = export_model(nn.Sequential(layer), example[:2], backend=settings.backend, device=settings.device,
                             fold_norms=False)
-    return exported.net[0]  # type: ignore[return-value]
+    out: ExportedLayer = exported.net[0]  # type: ignore[assignment]
+    if job.activation is not None:  # as inside the exported model
+        out.fuse_activation(job.activation)
+    return out
 
 
 def measure_jobs(jobs: Sequence[LayerJob], settings: MeasureSettings,

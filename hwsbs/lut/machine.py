@@ -66,6 +66,7 @@ def describe_machine(info: dict[str, Any]) -> str:
     isa = ", ".join(info["isa"]) or "no AVX2"
     vnni = "VNNI" if any("vnni" in f for f in info["isa"]) else "no VNNI"
     sat = "int8 pair sums saturate int16" if info["int16_pair_saturation"] else "int8 accumulates in int32"
+    threads = f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}"
     return (f"{info['cpu']} (family {info['cpu_family']} model {info['cpu_model']}), {info['cores']} cores "
-            f"[{isa}; {vnni}], {info['threads']} threads, torch {info['torch']}, "
+            f"({isa}; {vnni}), {threads}, torch {info['torch']}, "
             f"oneDNN int8 {'yes' if info['onednn_int8'] else 'no'} ({sat})")

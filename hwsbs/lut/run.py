@@ -79,9 +79,10 @@ def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: Measure
     elapsed = time.perf_counter() - start
     device_line = describe_machine(machine)
     paths = "; ".join(f"{w}/{a}: {label}" for w, a, label in pairs)
-    method = (f"each layer exported as by hwsbs export and timed alone (NHWC input); {settings.warmup} warm-up calls, "
-              f">= {settings.repeats} timed calls (and >= {settings.min_time_s * 1e3:g} ms), {machine['threads']} "
-              f"threads; mean_s = median, std_s = standard deviation; pairs measured: {paths}; other pairs run on "
+    method = (f"each layer exported as by hwsbs export (with the ReLU/ReLU6 it fuses into most layers of that shape) "
+              f"and timed alone (NHWC input); {settings.warmup} warm-up calls, "
+              f">= {settings.repeats} timed calls (and >= {settings.min_time_s * 1e3:g} ms), torch threads "
+              f"{machine['threads']}; mean_s = median, std_s = standard deviation; pairs measured: {paths}; other pairs run on "
               f"the next wider measured one (fallback next_wider)")
     table = make_table(entries, device_line, method)
     date = time.strftime("%Y-%m-%d")
@@ -93,7 +94,7 @@ def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: Measure
     kind = "gpu" if dev.type == "cuda" else "cpu"
     profile = write_profile(
         out_path, name=name, kind=kind, table_path=table_path, header=header,
-        description=f"measured layer latencies: {machine.get('gpu', machine['cpu'])}, {machine['threads']} threads, "
+        description=f"measured layer latencies: {machine.get('gpu', machine['cpu'])}, torch threads {machine['threads']}, "
                     f"torch {machine['torch']} ({backend} int8 kernels)",
         sources=[f"Measured with `{command or 'hwsbs.lut.build_profile'}` on {date} ({len(entries)} entries, "
                  f"{len(jobs)} layer shapes of {models})", f"Machine: {device_line}", f"Method: {method}"],

@@ -45,7 +45,7 @@ from hwsbs.training import make_sgd, split_decay, train_epoch
 from hwsbs.tuning.space import SearchSpace
 
 __all__ = ["StudySettings", "StudyRun", "run_study", "open_storage", "load_study", "make_sampler",
-           "counted_trials", "heartbeat_settings", "study_dir_name", "STUDY_ATTR"]
+           "counted_trials", "heartbeat_settings", "study_dir_name", "mask_url", "STUDY_ATTR"]
 
 #: Study user attribute holding what hwsbs needs to continue and report a study.
 STUDY_ATTR = "hwsbs"
@@ -101,7 +101,8 @@ class StudyRun:
     new_trials: int  # trials this call ran
 
 
-def _mask(url: str) -> str:
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and reports)."""
     if "://" not in url:
         return url
     try:
@@ -116,7 +117,7 @@ def heartbeat_settings() -> tuple[int, int]:
     """(heartbeat interval, grace period) in seconds: 20 and 60, or ``HEARTBEAT_ENV`` when set.
 
     Raises:
-        ConfigError: a value that is not a whole number >= 1, or a grace period not above the interval.
+        ConfigError: a value that is not a whole number >= 1, or a grace period below the interval.
     """
     values = []
     for var, default in zip(HEARTBEAT_ENV, (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)):
@@ -126,8 +127,8 @@ def heartbeat_settings() -> tuple[int, int]:
             raise ConfigError(f"{var}={text!r}: expected a whole number of seconds >= 1")
         values.append(value)
     interval, grace = values
-    if grace <= interval:
-        raise ConfigError(f"{HEARTBEAT_ENV[1]}: the grace period ({grace} s) must exceed the heartbeat interval "
+    if grace < interval:
+        raise ConfigError(f"{HEARTBEAT_ENV[1]}: the grace period ({grace} s) must be at least the heartbeat interval "
                           f"({interval} s), or live trials would be failed between two heartbeats")
     return interval, grace
 
@@ -172,12 +173,12 @@ def open_storage(url: str) -> BaseStorage:
                 return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
                                   grace_period=grace, heartbeat_stale_trial_callback=record_lost)
         except ImportError as exc:
-            raise ConfigError(f"--storage {_mask(url)}: database driver missing ({exc})") from None
+            raise ConfigError(f"--storage {mask_url(url)}: database driver missing ({exc})") from None
         except Exception as exc:
             # workers creating a new database together race on its schema: the loser retries
             racing = "IntegrityError" in type(exc).__name__ or "already exists" in str(exc)
             if attempt == 4 or not racing:
-                raise ConfigError(f"--storage {_mask(url)}: cannot open ({str(exc).splitlines()[0][:200]})") from None
+                raise ConfigError(f"--storage {mask_url(url)}: cannot open ({str(exc).splitlines()[0][:200]})") from None
             time.sleep(0.2 + random.random() * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -192,11 +193,11 @@ def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if study_name is None:
         if len(names) != 1:
-            raise ConfigError(f"--study-name: {_mask(storage)} holds {len(names)} studies "
+            raise ConfigError(f"--study-name: {mask_url(storage)} holds {len(names)} studies "
                               f"({', '.join(names) or 'none'}); name one")
         study_name = names[0]
     if study_name not in names:
-        raise ConfigError(f"--study-name {study_name}: no such study in {_mask(storage)} (it has: {', '.join(names) or 'none'})")
+        raise ConfigError(f"--study-name {study_name}: no such study in {mask_url(storage)} (it has: {', '.join(names) or 'none'})")
     study = optuna.load_study(study_name=study_name, storage=store, sampler=optuna.samplers.RandomSampler(seed=0))
     if STUDY_ATTR not in study.user_attrs:
         raise ConfigError(f"study {study_name} was not created by hwsbs tune/pareto")
@@ -487,10 +488,10 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
         _check_continuation(stored, signature, name)
         out_dir = out_dir or Path(stored.get("out") or default_dir)
     elif study.trials:
-        raise ConfigError(f"study {name} in {_mask(storage_url)} was not created by hwsbs; pass another --study-name")
+        raise ConfigError(f"study {name} in {mask_url(storage_url)} was not created by hwsbs; pass another --study-name")
     out_dir = (out_dir or default_dir).resolve()
     if stored is None and (out_dir / "trials").is_dir() and any((out_dir / "trials").iterdir()):
-        raise ConfigError(f"--out {out_dir}: holds the trials of another study (not in {_mask(storage_url)}); "
+        raise ConfigError(f"--out {out_dir}: holds the trials of another study (not in {mask_url(storage_url)}); "
                           "choose another --out or pass that study's --storage")
     if stored is None:
         study.set_user_attr(STUDY_ATTR, {**signature, "out": str(out_dir), "study_name": name})
@@ -517,4 +518,4 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
             on_wait(running, grace)
         waited_for = running
         time.sleep(min(interval, 5))
-    return StudyRun(study, out_dir, _mask(storage_url), objective.started)
+    return StudyRun(study, out_dir, mask_url(storage_url), objective.started)
