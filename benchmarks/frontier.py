@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-epochs", type=int, default=3)
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); several frontier processes "
+                   "with disjoint --methods and one thread each can share one --out-dir")
     p.add_argument("--out-dir", default="runs/frontier")
     p.add_argument("--json", default="benchmarks/results/frontier.json")
     p.add_argument("--png", default="benchmarks/results/frontier.png")
@@ -220,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data_dir = ensure_cifar10_jpeg(find_cifar10_archive())
     out_dir = Path(args.out_dir)
     t0 = time.perf_counter()
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = plan(args.methods, args.lambdas, args.multipath_lambdas, args.budgets, args.search_epochs, args.finetune_epochs)
     rows = run_all(specs, base, out_dir)
     report = {"machine": machine_info(), "command": " ".join(["benchmarks/frontier.py", *(argv if argv is not None else sys.argv[1:])]),
-              "schedule": {k: getattr(args, k) for k in ("subset", "pretrain_epochs", "search_epochs", "finetune_epochs", "seed")},
+              "schedule": {k: getattr(args, k) for k in ("subset", "pretrain_epochs", "search_epochs", "finetune_epochs", "seed", "threads")},
               "test_images": max(args.subset // 4, 1), "fp_accuracy": fp_acc, "runs": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from hwsbs.lut.fidelity import summarise
 from hwsbs.profiles import load_profile, resolve_lookup_table
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.derive import apply_config
+from hwsbs.testing.cost_models import check_cost_model
 
 TINY_BUILD = ["--repeats", "2", "--warmup", "0", "--grid", "2", "--threads", "1", "--no-progress"]
 
@@ -24,7 +25,7 @@ TINY_BUILD = ["--repeats", "2", "--warmup", "0", "--grid", "2", "--threads", "1"
 def tiny_profile(tmp_path_factory):
     """A profile measured for small_cnn with very few repeats (seconds)."""
     out = tmp_path_factory.mktemp("hw") / "tiny-cpu.yaml"
-    assert main(["lut", "build", "--model", "small_cnn", "--out", str(out), *TINY_BUILD]) == 0
+    assert main(["lut", "build", "--model", "small_cnn", "--conformance-shapes", "--out", str(out), *TINY_BUILD]) == 0
     return out
 
 
@@ -100,6 +101,7 @@ def test_lut_build_writes_a_valid_profile_the_lut_model_can_use(tiny_profile):
     assert costs[2] == costs[4]  # same int8 kernel: bits below it cost the same
     random_cost = random_config(space, random.Random(1), (2, 4, 8)).cost(model)
     assert random_cost > 0
+    check_cost_model(model)  # --conformance-shapes measured the conformance zoo too
 
 
 def test_search_accepts_the_measured_profile(tiny_profile, tmp_path):

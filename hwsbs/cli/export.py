@@ -84,6 +84,12 @@ def _time(args: argparse.Namespace, spec: ModelSpec, exported: ExportedModel) ->
 def _run(args: argparse.Namespace) -> int:
     if args.batch <= 0 or args.repeats <= 0 or args.verify < 0:
         raise ConfigError("--batch and --repeats must be positive, --verify >= 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError(f"--device {args.device!r}: not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
     spec, model, config = load_run(args.run, config_path=args.config, checkpoint=args.checkpoint, model=args.model,
                                    num_classes=args.num_classes, in_channels=args.in_channels, image_size=args.image_size)
     backend = "float" if args.format == "float" else args.kernel

@@ -66,10 +66,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--model", action="append", required=True, metavar="M[@SIZE]",
                    help="built-in model or package.module:factory, optionally @SIZE for its input side; repeat for several")
     b.add_argument("--out", required=True, metavar="FILE", help="profile to write, e.g. hardware_profiles/NAME.yaml (table: tables/NAME.yaml next to it)")
+    b.add_argument("--rounds", type=_positive, default=3,
+                   help="passes over the whole table, each with its share of the repeats (default: %(default)s)")
     b.add_argument("--grid", type=_positive, default=3, help="kept-channel counts per prunable dimension (default: %(default)s)")
     b.add_argument("--bits", type=_bits, default=(2, 4, 8), help="candidate bits of the searches to support (default: 2,4,8)")
     b.add_argument("--group-size", type=_positive, default=4, help="channels per pruning group (default: %(default)s)")
     b.add_argument("--max-prune-fraction", type=float, default=0.5, help="most of a layer's groups a search prunes (default: %(default)s)")
+    b.add_argument("--conformance-shapes", action="store_true",
+                   help="also measure the layer zoo of hwsbs.testing.check_cost_model (full channels), so the "
+                        "profile passes the cost-model conformance checks")
     _geometry(b)
     _timing(b, repeats=30)
     b.set_defaults(handler=_build)
@@ -83,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--bits", type=_bits, default=(2, 4, 8), help="bit widths to draw from (default: 2,4,8)")
     c.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _geometry(c)
-    _timing(c, repeats=20)
+    _timing(c, repeats=30)
     c.set_defaults(handler=_check)
 
 
@@ -102,7 +107,10 @@ def _command(args: argparse.Namespace) -> str:
     if args.lut_command == "build":
         for m in args.model:
             parts += ["--model", m]
-        parts += ["--out", str(args.out), "--grid", str(args.grid), "--bits", ",".join(map(str, args.bits))]
+        parts += ["--out", str(args.out), "--grid", str(args.grid), "--rounds", str(args.rounds),
+                  "--bits", ",".join(map(str, args.bits))]
+        if args.conformance_shapes:
+            parts.append("--conformance-shapes")
     else:
         for hw in args.hw:
             parts += ["--hw", hw]
@@ -119,6 +127,11 @@ def _command(args: argparse.Namespace) -> str:
 def _check_common(args: argparse.Namespace) -> list[int]:
     if args.warmup < 0:
         raise ConfigError(f"--warmup: expected an integer >= 0, got {args.warmup}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available")
     return args.batch or [1]
 
 
@@ -130,10 +143,15 @@ def _build(args: argparse.Namespace) -> int:
     for spec in specs:
         spec.build()  # unknown models fail here, before any measuring
     settings = MeasureSettings(batches=tuple(batches), warmup=args.warmup, repeats=args.repeats, backend=args.kernel,
-                               device=args.device)
+                               device=args.device, rounds=args.rounds)
+    extra = []
+    if args.conformance_shapes:
+        from hwsbs.testing.cost_models import default_shapes
+
+        extra = default_shapes()
     result = build_profile(specs, args.out, settings, threads=args.threads, grid=args.grid, bits=args.bits,
                            group_size=args.group_size, max_prune_fraction=args.max_prune_fraction,
-                           command=_command(args), progress=args.progress)
+                           command=_command(args), progress=args.progress, extra_shapes=extra)
     console.print(f"wrote {result.profile_path} (profile {result.profile.name!r}, cost model lut) and "
                   f"{result.table_path}: {result.entries} entries for {result.signatures} layer shapes in "
                   f"{result.seconds:.0f} s")
@@ -154,7 +172,7 @@ def _check(args: argparse.Namespace) -> int:
     configs = draw_configs(spec, args.configs, args.seed, args.bits, batch)
     with Progress(TextColumn("[bold]measuring configs"), BarColumn(bar_width=24), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=not args.progress) as bar:
-        task = bar.add_task("check", total=len(configs))
+        task = bar.add_task("check", total=len(configs) + args.repeats)
         measured = measure_configs(spec, configs, batch=batch, threads=args.threads, warmup=args.warmup,
                                    repeats=args.repeats, backend=args.kernel, device=args.device,
                                    on_step=lambda: bar.update(task, advance=1))

@@ -167,7 +167,7 @@ class OneDNNKernel(IntKernel):
                 self.attr, self.scalars, "",
             )
         if self.doubled:
-            return torch.addcmul(out, self.gamma_view, self._receptive_sum(u))
+            return out.addcmul_(self.gamma_view, self._receptive_sum(u))  # the kernel output is fresh
         return out
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from cost_models.base import LayerShape
 from hwsbs.export import ModelSpec, export_model
 from hwsbs.export.fuse import activations_after
 from hwsbs.export.layers import ExportedLayer
@@ -25,7 +26,7 @@ from hwsbs.quant.layers import SBSConv2d, SBSLinear
 from hwsbs.sbs.convert import convert_model
 
 from .configs import kept_channels
-from .timing import Timing, time_callable
+from .timing import sample_times, summarise_times
 
 __all__ = ["LayerJob", "MeasureSettings", "plan_jobs", "executed_pairs", "grid_points", "measure_jobs"]
 
@@ -80,6 +81,7 @@ class MeasureSettings:
     warmup: int = 10
     repeats: int = 30
     min_time_s: float = 0.05  # keep repeating fast layers until this much time is spent
+    rounds: int = 3  # passes over the whole table, each with its share of the repeats
     backend: str = "auto"
     device: str = "cpu"
 
@@ -96,9 +98,26 @@ def grid_points(channels: int, fewest: int, count: int, group_size: int) -> list
     return sorted(points)
 
 
+def _shape_job(shape: LayerShape) -> LayerJob:
+    """A job for a bare LayerShape (no model): full channels, padding from its sizes."""
+    pads = tuple(max(0, -(-((o - 1) * s + k - i) // 2)) for i, o, s, k in
+                 zip(shape.in_size, shape.out_size, shape.stride, shape.kernel_size))
+    job = LayerJob(signature=shape.signature, kind=shape.kind, in_channels=shape.in_channels,
+                   out_channels=shape.out_channels, kernel_size=shape.kernel_size, stride=shape.stride,
+                   padding=pads if shape.kind == "conv" else (0, 0), dilation=(1, 1),  # type: ignore[arg-type]
+                   groups=shape.groups, bias=False, in_size=shape.in_size, act_signed=False)
+    job.kin.add(shape.in_channels)
+    job.kout.add(shape.out_channels)
+    job.layers.append(f"shape:{shape.name}")
+    job.activations.append(None)
+    return job
+
+
 def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = (2, 4, 8), *, group_size: int = 4,
-              max_prune_fraction: float = 0.5, grid: int = 3) -> list[LayerJob]:
-    """The signatures of ``specs``' layers with their kept-channel grids (union over layers)."""
+              max_prune_fraction: float = 0.5, grid: int = 3,
+              extra_shapes: Sequence[LayerShape] = ()) -> list[LayerJob]:
+    """The signatures of ``specs``' layers with their kept-channel grids (union over layers),
+    plus ``extra_shapes`` at full channels (e.g. ``hwsbs.testing``'s conformance zoo)."""
     jobs: dict[str, LayerJob] = {}
     for spec in specs:
         fp = spec.build()
@@ -134,6 +153,9 @@ def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = (2, 4, 8), *, gr
                 continue
             job.kout.update(options(shape.out_channels) if name in producers else [shape.out_channels])
             job.kin.update(options(shape.in_channels) if name in source else [shape.in_channels])
+    for shape in extra_shapes:
+        if shape.signature not in jobs:
+            jobs[shape.signature] = _shape_job(shape)
     return list(jobs.values())
 
 
@@ -186,31 +208,44 @@ def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, s
 
 def measure_jobs(jobs: Sequence[LayerJob], settings: MeasureSettings,
                  on_step: Callable[[str], None] | None = None) -> list[LutEntry]:
-    """Time every job at every executed pair, grid point and batch; one entry per measurement."""
+    """Time every job at every executed pair, grid point and batch; one entry per measurement.
+
+    The measurements run in ``settings.rounds`` passes over the whole table, each taking its
+    share of the repeats, and every entry's median is over all its samples: load that changes
+    while the table is measured (a shared machine) then spreads over all entries alike.
+    """
     from hwsbs.export.kernels import resolve_backend
 
     backend = resolve_backend(settings.backend, settings.device)
     pairs = executed_pairs(backend)
     dev = torch.device(settings.device)
     gen = torch.Generator().manual_seed(0)
-    entries: list[LutEntry] = []
+    tasks: list[tuple[LayerJob, int, int, int, int, int, ExportedLayer]] = []
     for job in jobs:
         for kin, kout in job.points():
-            torch.manual_seed(len(entries))
+            torch.manual_seed(len(tasks))
             base = _base_module(job, kin, kout)
+            example = _input(job, kin, 2, gen)
             for batch in settings.batches:
-                x = _input(job, kin, batch, gen)
                 for w, a, _ in pairs:
-                    layer = _exported(job, base, w, a, x, settings)
-                    xd = x.to(dev)
-                    if xd.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
-                        xd = xd.contiguous(memory_format=torch.channels_last)
-                    timing: Timing = time_callable(lambda layer=layer, xd=xd: layer(xd), warmup=settings.warmup,
-                                                   repeats=settings.repeats, device=dev, min_time_s=settings.min_time_s)
-                    entries.append(LutEntry(signature=job.signature, w_bits=w, a_bits=a, kept_in=kin, kept_out=kout,
-                                            batch=batch, mean_s=timing.median_s, std_s=timing.std_s))
-                    if on_step is not None:
-                        on_step(f"{job.signature} {w}/{a} {kin}->{kout} b{batch}")
+                    tasks.append((job, kin, kout, batch, w, a, _exported(job, base, w, a, example, settings)))
+    rounds = max(1, settings.rounds)
+    per_round = -(-settings.repeats // rounds)
+    samples: list[list[float]] = [[] for _ in tasks]
+    for _ in range(rounds):
+        for i, (job, kin, kout, batch, w, a, layer) in enumerate(tasks):
+            x = _input(job, kin, batch, gen).to(dev)
+            if x.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
+                x = x.contiguous(memory_format=torch.channels_last)
+            samples[i] += sample_times(lambda layer=layer, x=x: layer(x), warmup=settings.warmup, repeats=per_round,
+                                       device=dev, min_time_s=settings.min_time_s / rounds)
+            if on_step is not None:
+                on_step(f"{job.signature} {w}/{a} {kin}->{kout} b{batch}")
+    entries = []
+    for (job, kin, kout, batch, w, a, _), times in zip(tasks, samples):
+        timing = summarise_times(times)
+        entries.append(LutEntry(signature=job.signature, w_bits=w, a_bits=a, kept_in=kin, kept_out=kout,
+                                batch=batch, mean_s=timing.median_s, std_s=timing.std_s))
     return entries
 
 

@@ -23,7 +23,7 @@ from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import convert_model
 
 from .configs import random_config
-from .timing import fixed_threads, time_callable
+from .timing import fixed_threads, sample_times, summarise_times
 
 __all__ = ["Measured", "ProfileFit", "draw_configs", "measure_configs", "fit_profile", "summarise", "report_dict"]
 
@@ -72,23 +72,34 @@ def _mac_stats(config: CompressionConfig) -> tuple[float, float]:
 
 
 def measure_configs(spec: ModelSpec, configs: Sequence[CompressionConfig], *, batch: int = 1, threads: int | None = None,
-                    warmup: int = 5, repeats: int = 20, min_time_s: float = 0.2, backend: str = "auto",
-                    device: str = "cpu", on_step: Callable[[], None] | None = None) -> list[Measured]:
+                    warmup: int = 5, repeats: int = 20, backend: str = "auto", device: str = "cpu",
+                    on_step: Callable[[], None] | None = None) -> list[Measured]:
     """Export each configuration (untrained weights: latency does not depend on their values) and
-    time the whole model on a ``batch``-sized input."""
+    time the whole models on one ``batch``-sized input, side by side: ``repeats`` rounds of one
+    call per configuration, so load that drifts during the measurement hits them all alike.
+    ``on_step`` is called after each export and after each round."""
     dev = torch.device(device)
-    results = []
     with fixed_threads(threads):
         x = spec.example(batch).to(dev)
-        for i, config in enumerate(configs):
-            exported = export_model(compressed_model(spec, config), spec.example(), backend=backend, device=device)
-            timing = time_callable(lambda m=exported: m(x), warmup=warmup, repeats=repeats, device=dev,
-                                   min_time_s=min_time_s)
-            frac, mean_bits = _mac_stats(config)
-            results.append(Measured(i, config, timing.median_s, timing.std_s,
-                                    sum(r.path == "int8" for r in exported.records), frac, mean_bits))
+        exported = []
+        for config in configs:
+            exported.append(export_model(compressed_model(spec, config), spec.example(), backend=backend, device=device))
             if on_step is not None:
                 on_step()
+        samples: list[list[float]] = [[] for _ in configs]
+        for m in exported:
+            sample_times(lambda m=m: m(x), warmup=warmup, repeats=0, device=dev)
+        for _ in range(max(repeats, 1)):
+            for i, m in enumerate(exported):
+                samples[i] += sample_times(lambda m=m: m(x), warmup=0, repeats=1, device=dev)
+            if on_step is not None:
+                on_step()
+    results = []
+    for i, (config, m, times) in enumerate(zip(configs, exported, samples)):
+        timing = summarise_times(times)
+        frac, mean_bits = _mac_stats(config)
+        results.append(Measured(i, config, timing.median_s, timing.std_s,
+                                sum(r.path == "int8" for r in m.records), frac, mean_bits))
     return results
 
 

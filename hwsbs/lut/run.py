@@ -17,6 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from cost_models.base import LayerShape
 from hwsbs.errors import ConfigError
 from hwsbs.export import ModelSpec
 from hwsbs.export.kernels import resolve_backend
@@ -44,13 +45,13 @@ class BuildResult:
 
 
 def _count(jobs, settings: MeasureSettings, pairs: int) -> int:
-    return sum(len(j.points()) for j in jobs) * len(settings.batches) * pairs
+    return sum(len(j.points()) for j in jobs) * len(settings.batches) * pairs * max(1, settings.rounds)
 
 
 def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: MeasureSettings, *, threads: int | None,
                   grid: int = 3, bits: Sequence[int] = (2, 4, 8), group_size: int = 4,
                   max_prune_fraction: float = 0.5, command: str = "", progress: bool = True,
-                  table_out: str | Path | None = None) -> BuildResult:
+                  table_out: str | Path | None = None, extra_shapes: Sequence[LayerShape] = ()) -> BuildResult:
     """Measure ``specs``' layers and write ``out`` (a profile) plus its table (``tables/NAME.yaml``
     next to it unless ``table_out``).
 
@@ -68,7 +69,8 @@ def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: Measure
         backend = resolve_backend(settings.backend, settings.device)
         settings = MeasureSettings(**{**settings.__dict__, "backend": backend})
         machine = machine_info(settings.device, torch.get_num_threads())
-        jobs = plan_jobs(specs, bits, group_size=group_size, max_prune_fraction=max_prune_fraction, grid=grid)
+        jobs = plan_jobs(specs, bits, group_size=group_size, max_prune_fraction=max_prune_fraction, grid=grid,
+                         extra_shapes=extra_shapes)
         pairs = executed_pairs(backend)
         total = _count(jobs, settings, len(pairs))
         with Progress(TextColumn("[bold]measuring"), BarColumn(bar_width=24), MofNCompleteColumn(),
@@ -80,13 +82,16 @@ def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: Measure
     device_line = describe_machine(machine)
     paths = "; ".join(f"{w}/{a}: {label}" for w, a, label in pairs)
     method = (f"each layer exported as by hwsbs export (with the ReLU/ReLU6 it fuses into most layers of that shape) "
-              f"and timed alone (NHWC input); {settings.warmup} warm-up calls, "
-              f">= {settings.repeats} timed calls (and >= {settings.min_time_s * 1e3:g} ms), torch threads "
+              f"and timed alone (NHWC input) in {settings.rounds} passes over the table, each with {settings.warmup} "
+              f"warm-up calls and its share of >= {settings.repeats} timed calls (and >= "
+              f"{settings.min_time_s * 1e3:g} ms in total), torch threads "
               f"{machine['threads']}; mean_s = median, std_s = standard deviation; pairs measured: {paths}; other pairs run on "
               f"the next wider measured one (fallback next_wider)")
     table = make_table(entries, device_line, method)
     date = time.strftime("%Y-%m-%d")
     models = ", ".join(s.describe() for s in specs)
+    if extra_shapes:
+        models += f" and {len(extra_shapes)} extra shapes ({', '.join(s.name for s in extra_shapes)})"
     header = [f"Measured by hwsbs lut build on {date}; regenerate with the command below, do not edit by hand.",
               f"command: {command}" if command else "command: (API call)",
               f"machine: {device_line}", f"models: {models}"]

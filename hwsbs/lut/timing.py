@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "time_callable", "fixed_threads"]
+__all__ = ["Timing", "time_callable", "sample_times", "summarise_times", "fixed_threads"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,11 @@ def _quartiles(samples: list[float]) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def time_callable(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 20,
-                  device: torch.device | str = "cpu", min_time_s: float = 0.0) -> Timing:
-    """Time ``fn()``: ``warmup`` untimed calls, then at least ``repeats`` timed ones.
+def sample_times(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 20,
+                 device: torch.device | str = "cpu", min_time_s: float = 0.0) -> list[float]:
+    """Seconds per call of ``fn()``: ``warmup`` untimed calls, then at least ``repeats`` timed ones.
 
-    Each repeat is one call (CUDA: synchronised before and after). With ``min_time_s`` the
+    Each sample is one call (CUDA: synchronised before and after). With ``min_time_s`` the
     repeats continue until that much time is spent, so very fast calls get more samples.
     """
     cuda = torch.device(device).type == "cuda"
@@ -73,6 +73,17 @@ def time_callable(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 2
         spent += dt
         if len(samples) >= 50 * max(repeats, 1):
             break
+    return samples
+
+
+def summarise_times(samples: list[float]) -> Timing:
+    """Median, standard deviation and quartiles of ``samples``."""
     q1, q3 = _quartiles(samples)
     std = statistics.stdev(samples) if len(samples) > 1 else 0.0
     return Timing(statistics.median(samples), std, q1, q3, len(samples))
+
+
+def time_callable(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 20,
+                  device: torch.device | str = "cpu", min_time_s: float = 0.0) -> Timing:
+    """:func:`sample_times` summarised."""
+    return summarise_times(sample_times(fn, warmup=warmup, repeats=repeats, device=device, min_time_s=min_time_s))
