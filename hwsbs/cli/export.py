@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run)
 
 
-def _verify_batches(args: argparse.Namespace, spec: ModelSpec, n: int) -> tuple[list[Any], str]:
+def _verify_batches(args: argparse.Namespace, spec: ModelSpec, n: int) -> tuple[Iterable[Any], str]:
     """Validation batches of the run's dataset, or random inputs (and why)."""
     data = None
     if args.run and (Path(args.run) / "options.json").is_file():
@@ -61,7 +62,7 @@ def _verify_batches(args: argparse.Namespace, spec: ModelSpec, n: int) -> tuple[
 
         try:
             bundle = build_dataset(data[0], data[1], None, 0)
-            return list(make_loader(bundle.val, 256, False, 0)), f"{data[0]} validation split"
+            return make_loader(bundle.val, min(256, n), False, 0), f"{data[0]} validation split"
         except (DataError, HwsbsError) as exc:
             note = f"random inputs ({data[0]} not available: {str(exc)[:80]})"
     else:
