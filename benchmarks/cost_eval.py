@@ -114,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="SBS steps timed (median)")
     p.add_argument("--cold-repeats", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.model, 10, 3, (32, 32))
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[label] = r
         print(f"{label:24s} cold {1e3 * r['cold_s']:8.2f} ms ({100 * r['cold_share_of_step']:5.2f}%)  "
               f"warm {1e3 * r['warm_s']:7.2f} ms ({100 * r['warm_share_of_step']:5.2f}%)", file=sys.stderr, flush=True)
-    report = {"machine": machine_info(), "model": args.model, "layers": len(space.layer_names),
+    report = {"machine": machine_info(), "threads": torch.get_num_threads(), "model": args.model, "layers": len(space.layer_names),
               "prunable_groups": len(space.groups), "batch": args.batch, "sbs_step_s": step,
               "command": " ".join(["benchmarks/cost_eval.py", *(argv if argv is not None else sys.argv[1:])]),
               "cost_models": rows}
