@@ -51,7 +51,7 @@ def test_gate_gradients_equal_flip_differences(cost_model):
     total = term()
     # the value is exactly the model's discrete cost
     shapes = [space.shapes[n] for n in space.layer_names]
-    assert float(total) == pytest.approx(cost_model.model_cost(shapes, [states[n] for n in space.layer_names]), rel=1e-9)
+    assert float(total.detach()) == pytest.approx(cost_model.model_cost(shapes, [states[n] for n in space.layer_names]), rel=1e-9)
     (grad_w_gates,) = torch.autograd.grad(total, layer.last_w_gates, retain_graph=True)
     grad_g3 = grad_w_gates[1]
     st = states[name]
