@@ -172,6 +172,7 @@ def plot(rows: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     metrics = (("bops", "BOPs (searched cost)", 1.0), ("a100_s", "a100 roofline latency (us)", 1e6),
                ("bismo_s", "bismo bit-serial latency (ms)", 1e3))
@@ -189,6 +190,7 @@ def plot(rows: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
                             textcoords="offset points", xytext=(3, 3))
         ax.axhline(fp_acc, color="grey", linestyle=":", label="full precision")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels collide on a 1-decade axis
         ax.set_xlabel(title)
         ax.set_ylabel("top-1 accuracy (CIFAR-10 test subset)")
         ax.grid(alpha=0.3)

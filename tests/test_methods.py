@@ -128,7 +128,7 @@ def test_expected_cost_gradient_matches_finite_differences(cost):
             with torch.no_grad():
                 param[i] += h
             fd = (up - down) / (2 * h)
-            assert float(grad[i]) == pytest.approx(fd, rel=1e-3, abs=1e-6 * float(total))
+            assert grad[i].item() == pytest.approx(fd, rel=1e-3, abs=1e-6 * total.item())
 
 
 def test_expected_cost_at_one_hot_logits_is_the_config_cost():
