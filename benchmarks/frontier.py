@@ -83,25 +83,27 @@ def plan(methods: list[str], lambdas: list[float], mp_lambdas: list[float], budg
     return specs
 
 
-def pretrain(data_dir: Path, subset: int, epochs: int, lr: float, seed: int, path: Path) -> float:
-    """Train the shared full-precision ResNet-20 once; returns its test accuracy."""
+def pretrain(data_dir: Path, subset: int, epochs: int, lr: float, seed: int, path: Path,
+             device: str = "cpu", workers: int = 0) -> tuple[float, int]:
+    """Train the shared full-precision ResNet-20 once; returns its test accuracy and test-set size."""
     bundle = build_dataset("imagefolder", data_dir, subset, seed)
     torch.manual_seed(seed)
-    model = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size)
+    dev = torch.device(device)
+    model = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size).to(dev)
     if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
+        model.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
     else:
         opt = make_sgd(*split_decay(model), lr, 5e-4)
         steps = epochs * len(make_loader(bundle.train, 64, True, seed))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
         with PhaseProgress(False) as progress:
             for epoch in range(epochs):
-                loss = train_epoch(model, make_loader(bundle.train, 64, True, seed + epoch), opt, sched,
-                                   torch.device("cpu"), progress, f"pretrain epoch {epoch + 1}")
+                loss = train_epoch(model, make_loader(bundle.train, 64, True, seed + epoch, workers), opt, sched,
+                                   dev, progress, f"pretrain epoch {epoch + 1}")
                 print(f"pretrain epoch {epoch + 1}/{epochs}: loss {loss:.4f}", file=sys.stderr, flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
-    return evaluate(model, make_loader(bundle.val, 256, False, seed), torch.device("cpu"))
+    return evaluate(model, make_loader(bundle.val, 256, False, seed, workers), dev), len(bundle.val)
 
 
 def _timed_method(name: str, sink: dict[str, float]):
@@ -216,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); several frontier processes "
                    "with disjoint --methods and one thread each can share one --out-dir")
+    p.add_argument("--device", default="cpu", help="torch device for every run (cpu or cuda)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes per run")
     p.add_argument("--out-dir", default="runs/frontier")
     p.add_argument("--json", default="benchmarks/results/frontier.json")
     p.add_argument("--png", default="benchmarks/results/frontier.png")
@@ -230,16 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     t0 = time.perf_counter()
     fp_path = out_dir / "fp_resnet20.pt"
-    fp_acc = pretrain(data_dir, args.subset, args.pretrain_epochs, 0.05, args.seed, fp_path)
+    fp_acc, test_images = pretrain(data_dir, args.subset, args.pretrain_epochs, 0.05, args.seed, fp_path, args.device, args.workers)
     print(f"full precision: {fp_acc:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     base = dict(model="resnet20", data="imagefolder", data_dir=str(data_dir), subset=args.subset,
                 checkpoint=str(fp_path), pretrain_epochs=0, search_epochs=args.search_epochs,
-                finetune_epochs=args.finetune_epochs, hw="a100", cost="bops", seed=args.seed, progress=False)
+                finetune_epochs=args.finetune_epochs, hw="a100", cost="bops", seed=args.seed, progress=False,
+                device=args.device, workers=args.workers)
     specs = plan(args.methods, args.lambdas, args.multipath_lambdas, args.budgets, args.search_epochs, args.finetune_epochs)
     rows = run_all(specs, base, out_dir)
     report = {"machine": machine_info(), "command": " ".join(["benchmarks/frontier.py", *(argv if argv is not None else sys.argv[1:])]),
-              "schedule": {k: getattr(args, k) for k in ("subset", "pretrain_epochs", "search_epochs", "finetune_epochs", "seed", "threads")},
-              "test_images": max(args.subset // 4, 1), "fp_accuracy": fp_acc, "runs": rows}
+              "schedule": {k: getattr(args, k) for k in ("subset", "pretrain_epochs", "search_epochs", "finetune_epochs", "seed", "threads",
+                                                     "device", "workers")},
+              "test_images": test_images, "fp_accuracy": fp_acc, "runs": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

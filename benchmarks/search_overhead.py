@@ -15,6 +15,9 @@ Method:
   back to ``ru_maxrss``), runs ``--mem-steps`` steps and reads the peak (``VmHWM``); the growth
   over the RSS after setup is the memory a training step needs beyond the model and optimiser
   (activations kept for the backward pass, gradients, temporaries, allocator slack).
+* ``--device cuda``: times are taken between ``torch.cuda.synchronize()`` calls, and memory is
+  the growth of ``torch.cuda.max_memory_allocated`` over the allocation after setup (the
+  caching allocator's peak of live tensors), in the same per-configuration subprocesses.
 * Same model, same random CIFAR-shaped batch, same thread count for all. SBS and multipath pay
   the BOPs cost (``lambda`` 0.1); 4-bit QAT is ``set_fixed(4, 4)`` on every non-pinned layer.
 
@@ -65,15 +68,22 @@ def machine_info() -> dict[str, object]:
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
-def _batch(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(batch: int, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    x, y = torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    return x.to(device), y.to(device)
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """A closure performing one training step of ``config`` on (x, y)."""
+    """A closure performing one training step of ``config`` on (x, y); its ``model`` attribute is
+    the module it trains."""
     torch.manual_seed(0)
-    model = build_model(model_name, 10, 3, (32, 32))
+    model = build_model(model_name, 10, 3, (32, 32)).to(x.device)
     if config == "fp32":
         opt = make_sgd(*split_decay(model), 0.01, 5e-4)
 
@@ -84,6 +94,7 @@ def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) ->
             loss.backward()
             opt.step()
 
+        fp_step.model = model  # type: ignore[attr-defined]
         return fp_step
     space = convert_model(model, x[:8], (2, 4, 8), prune=config == "sbs")
     objectives = [CostObjective(build_cost_model("bops"))]
@@ -102,19 +113,31 @@ def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) ->
             loss.backward()
             qopt.step()
 
+        qat_step.model = space.model  # type: ignore[attr-defined]
         return qat_step
     if config == "sbs":
         engine = SearchEngine(space, objectives, 0.1, 0.01, 0.05, 5e-4)
-        return lambda: engine.step(x, y)
+
+        def sbs_step() -> None:
+            engine.step(x, y)
+
+        sbs_step.model = space.model  # type: ignore[attr-defined]
+        return sbs_step
     if config == "multipath":
         search = MultiPathSearch(space, objectives, 0.1, 0.01, 0.05, 5e-4)
-        return lambda: search.step(x, y)
+
+        def multipath_step() -> None:
+            search.step(x, y)
+
+        multipath_step.model = space.model  # type: ignore[attr-defined]
+        return multipath_step
     raise ValueError(f"unknown configuration {config!r}")
 
 
-def time_model(model_name: str, batch: int, warmup: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
+def time_model(model_name: str, batch: int, warmup: int, steps: int, repeats: int,
+               device: str = "cpu") -> dict[str, dict[str, float]]:
     """Round-robin timing of every configuration of one model, in this process."""
-    x, y = _batch(batch)
+    x, y = _batch(batch, device=device)
     fns = {c: make_step(model_name, c, x, y) for c in CONFIGS}
     for fn in fns.values():
         for _ in range(warmup):
@@ -122,9 +145,11 @@ def time_model(model_name: str, batch: int, warmup: int, steps: int, repeats: in
     samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
     for _ in range(repeats):
         for c, fn in fns.items():
+            _sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 fn()
+            _sync(device)
             samples[c].append((time.perf_counter() - t0) / steps)
     return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)} for c, v in samples.items()}
 
@@ -136,15 +161,27 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def memory_probe(model_name: str, config: str, batch: int, steps: int) -> dict[str, float | str]:
+def memory_probe(model_name: str, config: str, batch: int, steps: int, device: str = "cpu") -> dict[str, float | str]:
     """Peak RSS growth (MiB) over ``steps`` steps, after setup; run in a fresh process.
 
     Linux keeps the peak RSS (``VmHWM``) across fork and exec, so a child's ``ru_maxrss`` can
     start at its parent's size; resetting the peak through ``/proc/self/clear_refs`` after setup
     makes the measurement independent of who started the probe.
     """
-    x, y = _batch(batch)
+    x, y = _batch(batch, device=device)
     fn = make_step(model_name, config, x, y)
+    if torch.device(device).type == "cuda":
+        fn()  # the first step allocates optimiser state and the cost term's tables
+        torch.cuda.synchronize()
+        before_b = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        peak_b = torch.cuda.max_memory_allocated()
+        mib = 1024.0 ** 2
+        return {"allocated_after_setup_mib": before_b / mib, "step_peak_growth_mib": (peak_b - before_b) / mib,
+                "peak_mib": peak_b / mib, "method": "torch.cuda.max_memory_allocated growth"}
     rss = _status_kib("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -160,18 +197,18 @@ def memory_probe(model_name: str, config: str, batch: int, steps: int) -> dict[s
             "peak_mib": after / 1024, "method": method}
 
 
-def _memory(model_name: str, batch: int, steps: int) -> dict[str, dict[str, float]]:
+def _memory(model_name: str, batch: int, steps: int, device: str = "cpu") -> dict[str, dict[str, float]]:
     out = {}
     for c in CONFIGS:
         cmd = [sys.executable, __file__, "--probe", model_name, c, "--batch", str(batch), "--mem-steps", str(steps),
-               "--threads", str(torch.get_num_threads())]
+               "--threads", str(torch.get_num_threads()), "--device", device]
         proc = subprocess.run(cmd,
                               capture_output=True, text=True, check=True)
         out[c] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
-def profile_sbs(model_name: str, batch: int, top: int = 12) -> dict[str, object]:
+def profile_sbs(model_name: str, batch: int, top: int = 12, device: str = "cpu") -> dict[str, object]:
     """Where the SBS step's time goes: top operators (torch.profiler, self CPU time) and the
     hwsbs functions that issue them (cProfile, cumulative time; this torch build records no
     Python stacks in the profiler). Shares are of the profiled step time."""
@@ -180,16 +217,23 @@ def profile_sbs(model_name: str, batch: int, top: int = 12) -> dict[str, object]
 
     from torch.profiler import ProfilerActivity, profile
 
-    x, y = _batch(batch)
+    x, y = _batch(batch, device=device)
     fn = make_step(model_name, "sbs", x, y)
     for _ in range(2):
         fn()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
         for _ in range(3):
             fn()
+        _sync(device)
     ops = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in ops) or 1.0
-    top_ops = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+
+    def self_time(e: object) -> float:  # GPU kernel time on CUDA, CPU time otherwise
+        return float(getattr(e, "self_device_time_total", 0.0)) if cuda else float(e.self_cpu_time_total)  # type: ignore[attr-defined]
+
+    total = sum(self_time(e) for e in ops) or 1.0
+    top_ops = sorted(ops, key=self_time, reverse=True)[:top]
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(3):
@@ -201,7 +245,7 @@ def profile_sbs(model_name: str, batch: int, top: int = 12) -> dict[str, object]
              if "/hwsbs/" in Path(k[0]).as_posix() or k[2] == "backward"]
     funcs.sort(key=lambda kv: kv[1], reverse=True)
     return {
-        "ops": [{"op": e.key, "self_share": e.self_cpu_time_total / total, "calls_per_step": e.count / 3} for e in top_ops],
+        "ops": [{"op": e.key, "self_share": self_time(e) / total, "calls_per_step": e.count / 3} for e in top_ops],
         "functions": [{"where": k, "cumulative_share": v / step_total} for k, v in funcs[:top]],
     }
 
@@ -217,20 +261,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="also profile the SBS step")
     p.add_argument("--out", default=None, help="write the JSON here too")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     p.add_argument("--probe", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.probe:
-        print(json.dumps(memory_probe(args.probe[0], args.probe[1], args.batch, args.mem_steps)))
+        print(json.dumps(memory_probe(args.probe[0], args.probe[1], args.batch, args.mem_steps, args.device)))
         return 0
-    report: dict[str, object] = {"machine": machine_info(), "batch": args.batch, "image": [3, 32, 32],
+    machine = machine_info()
+    if torch.device(args.device).type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name()
+        machine["cuda"] = torch.version.cuda
+    report: dict[str, object] = {"machine": machine, "device": args.device, "batch": args.batch, "image": [3, 32, 32],
                                  "command": " ".join(["benchmarks/search_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
                                  "threads": torch.get_num_threads(), "models": {}}
-    mems = {m: _memory(m, args.batch, args.mem_steps) for m in args.models}  # while this process is small
+    mems = {m: _memory(m, args.batch, args.mem_steps, args.device) for m in args.models}  # while this process is small
     for m in args.models:
         mem = mems[m]
-        times = time_model(m, args.batch, args.warmup, args.steps, args.repeats)
+        times = time_model(m, args.batch, args.warmup, args.steps, args.repeats, args.device)
         fp, mp = times["fp32"]["median_s"], times["multipath"]["median_s"]
         entry: dict[str, object] = {
             "time": times, "memory": mem,
@@ -244,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
         if args.profile:
-            entry["sbs_profile"] = profile_sbs(m, args.batch)
+            entry["sbs_profile"] = profile_sbs(m, args.batch, device=args.device)
         report["models"][m] = entry  # type: ignore[index]
         print(json.dumps({m: entry["ratios"]}), file=sys.stderr, flush=True)
     text = json.dumps(report, indent=2)

@@ -90,3 +90,25 @@ def test_thresholds_stay_non_negative_and_pruning_respects_its_cap():
         assert float(layer.weight_clip) > 0 and float(layer.act_clip) > 0
         if layer.prunable:
             assert len(layer.pruned_groups()) <= int(layer.max_prune_fraction * layer.num_groups)
+
+
+def test_host_side_flags_follow_every_write_to_their_buffers():
+    """Layers read ``calibrated``/``act_signed`` from a host cache (no GPU sync per forward); a
+    fill_, a load_state_dict or a new buffer must still change what the forward does."""
+    from hwsbs.quant.layers import SBSConv2d
+
+    layer = SBSConv2d.from_module(torch.nn.Conv2d(2, 4, 3), (2, 4, 8), 4, 0.5, 1.0)
+    x = torch.rand(2, 2, 6, 6)  # non-negative: calibrates unsigned
+    layer(x)
+    assert layer._host_flag("calibrated") and not layer._host_flag("act_signed")
+    z = torch.tensor([-0.5, 0.5])
+    unsigned = layer._normalise_act(z, torch.tensor(1.0))
+    layer.act_signed.fill_(True)
+    assert layer._normalise_act(z, torch.tensor(1.0)).tolist() == [0.25, 0.75] != unsigned.tolist()
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["act_signed"] = torch.tensor(False)
+    state["calibrated"] = torch.tensor(False)
+    layer.load_state_dict(state)
+    assert not layer._host_flag("act_signed") and not layer._host_flag("calibrated")
+    layer.register_buffer("act_signed", torch.tensor(True))
+    assert layer._host_flag("act_signed")

@@ -99,3 +99,19 @@ def test_fused_gated_quantiser_matches_the_reference_in_value_and_gradient(bits)
         assert torch.allclose(new, ref, atol=1e-12)
         assert torch.allclose(z_new.grad, z_ref.grad)
         assert torch.allclose(gates_new.grad, gates_ref.grad, rtol=1e-9, atol=1e-9), pattern
+
+
+def test_sampled_activation_statistics_estimate_the_full_ones():
+    """Activation gates read residual means on a fixed sample: exact for small tensors, within
+    a percent for large ones, and the same sample every call (reproducible search)."""
+    from hwsbs.quant.fused import ACT_STAT_SAMPLES, lower_grid_residuals, sampled_residuals
+
+    gen = torch.Generator().manual_seed(3)
+    small = torch.rand(4, 8, 16, 16, generator=gen)
+    assert small.numel() <= ACT_STAT_SAMPLES
+    assert torch.equal(sampled_residuals(small, (2, 4, 8)), lower_grid_residuals(small, (2, 4, 8))[0])
+    large = torch.rand(64, 16, 32, 32, generator=gen) ** 2  # skewed, like post-ReLU activations
+    full = lower_grid_residuals(large, (2, 4, 8))[0]
+    est = sampled_residuals(large, (2, 4, 8))
+    assert torch.allclose(est, full, rtol=0.01)
+    assert torch.equal(est, sampled_residuals(large, (2, 4, 8)))

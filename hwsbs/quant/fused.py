@@ -12,12 +12,17 @@ reference implementation stays in :mod:`hwsbs.quant.quantizer`; tests check both
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lower_grid_residuals", "gated_quantize"]
+__all__ = ["lower_grid_residuals", "sampled_residuals", "gated_quantize", "ACT_STAT_SAMPLES"]
+
+# Activation statistics are means of |z - D(z, s_b)| over ~1e5-1e7 values; a fixed random sample
+# of this many estimates each to ~0.3 % (residuals are bounded, CV ~0.6) at a fraction of the cost.
+ACT_STAT_SAMPLES = 32768
 
 
 def _grid(z: Tensor, bits: int) -> Tensor:
@@ -33,6 +38,29 @@ def lower_grid_residuals(z: Tensor, bits: Sequence[int]) -> tuple[Tensor, list[T
     grids = [_grid(z, b) for b in bits[:-1]]
     stats = torch.stack([F.l1_loss(g, z) for g in grids]) if grids else z.new_zeros(0)
     return stats, grids
+
+
+@lru_cache(maxsize=64)
+def _sample_index(numel: int, samples: int, device: str) -> Tensor:
+    # Seeded by the size alone: the same positions every step (reproducible, no RNG consumed),
+    # scattered over the tensor (a stride could keep hitting the same image column).
+    gen = torch.Generator().manual_seed(numel)
+    return torch.randperm(numel, generator=gen)[:samples].sort().values.to(device)
+
+
+@torch.no_grad()
+def sampled_residuals(z: Tensor, bits: Sequence[int], samples: int = ACT_STAT_SAMPLES) -> Tensor:
+    """The gate statistics of :func:`lower_grid_residuals` on a fixed random sample of ``z``.
+
+    Tensors up to ``samples`` values are used whole (then the result equals
+    ``lower_grid_residuals(z, bits)[0]`` exactly).
+    """
+    flat = z.detach().reshape(-1)
+    if flat.numel() > samples:
+        flat = flat.index_select(0, _sample_index(flat.numel(), samples, str(flat.device)))
+    if len(bits) < 2:
+        return flat.new_zeros(0)
+    return torch.stack([F.l1_loss(_grid(flat, b), flat) for b in bits[:-1]])
 
 
 def _level(gates: Tensor) -> int:
@@ -86,8 +114,7 @@ def gated_quantize(z: Tensor, gates: Tensor, bits: Sequence[int], grids: list[Te
         z: normalised values in [0, 1].
         gates: hard 0/1 gates, one per bit width above the lowest (differentiable).
         bits: candidate bit widths (doubling).
-        grids: ``D(z, s_b)`` for all but the widest width, if already computed (reused).
+        grids: ``D(z, s_b)`` for all but the widest width, if already computed (reused); without
+            them only the selected width's grid is computed.
     """
-    if grids is None:
-        grids = [_grid(z.detach(), b) for b in bits[:-1]]
-    return _GatedQuantize.apply(z, gates, tuple(bits), grids)
+    return _GatedQuantize.apply(z, gates, tuple(bits), grids if grids is not None else [])

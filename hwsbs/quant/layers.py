@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from cost_models.base import FULL_PRECISION_BITS
 
-from .fused import gated_quantize, lower_grid_residuals
+from .fused import gated_quantize, lower_grid_residuals, sampled_residuals
 from .gates import threshold_gate
 from .quantizer import quantize, step_size
 
@@ -109,7 +109,7 @@ class SBSLayerMixin:
         clip = float(torch.quantile(flat, 0.999)) if flat.numel() > 1 else float(flat.max())
         self.act_clip.fill_(max(clip, _MIN_CLIP))
         w_stats, _ = lower_grid_residuals(self._normalise_weight(w_std), self.bits)
-        a_stats, _ = lower_grid_residuals(self._normalise_act(x, self.act_clip), self.bits)
+        a_stats = sampled_residuals(self._normalise_act(x, self.act_clip), self.bits)
         self.w_scale.copy_(w_stats.clamp_min(_EPS))
         self.a_scale.copy_(a_stats.clamp_min(_EPS))
         self.a_residual_ema.copy_(a_stats.clamp_min(_EPS))
@@ -135,12 +135,12 @@ class SBSLayerMixin:
         return (torch.clamp(w_std / v, -1.0, 1.0) + 1.0) / 2.0
 
     def _normalise_act(self, x: Tensor, v: Tensor) -> Tensor:
-        if bool(self.act_signed):
+        if self._host_flag("act_signed"):
             return (torch.clamp(x / v, -1.0, 1.0) + 1.0) / 2.0
         return torch.clamp(x / v, 0.0, 1.0)
 
     def _denormalise_act(self, z: Tensor, v: Tensor) -> Tensor:
-        if bool(self.act_signed):
+        if self._host_flag("act_signed"):
             return v * (2.0 * z - 1.0)
         return v * z
 
@@ -187,22 +187,38 @@ class SBSLayerMixin:
         v = self._act_clip(x)
         z = self._normalise_act(x, v)
         if searching:
-            batch_stats, grids = lower_grid_residuals(z, self.bits)
-            if self.training:
+            if self.training:  # the statistic on a fixed sample; only the chosen grid is computed in full
+                batch_stats = sampled_residuals(z, self.bits)
                 with torch.no_grad():
                     self.a_residual_ema.lerp_(batch_stats, _EMA_MOMENTUM)
             else:
                 batch_stats = self.a_residual_ema
             gates = threshold_gate(batch_stats / self.a_scale, self.a_theta, self.tau)
             self.last_a_gates = gates
-            z_hat = gated_quantize(z, gates, self.bits, grids)
+            z_hat = gated_quantize(z, gates, self.bits)
         else:
             z_hat = quantize(z, step_size(self.fixed_a_bits))
         return self._denormalise_act(z_hat, v)
 
     def _maybe_calibrate(self, x: Tensor) -> None:
-        if not bool(self.calibrated):
+        if not self._host_flag("calibrated"):
             self._calibrate(x)
+
+    def _host_flag(self, name: str) -> bool:
+        """A boolean buffer's value, read from the device only when the buffer has changed.
+
+        ``bool(buffer)`` on a GPU waits for every queued kernel; doing it in each layer's forward
+        serialises the host and the device. Any in-place write (``fill_``, ``load_state_dict``)
+        bumps the tensor's version counter and a new tensor has a new id, so the cache is exact.
+        """
+        t = getattr(self, name)
+        key = (id(t), t._version)
+        cache = self.__dict__.setdefault("_host_flags", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, bool(t))
+            cache[name] = hit
+        return hit[1]
 
     # ---------------------------------------------------------------- decisions
     @torch.no_grad()
@@ -245,8 +261,9 @@ class SBSLayerMixin:
             max_pruned = int(math.floor(self.max_prune_fraction * self.num_groups + 1e-9))
             max_pruned = min(max_pruned, self.num_groups - 1)  # never prune a whole layer
             # Groups with stat <= theta are pruned: keep theta below the (max_pruned+1)-th smallest.
-            ceiling = float(stats[max_pruned]) * (1.0 - 1e-6)
-            self.p_theta.clamp_(max=max(ceiling, 0.0))
+            # (on the device: reading the value back would stall a GPU once per layer and step)
+            ceiling = (stats[max_pruned] * (1.0 - 1e-6)).clamp_min(0.0)
+            self.p_theta.copy_(torch.minimum(self.p_theta, ceiling))
 
     def set_fixed(self, w_bits: int, a_bits: int) -> None:
         """Switch to fixed mode with the given bit widths (32 = float)."""

@@ -36,12 +36,6 @@ def selection_vector(gates: Sequence[Tensor] | Tensor, k: int) -> Tensor:
     return torch.stack(parts)
 
 
-def _one_hot(index: int, k: int) -> Tensor:
-    v = torch.zeros(k)
-    v[index] = 1.0
-    return v
-
-
 class CostTerm:
     """The model's total cost ``R`` as a tensor whose gradient reaches every gate threshold.
 
@@ -69,58 +63,101 @@ class CostTerm:
                             dtype=torch.float64)
 
     # ------------------------------------------------------------------ discrete state
-    def _kept_out(self, name: str) -> int:
-        layer = self.space.layer(name)
-        if name in self._depthwise:
-            return self._kept_out(self._kept_in_source[name])
-        g = layer.last_p_gates
-        if g is None:
-            return self.space.shapes[name].out_channels
-        sizes = torch.tensor(layer.group_sizes(), dtype=g.dtype)
-        return int(round(float((g.detach() * sizes).sum())))
+    def _searched_gates(self) -> list[tuple[str, str, Tensor]]:
+        """``(layer, "w" | "a" | "p", gates)`` for every gate vector the latest forward used."""
+        found = []
+        for name in self.space.layer_names:
+            layer = self.space.layer(name)
+            if layer.mode == "search" and not layer.pinned:
+                if layer.search_weight_bits and layer.last_w_gates is not None:
+                    found.append((name, "w", layer.last_w_gates))
+                if layer.last_a_gates is not None:
+                    found.append((name, "a", layer.last_a_gates))
+            if layer.last_p_gates is not None:
+                found.append((name, "p", layer.last_p_gates))
+        return found
 
-    def _kept_in(self, name: str) -> int:
-        src = self._kept_in_source.get(name)
-        return self.space.shapes[name].in_channels if src is None else self._kept_out(src)
+    @staticmethod
+    def _gate_values(gates: list[tuple[str, str, Tensor]]) -> dict[tuple[str, str], list[float]]:
+        # One device-to-host copy for all gates: on a GPU, one synchronisation per step.
+        if not gates:
+            return {}
+        flat = torch.cat([g.detach().reshape(-1).float().cpu() for _, _, g in gates]).tolist()
+        out, i = {}, 0
+        for name, kind, g in gates:
+            out[(name, kind)] = flat[i:i + g.numel()]
+            i += g.numel()
+        return out
 
-    def _bit_choices(self, name: str) -> tuple[list[int], Tensor, list[int], Tensor]:
-        """Candidate bits and (differentiable) selection vectors for weights and activations."""
-        layer = self.space.layer(name)
-        bits = list(layer.bits)
-        searching = layer.mode == "search" and not layer.pinned
-        if searching and layer.search_weight_bits and layer.last_w_gates is not None:
-            w_bits, s_w = bits, selection_vector(layer.last_w_gates, len(bits))
-        else:
-            w_bits, s_w = [layer.fixed_w_bits], torch.ones(1)
-        if searching and layer.last_a_gates is not None:
-            a_bits, s_a = bits, selection_vector(layer.last_a_gates, len(bits))
-        else:
-            a_bits, s_a = [layer.fixed_a_bits], torch.ones(1)
-        return w_bits, s_w, a_bits, s_a
+    def _states_from(self, values: dict[tuple[str, str], list[float]]) -> dict[str, LayerState]:
+        kept_out: dict[str, int] = {}
+
+        def out_channels(name: str) -> int:
+            if name not in kept_out:
+                if name in self._depthwise:
+                    kept_out[name] = out_channels(self._kept_in_source[name])
+                elif (name, "p") in values:
+                    sizes = self.space.layer(name).group_sizes()
+                    kept_out[name] = sum(s for s, v in zip(sizes, values[(name, "p")]) if v > 0.5)
+                else:
+                    kept_out[name] = self.space.shapes[name].out_channels
+            return kept_out[name]
+
+        states = {}
+        for name in self.space.layer_names:
+            layer = self.space.layer(name)
+            src = self._kept_in_source.get(name)
+            kin = self.space.shapes[name].in_channels if src is None else out_channels(src)
+            w = _bits_chosen(layer.bits, values[(name, "w")]) if (name, "w") in values else layer.fixed_w_bits
+            a = _bits_chosen(layer.bits, values[(name, "a")]) if (name, "a") in values else layer.fixed_a_bits
+            states[name] = LayerState(w, a, kin, out_channels(name))
+        return states
 
     def current_states(self) -> dict[str, LayerState]:
         """Each layer's discrete state as of the last forward."""
-        states = {}
-        for name in self.space.layer_names:
-            w_bits, s_w, a_bits, s_a = self._bit_choices(name)
-            states[name] = LayerState(
-                w_bits[int(s_w.argmax())], a_bits[int(s_a.argmax())], self._kept_in(name), self._kept_out(name)
-            )
-        return states
+        return self._states_from(self._gate_values(self._searched_gates()))
 
     # ------------------------------------------------------------------ the term
     def __call__(self) -> Tensor:
-        """Total cost (float64, on the CPU) for the latest forward, differentiable w.r.t. gates."""
-        total = torch.zeros((), dtype=torch.float64)
-        states = self.current_states()
-        for name in self.space.layer_names:
-            st = states[name]
-            w_bits, s_w, a_bits, s_a = self._bit_choices(name)
-            table = self.cost_table(name, st.kept_in, st.kept_out, w_bits, a_bits)
-            total = total + s_w.cpu().double() @ table @ s_a.cpu().double()
-        for group in self.space.groups:
-            total = total + self._channel_term(group.producer, states)
-        return total
+        """Total cost (float64, on the CPU) for the latest forward, differentiable w.r.t. gates.
+
+        The cost is multilinear in the hard gates, so it equals
+        ``R(state) + sum_j (g_j - sg(g_j)) * dR/dg_j`` with ``dR/dg_j`` the cost difference when
+        gate ``j`` flips. The differences are plain floats from the memoised cost model, and the
+        whole term is one dot product in the autograd graph, however deep the model.
+        """
+        gates = self._searched_gates()
+        values = self._gate_values(gates)
+        states = self._states_from(values)
+        total = 0.0
+        for n in self.space.layer_names:
+            st = states[n]
+            total += self._layer_cost(self.space.shapes[n], st.w_bits, st.a_bits, st.kept_in, st.kept_out)
+        deltas: list[float] = []
+        for name, kind, _ in gates:
+            if kind == "p":
+                deltas.extend(self._channel_deltas(name, values[(name, "p")], states))
+            else:
+                deltas.extend(self._bit_deltas(name, kind, values[(name, kind)], states[name]))
+        value = torch.tensor(float(total), dtype=torch.float64)
+        if not gates:
+            return value
+        flat = torch.cat([g.reshape(-1) for _, _, g in gates]).to("cpu", torch.float64)
+        return value + ((flat - flat.detach()) * torch.tensor(deltas, dtype=torch.float64)).sum()
+
+    def _bit_deltas(self, name: str, kind: str, gate_values: list[float], st: LayerState) -> list[float]:
+        """``dR/dg_j`` for one layer's nested weight (``"w"``) or activation (``"a"``) gates."""
+        bits = self.space.layer(name).bits
+        shape = self.space.shapes[name]
+        out = []
+        for j in range(len(gate_values)):
+            costs = []
+            for flipped in (1.0, 0.0):
+                chosen = _bits_chosen(bits, [flipped if i == j else v for i, v in enumerate(gate_values)])
+                w, a = (chosen, st.a_bits) if kind == "w" else (st.w_bits, chosen)
+                costs.append(self._layer_cost(shape, w, a, st.kept_in, st.kept_out))
+            out.append(costs[0] - costs[1])
+        return out
 
     def _flip_delta(self, name: str, st: LayerState, d_in: int, d_out: int) -> float:
         """Cost change of layer ``name`` when its kept channels change by (d_in, d_out)."""
@@ -132,16 +169,13 @@ class CostTerm:
             shape, st.w_bits, st.a_bits, kin, kout
         )
 
-    def _channel_term(self, producer: str, states: dict[str, LayerState]) -> Tensor:
-        """``sum_c (g_c - sg(g_c)) * delta_c``: value 0, gradient = the flip difference per group."""
-        layer = self.space.layer(producer)
-        g = layer.last_p_gates
-        if g is None:
-            return torch.zeros((), dtype=torch.float64)
-        sizes = layer.group_sizes()
-        deltas = torch.empty(len(sizes), dtype=torch.float64)
+    def _channel_deltas(self, producer: str, gate_values: list[float], states: dict[str, LayerState]) -> list[float]:
+        """``dR/dg_c`` per channel group: the cost of the group, for the producer and every layer
+        whose input (or depthwise channels) it feeds."""
+        sizes = self.space.layer(producer).group_sizes()
         cache: dict[tuple[int, bool], float] = {}
-        for c, (size, gate) in enumerate(zip(sizes, g.detach().tolist())):
+        out = []
+        for size, gate in zip(sizes, gate_values):
             kept = gate > 0.5
             key = (size, kept)
             if key not in cache:
@@ -151,6 +185,15 @@ class CostTerm:
                     d_out = step if other in self._depthwise else 0
                     delta += self._flip_delta(other, states[other], step, d_out)
                 cache[key] = delta if kept else -delta  # d cost / d g in both cases
-            deltas[c] = cache[key]
-        g = g.cpu().double()
-        return ((g - g.detach()) * deltas).sum()
+            out.append(cache[key])
+        return out
+
+
+def _bits_chosen(bits: Sequence[int], gate_values: Sequence[float]) -> int:
+    """The bit width nested gates select: one step up per leading open gate."""
+    index = 0
+    for v in gate_values:
+        if v <= 0.5:
+            break
+        index += 1
+    return bits[index]
