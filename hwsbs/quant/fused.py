@@ -89,7 +89,13 @@ class _GatedQuantize(torch.autograd.Function):
             return grad, None, None, None
         bits = ctx.bits
         # <grad, q_k> for every grid, then <grad, eps_k> = <grad, q_k> - <grad, q_(k-1)>.
-        dots = torch.stack([(grad * _grid(z, b)).sum() for b in bits])
+        # q_k = round(z L_k) / L_k: dot with the integer levels and divide the scalar, so each
+        # width costs two passes over z (scale-and-round, in place) and one fused dot product.
+        flat_grad = grad.reshape(-1)
+        with torch.no_grad():
+            dots = torch.stack([
+                torch.dot(flat_grad, (z.reshape(-1) * float(2**b - 1)).round_()) / float(2**b - 1) for b in bits
+            ])
         eps_dots = dots[1:] - dots[:-1]
         g = gates.to(eps_dots.dtype)
         n = len(bits) - 1
