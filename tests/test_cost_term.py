@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from cost_models.base import CostModel, LayerShape, LayerState
+from hwsbs.quant.gates import bits_from_gates
 from hwsbs.sbs.convert import convert_model
-from hwsbs.sbs.cost_term import CostTerm, selection_vector
+from hwsbs.sbs.cost_term import CostTerm
 from tests.helpers import digits_loaders, pretrained_small_cnn
 
 
@@ -26,12 +27,10 @@ class TableCost(CostModel):
         return batch * shape.macs(state.kept_in, tile) * 1e-9 * (speed[state.w_bits] + 0.5 * speed[state.a_bits]) + 1e-6
 
 
-def test_selection_vector_is_one_hot_for_every_gate_pattern():
-    for gates in itertools.product([0.0, 1.0], repeat=2):
-        s = selection_vector([torch.tensor(g) for g in gates], 3)
-        assert float(s.sum()) == 1.0 and float(s.max()) == 1.0
-        expected = 0 if gates[0] == 0 else (1 if gates[1] == 0 else 2)
-        assert int(s.argmax()) == expected
+def test_nested_gates_select_one_width_for_every_gate_pattern():
+    for gates in itertools.product([False, True], repeat=2):
+        expected = 2 if not gates[0] else (4 if not gates[1] else 8)
+        assert bits_from_gates((2, 4, 8), gates) == expected  # a closed gate hides the ones after it
 
 
 @pytest.mark.parametrize("cost_model", [TableCost()], ids=["table"])

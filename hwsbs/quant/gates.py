@@ -7,10 +7,12 @@ differentiated: gates learn only through their thresholds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["threshold_gate", "surrogate_grad"]
+__all__ = ["threshold_gate", "surrogate_grad", "bits_from_gates"]
 
 
 def surrogate_grad(statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:
@@ -45,3 +47,13 @@ def threshold_gate(statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:
         tau: surrogate temperature (> 0); smaller is sharper around ``A == alpha``.
     """
     return _ThresholdGate.apply(statistic.detach(), alpha, float(tau))
+
+
+def bits_from_gates(bits: Sequence[int], open_gates: Sequence[bool]) -> int:
+    """Nested gates: the bit width is the last candidate reached through consecutive open gates."""
+    chosen = bits[0]
+    for b, is_open in zip(bits[1:], open_gates):
+        if not is_open:
+            break
+        chosen = b
+    return chosen

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from cost_models.base import FULL_PRECISION_BITS
 
 from .fused import gated_quantize, lower_grid_residuals, sampled_residuals
-from .gates import threshold_gate
+from .gates import bits_from_gates, threshold_gate
 from .quantizer import quantize, step_size
 
 __all__ = ["SBSLayerMixin", "SBSConv2d", "SBSLinear", "sbs_layers"]
@@ -230,11 +230,11 @@ class SBSLayerMixin:
         if self.search_weight_bits:
             stats, _ = lower_grid_residuals(self._normalise_weight(w_std), self.bits)
             w_rel = (stats / self.w_scale).tolist()
-            w_bits = _bits_from_gates(self.bits, [a > float(t) for a, t in zip(w_rel, self.w_theta)])
+            w_bits = bits_from_gates(self.bits, [a > float(t) for a, t in zip(w_rel, self.w_theta)])
         else:
             w_bits = self.fixed_w_bits
         a_rel = (self.a_residual_ema / self.a_scale).tolist()
-        a_bits = _bits_from_gates(self.bits, [a > float(t) for a, t in zip(a_rel, self.a_theta)])
+        a_bits = bits_from_gates(self.bits, [a > float(t) for a, t in zip(a_rel, self.a_theta)])
         return w_bits, a_bits
 
     @torch.no_grad()
@@ -293,16 +293,6 @@ def _grad_scale(x: Tensor, scale: float) -> Tensor:
     """
     scaled = x * scale
     return (x - scaled).detach() + scaled
-
-
-def _bits_from_gates(bits: Sequence[int], open_gates: Sequence[bool]) -> int:
-    """Nested gates: the bit width is the last candidate reached through consecutive open gates."""
-    chosen = bits[0]
-    for b, is_open in zip(bits[1:], open_gates):
-        if not is_open:
-            break
-        chosen = b
-    return chosen
 
 
 class SBSConv2d(SBSLayerMixin, nn.Conv2d):

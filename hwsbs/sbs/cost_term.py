@@ -17,23 +17,11 @@ import torch
 from torch import Tensor
 
 from cost_models.base import CostModel, LayerShape, LayerState
+from hwsbs.quant.gates import bits_from_gates
 
 from .convert import SearchSpace
 
-__all__ = ["selection_vector", "CostTerm"]
-
-
-def selection_vector(gates: Sequence[Tensor] | Tensor, k: int) -> Tensor:
-    """One-hot (in value) selection over ``k`` candidates from ``k - 1`` nested gates, differentiably."""
-    if len(gates) == 0:
-        return torch.ones(1)
-    parts = []
-    prefix = torch.ones((), dtype=gates[0].dtype)
-    for j in range(k - 1):
-        parts.append(prefix * (1 - gates[j]))
-        prefix = prefix * gates[j]
-    parts.append(prefix)
-    return torch.stack(parts)
+__all__ = ["CostTerm"]
 
 
 class CostTerm:
@@ -82,7 +70,7 @@ class CostTerm:
         # One device-to-host copy for all gates: on a GPU, one synchronisation per step.
         if not gates:
             return {}
-        flat = torch.cat([g.detach().reshape(-1).float().cpu() for _, _, g in gates]).tolist()
+        flat = torch.cat([g.detach().reshape(-1).float() for _, _, g in gates]).cpu().tolist()
         out, i = {}, 0
         for name, kind, g in gates:
             out[(name, kind)] = flat[i:i + g.numel()]
@@ -108,8 +96,8 @@ class CostTerm:
             layer = self.space.layer(name)
             src = self._kept_in_source.get(name)
             kin = self.space.shapes[name].in_channels if src is None else out_channels(src)
-            w = _bits_chosen(layer.bits, values[(name, "w")]) if (name, "w") in values else layer.fixed_w_bits
-            a = _bits_chosen(layer.bits, values[(name, "a")]) if (name, "a") in values else layer.fixed_a_bits
+            w = bits_from_gates(layer.bits, [v > 0.5 for v in values[(name, "w")]]) if (name, "w") in values else layer.fixed_w_bits
+            a = bits_from_gates(layer.bits, [v > 0.5 for v in values[(name, "a")]]) if (name, "a") in values else layer.fixed_a_bits
             states[name] = LayerState(w, a, kin, out_channels(name))
         return states
 
@@ -153,7 +141,7 @@ class CostTerm:
         for j in range(len(gate_values)):
             costs = []
             for flipped in (1.0, 0.0):
-                chosen = _bits_chosen(bits, [flipped if i == j else v for i, v in enumerate(gate_values)])
+                chosen = bits_from_gates(bits, [(flipped if i == j else v) > 0.5 for i, v in enumerate(gate_values)])
                 w, a = (chosen, st.a_bits) if kind == "w" else (st.w_bits, chosen)
                 costs.append(self._layer_cost(shape, w, a, st.kept_in, st.kept_out))
             out.append(costs[0] - costs[1])
@@ -188,12 +176,3 @@ class CostTerm:
             out.append(cache[key])
         return out
 
-
-def _bits_chosen(bits: Sequence[int], gate_values: Sequence[float]) -> int:
-    """The bit width nested gates select: one step up per leading open gate."""
-    index = 0
-    for v in gate_values:
-        if v <= 0.5:
-            break
-        index += 1
-    return bits[index]
