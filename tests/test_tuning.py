@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import random
 import time
 
@@ -212,6 +213,16 @@ def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch
     written = {p.name for p in write_report(report, run.out_dir)}
     assert {"pareto.json", "pareto.png", "best"} <= written
     assert (run.out_dir / "best" / "config.yaml").is_file()
+    # Workers of one study share its output directory and write the report as each finishes:
+    # simultaneous writers must neither fail nor leave temporary files (a CI run once lost a
+    # worker to a shared temporary name).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        for future in [pool.submit(write_report, report, run.out_dir) for _ in range(12)]:
+            future.result()
+    assert json.loads((run.out_dir / "pareto.json").read_text())["best"] == report.best.number
+    assert not [f for f in run.out_dir.rglob("*.tmp")]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")

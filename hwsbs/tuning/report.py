@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +252,7 @@ def _plot_png(report: StudyReport, path: Path) -> None:
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{report.study_name}: hypervolume {report.hypervolume:.4g}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _private_tmp(path)
     fig.savefig(tmp, dpi=110, format="png")
     tmp.replace(path)  # workers finishing together never leave a torn file
 
@@ -277,8 +279,23 @@ def _plot_html(report: StudyReport, path: Path) -> bool:
         fig.update_xaxes(title_text=f"{obj['metric']} ({obj['unit']})", row=1, col=col)
         fig.update_yaxes(title_text="compressed accuracy", row=1, col=col)
     fig.update_layout(title=f"{report.study_name}: hypervolume {report.hypervolume:.4g}")
-    fig.write_html(str(path), include_plotlyjs=True)
+    tmp = _private_tmp(path)
+    fig.write_html(str(tmp), include_plotlyjs=True)
+    tmp.replace(path)
     return True
+
+
+def _private_tmp(path: Path) -> Path:
+    """A temporary sibling of ``path`` that only this thread writes: several study workers
+    share one output directory and finish together, and a shared temporary name lets one
+    worker's rename take the file another is still writing (then its own rename fails)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = _private_tmp(path)
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _write_best(report: StudyReport, out_dir: Path) -> Path | None:
@@ -290,8 +307,10 @@ def _write_best(report: StudyReport, out_dir: Path) -> Path | None:
     for name in ("config.yaml", "result.json", "layers.png"):
         src = Path(best.run_dir or "") / name
         if best.run_dir and src.is_file():
-            shutil.copy2(src, best_dir / name)
-    (best_dir / "trial.json").write_text(json.dumps(best.to_dict(), indent=2), encoding="utf-8")
+            tmp = _private_tmp(best_dir / name)
+            shutil.copy2(src, tmp)
+            tmp.replace(best_dir / name)
+    _write_text_atomically(best_dir / "trial.json", json.dumps(best.to_dict(), indent=2))
     return best_dir
 
 
@@ -305,9 +324,7 @@ def write_report(report: StudyReport, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    tmp = out / "pareto.json.tmp"
-    tmp.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    tmp.replace(out / "pareto.json")
+    _write_text_atomically(out / "pareto.json", json.dumps(report.to_dict(), indent=2))
     written.append(out / "pareto.json")
     if any(t.complete for t in report.trials):
         _plot_png(report, out / "pareto.png")
