@@ -83,7 +83,7 @@ def synthetic_lut_model(space: SearchSpace) -> CostModel:
 
 
 def _thresholds(space: SearchSpace) -> list[torch.Tensor]:
-    return [p for _, layer in space.layers() for ps in layer.threshold_parameters().values() for p in ps]
+    return [p for _, layer in space.layers() for p in layer.threshold_parameters().values()]
 
 
 def _timed_call(term: CostTerm, params: list[torch.Tensor]) -> float:

@@ -1,203 +1,255 @@
-"""Accuracy against cost on CIFAR-10 for ResNet-20: SBS at several lambdas and every baseline.
+"""A fair accuracy-cost frontier: ResNet-20 on CIFAR-10, every method at the same costs.
 
-Usage::
+Protocol (the paper's, made explicit):
 
-    .venv/bin/python benchmarks/frontier.py --subset 8000 --pretrain-epochs 20 --search-epochs 3 \
-        --finetune-epochs 2 --lambdas 0.05 0.2 1.0 --out-dir runs/frontier \
-        --json benchmarks/results/frontier.json --png benchmarks/results/frontier.png
+1. **Splits.** From the CIFAR-10 JPEG archive: ``--train-per-class`` training images and
+   ``--val-per-class`` held-out validation images, both from the archive's *training* split, and
+   ``--test-per-class`` images of its *test* split (``0`` = all 1,000 per class). Every choice a
+   method makes (random/Optuna candidates, everything the pipeline reports) sees the validation
+   split only; the test split is read once per fine-tuned model, for the table.
+2. **One full-precision ResNet-20** is trained once (``--pretrain-epochs``) and every method starts
+   from it.
+3. **Search** (``finetune_epochs=0``), each run in its own process so its wall time and peak
+   resident memory are its own: SBS, ILP (sensitivity + integer program), random, Optuna and
+   multipath, each with ``--target`` at the same absolute BOPs budgets: the cost of uniform 4-bit
+   (``u4``), of uniform 2-bit (``u2``) and below it (``u2x0.75``: three quarters of uniform 2-bit, reachable
+   only by pruning). SBS also runs with ``--max-prune-fraction`` swept.
+4. **Fine-tune** every configuration, uniform 2/4/8 included, with one identical schedule
+   (``--finetune-epochs``, SGD, cosine, lr 0.01) from the same full-precision weights; SBS also
+   from its own searched weights (``sbs-searched``), as the paper does.
+5. ``--seeds`` seeds (search and fine-tune data order); mean and standard deviation per row.
 
-Schedule (fits a 2-core CPU): the CIFAR-10 JPEG archive is unpacked once
-(:func:`hwsbs.data.ensure_cifar10_jpeg`), ``--subset`` training images and a quarter as many test
-images are used; a full-precision ResNet-20 is trained once and its state_dict passed to every
-method as ``--checkpoint``, so all methods start from the same model. Then each method gets the
-same budget of epochs on the same data:
+Usage (the CPU schedule recorded in BENCHMARKS.md)::
 
-* ``sbs`` at each ``--lambdas`` value and ``multipath`` at ``--multipath-lambdas``: search epochs +
-  fine-tune epochs;
-* ``uniform`` 2/4/8 bits: search + fine-tune epochs, all fine-tuning (it has nothing to search);
-* ``random`` and ``optuna`` at each ``--budgets`` (a share of the uniform 8-bit BOPs, or ``u4``
-  for the cost of uniform 4-bit): candidates scored without training, their number matched to
-  the search epochs' compute (see ``hwsbs.methods.random_search.default_trials``), then the
-  fine-tune epochs.
+    .venv/bin/python benchmarks/frontier.py --seeds 0 1 2 --json benchmarks/results/frontier.json \
+        --png benchmarks/results/frontier.png
 
-Every found configuration is priced in BOPs (the searched cost), and on a100 (roofline) and
-bismo (bit_serial). Runs already finished in ``--out-dir`` are read back, not re-run.
+Finished runs in ``--out-dir`` are read back, so an interrupted benchmark continues.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cost_models import cost_model_for
+from cost_models import build_cost_model, cost_model_for
+from hwsbs.checkpoint import load_checkpoint
 from hwsbs.config import SearchConfig
 from hwsbs.data import build_dataset, ensure_cifar10_jpeg, find_cifar10_archive, make_loader
-from hwsbs.methods import get_method
 from hwsbs.models import build_model
-from hwsbs.pipeline import run_search
+from hwsbs.pipeline import build_compressed_model, run_search
 from hwsbs.progress import PhaseProgress
-from hwsbs.sbs.config_io import load_config
+from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config
+from hwsbs.sbs.convert import trace_layer_shapes
 from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_overhead import machine_info  # noqa: E402
 
-__all__ = ["RunSpec", "plan", "pretrain", "run_all", "plot", "main"]
+__all__ = ["Job", "plan", "prepare_splits", "main"]
+
+FINETUNE_LR = 0.01  # the pipeline's fine-tuning rate (a fifth of training's 0.05)
+BUDGETS = ("u4", "u2", "u2x0.75")
 
 
 @dataclass
-class RunSpec:
-    """One method run of the frontier."""
+class Job:
+    """One search of the frontier (uniform rows have nothing to search)."""
 
-    label: str  # directory name and legend entry
+    label: str  # row name, e.g. "sbs@u4"
     method: str  # --method
+    budget: str | None  # one of BUDGETS; None for uniform
     options: dict[str, Any] = field(default_factory=dict)  # SearchConfig overrides
 
 
-def plan(methods: list[str], lambdas: list[float], mp_lambdas: list[float], budgets: list[str],
-         search_epochs: int, finetune_epochs: int) -> list[RunSpec]:
-    """The runs for the requested method families."""
-    specs: list[RunSpec] = []
+def plan(methods: list[str], prune_fractions: list[float]) -> list[Job]:
+    """The searches: every method at every budget, SBS also with its pruning cap swept."""
+    jobs: list[Job] = []
     for m in methods:
+        if m == "uniform":
+            jobs += [Job(f"uniform{b}", "uniform", None, {"uniform_bits": b}) for b in (8, 4, 2)]
+            continue
+        budgets = BUDGETS if m in ("sbs", "ilp") else ("u4",)
+        jobs += [Job(f"{m}@{b}", m, b) for b in budgets]
         if m == "sbs":
-            specs += [RunSpec(f"sbs-lam{lam:g}", "sbs", {"lam": lam}) for lam in lambdas]
-        elif m == "multipath":
-            specs += [RunSpec(f"multipath-lam{lam:g}", "multipath", {"lam": lam}) for lam in mp_lambdas]
-        elif m.startswith("uniform"):
-            bits = [int(m[len("uniform"):])] if m != "uniform" else [2, 4, 8]
-            specs += [RunSpec(f"uniform{b}", "uniform", {"uniform_bits": b, "search_epochs": 0,
-                                                          "finetune_epochs": search_epochs + finetune_epochs}) for b in bits]
-        elif m in ("random", "optuna"):
-            for b in budgets:
-                opts: dict[str, Any] = {} if b == "u4" else {"target_fraction": float(b.rstrip("%")) / 100}
-                specs.append(RunSpec(f"{m}-{b.replace('%', 'pct')}", m, opts))
-        else:
-            raise SystemExit(f"unknown method family {m!r}")
-    return specs
+            jobs += [Job(f"sbs@u2x0.75-mpf{f:g}", m, "u2x0.75", {"max_prune_fraction": f}) for f in prune_fractions]
+    return jobs
 
 
-def pretrain(data_dir: Path, subset: int, epochs: int, lr: float, seed: int, path: Path,
-             device: str = "cpu", workers: int = 0) -> tuple[float, int]:
-    """Train the shared full-precision ResNet-20 once; returns its test accuracy and test-set size."""
-    bundle = build_dataset("imagefolder", data_dir, subset, seed)
-    torch.manual_seed(seed)
-    dev = torch.device(device)
-    model = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size).to(dev)
+def prepare_splits(root: Path, out: Path, train: int, val: int, test: int) -> tuple[Path, Path]:
+    """Symlinked ImageFolder trees: ``search/{train,val}`` and ``eval/{train,test}``."""
+    search, ev = out / "search", out / "eval"
+    if (ev / "test").is_dir():
+        return search, ev
+    for cls in sorted(p.name for p in (root / "train").iterdir()):
+        files = sorted((root / "train" / cls).iterdir())
+        tests = sorted((root / "test" / cls).iterdir())
+        picks = {search / "train": files[:train], search / "val": files[train:train + val],
+                 ev / "test": tests if test == 0 else tests[:test]}
+        for split, chosen in picks.items():
+            (split / cls).mkdir(parents=True, exist_ok=True)
+            for f in chosen:
+                (split / cls / f.name).symlink_to(f.resolve())
+    (ev / "train").symlink_to((search / "train").resolve())  # class names only
+    return search, ev
+
+
+def pretrain(search_dir: Path, epochs: int, path: Path) -> None:
+    """The shared full-precision ResNet-20 (seed 0), trained on the search training split."""
     if path.is_file():
-        model.load_state_dict(torch.load(path, map_location=dev, weights_only=True))
-    else:
-        opt = make_sgd(*split_decay(model), lr, 5e-4)
-        steps = epochs * len(make_loader(bundle.train, 64, True, seed))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-        with PhaseProgress(False) as progress:
-            for epoch in range(epochs):
-                loss = train_epoch(model, make_loader(bundle.train, 64, True, seed + epoch, workers), opt, sched,
-                                   dev, progress, f"pretrain epoch {epoch + 1}")
-                print(f"pretrain epoch {epoch + 1}/{epochs}: loss {loss:.4f}", file=sys.stderr, flush=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-    return evaluate(model, make_loader(bundle.val, 256, False, seed, workers), dev), len(bundle.val)
+        return
+    bundle = build_dataset("imagefolder", search_dir, None, 0)
+    torch.manual_seed(0)
+    model = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size)
+    opt = make_sgd(*split_decay(model), 0.05, 5e-4)
+    steps = epochs * len(make_loader(bundle.train, 64, True, 0))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    for epoch in range(epochs):
+        loss = train_epoch(model, make_loader(bundle.train, 64, True, epoch), opt, sched, torch.device("cpu"),
+                           PhaseProgress(False), "pretrain")
+        print(f"pretrain epoch {epoch + 1}/{epochs}: loss {loss:.4f}", file=sys.stderr, flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
 
 
-def _timed_method(name: str, sink: dict[str, float]):
-    """Context: wall time of the registered method's own run (the search phase alone)."""
-    method = get_method(name)
-    original = method.run
+def budget_costs(fp: torch.nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """Absolute BOPs of each budget name (first and last layers at 8 bits)."""
+    order, shapes = trace_layer_shapes(fp, example)
+    bops = build_cost_model("bops")
 
-    def timed(ctx):
-        t0 = time.perf_counter()
-        try:
-            return original(ctx)
-        finally:
-            sink["search_s"] = time.perf_counter() - t0
+    def uniform(bits: int) -> float:
+        return CompressionConfig([LayerDecision(shapes[n], 8 if n in (order[0], order[-1]) else bits,
+                                                8 if n in (order[0], order[-1]) else bits) for n in order]).cost(bops)
 
-    class _Patch:
-        def __enter__(self):
-            method.run = timed
-
-        def __exit__(self, *exc):
-            method.run = original
-
-    return _Patch()
+    return {"u4": uniform(4), "u2": uniform(2), "u2x0.75": 0.75 * uniform(2)}
 
 
-def _row(spec: RunSpec, run_dir: Path, times: dict[str, float]) -> dict[str, Any]:
-    result = json.loads((run_dir / "result.json").read_text())
-    config = load_config(run_dir / "config.yaml")
-    layers = config.layers
-    searchable = layers[1:-1]
-    kept = sum(d.kept_out for d in layers) / sum(d.shape.out_channels for d in layers)
+def _search(config: dict[str, Any]) -> dict[str, float]:
+    """Run in a child process: one search, its wall time and the process's peak memory."""
+    torch.set_num_threads(int(os.environ.get("FRONTIER_THREADS", "2")))
+    t0 = time.perf_counter()
+    run_search(SearchConfig(**config))
+    return {"search_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's resident high-water mark (VmHWM: reset by exec, unlike ru_maxrss)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def search(job: Job, base: dict[str, Any], target: float | None, seed: int, run_dir: Path) -> dict[str, float]:
+    done = run_dir / "search.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    opts = {**base, **job.options, "method": job.method, "seed": seed, "out": str(run_dir), "finetune_epochs": 0}
+    if job.method == "uniform":
+        opts["search_epochs"] = 0
+    if target is not None:
+        opts["target"] = target
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        stats = pool.submit(_search, opts).result()
+    done.write_text(json.dumps(stats))
+    return stats
+
+
+def finetune(fp_state: dict, config: CompressionConfig, init: dict | None, seed: int, epochs: int,
+             search_dir: Path, eval_dir: Path) -> tuple[float, float]:
+    """The identical schedule for every configuration; returns (validation, test) accuracy."""
+    bundle = build_dataset("imagefolder", search_dir, None, 0)
+    test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
+    fp = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size)
+    fp.load_state_dict(fp_state)
+    example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
+    model = build_compressed_model(fp, config, example)
+    if init is not None:
+        model.load_state_dict(init)
+    opt = make_sgd(*split_decay(model), FINETUNE_LR, 5e-4)
+    steps = epochs * len(make_loader(bundle.train, 64, True, 0))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    torch.manual_seed(seed)
+    for epoch in range(epochs):
+        if hasattr(bundle.train, "reseed"):  # the augmentation stream restarts per (seed, epoch)
+            bundle.train.reseed(seed * 1000 + epoch)
+        train_epoch(model, make_loader(bundle.train, 64, True, seed * 1000 + epoch), opt, sched, torch.device("cpu"),
+                    PhaseProgress(False), "finetune")
+    cpu = torch.device("cpu")
+    return evaluate(model, make_loader(bundle.val, 256, False, 0), cpu), evaluate(model, make_loader(test, 256, False, 0), cpu)
+
+
+def _row(label: str, method: str, config: CompressionConfig, accs: tuple[float, float], stats: dict[str, float]) -> dict[str, Any]:
+    searchable = config.layers[1:-1]
     return {
-        "label": spec.label, "method": spec.method, "options": spec.options,
-        "accuracy": result["accuracy"]["compressed"], "fp_accuracy": result["accuracy"]["full_precision"],
-        "bops": result["cost"]["compressed"], "bops_uniform8": result["cost"]["uniform_8bit"],
-        "bops_fp": result["cost"]["full_precision"],
-        "a100_s": config.cost(cost_model_for("a100")), "bismo_s": config.cost(cost_model_for("bismo")),
+        "label": label, "method": method, "val_accuracy": accs[0], "test_accuracy": accs[1],
+        "bops": config.cost(build_cost_model("bops")), "a100_s": config.cost(cost_model_for("a100")),
+        "bismo_s": config.cost(cost_model_for("bismo")),
         "mean_w_bits": sum(d.w_bits for d in searchable) / len(searchable),
         "mean_a_bits": sum(d.a_bits for d in searchable) / len(searchable),
-        "kept_channel_share": kept,
-        **times,
+        "kept_channel_share": sum(d.kept_out for d in config.layers) / sum(d.shape.out_channels for d in config.layers),
+        **stats,
     }
 
 
-def run_all(specs: list[RunSpec], base: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
-    """Run (or read back) every spec; one row per run."""
-    rows = []
-    for spec in specs:
-        run_dir = out_dir / spec.label
-        times_path = run_dir / "times.json"
-        if not (run_dir / "result.json").is_file() or not times_path.is_file():
-            times: dict[str, float] = {}
-            t0 = time.perf_counter()
-            with _timed_method(spec.method, times):
-                run_search(SearchConfig(**{**base, **spec.options}, method=spec.method, out=str(run_dir)))
-            times["total_s"] = time.perf_counter() - t0
-            times_path.write_text(json.dumps(times))
-        row = _row(spec, run_dir, json.loads(times_path.read_text()))
-        rows.append(row)
-        print(f"{spec.label:22s} acc {row['accuracy']:.4f}  {row['bops'] / 1e6:9.1f} MBOPs  a100 {row['a100_s'] * 1e6:7.2f} us  "
-              f"bismo {row['bismo_s'] * 1e3:7.3f} ms  search {row.get('search_s', 0):6.0f} s  total {row['total_s']:6.0f} s",
-              file=sys.stderr, flush=True)
-    return rows
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, per label."""
+    out = []
+    for label in dict.fromkeys(r["label"] for r in rows):
+        group = [r for r in rows if r["label"] == label]
+        entry: dict[str, Any] = {"label": label, "method": group[0]["method"], "seeds": len(group)}
+        for key in ("test_accuracy", "val_accuracy", "bops", "a100_s", "bismo_s", "search_s", "peak_rss_mb", "kept_channel_share"):
+            values = [r[key] for r in group if key in r]
+            if values:
+                entry[key] = statistics.fmean(values)
+                entry[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(entry)
+    return out
 
 
-def plot(rows: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
-    """Accuracy against BOPs, a100 latency and bismo latency; one colour per method."""
+def markdown(summary: list[dict[str, Any]], fp_bops: float) -> str:
+    lines = ["| configuration | test top-1 (mean +- std) | val top-1 | MBOPs | x fewer than FP | a100 (us) | bismo (ms) "
+             "| kept ch. | search (s) | peak RSS (MB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        lines.append(f"| {s['label']} | {100 * s['test_accuracy']:.2f} +- {100 * s['test_accuracy_std']:.2f} | "
+                     f"{100 * s['val_accuracy']:.2f} | {s['bops'] / 1e6:.1f} | {fp_bops / s['bops']:.1f} | "
+                     f"{s['a100_s'] * 1e6:.3f} | {s['bismo_s'] * 1e3:.3f} | {s['kept_channel_share']:.2f} | "
+                     f"{s.get('search_s', 0):.0f} | {s.get('peak_rss_mb', 0):.0f} |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
-    metrics = (("bops", "BOPs (searched cost)", 1.0), ("a100_s", "a100 roofline latency (us)", 1e6),
-               ("bismo_s", "bismo bit-serial latency (ms)", 1e3))
-    markers = {"sbs": "o", "multipath": "s", "uniform": "^", "random": "x", "optuna": "D"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    for ax, (key, title, scale) in zip(axes, metrics):
-        for method, marker in markers.items():
-            pts = sorted((r[key] * scale, r["accuracy"], r["label"]) for r in rows if r["method"] == method)
-            if not pts:
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle="-" if method == "sbs" else "none",
-                    label=method, markersize=7)
-            for x, y, label in pts:
-                ax.annotate(label.split("-", 1)[-1] if "-" in label else label, (x, y), fontsize=6,
-                            textcoords="offset points", xytext=(3, 3))
-        ax.axhline(fp_acc, color="grey", linestyle=":", label="full precision")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels collide on a 1-decade axis
-        ax.set_xlabel(title)
-        ax.set_ylabel("top-1 accuracy (CIFAR-10 test subset)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("ResNet-20 on CIFAR-10: accuracy against cost at equal epochs")
+    markers = {"sbs": "o", "sbs-searched": "*", "ilp": "P", "uniform": "^", "random": "x", "optuna": "D", "multipath": "s"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, marker in markers.items():
+        pts = sorted((s["bops"], s["test_accuracy"], s["test_accuracy_std"], s["label"]) for s in summary if s["method"] == method)
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=marker,
+                        linestyle="none", label=method, capsize=3)
+    ax.axhline(fp_acc, color="grey", linestyle=":", label="full precision")
+    ax.set_xscale("log")
+    ax.set_xlabel("BOPs")
+    ax.set_ylabel("test top-1 (mean +- std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("ResNet-20 / CIFAR-10: every configuration fine-tuned with one schedule")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -206,20 +258,17 @@ def plot(rows: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--methods", nargs="+", default=["sbs", "uniform", "random", "optuna", "multipath"],
-                   help="families: sbs, multipath, uniform (2/4/8) or uniform4 etc., random, optuna")
-    p.add_argument("--lambdas", nargs="+", type=float, default=[0.05, 0.2, 1.0])
-    p.add_argument("--multipath-lambdas", nargs="+", type=float, default=[0.2, 1.0])
-    p.add_argument("--budgets", nargs="+", default=["u4", "12%"], help="random/optuna budgets: u4 or N%% of uniform 8-bit")
-    p.add_argument("--subset", type=int, default=8000)
-    p.add_argument("--pretrain-epochs", type=int, default=20)
-    p.add_argument("--search-epochs", type=int, default=3)
+    p.add_argument("--methods", nargs="+", default=["uniform", "sbs", "ilp", "random", "optuna", "multipath"])
+    p.add_argument("--prune-fractions", nargs="+", type=float, default=[0.75],
+                   help="extra SBS runs at u2x0.75 with these --max-prune-fraction values (the default run uses 0.5)")
+    p.add_argument("--train-per-class", type=int, default=300)
+    p.add_argument("--val-per-class", type=int, default=50)
+    p.add_argument("--test-per-class", type=int, default=200, help="0 = the whole test split")
+    p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--search-epochs", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); several frontier processes "
-                   "with disjoint --methods and one thread each can share one --out-dir")
-    p.add_argument("--device", default="cpu", help="torch device for every run (cpu or cuda)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes per run")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out-dir", default="runs/frontier")
     p.add_argument("--json", default="benchmarks/results/frontier.json")
     p.add_argument("--png", default="benchmarks/results/frontier.png")
@@ -228,30 +277,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data_dir = ensure_cifar10_jpeg(find_cifar10_archive())
-    out_dir = Path(args.out_dir)
+    torch.set_num_threads(args.threads)
+    os.environ["FRONTIER_THREADS"] = str(args.threads)
+    out = Path(args.out_dir)
+    search_dir, eval_dir = prepare_splits(ensure_cifar10_jpeg(find_cifar10_archive()), out / "data", args.train_per_class,
+                                          args.val_per_class, args.test_per_class)
+    fp_path = out / "fp_resnet20.pt"
     t0 = time.perf_counter()
-    fp_path = out_dir / "fp_resnet20.pt"
-    fp_acc, test_images = pretrain(data_dir, args.subset, args.pretrain_epochs, 0.05, args.seed, fp_path, args.device, args.workers)
-    print(f"full precision: {fp_acc:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    base = dict(model="resnet20", data="imagefolder", data_dir=str(data_dir), subset=args.subset,
-                checkpoint=str(fp_path), pretrain_epochs=0, search_epochs=args.search_epochs,
-                finetune_epochs=args.finetune_epochs, hw="a100", cost="bops", seed=args.seed, progress=False,
-                device=args.device, workers=args.workers)
-    specs = plan(args.methods, args.lambdas, args.multipath_lambdas, args.budgets, args.search_epochs, args.finetune_epochs)
-    rows = run_all(specs, base, out_dir)
+    pretrain(search_dir, args.pretrain_epochs, fp_path)
+    fp_state = torch.load(fp_path, weights_only=True)
+    bundle = build_dataset("imagefolder", search_dir, None, 0)
+    fp = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size)
+    fp.load_state_dict(fp_state)
+    test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
+    fp_acc = evaluate(fp, make_loader(test, 256, False, 0), torch.device("cpu"))
+    example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
+    targets = budget_costs(fp, example)
+    base = dict(model="resnet20", data="imagefolder", data_dir=str(search_dir), checkpoint=str(fp_path),
+                pretrain_epochs=0, search_epochs=args.search_epochs, hw="a100", cost="bops", progress=False)
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        for job in plan(args.methods, args.prune_fractions):
+            run_dir = out / f"seed{seed}" / job.label
+            stats = search(job, base, targets.get(job.budget) if job.budget else None, seed, run_dir)
+            config = load_config(run_dir / "config.yaml")
+            variants = [(job.label, job.method, None)]
+            if job.method == "sbs":
+                variants.append((job.label.replace("sbs", "sbs-searched", 1), "sbs-searched", load_checkpoint(run_dir)["model"]))
+            for label, method, init in variants:
+                cache = run_dir / f"finetune-{method}.json"
+                if not cache.is_file():
+                    cache.write_text(json.dumps(finetune(fp_state, config, init, seed, args.finetune_epochs, search_dir, eval_dir)))
+                row = _row(label, method, config, tuple(json.loads(cache.read_text())), stats)
+                rows.append({**row, "seed": seed})
+                print(f"seed {seed} {label:26s} test {row['test_accuracy']:.4f} val {row['val_accuracy']:.4f} "
+                      f"{row['bops'] / 1e6:8.1f} MBOPs search {stats['search_s']:5.0f} s  ({time.perf_counter() - t0:.0f} s)",
+                      file=sys.stderr, flush=True)
+    summary = summarise(rows)
+    fp_bops = load_config(out / f"seed{args.seeds[0]}" / "uniform8" / "config.yaml").full_precision().cost(build_cost_model("bops"))
     report = {"machine": machine_info(), "command": " ".join(["benchmarks/frontier.py", *(argv if argv is not None else sys.argv[1:])]),
-              "schedule": {k: getattr(args, k) for k in ("subset", "pretrain_epochs", "search_epochs", "finetune_epochs", "seed", "threads",
-                                                     "device", "workers")},
-              "test_images": test_images, "fp_accuracy": fp_acc, "runs": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    if args.png:
-        plot(rows, fp_acc, Path(args.png))
-    print(json.dumps(report, indent=2))
+              "schedule": {k: getattr(args, k) for k in ("train_per_class", "val_per_class", "test_per_class", "pretrain_epochs",
+                                                     "search_epochs", "finetune_epochs", "seeds", "threads")},
+              "test_images": len(test), "fp_test_accuracy": fp_acc, "fp_bops": fp_bops, "budgets_bops": targets,
+              "summary": summary, "runs": rows, "markdown": markdown(summary, fp_bops)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    plot(summary, fp_acc, Path(args.png))
+    print(report["markdown"])
     return 0
 
 

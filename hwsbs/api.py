@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hwsbs.config import SearchConfig
+from hwsbs.config import SearchConfig, parse_target
 from hwsbs.pipeline import run_search
 from hwsbs.result import SearchResult
 
@@ -31,7 +31,8 @@ def search(
         val_data: validation DataLoader or Dataset; every reported accuracy is measured on it.
         hw: built-in profile name or path to a profile YAML.
         **options: any :class:`SearchConfig` field (``lam``, ``target``, ``bits``,
-            ``search_epochs``, ``out``, ...).
+            ``search_epochs``, ``out``, ...); ``target`` also takes the command line's text
+            (``"30%"`` of uniform 8-bit, or an absolute cost ``"2.5e-8"``).
 
     Returns:
         A :class:`SearchResult` with the same content as ``result.json``, the configuration and
@@ -40,6 +41,8 @@ def search(
     Raises:
         HwsbsError: for bad options, profiles, models or data (a subclass says which).
     """
+    if isinstance(options.get("target"), str):  # "30%" or "2.5e9", as on the command line
+        options["target"], options["target_fraction"] = parse_target(options["target"])
     options.setdefault("progress", False)
     options.setdefault("model", type(model).__name__)
     config = SearchConfig.from_dict({"hw": hw, **options})

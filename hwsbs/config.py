@@ -35,7 +35,7 @@ class SearchConfig:
     group_size: int = 4  # output channels per pruning gate (paper: 4 on CIFAR)
     max_prune_fraction: float = 0.5  # at most this share of a layer's groups can be pruned
     # --- the objective
-    lam: float = 0.1  # lambda: weight of the cost term
+    lam: float = 0.3  # lambda: weight of the log-cost; also how fast cost-driven gates move
     target: float | None = None  # absolute cost budget (budget form of the loss) in the model's unit
     target_fraction: float | None = None  # budget as a fraction of the uniform 8-bit cost
     temperature: float = 1.0  # gate surrogate temperature tau (paper: 1)
@@ -47,7 +47,7 @@ class SearchConfig:
     batch_size: int = 64  # training batch size
     lr: float = 0.05  # SGD learning rate for full-precision training and fine-tuning
     search_lr: float = 0.01  # SGD learning rate for weights during the search
-    threshold_lr: float = 0.05  # Adam learning rate for gate thresholds (relative units)
+    threshold_lr: float = 0.05  # SGD lr for gate thresholds, in units of the cost gradient's RMS
     weight_decay: float = 5e-4  # on weights only; never on thresholds or clipping values
     # --- run control
     seed: int = 0  # seeds every random source (torch, python, data order, Optuna)

@@ -206,6 +206,30 @@ def _resolve_target(run: _Run, space: SearchSpace, cm: CostModel) -> float | Non
     return None
 
 
+def _budget_report(run: _Run, space: SearchSpace, found: CompressionConfig) -> dict[str, Any] | None:
+    """Whether the found configuration meets ``--target``, and the cheapest reachable cost."""
+    target = _resolve_target(run, space, run.cost_model)
+    if target is None:
+        return None
+    lowest = min(run.cfg.bits)
+    floor_config = CompressionConfig(space.decisions(
+        {n: (lowest, lowest) for n in space.layer_names},
+        {g.producer: _largest_groups(space, g.producer) for g in space.groups},  # none unless the method prunes
+    ), batch=run.cfg.cost_batch)
+    floor = floor_config.cost(run.cost_model)
+    cost = found.cost(run.cost_model)
+    slack = 1 + 1e-9
+    return {"target": target, "floor": floor, "cost": cost, "met": cost <= target * slack,
+            "reachable": floor <= target * slack}
+
+
+def _largest_groups(space: SearchSpace, producer: str) -> list[int]:
+    """The groups whose removal saves the most channels, up to the pruning cap."""
+    sizes = space.layer(producer).group_sizes()
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    return sorted(order[:space.max_pruned_groups(producer)])
+
+
 def _run_method(run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:
     cfg = run.cfg
     objectives = [CostObjective(cm, o.weight, _resolve_target(run, space, cm)) for o, _, cm in run.objectives]
@@ -296,15 +320,21 @@ def run_search(
             ckpt = None
         else:
             found = load_config(config_path)
+        budget = _budget_report(run, space, found)
+        if budget is not None and not budget["met"]:
+            progress.log(f"budget {budget['target']:.4g} {run.cost_model.unit} not met: the configuration costs "
+                         f"{budget['cost']:.4g}" + ("" if budget["reachable"] else
+                                                   f"; the cheapest this search space allows is {budget['floor']:.4g}"))
         model = apply_config(space, found, str(config_path))
         if ckpt is not None and ckpt["phase"] == "finetune":
             _load_model_state(model, ckpt["model"], f"{run_dir}/checkpoint.pt")
         # fine-tuning starts from searched weights: a fifth of the from-scratch learning rate
         _train_phase(run, "finetune", model, cfg.finetune_epochs, cfg.lr * 0.2, ckpt, progress)
-    return _finish(run, None, (model, found))
+    return _finish(run, None, (model, found), budget)
 
 
-def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, CompressionConfig] | None) -> SearchResult:
+def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, CompressionConfig] | None,
+            budget: dict[str, Any] | None = None) -> SearchResult:
     cfg = run.cfg
     found = load_config(run.run_dir / "config.yaml") if trained is None else trained[1]
     model = trained[0] if trained is not None else None
@@ -312,10 +342,11 @@ def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, Compres
         compressed_acc = evaluate(model, run.val_loader, run.device)
         save_checkpoint({"phase": "done", "epoch": 0, "model": model.state_dict(), "optim": {},
                          "fp_accuracy": run.fp_accuracy, "history": json.dumps(run.history),
-                         "compressed_accuracy": compressed_acc}, run.run_dir)
+                         "compressed_accuracy": compressed_acc, "budget": json.dumps(budget)}, run.run_dir)
     else:
         assert done_ckpt is not None
         compressed_acc = float(done_ckpt["compressed_accuracy"])
+        budget = json.loads(done_ckpt.get("budget", "null"))
     costs, layers = cost_summary(found, run.cost_model)
     extra = {}
     for _, profile, cm in run.objectives[1:]:
@@ -336,6 +367,7 @@ def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, Compres
         model=model,
         history=run.history,
         extra_costs=extra,
+        budget=budget,
     )
     write_outputs(result, run.run_dir)
     return result

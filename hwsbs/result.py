@@ -32,6 +32,7 @@ class SearchResult:
     model: nn.Module | None = field(default=None, repr=False)  # the fine-tuned compressed model
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
     extra_costs: dict[str, dict[str, float]] = field(default_factory=dict)  # other objectives' costs
+    budget: dict[str, Any] | None = None  # {"target", "floor", "met", "reachable"} when a --target was set
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -51,6 +52,8 @@ class SearchResult:
         }
         if self.extra_costs:
             out["extra_costs"] = self.extra_costs
+        if self.budget is not None:
+            out["budget"] = dict(self.budget)
         return out
 
 

@@ -3,11 +3,14 @@ exit code 2, no traceback, and nothing written. ``--debug`` shows the traceback 
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import optuna
 import pytest
@@ -31,6 +34,95 @@ PROFILE = {
 TABLE = {"format": "hwsbs-lut/1", "fallback": "next_wider", "entries": [
     {"signature": "conv_k3x3_s1x1_g1_i64_o64_h56x56", "w_bits": w, "a_bits": w, "kept_in": 64, "kept_out": 64,
      "mean_s": 1e-4} for w in (8, 32)]}
+
+
+#: A "billion laughs" document: nine levels of nine aliases each, 9**9 strings once expanded.
+LAUGHS = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ["lol"] * 9) + "]\n" for i in range(9))
+#: the line of LAUGHS whose aliases first exceed the expansion limit
+LAUGHS_LINE = 5
+#: the first line after PROFILE's YAML, where the cases below append their bad line
+AFTER = len(yaml.safe_dump(PROFILE, sort_keys=False).splitlines()) + 1
+
+
+def _config_mutants() -> dict[str, Callable[[dict[str, Any]], None]]:
+    """config.yaml variants with one bad field each (applied to the saved stem/head config)."""
+    def layer(i: int, key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda c: c["layers"][i].__setitem__(key, value)
+
+    def shape(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda c: c["layers"][0]["shape"].__setitem__(key, value)
+
+    return {
+        "batch_abc": lambda c: c.__setitem__("batch", "abc"),
+        "group_size_zero": lambda c: c.__setitem__("group_size", 0),
+        "bits_scalar": lambda c: c.__setitem__("bits", 5),
+        "bits_not_doubling": lambda c: c.__setitem__("bits", [2, 3, 8]),
+        "batch_negative": lambda c: c.__setitem__("batch", -4),
+        "channels_negative": shape("in_channels", -3),
+        "kept_over_out": layer(0, "kept_out_channels", 40),
+        "pruned_out_of_range": layer(0, "pruned_channels", [0, 32]),
+        "empty_name": layer(0, "name", ""),
+        "duplicate_name": layer(1, "name", "stem"),
+        "stride_text": shape("stride", [1, "2"]),
+    }
+
+
+def _write_security_inputs(root: Path) -> None:
+    """Inputs of the hardening cases: YAML bombs, special files, bad checkpoints, run directories."""
+    def dump(name: str, data: object) -> None:
+        (root / name).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+    profile_text = yaml.safe_dump(PROFILE, sort_keys=False)
+    (root / "laughs.yaml").write_text(LAUGHS + profile_text, encoding="utf-8")
+    (root / "list_key.yaml").write_text(profile_text + "? [a, b]\n: 1\n", encoding="utf-8")
+    (root / "deep.yaml").write_text(profile_text + "extensions: " + "[" * 500 + "]" * 500 + "\n", encoding="utf-8")
+    (root / "huge_int.yaml").write_text(profile_text + "clock_hz: " + "9" * 5000 + "\n", encoding="utf-8")
+    dump("inf_rate.yaml", {**PROFILE, "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": float("inf")}]})
+    (root / "e400_bandwidth.yaml").write_text(profile_text.replace("10000000000.0", "1.0e+400"), encoding="utf-8")
+    dump("inf_overhead.yaml", {**PROFILE, "cost_model": {"name": "roofline", "per_layer_overhead_s": float("inf")}})
+    os.symlink("/dev/zero", root / "tables" / "zero.json")
+    dump("lut_zero.yaml", {**PROFILE, "cost_model": {"name": "lut"}, "lookup_table": "tables/zero.json"})
+    os.mkfifo(root / "tables" / "fifo.json")
+    dump("lut_fifo.yaml", {**PROFILE, "cost_model": {"name": "lut"}, "lookup_table": "tables/fifo.json"})
+    os.mkfifo(root / "fifo_profile.yaml")
+    os.mkfifo(root / "fifo_config.yaml")
+    os.mkfifo(root / "fifo.pt")
+    with open(root / "big_config.yaml", "wb") as fh:  # sparse: no disk space used
+        fh.truncate(65 * 1024 * 1024)
+    base = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
+    for name, mutate in _config_mutants().items():
+        data = json.loads(json.dumps(base))
+        mutate(data)
+        dump(f"config_{name}.yaml", data)
+    _write_checkpoints(root)
+
+
+class _System:
+    """Pickles as a call of os.system: the weights-only unpickler must refuse it by name."""
+
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+def _write_checkpoints(root: Path) -> None:
+    (root / "empty.pt").write_bytes(b"")
+    torch.save([1, 2, 3], root / "list.pt")
+    state = build_model("small_cnn", 10, 1, (8, 8)).state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, root / "nan.pt")
+    (root / "evil.pt").write_bytes(pickle.dumps({"w": _System()}, protocol=2))
+    for name, ckpt in (("run_empty", None), ("run_list", [1]), ("run_nophase", {"epoch": 0, "model": {}})):
+        run = root / name
+        run.mkdir()
+        (run / "config.yaml").write_bytes((root / "config.yaml").read_bytes())
+        (run / "options.json").write_text(json.dumps({"model": "small_cnn"}), encoding="utf-8")
+        if ckpt is None:
+            (run / "checkpoint.pt").write_bytes(b"")
+        else:
+            torch.save(ckpt, run / "checkpoint.pt")
+    code = root / "run_code"
+    code.mkdir()
+    (code / "options.json").write_text(json.dumps({"model": "os:system"}), encoding="utf-8")
 
 
 def _write_inputs(root: Path) -> None:
@@ -67,6 +159,7 @@ def _write_inputs(root: Path) -> None:
     (root / "study.txt").write_text("not a storage\n", encoding="utf-8")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     optuna.create_study(study_name="foreign", storage=f"sqlite:///{root / 'foreign.db'}")
+    _write_security_inputs(root)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +250,86 @@ CASES: dict[str, Case] = {
                                  "--study-name nope: no such study in {t}/foreign.db (it has: foreign)"),
     "report-foreign-study": Case(["report", "--storage", "{t}/foreign.db"], "study foreign was not created by hwsbs tune/pareto"),
     "report-not-a-storage": Case(["report", "--storage", "{t}/study.txt"], "expected an Optuna storage URL"),
+    # a run directory is data: it cannot choose code to import (--model must come from the user)
+    "export-run-names-code": Case(["export", "--run", "{t}/run_code"],
+                                  "{t}/run_code/options.json: model 'os:system' is code to import, which a run "
+                                  "directory cannot choose; if you trust it, pass --model os:system yourself"),
+    # --model MOD:ATTR: only nn.Module classes and Python functions outside the standard library
+    "search-model-builtins-exit": Case([*S, "a100", "--model", "builtins:exit"],
+                                       "--model 'builtins:exit': 'builtins' is part of Python or hwsbs"),
+    "search-model-os-fork": Case([*S, "a100", "--model", "os:fork"], "--model 'os:fork': 'os' is part of Python"),
+    "search-model-input": Case([*S, "a100", "--model", "builtins:input"], "--model 'builtins:input': 'builtins' is"),
+    # YAML that is cheap to write and expensive to load
+    "validate-billion-laughs": Case(["profiles", "validate", "{t}/laughs.yaml"],
+                                    f"{{t}}/laughs.yaml: line {LAUGHS_LINE}: invalid YAML: aliases expand to more than"),
+    "show-billion-laughs": Case(["profiles", "show", "--json", "{t}/laughs.yaml"],
+                                f"{{t}}/laughs.yaml: line {LAUGHS_LINE}: invalid YAML: aliases expand to more than"),
+    "search-billion-laughs": Case([*S, "{t}/laughs.yaml"], "{t}/laughs.yaml: line 5: invalid YAML: aliases expand"),
+    "validate-list-key": Case(["profiles", "validate", "{t}/list_key.yaml"],
+                              f"{{t}}/list_key.yaml: line {AFTER}: invalid YAML: a mapping key must be a plain value, not a sequence"),
+    "validate-deep-nesting": Case(["profiles", "validate", "{t}/deep.yaml"],
+                                  f"{{t}}/deep.yaml: line {AFTER}: invalid YAML: nested deeper than 64 levels"),
+    "validate-huge-int": Case(["profiles", "validate", "{t}/huge_int.yaml"],
+                              f"{{t}}/huge_int.yaml: line {AFTER}: invalid YAML: integer of 5000 characters (at most 40)"),
+    # non-finite numbers in profiles
+    "validate-inf-rate": Case(["profiles", "validate", "{t}/inf_rate.yaml"],
+                              "{t}/inf_rate.yaml: precisions[0].ops_per_s: input should be a finite number, got inf"),
+    "validate-1e400-bandwidth": Case(["profiles", "validate", "{t}/e400_bandwidth.yaml"],
+                                     "memory[0].bandwidth_bytes_per_s: input should be a finite number, got inf"),
+    "validate-inf-overhead": Case(["profiles", "validate", "{t}/inf_overhead.yaml"],
+                                  "{t}/inf_overhead.yaml: cost_model: per_layer_overhead_s: expected a finite number, got inf"),
+    # files that are not regular files, or too large: no hang, no MemoryError
+    "validate-table-is-dev-zero": Case(["profiles", "validate", "{t}/lut_zero.yaml"],
+                                       "{t}/tables/zero.json: lookup table file is a character device, not a regular file"),
+    "search-table-is-dev-zero": Case([*S, "{t}/lut_zero.yaml"], "{t}/tables/zero.json: lookup table file is a character device"),
+    "validate-table-is-fifo": Case(["profiles", "validate", "{t}/lut_fifo.yaml"],
+                                   "{t}/tables/fifo.json: lookup table file is a FIFO (named pipe), not a regular file"),
+    "search-profile-is-fifo": Case([*S, "{t}/fifo_profile.yaml"], "{t}/fifo_profile.yaml: hardware profile file is a FIFO"),
+    "cost-config-is-fifo": Case(["cost", "--config", "{t}/fifo_config.yaml", "--hw", "a100"],
+                                "{t}/fifo_config.yaml: file is a FIFO (named pipe), not a regular file"),
+    "cost-config-too-large": Case(["cost", "--config", "{t}/big_config.yaml", "--hw", "a100"],
+                                  "{t}/big_config.yaml: file is too large (68157440 bytes; at most 67108864 are read)"),
+    "cost-config-is-a-directory": Case(["cost", "--config", "{t}/cifar", "--hw", "a100"], "{t}/cifar: file is a directory"),
+    "search-checkpoint-is-fifo": Case([*S, "a100", "--checkpoint", "{t}/fifo.pt"], "--checkpoint {t}/fifo.pt: file is a FIFO"),
+    # checkpoints: empty, wrong layout, non-finite weights, refused pickle globals (named in full)
+    "search-empty-checkpoint": Case([*S, "a100", "--checkpoint", "{t}/empty.pt"],
+                                    "--checkpoint {t}/empty.pt: not a loadable state_dict (the file is empty)"),
+    "search-list-checkpoint": Case([*S, "a100", "--checkpoint", "{t}/list.pt"],
+                                   "--checkpoint {t}/list.pt: expected a state_dict (a mapping of names to tensors)"),
+    "search-nan-checkpoint": Case([*S, "a100", "--checkpoint", "{t}/nan.pt"],
+                                  "--checkpoint {t}/nan.pt: tensor 'conv1.weight' holds 1 non-finite value(s) (NaN or infinity)"),
+    "search-pickle-global": Case([*S, "a100", "--checkpoint", "{t}/evil.pt"],
+                                 f"--checkpoint {{t}}/evil.pt: not a loadable state_dict (refusing to load global "
+                                 f"{os.system.__module__}.system"),
+    "export-empty-checkpoint": Case(["export", "--run", "{t}/run_empty"],
+                                    "{t}/run_empty/checkpoint.pt: cannot read checkpoint (the file is empty)"),
+    "export-list-checkpoint": Case(["export", "--run", "{t}/run_list"],
+                                   "{t}/run_list/checkpoint.pt: expected a run checkpoint or a state_dict"),
+    "resume-checkpoint-without-phase": Case([*S, "a100", "--out", "{t}/run_nophase", "--resume"],
+                                            "{t}/run_nophase/checkpoint.pt: not a run checkpoint: missing phase, optim"),
+    # config.yaml: every field checked, named with its layer
+    "cost-config-batch-text": Case(["cost", "--config", "{t}/config_batch_abc.yaml", "--hw", "a100"],
+                                   "{t}/config_batch_abc.yaml: batch: expected an integer, got 'abc'"),
+    "cost-config-group-size-zero": Case(["cost", "--config", "{t}/config_group_size_zero.yaml", "--hw", "a100"],
+                                        "{t}/config_group_size_zero.yaml: group_size: expected 1..16777216, got 0"),
+    "cost-config-bits-scalar": Case(["cost", "--config", "{t}/config_bits_scalar.yaml", "--hw", "a100"],
+                                    "{t}/config_bits_scalar.yaml: bits: expected a list, got 5"),
+    "cost-config-bits-not-doubling": Case(["cost", "--config", "{t}/config_bits_not_doubling.yaml", "--hw", "a100"],
+                                          "bits: each bit width must double the previous one, got [2, 3, 8]"),
+    "cost-config-negative-batch": Case(["cost", "--config", "{t}/config_batch_negative.yaml", "--hw", "a100"],
+                                       "{t}/config_batch_negative.yaml: batch: expected 1..16777216, got -4"),
+    "cost-config-negative-channels": Case(["cost", "--config", "{t}/config_channels_negative.yaml", "--hw", "a100"],
+                                          "layers[0] (stem).shape.in_channels: expected 1..16777216, got -3"),
+    "cost-config-kept-over-out": Case(["cost", "--config", "{t}/config_kept_over_out.yaml", "--hw", "a100"],
+                                      "layers[0] (stem).kept_out_channels: expected 32 (out_channels 32 minus 0 pruned), got 40"),
+    "cost-config-pruned-out-of-range": Case(["cost", "--config", "{t}/config_pruned_out_of_range.yaml", "--hw", "a100"],
+                                            "layers[0] (stem).pruned_channels: expected channel indices in 0..31, got 32"),
+    "cost-config-empty-name": Case(["cost", "--config", "{t}/config_empty_name.yaml", "--hw", "a100"],
+                                   "{t}/config_empty_name.yaml: layers[0].name: string should have at least 1 character"),
+    "cost-config-duplicate-name": Case(["cost", "--config", "{t}/config_duplicate_name.yaml", "--hw", "a100"],
+                                       "layers[1] (stem).name: 'stem' is also the name of layers[0]"),
+    "cost-config-stride-text": Case(["cost", "--config", "{t}/config_stride_text.yaml", "--hw", "a100"],
+                                    "layers[0] (stem).shape.stride[1]: expected an integer, got '2'"),
 }
 #: commands that take --out (and TINY schedules): the directory must not appear
 WITH_OUT = ("search", "tune", "pareto")
@@ -164,7 +337,7 @@ WITH_OUT = ("search", "tune", "pareto")
 
 def _params():
     for name, case in CASES.items():
-        marks = []
+        marks = [pytest.mark.timeout(120)]  # a FIFO read would block forever
         yield pytest.param(name, case, id=name, marks=marks)
 
 

@@ -62,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = getattr(args, "on_interrupt", None) or ON_INTERRUPT.get(args.command)
         print(f"hwsbs {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+    except SystemExit as exc:  # no handler exits: user code (a model's forward, a plugin) called sys.exit
+        if debug:
+            raise
+        print(f"hwsbs {args.command}: error: user code (a --model or a cost-model plugin) called "
+              f"sys.exit({exc.code!r}) during the command", file=sys.stderr)
+        return 2
 
 
 def _one_line(exc: BaseException) -> str:

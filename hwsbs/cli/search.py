@@ -55,7 +55,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="SGD lr for pretraining and fine-tuning (default: %(default)s)")
     g.add_argument("--search-lr", type=float, default=d.search_lr, help="SGD lr for weights in the search (default: %(default)s)")
-    g.add_argument("--threshold-lr", type=float, default=d.threshold_lr, help="Adam lr for gate thresholds (default: %(default)s)")
+    g.add_argument("--threshold-lr", type=float, default=d.threshold_lr, help="SGD lr for gate thresholds, in units of the cost gradient's RMS (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="seeds every random source (default: %(default)s)")
@@ -116,6 +116,11 @@ def print_summary(result: SearchResult) -> None:
         f"full precision: acc {a['full_precision']:.4f}, cost {c['full_precision']:.4g} {result.unit} | "
         f"uniform 8-bit: cost {c['uniform_8bit']:.4g} {result.unit}"
     )
+    b = result.budget
+    if b is not None and not b["met"]:
+        why = (f"unreachable: the cheapest configuration of this search space costs {b['floor']:.4g} {result.unit}"
+               if not b["reachable"] else "missed")
+        console.print(f"[bold yellow]budget {b['target']:.4g} {result.unit} not met ({why})[/]")
     console.print(f"artefacts: {result.run_dir}/ (result.json, config.yaml, layers.png)")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from hwsbs.checked_io import DATA_LIMIT, open_checked
 from hwsbs.errors import DataError
 
 __all__ = ["load_plain_pickle"]
@@ -56,12 +57,13 @@ def load_plain_pickle(path: str | Path) -> Any:
         The unpickled object (strings written by Python 2 come back as ``bytes``).
 
     Raises:
-        DataError: the file is missing or unreadable, is not a pickle, or references any global
-            other than numpy's array reconstruction.
+        DataError: the file is missing, unreadable, not a regular file (a FIFO, a device) or
+            larger than ``DATA_LIMIT``, is not a pickle, or references any global other than
+            numpy's array reconstruction.
     """
     path = Path(path)
     try:
-        with path.open("rb") as fh:
+        with open_checked(path, "file", DATA_LIMIT, DataError) as fh:
             return _RestrictedUnpickler(fh, path).load()
     except DataError:
         raise

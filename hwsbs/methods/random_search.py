@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from hwsbs.errors import ConfigError
-from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
+from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import SearchSpace
 from hwsbs.sbs.derive import apply_config
 
@@ -60,23 +60,8 @@ def max_pruned_groups(layer) -> int:
 
 
 def candidate_config(ctx: MethodContext, cand: Candidate) -> CompressionConfig:
-    """The configuration a candidate stands for (derive_config's channel rules, from given choices)."""
-    space = ctx.space
-    pruned_ch: dict[str, list[int]] = {}
-    for name, layer in space.layers():
-        gs = layer.group_size
-        pruned_ch[name] = [c for g in sorted(cand.pruned.get(name, []))
-                           for c in range(g * gs, min((g + 1) * gs, space.shapes[name].out_channels))]
-    source = space.kept_in_source()
-    passthrough = {p for g in space.groups for p in g.passthrough}
-    decisions = []
-    for name, layer in space.layers():
-        shape = space.shapes[name]
-        w, a = (layer.fixed_w_bits, layer.fixed_a_bits) if layer.pinned else cand.bits[name]
-        kept_in = shape.in_channels - len(pruned_ch[source[name]]) if name in source else None
-        own = pruned_ch[source[name]] if name in passthrough else pruned_ch[name]
-        decisions.append(LayerDecision(shape, w, a, list(own), kept_in))
-    return ctx.make_config(decisions)
+    """The configuration a candidate stands for (the search space's channel-coupling rule)."""
+    return ctx.make_config(ctx.space.decisions(cand.bits, cand.pruned))
 
 
 def resolve_budget(ctx: MethodContext) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.derive import derive_config
 from hwsbs.sbs.engine import SearchEngine
+from hwsbs.sbs.steady_state import choice_to_config, fit_to_budget, price_choice, steady_choice
 
 from .base import MethodContext, register_method
 
@@ -13,7 +14,7 @@ __all__ = ["sbs"]
 
 @register_method("sbs", prunes=True, description="Single-path Bit Sharing: gates choose bits and pruned groups")
 def sbs(ctx: MethodContext) -> CompressionConfig:
-    """Train weights, clipping values and gate thresholds jointly, then read the gates."""
+    """Train weights, clipping values and gate thresholds jointly, then read the steady state."""
     cfg = ctx.config
     engine = SearchEngine(ctx.space, ctx.objectives, cfg.lam, cfg.search_lr, cfg.threshold_lr, cfg.weight_decay, cfg.cost_batch)
     if ctx.resume_state is not None:
@@ -22,9 +23,31 @@ def sbs(ctx: MethodContext) -> CompressionConfig:
     unit = ctx.objectives[0].cost_model.unit
     ctx.progress.start("search", cfg.search_epochs * steps, ctx.resume_epoch * steps)
     for epoch in range(ctx.resume_epoch, cfg.search_epochs):
+        engine.recorder.start_epoch(epoch)
         stats: dict[str, float] = {}
         for x, y in ctx.train_loader("search", epoch):
             stats = engine.step(x.to(ctx.device), y.to(ctx.device), f"search epoch {epoch + 1}")
             ctx.progress.update(loss=stats["loss"], acc=stats["acc"], cost=f"{stats['cost']:.3g} {unit}")
         ctx.save_state(epoch + 1, {"engine": engine.state_dict()}, stats)
-    return derive_config(ctx.space, ctx.model_name, ctx.dataset, list(cfg.bits), cfg.group_size, cfg.cost_batch)
+    return steady_config(ctx, engine)
+
+
+def steady_config(ctx: MethodContext, engine: SearchEngine) -> CompressionConfig:
+    """The last epoch's most frequent configuration, within the budget when there is one."""
+    objective = ctx.objectives[0]
+    batch = ctx.config.cost_batch
+
+    def price(choice) -> float:
+        return price_choice(ctx.space, choice, objective.cost_model, batch)
+
+    choice = steady_choice(engine.recorder.counts, price, objective.target)
+    if choice is None and engine.recorder.counts:  # none of them fits: lower the most frequent one
+        start = steady_choice(engine.recorder.counts, price, None)
+        assert start is not None
+        choice, moves = fit_to_budget(ctx.space, start, price, float(objective.target))
+        ctx.progress.log(f"no configuration of the last search epoch fits the budget; lowered the most "
+                         f"frequent one by {moves} step(s) to {price(choice):.4g} {objective.cost_model.unit}")
+    if choice is None:  # no search step ran (zero search epochs): the gates as they stand
+        cfg = ctx.config
+        return derive_config(ctx.space, ctx.model_name, ctx.dataset, list(cfg.bits), cfg.group_size, batch)
+    return choice_to_config(ctx.space, choice, ctx.make_config)

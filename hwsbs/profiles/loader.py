@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import ValidationError
 
 import hardware_profiles
-from hwsbs.errors import ProfileError
+from hwsbs.checked_io import checked_file
+from hwsbs.errors import ConfigError, ProfileError
 
 from .errors_format import format_validation_error
 from .lut_table import LookupTable, load_lookup_table
@@ -37,14 +38,13 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     """A profile file for a built-in name (``a100``) or a path (``profiles/a100.yaml``).
 
     Raises:
-        ProfileError: neither an existing file nor a built-in name.
+        ProfileError: neither an existing file nor a built-in name, or a path that is not a
+            regular file of at most ``TEXT_LIMIT`` bytes (a FIFO, a device, a directory).
     """
     text = str(name_or_path)
     path = Path(text)
     if path.suffix in {".yaml", ".yml"} or "/" in text or "\\" in text:
-        if path.is_file():
-            return path
-        raise ProfileError(f"{text}: hardware profile file not found")
+        return checked_file(path, "hardware profile file", error=ProfileError, label=text)
     builtin = BUILTIN_DIR / f"{text}.yaml"
     if builtin.is_file():
         return builtin
@@ -82,10 +82,10 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """
     path = resolve_profile_path(name_or_path)
     try:
-        data = load_yaml(path)
+        data = load_yaml(path, what="hardware profile file", error=ProfileError)
     except ProfileError:
         raise
-    except Exception as exc:  # ConfigError from YAML parsing -> a ProfileError for the same file
+    except ConfigError as exc:  # YAML parsing -> a ProfileError for the same file
         raise ProfileError(str(exc)) from None
     return validate_profile_data(data, str(path), path)
 

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from hwsbs.checked_io import TEXT_LIMIT, read_checked_json
 from hwsbs.errors import ConfigError, ProfileError
 
 from .cost_params import StrictModel
@@ -24,17 +25,21 @@ __all__ = ["LUT_FORMAT", "LutEntry", "LookupTable", "load_lookup_table", "save_l
 
 #: Format tag written at the top of every table file.
 LUT_FORMAT = "hwsbs-lut/1"
+#: Largest channel count or batch a table entry may name (2**24).
+MAX_COUNT = 1 << 24
 
 
 class LutEntry(StrictModel):
     """One measured layer latency."""
 
+    model_config = ConfigDict(allow_inf_nan=False)  # inf and nan are no latencies
+
     signature: str = Field(min_length=1, description="LayerShape.signature of the measured layer.")
     w_bits: int = Field(ge=1, le=32, description="Weight bits the layer ran at (32 = float).")
     a_bits: int = Field(ge=1, le=32, description="Input-activation bits the layer ran at (32 = float).")
-    kept_in: int = Field(gt=0, description="Input channels the measured layer had.")
-    kept_out: int = Field(gt=0, description="Output channels the measured layer had.")
-    batch: int = Field(default=1, gt=0, description="Batch size of the measurement.")
+    kept_in: int = Field(gt=0, le=MAX_COUNT, description="Input channels the measured layer had.")
+    kept_out: int = Field(gt=0, le=MAX_COUNT, description="Output channels the measured layer had.")
+    batch: int = Field(default=1, gt=0, le=MAX_COUNT, description="Batch size of the measurement.")
     mean_s: float = Field(gt=0, description="Mean (or median) latency in seconds.")
     std_s: float = Field(default=0.0, ge=0, description="Spread of the latency (standard deviation) in seconds.")
 
@@ -66,18 +71,14 @@ class LookupTable(StrictModel):
 
 
 def _read_table_data(path: Path) -> Any:
-    if path.suffix == ".json":
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ProfileError(f"{path}: lookup table file not found") from None
-        except (OSError, ValueError) as exc:
-            raise ProfileError(f"{path}: cannot read lookup table: {exc}") from None
-    if not path.is_file():
-        raise ProfileError(f"{path}: lookup table file not found")
+    """The parsed table file: a regular file of at most TEXT_LIMIT bytes, JSON or YAML by suffix."""
     try:
-        return load_yaml(path)
-    except ConfigError as exc:
+        if path.suffix == ".json":
+            return read_checked_json(path, "lookup table file", TEXT_LIMIT, ProfileError)
+        return load_yaml(path, what="lookup table file", error=ProfileError)
+    except ProfileError:
+        raise
+    except ConfigError as exc:  # a YAML syntax error
         raise ProfileError(str(exc)) from None
 
 

@@ -1,23 +1,29 @@
 """Hardware profile schema (pydantic v2): what a device executes, how fast, and how to cost it.
 
 Units are in field names (``_hz``, ``_bytes_per_s``, ``_bytes``, ``_pj``, ``_s``). Every class
-forbids unknown keys, so a misspelled field is an error rather than a silently ignored default.
+forbids unknown keys, so a misspelled field is an error rather than a silently ignored default,
+and every number must be finite: ``.inf``, ``.nan`` and literals such as ``1.0e400`` (which
+parse as infinity) are refused with the field named.
 The JSON Schema exported from here is committed as ``hardware_profiles/schema.json``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Discriminator,
     Field,
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
     Tag,
+    field_validator,
     model_validator,
 )
 
@@ -65,7 +71,21 @@ FLOAT_BITS = 32
 Bits = Annotated[int, Field(ge=1, le=FLOAT_BITS)]
 
 
-class PrecisionEntry(StrictModel):
+class _FiniteModel(StrictModel):
+    """A profile class whose float fields refuse infinity and NaN (merged with StrictModel's config)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+def _check_finite_params(params: BaseModel) -> BaseModel:
+    """Raise ValueError naming the first non-finite number among a cost model's parameters."""
+    for key, value in params:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key}: expected a finite number, got {value}")
+    return params
+
+
+class PrecisionEntry(_FiniteModel):
     """A (w_bits, a_bits) pair the device executes natively, and how fast."""
 
     w_bits: Bits = Field(description="Weight bits of this execution path (32 = FP32).")
@@ -83,7 +103,7 @@ class PrecisionEntry(StrictModel):
     )
 
 
-class MemoryLevel(StrictModel):
+class MemoryLevel(_FiniteModel):
     """One memory the device reads layers' operands from."""
 
     name: str = Field(min_length=1, description="Short name, e.g. 'hbm3' or 'dram'.")
@@ -91,21 +111,21 @@ class MemoryLevel(StrictModel):
     size_bytes: PositiveInt | None = Field(default=None, description="Capacity in bytes (informational).")
 
 
-class BufferSpec(StrictModel):
+class BufferSpec(_FiniteModel):
     """An on-chip buffer of an accelerator (sizes bound how a layer is tiled)."""
 
     name: str = Field(min_length=1, description="What the buffer holds, e.g. 'weights'.")
     size_bytes: PositiveInt = Field(description="Capacity in bytes.")
 
 
-class Efficiency(StrictModel):
+class Efficiency(_FiniteModel):
     """Achievable fractions of the peaks (1.0 = the datasheet peak, an upper bound)."""
 
     compute: Fraction = Field(default=1.0, description="Achieved / peak arithmetic throughput.")
     memory: Fraction = Field(default=1.0, description="Achieved / peak memory bandwidth.")
 
 
-class ArraySpec(StrictModel):
+class ArraySpec(_FiniteModel):
     """A bit-serial or bit-fusion accelerator's compute array (each model reads the fields it needs)."""
 
     d_m: PositiveInt | None = Field(
@@ -134,7 +154,7 @@ class ArraySpec(StrictModel):
         return self
 
 
-class EnergyFigures(StrictModel):
+class EnergyFigures(_FiniteModel):
     """Energy per operation and per 64-bit access, in picojoules (e.g. Horowitz, ISSCC 2014, 45 nm)."""
 
     int8_add_pj: PositiveFloat = Field(description="8-bit integer add.")
@@ -160,7 +180,7 @@ LookupTableRef = Annotated[
 ]
 
 
-class HardwareProfile(StrictModel):
+class HardwareProfile(_FiniteModel):
     """What a device is, which precisions it executes at what speed, and how to cost a layer on it."""
 
     schema_version: Literal[1] = Field(description="Profile schema version; bump on breaking changes.")
@@ -204,6 +224,12 @@ class HardwareProfile(StrictModel):
 
     # The file the profile was loaded from; relative table paths resolve against it.
     _source_path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("cost_model")
+    @classmethod
+    def _finite_cost_model(cls, value: BaseModel) -> BaseModel:
+        # the parameter classes live in cost_params.py; their overheads must be finite too
+        return _check_finite_params(value)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> HardwareProfile:

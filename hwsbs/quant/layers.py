@@ -7,10 +7,17 @@ A layer is in one of two modes:
   gate per group of output channels is the 0-bit option.
 * ``fixed``: a given (w_bits, a_bits), 32 meaning float; used for fine-tuning and baselines.
 
-Thresholds are learned in units of their statistic's value at calibration *(hwsbs)*: the weight
-residual at 4 bits is ~0.017 while a channel group's mean |w| is ~0.8, so a single threshold
-learning rate and temperature suit every gate. The surrogate is then
-``dg/dtheta = -sigma'((A/A0 - theta)/tau)/tau``, the paper's formula in those units.
+Thresholds are learned in normalised units *(hwsbs)*, so one learning rate and temperature suit
+every gate: a bit gate's statistic is its residual divided by its value at calibration (starts at
+1, threshold at 0), and a pruning gate's statistic is the group's mean |w| standardised over the
+layer's groups at calibration (``(m_c / mean - 1) / spread``, spread ~N(0, 1), so groups are
+``tau``-separated and cross the threshold one after another, not all on one step). The surrogate
+is the paper's formula in those units: ``dg/dtheta = -sigma'((A - theta)/tau)/tau``.
+
+Pruning gates act where the loss sees them *(hwsbs, method section 3)*: the producer computes its
+group gates, and the consumer multiplies the channels it reads (after the producer's batch-norm
+and activation, and any depthwise layers between) by them. A pruned channel is exactly zero, so
+the search model computes what the physically pruned model computes.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from .quantizer import quantize, step_size
 __all__ = ["SBSLayerMixin", "SBSConv2d", "SBSLinear", "sbs_layers"]
 
 _EMA_MOMENTUM = 0.1  # running mean of per-batch activation residuals (method section 2)
+# Thresholds stay within this many temperatures of their statistics: a gate far past its
+# statistic has no surrogate gradient left, so its decision could never be reversed.
+THRESHOLD_MARGIN_TAU = 3.0
 _MIN_CLIP = 1e-3  # clipping values stay positive so the normalisation never divides by ~0
 _EPS = 1e-8
 
@@ -71,11 +81,21 @@ class SBSLayerMixin:
         self.register_buffer("w_scale", torch.ones(k - 1))  # weight residual norms at calibration
         self.register_buffer("a_scale", torch.ones(k - 1))  # activation residual norms at calibration
         self.register_buffer("p_scale", torch.ones(()))  # mean group |w| at calibration
+        self.register_buffer("p_spread", torch.ones(()))  # std of group |w| / p_scale at calibration
         self.register_buffer("a_residual_ema", torch.zeros(k - 1))  # running activation residuals
         # Gates of the latest forward, read by the cost term (differentiable w.r.t. thresholds).
         self.last_w_gates: Tensor | None = None  # one 0/1 gate per bit width above the lowest
         self.last_a_gates: Tensor | None = None
         self.last_p_gates: Tensor | None = None
+        # Surrogate probabilities sigma((A - theta)/tau) of the latest gates (detached), for the
+        # cost term's expected flip differences where the cost is flat at the hard state.
+        self.last_w_probs: Tensor | None = None
+        self.last_a_probs: Tensor | None = None
+        # The producer whose pruning gates mask this layer's input channels, and the one whose
+        # gates remove its output rows (itself when prunable; the producer for a depthwise layer
+        # in between). Not submodules: kept out of state_dict and named_modules. Set by conversion.
+        self.__dict__["mask_source"] = None
+        self.__dict__["row_source"] = None
 
     # ---------------------------------------------------------------- groups
     @property
@@ -113,15 +133,54 @@ class SBSLayerMixin:
         self.w_scale.copy_(w_stats.clamp_min(_EPS))
         self.a_scale.copy_(a_stats.clamp_min(_EPS))
         self.a_residual_ema.copy_(a_stats.clamp_min(_EPS))
-        self.p_scale.fill_(max(float(self._group_norms(w_std).mean()), _EPS))
+        norms = self._group_norms(w_std)
+        self.p_scale.fill_(max(float(norms.mean()), _EPS))
+        spread = float((norms / self.p_scale).std()) if norms.numel() > 1 else 1.0
+        self.p_spread.fill_(max(spread, 1e-3))
+        # Every group starts kept, the threshold one temperature below the weakest group.
+        self.p_theta.fill_(float(self.pruning_statistics().min()) - self.tau)
         self.calibrated.fill_(True)
 
     # ---------------------------------------------------------------- normalisation
     @staticmethod
-    def _standardise(w: Tensor) -> tuple[Tensor, Tensor]:
-        std = w.std() if w.numel() > 1 else w.abs().mean()
-        std = std + _EPS
-        return (w - w.mean()) / std, std
+    def _standardise(w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(w - mean) / std``; with a 0/1 ``mask`` the moments are those of the kept entries.
+
+        The moments are reduced in float64 and rounded once, so a masked tensor and the same
+        entries sliced out of it (the physically pruned layer) get bit-identical moments.
+        """
+        w64 = w.double()
+        if mask is None:
+            mean = w64.mean()
+            std = w64.std() if w.numel() > 1 else w64.abs().mean()
+        else:
+            m64 = mask.double()
+            n = m64.sum().clamp_min(2.0)
+            mean = (w64 * m64).sum() / n
+            std = (((w64 - mean) * m64).pow(2).sum() / (n - 1)).sqrt()
+        std = std.to(w.dtype) + _EPS
+        return (w - mean.to(w.dtype)) / std, std
+
+    def _kept_weight_mask(self) -> Tensor | None:
+        """0/1 over the weight: the rows and input columns the physically pruned layer keeps.
+
+        Standardising over these alone makes the search layer quantise exactly as the pruned
+        layer will (same mean and std), so the search model is the pruned model.
+        """
+        mask = None
+        row_source: SBSLayerMixin | None = self if self.searches_pruning else self.__dict__.get("row_source")
+        rows = row_source.kept_channel_mask() if row_source is not None else None
+        if rows is not None:
+            mask = rows.view(-1, *([1] * (self.weight.dim() - 1))).expand_as(self.weight)
+        col_source: SBSLayerMixin | None = self.__dict__.get("mask_source")
+        cols = col_source.kept_channel_mask() if col_source is not None else None
+        if cols is not None and self.weight.shape[1] == cols.numel():
+            col_mask = cols.view(1, -1, *([1] * (self.weight.dim() - 2))).expand_as(self.weight)
+            mask = col_mask if mask is None else mask * col_mask
+        return mask
+
+    def _search_standardised(self) -> tuple[Tensor, Tensor]:
+        return self._standardise(self.weight, self._kept_weight_mask())
 
     def _weight_clip(self) -> Tensor:
         return _grad_scale(self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1)))
@@ -146,41 +205,74 @@ class SBSLayerMixin:
 
     # ---------------------------------------------------------------- quantisers
     def quantized_weight(self) -> Tensor:
-        """The weight the layer computes with in its current mode (pruning gates applied)."""
+        """The weight the layer computes with in its current mode."""
         searching = self.mode == "search" and not self.pinned
         w_bits = self.fixed_w_bits
         if not searching and w_bits >= FULL_PRECISION_BITS:
-            self.last_p_gates = None
             return self.weight
-        w_std, std = self._standardise(self.weight)
+        w_std, std = self._search_standardised() if self.mode == "search" else self._standardise(self.weight)
         z = self._normalise_weight(w_std)
         if searching and self.search_weight_bits:
             stats, grids = lower_grid_residuals(z, self.bits)
-            gates = threshold_gate(stats / self.w_scale, self.w_theta, self.tau)
+            rel = stats / self.w_scale
+            gates = threshold_gate(rel, self.w_theta, self.tau)
             self.last_w_gates = gates
+            self.last_w_probs = torch.sigmoid((rel - self.w_theta.detach()) / self.tau)
             z_hat = gated_quantize(z, gates, self.bits, grids)
         else:
             z_hat = quantize(z, step_size(w_bits))
-        w_q = std * self._weight_clip() * (2.0 * z_hat - 1.0)
-        if searching and self.prunable:
-            stats = self._group_norms(w_std) / self.p_scale
-            g = threshold_gate(stats, self.p_theta, self.tau)
-            self.last_p_gates = g
-            w_q = w_q * self._expand_groups(g).view(-1, *([1] * (w_q.dim() - 1)))
-        else:
-            self.last_p_gates = None
-        return w_q
+        return std * self._weight_clip() * (2.0 * z_hat - 1.0)
 
     def _expand_groups(self, g: Tensor) -> Tensor:
         return g.repeat_interleave(self.group_size)[: self.weight.shape[0]]
 
-    def gated_bias(self) -> Tensor | None:
-        if self.bias is None or self.last_p_gates is None:
-            return self.bias
-        return self.bias * self._expand_groups(self.last_p_gates)
+    @property
+    def searches_pruning(self) -> bool:
+        """True while this layer's output channel groups carry live pruning gates."""
+        return self.prunable and self.mode == "search" and not self.pinned
+
+    def pruning_statistics(self) -> Tensor:
+        """Each group's mean |standardised w|, standardised over the groups at calibration."""
+        norms = self._group_norms(self._standardise(self.weight)[0])
+        return (norms / self.p_scale - 1.0) / self.p_spread
+
+    @torch.no_grad()
+    def kept_channel_mask(self) -> Tensor | None:
+        """1.0 for every output channel the pruning gates keep now, 0.0 for pruned ones."""
+        if not self.searches_pruning:
+            return None
+        keep = (self.pruning_statistics() > self.p_theta).to(self.weight.dtype)
+        return self._expand_groups(keep)
+
+    def channel_gates(self) -> Tensor | None:
+        """This producer's pruning gates, one per output channel (None when it does not prune).
+
+        Called by the consumer that reads the channels; the group gates are kept for the cost term.
+        """
+        if not self.searches_pruning:
+            self.last_p_gates = None
+            return None
+        g = threshold_gate(self.pruning_statistics(), self.p_theta, self.tau)
+        self.last_p_gates = g
+        return self._expand_groups(g)
+
+    def _mask_input(self, x: Tensor) -> Tensor:
+        """Zero the input channels whose producer group is pruned (channels: dim 1, or last for Linear)."""
+        source: SBSLayerMixin | None = self.__dict__.get("mask_source")
+        if source is None:
+            return x
+        mask = source.channel_gates()
+        if mask is None:
+            return x
+        if isinstance(self, nn.Linear):
+            return x * mask.to(x.dtype)
+        return x * mask.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
 
     def quantized_input(self, x: Tensor) -> Tensor:
-        """The input activation as the layer sees it in its current mode."""
+        """The input activation as the layer sees it in its current mode (pruned channels zero)."""
+        return self._mask_input(self._quantize_input(x))
+
+    def _quantize_input(self, x: Tensor) -> Tensor:
         searching = self.mode == "search" and not self.pinned
         if not searching and self.fixed_a_bits >= FULL_PRECISION_BITS:
             return x
@@ -193,8 +285,10 @@ class SBSLayerMixin:
                     self.a_residual_ema.lerp_(batch_stats, _EMA_MOMENTUM)
             else:
                 batch_stats = self.a_residual_ema
-            gates = threshold_gate(batch_stats / self.a_scale, self.a_theta, self.tau)
+            rel = batch_stats / self.a_scale
+            gates = threshold_gate(rel, self.a_theta, self.tau)
             self.last_a_gates = gates
+            self.last_a_probs = torch.sigmoid((rel - self.a_theta.detach()) / self.tau)
             z_hat = gated_quantize(z, gates, self.bits)
         else:
             z_hat = quantize(z, step_size(self.fixed_a_bits))
@@ -226,7 +320,7 @@ class SBSLayerMixin:
         """(w_bits, a_bits) the gates select now (activation choice from the running mean)."""
         if self.mode != "search" or self.pinned:
             return self.fixed_w_bits, self.fixed_a_bits
-        w_std, _ = self._standardise(self.weight)
+        w_std, _ = self._search_standardised()
         if self.search_weight_bits:
             stats, _ = lower_grid_residuals(self._normalise_weight(w_std), self.bits)
             w_rel = (stats / self.w_scale).tolist()
@@ -240,9 +334,9 @@ class SBSLayerMixin:
     @torch.no_grad()
     def pruned_groups(self) -> list[int]:
         """Indices of the channel groups whose pruning gate is closed."""
-        if not (self.prunable and self.mode == "search" and not self.pinned):
+        if not self.searches_pruning:
             return []
-        stats = self._group_norms(self._standardise(self.weight)[0]) / self.p_scale
+        stats = self.pruning_statistics()
         return [i for i, s in enumerate(stats.tolist()) if not s > float(self.p_theta)]
 
     def pruned_channels(self) -> list[int]:
@@ -250,20 +344,25 @@ class SBSLayerMixin:
 
     @torch.no_grad()
     def clamp_parameters(self) -> None:
-        """Keep thresholds >= 0, clipping values > 0, and pruning under its cap (method 2-3)."""
+        """Keep thresholds >= 0 and within reach of their statistics, clipping values > 0, and
+        pruning under its cap (method 2-3). Runs on the device: no value is read back."""
+        margin = THRESHOLD_MARGIN_TAU * self.tau
         self.w_theta.clamp_(min=0.0)
         self.a_theta.clamp_(min=0.0)
         self.weight_clip.clamp_(min=_MIN_CLIP)
         self.act_clip.clamp_(min=_MIN_CLIP)
-        self.p_theta.clamp_(min=0.0)
+        if self.mode == "search" and not self.pinned:
+            w_stats, _ = lower_grid_residuals(self._normalise_weight(self._search_standardised()[0]), self.bits)
+            self.w_theta.copy_(torch.minimum(self.w_theta, w_stats / self.w_scale + margin))
+            self.a_theta.copy_(torch.minimum(self.a_theta, self.a_residual_ema / self.a_scale + margin))
         if self.prunable:
-            stats = torch.sort(self._group_norms(self._standardise(self.weight)[0]) / self.p_scale).values
+            stats = torch.sort(self.pruning_statistics()).values
             max_pruned = int(math.floor(self.max_prune_fraction * self.num_groups + 1e-9))
             max_pruned = min(max_pruned, self.num_groups - 1)  # never prune a whole layer
-            # Groups with stat <= theta are pruned: keep theta below the (max_pruned+1)-th smallest.
-            # (on the device: reading the value back would stall a GPU once per layer and step)
-            ceiling = (stats[max_pruned] * (1.0 - 1e-6)).clamp_min(0.0)
-            self.p_theta.copy_(torch.minimum(self.p_theta, ceiling))
+            # Groups with stat <= theta are pruned: keep theta below the (max_pruned+1)-th smallest,
+            # and no further than the margin below the weakest group.
+            ceiling = stats[max_pruned] - 1e-6 * stats[max_pruned].abs().clamp_min(1.0)
+            self.p_theta.copy_(torch.maximum(torch.minimum(self.p_theta, ceiling), stats[0] - margin))
 
     def set_fixed(self, w_bits: int, a_bits: int) -> None:
         """Switch to fixed mode with the given bit widths (32 = float)."""
@@ -271,9 +370,9 @@ class SBSLayerMixin:
         self.fixed_w_bits = int(w_bits)
         self.fixed_a_bits = int(a_bits)
 
-    def threshold_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """Thresholds by gate family, for the alternating updates (weights+pruning vs activations)."""
-        return {"weight": [self.w_theta, self.p_theta], "activation": [self.a_theta]}
+    def threshold_parameters(self) -> dict[str, nn.Parameter]:
+        """Thresholds by gate kind: ``w`` (weight bits), ``p`` (pruning), ``a`` (activation bits)."""
+        return {"w": self.w_theta, "p": self.p_theta, "a": self.a_theta}
 
     def extra_repr(self) -> str:  # type: ignore[override]
         base = super().extra_repr()  # type: ignore[misc]
@@ -322,7 +421,7 @@ class SBSConv2d(SBSLayerMixin, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         self._maybe_calibrate(x)
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.gated_bias())
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
 class SBSLinear(SBSLayerMixin, nn.Linear):
@@ -341,7 +440,7 @@ class SBSLinear(SBSLayerMixin, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         self._maybe_calibrate(x)
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.gated_bias())
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
 def sbs_layers(model: nn.Module) -> list[tuple[str, SBSLayerMixin]]:

@@ -2,21 +2,36 @@
 
 Shapes travel with the decisions so that ``hwsbs cost`` can cost a configuration on any profile
 without the model, and so a config can be checked against a model before fine-tuning it.
+
+:func:`load_config` validates a file completely before anything uses it: field types (integers
+are integers, not ``"3"`` or ``true``), ranges (bits 1..32, channel counts, sizes, strides,
+``group_size`` and ``batch`` 1..2**24), candidate ``bits`` that double (2, 4, 8), unknown or
+missing fields, layer names that are empty or repeated, pruned channel indices outside the layer
+or repeated, kept channel counts that contradict the shape, and groups that do not divide the
+channels. Every problem is a :class:`ConfigError` naming the file, the layer and the field.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from cost_models.base import FULL_PRECISION_BITS, CostModel, LayerShape, LayerState
 from hwsbs.errors import ConfigError
+from hwsbs.profiles.errors_format import format_loc
 from hwsbs.profiles.yaml_io import dump_yaml, load_yaml
 
 __all__ = ["CONFIG_FORMAT", "LayerDecision", "CompressionConfig", "save_config", "load_config"]
 
 CONFIG_FORMAT = "hwsbs-config/1"
+#: Largest channel count, spatial size, kernel, stride, group size or batch a config may hold (2**24).
+MAX_COUNT = 1 << 24
+#: Widest candidate bit width a search uses (``hwsbs search --bits``).
+MAX_SEARCH_BITS = 16
 
 
 @dataclass
@@ -118,81 +133,196 @@ def save_config(config: CompressionConfig, path: str | Path) -> None:
     dump_yaml(data, path)
 
 
-def _require(mapping: dict, key: str, typ: type | tuple[type, ...], where: str) -> Any:
-    if key not in mapping:
-        raise ConfigError(f"{where}: missing field {key!r}")
-    value = mapping[key]
-    if not isinstance(value, typ) or isinstance(value, bool):
-        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        raise ConfigError(f"{where}.{key}: expected {names}, got {value!r}")
-    return value
+def _in_range(lo: int, hi: int) -> Callable[[int], int]:
+    """A validator accepting ``lo..hi`` (its message is what users read: ``expected 1..32, got 64``)."""
+
+    def check(value: int) -> int:
+        if not lo <= value <= hi:
+            raise ValueError(f"expected {lo}..{hi}, got {value}")
+        return value
+
+    return check
 
 
-def _pair(mapping: dict, key: str, where: str) -> tuple[int, int]:
-    value = _require(mapping, key, list, where)
-    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
-        raise ConfigError(f"{where}.{key}: expected two positive integers, got {value!r}")
-    return (value[0], value[1])
+_Bits = Annotated[int, Strict(), AfterValidator(_in_range(1, FULL_PRECISION_BITS))]
+_Count = Annotated[int, Strict(), AfterValidator(_in_range(1, MAX_COUNT))]
+_Index = Annotated[int, Strict(), AfterValidator(_in_range(0, MAX_COUNT - 1))]
+_Pair = tuple[_Count, _Count]
+_Name = Annotated[str, Strict(), Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    """Base of the file models: unknown keys are errors, floats must be finite."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _ShapeFile(_Strict):
+    """A layer's ``shape:`` block (a :class:`LayerShape`)."""
+
+    kind: Literal["conv", "linear"]
+    in_channels: _Count
+    out_channels: _Count
+    kernel_size: _Pair
+    stride: _Pair
+    groups: _Count
+    in_size: _Pair
+    out_size: _Pair
+
+
+class _LayerFile(_Strict):
+    """One entry of ``layers:`` (a :class:`LayerDecision`)."""
+
+    name: _Name
+    shape: _ShapeFile  # before the bits: a layer without its shape is reported as such
+    w_bits: _Bits
+    a_bits: _Bits
+    out_channels: _Count | None = None
+    kept_out_channels: _Count | None = None
+    kept_in_channels: _Count | None = None
+    pruned_channels: list[_Index] | None = None
+
+
+class _ConfigFile(_Strict):
+    """The whole file (a :class:`CompressionConfig`)."""
+
+    format: Literal["hwsbs-config/1"]
+    model: Annotated[str, Strict()] | None = ""
+    dataset: Annotated[str, Strict()] | None = ""
+    bits: list[Annotated[int, Strict(), AfterValidator(_in_range(1, MAX_SEARCH_BITS))]] = Field(
+        default_factory=lambda: [2, 4, 8], min_length=1)
+    group_size: _Count = 4
+    batch: _Count = 1
+    layers: list[_LayerFile] = Field(min_length=1)
+
+
+def _shown(value: Any) -> str:
+    """The offending value in a message, if it is short."""
+    text = repr(value)
+    return f", got {text}" if isinstance(value, str | int | float | bool | type(None)) and len(text) <= 40 else ""
+
+
+def _where(src: str, data: dict, loc: tuple[Any, ...]) -> str:
+    """``FILE: layers[3] (layer1.conv2).shape.stride[0]`` for a pydantic location."""
+    if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
+        raw = data.get("layers")
+        entry = raw[loc[1]] if isinstance(raw, list) and loc[1] < len(raw) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        head = f"layers[{loc[1]}]" + (f" ({name})" if isinstance(name, str) and name else "")
+        rest = format_loc(loc[2:]) if loc[2:] else ""
+        return f"{src}: {head}" + (("" if rest.startswith("[") else ".") + rest if rest else "")
+    return f"{src}: {format_loc(loc)}"
+
+
+_TYPE_WORDS = {"int_type": "expected an integer", "string_type": "expected a string", "list_type": "expected a list",
+               "tuple_type": "expected a list of two integers", "model_type": "expected a mapping",
+               "model_attributes_type": "expected a mapping", "dict_type": "expected a mapping"}
+_LENGTH_WORDS = {"layers": "expected at least one layer", "bits": "expected at least one bit width"}
+
+
+def _problem(loc: tuple[Any, ...], err: Any) -> str:
+    """What is wrong with one field, worded for someone editing the YAML file."""
+    kind, value = err["type"], err.get("input")
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    if kind in _TYPE_WORDS:
+        return _TYPE_WORDS[kind] + _shown(value)
+    if kind == "literal_error":
+        return "expected " + str(err["ctx"]["expected"]) + _shown(value)
+    if kind in ("too_short", "too_long"):
+        return _LENGTH_WORDS.get(str(loc[-1]), "expected a list of two integers")
+    return str(err["msg"]) + _shown(value)
+
+
+def _format_error(src: str, data: dict, exc: ValidationError) -> str:
+    """One line: the file, the first bad field (with its layer's name) and the problem."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if err["type"] == "missing":
+        return f"{_where(src, data, loc[:-1]) if loc[:-1] else src}: missing field {loc[-1]!r}{more}"
+    if err["type"] == "extra_forbidden":
+        return f"{_where(src, data, loc)}: unknown field (misspelled?){more}"
+    msg = _problem(loc, err)
+    return f"{_where(src, data, loc)}: {msg[0].lower() + msg[1:]}{more}"
+
+
+def _check_bits(src: str, bits: list[int]) -> None:
+    for lo, hi in zip(bits, bits[1:]):
+        if hi != 2 * lo:
+            raise ConfigError(f"{src}: bits: each bit width must double the previous one, got {bits}")
+
+
+def _check_shape(where: str, shape: _ShapeFile) -> None:
+    """Groups that fit the channels (a linear layer has one)."""
+    if shape.kind == "linear" and shape.groups != 1:
+        raise ConfigError(f"{where}.shape.groups: expected 1 for a linear layer, got {shape.groups}")
+    for key in ("in_channels", "out_channels"):
+        if getattr(shape, key) % shape.groups:
+            raise ConfigError(f"{where}.shape.groups: {shape.groups} does not divide {key} ({getattr(shape, key)})")
+
+
+def _check_layer(where: str, layer: _LayerFile) -> list[int]:
+    """Cross-field checks of one layer; returns its sorted pruned channels."""
+    shape = layer.shape
+    _check_shape(where, shape)
+    if layer.out_channels is not None and layer.out_channels != shape.out_channels:
+        raise ConfigError(f"{where}.out_channels: {layer.out_channels} differs from shape.out_channels "
+                          f"({shape.out_channels})")
+    pruned = list(layer.pruned_channels or [])
+    bad = next((c for c in pruned if c >= shape.out_channels), None)
+    if bad is not None:
+        raise ConfigError(f"{where}.pruned_channels: expected channel indices in 0..{shape.out_channels - 1}, got {bad}")
+    if len(set(pruned)) != len(pruned):
+        raise ConfigError(f"{where}.pruned_channels: channel {next(c for c in pruned if pruned.count(c) > 1)} is listed twice")
+    if len(pruned) == shape.out_channels:
+        raise ConfigError(f"{where}.pruned_channels: every output channel is pruned")
+    kept_out = shape.out_channels - len(pruned)
+    if layer.kept_out_channels is not None and layer.kept_out_channels != kept_out:
+        raise ConfigError(f"{where}.kept_out_channels: expected {kept_out} (out_channels {shape.out_channels} minus "
+                          f"{len(pruned)} pruned), got {layer.kept_out_channels}")
+    if layer.kept_in_channels is not None and layer.kept_in_channels > shape.in_channels:
+        raise ConfigError(f"{where}.kept_in_channels: expected 1..{shape.in_channels}, got {layer.kept_in_channels}")
+    return sorted(pruned)
+
+
+def _decision(where: str, layer: _LayerFile) -> LayerDecision:
+    pruned = _check_layer(where, layer)
+    s = layer.shape
+    shape = LayerShape(name=layer.name, kind=s.kind, in_channels=s.in_channels, out_channels=s.out_channels,
+                       kernel_size=s.kernel_size, stride=s.stride, groups=s.groups, in_size=s.in_size,
+                       out_size=s.out_size)
+    kept_in = s.in_channels if layer.kept_in_channels is None else layer.kept_in_channels
+    return LayerDecision(shape, layer.w_bits, layer.a_bits, pruned, kept_in)
+
+
+def _validate(src: str, data: Any) -> _ConfigFile:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: expected a mapping with 'format' and 'layers'")
+    if data.get("format") != CONFIG_FORMAT:  # first, so another file type is named as such
+        raise ConfigError(f"{src}: format: expected {CONFIG_FORMAT!r}, got {data.get('format')!r}")
+    try:
+        return _ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(src, data, exc)) from None
 
 
 def load_config(path: str | Path) -> CompressionConfig:
     """Read a ``config.yaml`` written by :func:`save_config`.
 
     Raises:
-        ConfigError: naming the file, the field and the problem.
+        ConfigError: naming the file, the layer, the field and the problem.
     """
     src = str(path)
-    data = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{src}: expected a mapping with 'format' and 'layers'")
-    fmt = data.get("format")
-    if fmt != CONFIG_FORMAT:
-        raise ConfigError(f"{src}: format: expected {CONFIG_FORMAT!r}, got {fmt!r}")
-    raw_layers = _require(data, "layers", list, src)
+    parsed = _validate(src, load_yaml(path))
+    _check_bits(src, parsed.bits)
     layers: list[LayerDecision] = []
-    for i, raw in enumerate(raw_layers):
-        where = f"{src}: layers[{i}]"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        name = _require(raw, "name", str, where)
-        where = f"{src}: layers[{i}] ({name})"
-        shp = _require(raw, "shape", dict, where)
-        kind = _require(shp, "kind", str, where + ".shape")
-        if kind not in ("conv", "linear"):
-            raise ConfigError(f"{where}.shape.kind: expected 'conv' or 'linear', got {kind!r}")
-        shape = LayerShape(
-            name=name,
-            kind=kind,  # type: ignore[arg-type]
-            in_channels=_require(shp, "in_channels", int, where + ".shape"),
-            out_channels=_require(shp, "out_channels", int, where + ".shape"),
-            kernel_size=_pair(shp, "kernel_size", where + ".shape"),
-            stride=_pair(shp, "stride", where + ".shape"),
-            groups=_require(shp, "groups", int, where + ".shape"),
-            in_size=_pair(shp, "in_size", where + ".shape"),
-            out_size=_pair(shp, "out_size", where + ".shape"),
-        )
-        w_bits = _require(raw, "w_bits", int, where)
-        a_bits = _require(raw, "a_bits", int, where)
-        for key, val in (("w_bits", w_bits), ("a_bits", a_bits)):
-            if not 1 <= val <= FULL_PRECISION_BITS:
-                raise ConfigError(f"{where}.{key}: expected 1..{FULL_PRECISION_BITS}, got {val}")
-        pruned = raw.get("pruned_channels", []) or []
-        if not isinstance(pruned, list) or not all(
-            isinstance(c, int) and 0 <= c < shape.out_channels for c in pruned
-        ):
-            raise ConfigError(f"{where}.pruned_channels: expected channel indices in 0..{shape.out_channels - 1}")
-        if len(set(pruned)) == shape.out_channels:
-            raise ConfigError(f"{where}.pruned_channels: every output channel is pruned")
-        kept_in = raw.get("kept_in_channels", shape.in_channels)
-        if not isinstance(kept_in, int) or not 1 <= kept_in <= shape.in_channels:
-            raise ConfigError(f"{where}.kept_in_channels: expected 1..{shape.in_channels}, got {kept_in!r}")
-        layers.append(LayerDecision(shape, w_bits, a_bits, sorted(set(pruned)), kept_in))
-    bits = data.get("bits", [2, 4, 8])
-    return CompressionConfig(
-        layers=layers,
-        model=str(data.get("model", "")),
-        dataset=str(data.get("dataset", "")),
-        bits=list(bits),
-        group_size=int(data.get("group_size", 4)),
-        batch=int(data.get("batch", 1)),
-    )
+    seen: dict[str, int] = {}
+    for i, layer in enumerate(parsed.layers):
+        where = f"{src}: layers[{i}] ({layer.name})"
+        if layer.name in seen:
+            raise ConfigError(f"{where}.name: {layer.name!r} is also the name of layers[{seen[layer.name]}]")
+        seen[layer.name] = i
+        layers.append(_decision(where, layer))
+    return CompressionConfig(layers=layers, model=parsed.model or "", dataset=parsed.dataset or "",
+                             bits=list(parsed.bits), group_size=parsed.group_size, batch=parsed.batch)

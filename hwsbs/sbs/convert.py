@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from cost_models.base import LayerShape
 from hwsbs.errors import ModelError
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
 
+from .config_io import LayerDecision
 from .prunable import PrunableGroup, find_prunable_groups, warn_untraceable
 
 __all__ = ["SearchSpace", "convert_model", "set_submodule", "trace_layer_shapes"]
@@ -33,6 +35,38 @@ class SearchSpace:
 
     def layers(self) -> list[tuple[str, SBSLayerMixin]]:
         return [(n, self.layer(n)) for n in self.layer_names]
+
+    def pruned_channels(self, producer: str, groups: Sequence[int]) -> list[int]:
+        """The output channel indices of ``producer``'s pruning ``groups``."""
+        size = self.layer(producer).group_size
+        out = self.shapes[producer].out_channels
+        return [c for g in sorted(groups) for c in range(g * size, min((g + 1) * size, out))]
+
+    def decisions(self, bits: dict[str, tuple[int, int]], pruned_groups: dict[str, Sequence[int]]) -> list[LayerDecision]:
+        """Every layer's decision from per-layer bits and per-producer pruned groups.
+
+        The one home of the channel-coupling rule: a consumer's kept inputs are its producer's
+        kept outputs, and a depthwise layer on the way loses the producer's channels, in and out.
+        Pinned layers, and layers missing from ``bits``, keep their fixed bits.
+        """
+        pruned = {p: self.pruned_channels(p, gs) for p, gs in pruned_groups.items()}
+        source = self.kept_in_source()
+        passthrough = {p for g in self.groups for p in g.passthrough}
+        out = []
+        for name, layer in self.layers():
+            shape = self.shapes[name]
+            fixed = (layer.fixed_w_bits, layer.fixed_a_bits)
+            w, a = fixed if layer.pinned else bits.get(name, fixed)
+            src = source.get(name)
+            kept_in = shape.in_channels - len(pruned.get(src, [])) if src is not None else None
+            own = pruned.get(src, []) if name in passthrough else pruned.get(name, [])
+            out.append(LayerDecision(shape, int(w), int(a), list(own), kept_in))
+        return out
+
+    def max_pruned_groups(self, producer: str) -> int:
+        """Groups a producer may lose: the ``max_prune_fraction`` cap, and never all of them."""
+        layer = self.layer(producer)
+        return min(int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1)
 
     def kept_in_source(self) -> dict[str, str]:
         """For each layer whose input channels follow a producer's pruning: that producer."""
@@ -168,5 +202,10 @@ def convert_model(
             layer.pinned = True
             layer.fixed_w_bits = layer.fixed_a_bits = pin_bits
         layer.prunable = name in producers
+    for g in groups:  # the consumer zeroes the channels its producer prunes (method section 3)
+        producer = model.get_submodule(g.producer)
+        model.get_submodule(g.consumer).__dict__["mask_source"] = producer
+        for dw in g.passthrough:  # a depthwise layer in between loses the same rows
+            model.get_submodule(dw).__dict__["row_source"] = producer
     _calibrate(model, example)
     return SearchSpace(model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason)

@@ -7,11 +7,19 @@ multilinear in the gates, so its derivative with respect to a gate equals the co
 that gate flips. Channel gates get the difference between keeping ``k`` and ``k -/+ group`` channels,
 for the producer and for every layer whose input (or depthwise channels) it shrinks. The cost
 model is only ever called on discrete states, and every call is memoised.
+
+Flat corners *(hwsbs)*: a device that runs a (w, a) pair at its wider executed precision (a GPU
+roofline: 4/8 costs what 8/8 costs) gives every single flip from 8/8 a zero difference, so no
+gate would ever learn that 4/4 is cheaper. Where a bit gate's flip difference is exactly zero,
+its gradient is the *expected* flip difference with the layer's other bit gates drawn from their
+surrogate probabilities ``sigma((A - theta)/tau)``, which sees joint moves. Where the difference
+is not zero (BOPs, bit-serial models, everything multilinear) it is the paper's gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -21,13 +29,61 @@ from hwsbs.quant.gates import bits_from_gates
 
 from .convert import SearchSpace
 
-__all__ = ["CostTerm"]
+__all__ = ["CostTerm", "Choice", "expected_flip_difference"]
+
+#: A discrete configuration of the search: ``(((layer, w_bits, a_bits), ...), ((producer, pruned
+#: group indices), ...))``, hashable so the steady state can be counted.
+Choice = tuple[tuple[tuple[str, int, int], ...], tuple[tuple[str, tuple[int, ...]], ...]]
+
+
+def expected_flip_difference(
+    cost: Callable[[int, int], float],
+    bits: Sequence[int],
+    family: str,
+    j: int,
+    w_probs: Sequence[float] | None,
+    a_probs: Sequence[float] | None,
+    fixed_w: int,
+    fixed_a: int,
+) -> float:
+    """``E[C(g_j = 1) - C(g_j = 0)]`` with every other bit gate of the layer ~ Bernoulli(prob).
+
+    Args:
+        cost: ``(w_bits, a_bits) -> cost`` of the layer with its current channels.
+        bits: candidate bit widths.
+        family: ``"w"`` or ``"a"``: which family gate ``j`` belongs to.
+        j: index of the gate within its family.
+        w_probs / a_probs: open probabilities of the weight / activation gates (None: that
+            family is not searched and stays at ``fixed_w`` / ``fixed_a``).
+    """
+    others: list[tuple[str, int, float]] = []
+    for fam, probs in (("w", w_probs), ("a", a_probs)):
+        for i, p in enumerate(probs or []):
+            if not (fam == family and i == j):
+                others.append((fam, i, float(p)))
+    n_w, n_a = len(w_probs or []), len(a_probs or [])
+    total = 0.0
+    for pattern in itertools.product((0, 1), repeat=len(others)):
+        weight = 1.0
+        gates = {"w": [0] * n_w, "a": [0] * n_a}
+        for (fam, i, p), g in zip(others, pattern):
+            weight *= p if g else 1.0 - p
+            gates[fam][i] = g
+        diff = 0.0
+        for flipped, sign in ((1, 1.0), (0, -1.0)):
+            gates[family][j] = flipped
+            w = bits_from_gates(bits, [g > 0 for g in gates["w"]]) if w_probs is not None else fixed_w
+            a = bits_from_gates(bits, [g > 0 for g in gates["a"]]) if a_probs is not None else fixed_a
+            diff += sign * cost(w, a)
+        total += weight * diff
+    return total
 
 
 class CostTerm:
     """The model's total cost ``R`` as a tensor whose gradient reaches every gate threshold.
 
     Call it after a forward pass of the search model (the gates it reads are the forward's).
+    After each call, :attr:`last_choice` is the discrete configuration it priced.
     """
 
     def __init__(self, space: SearchSpace, cost_model: CostModel, batch: int = 1) -> None:
@@ -39,6 +95,7 @@ class CostTerm:
         for g in space.groups:
             self._consumers_of[g.producer] = [g.consumer, *g.passthrough]
         self._depthwise = {p for g in space.groups for p in g.passthrough}
+        self.last_choice: Choice | None = None  # the configuration of the latest call
 
     def _layer_cost(self, shape: LayerShape, w: int, a: int, kin: int, kout: int) -> float:
         # Memoised by the cost model itself: a step asks for the same few states again and again.
@@ -51,30 +108,38 @@ class CostTerm:
                             dtype=torch.float64)
 
     # ------------------------------------------------------------------ discrete state
-    def _searched_gates(self) -> list[tuple[str, str, Tensor]]:
-        """``(layer, "w" | "a" | "p", gates)`` for every gate vector the latest forward used."""
+    def _searched_gates(self) -> list[tuple[str, str, Tensor, Tensor | None]]:
+        """``(layer, "w" | "a" | "p", gates, probabilities)`` for every gate vector the latest forward used."""
         found = []
         for name in self.space.layer_names:
             layer = self.space.layer(name)
             if layer.mode == "search" and not layer.pinned:
                 if layer.search_weight_bits and layer.last_w_gates is not None:
-                    found.append((name, "w", layer.last_w_gates))
+                    found.append((name, "w", layer.last_w_gates, layer.last_w_probs))
                 if layer.last_a_gates is not None:
-                    found.append((name, "a", layer.last_a_gates))
+                    found.append((name, "a", layer.last_a_gates, layer.last_a_probs))
             if layer.last_p_gates is not None:
-                found.append((name, "p", layer.last_p_gates))
+                found.append((name, "p", layer.last_p_gates, None))
         return found
 
     @staticmethod
-    def _gate_values(gates: list[tuple[str, str, Tensor]]) -> dict[tuple[str, str], list[float]]:
+    def _gate_values(gates: list[tuple[str, str, Tensor, Tensor | None]]) -> dict[tuple[str, str], list[float]]:
+        """Hard gates under ``(layer, kind)``, probabilities under ``(layer, kind + "_prob")``."""
         # One device-to-host copy for all gates: on a GPU, one synchronisation per step.
         if not gates:
             return {}
-        flat = torch.cat([g.detach().reshape(-1).float() for _, _, g in gates]).cpu().tolist()
+        parts, keys = [], []
+        for name, kind, g, probs in gates:
+            parts.append(g.detach().reshape(-1).float())
+            keys.append(((name, kind), g.numel()))
+            if probs is not None:
+                parts.append(probs.detach().reshape(-1).float())
+                keys.append(((name, kind + "_prob"), probs.numel()))
+        flat = torch.cat(parts).cpu().tolist()
         out, i = {}, 0
-        for name, kind, g in gates:
-            out[(name, kind)] = flat[i:i + g.numel()]
-            i += g.numel()
+        for key, n in keys:
+            out[key] = flat[i:i + n]
+            i += n
         return out
 
     def _states_from(self, values: dict[tuple[str, str], list[float]]) -> dict[str, LayerState]:
@@ -101,6 +166,14 @@ class CostTerm:
             states[name] = LayerState(w, a, kin, out_channels(name))
         return states
 
+    def _choice_from(self, values: dict[tuple[str, str], list[float]], states: dict[str, LayerState]) -> Choice:
+        bits = tuple((n, states[n].w_bits, states[n].a_bits) for n in self.space.layer_names)
+        pruned = tuple(
+            (g.producer, tuple(i for i, v in enumerate(values.get((g.producer, "p"), [])) if v <= 0.5))
+            for g in self.space.groups
+        )
+        return bits, pruned
+
     def current_states(self) -> dict[str, LayerState]:
         """Each layer's discrete state as of the last forward."""
         return self._states_from(self._gate_values(self._searched_gates()))
@@ -111,40 +184,54 @@ class CostTerm:
 
         The cost is multilinear in the hard gates, so it equals
         ``R(state) + sum_j (g_j - sg(g_j)) * dR/dg_j`` with ``dR/dg_j`` the cost difference when
-        gate ``j`` flips. The differences are plain floats from the memoised cost model, and the
-        whole term is one dot product in the autograd graph, however deep the model.
+        gate ``j`` flips (its expectation where that is zero, see the module docstring). The
+        differences are plain floats from the memoised cost model, and the whole term is one dot
+        product in the autograd graph, however deep the model.
         """
         gates = self._searched_gates()
         values = self._gate_values(gates)
         states = self._states_from(values)
+        self.last_choice = self._choice_from(values, states)
         total = 0.0
         for n in self.space.layer_names:
             st = states[n]
             total += self._layer_cost(self.space.shapes[n], st.w_bits, st.a_bits, st.kept_in, st.kept_out)
         deltas: list[float] = []
-        for name, kind, _ in gates:
+        for name, kind, _, _ in gates:
             if kind == "p":
                 deltas.extend(self._channel_deltas(name, values[(name, "p")], states))
             else:
-                deltas.extend(self._bit_deltas(name, kind, values[(name, kind)], states[name]))
+                deltas.extend(self._bit_deltas(name, kind, values, states[name]))
         value = torch.tensor(float(total), dtype=torch.float64)
         if not gates:
             return value
-        flat = torch.cat([g.reshape(-1) for _, _, g in gates]).to("cpu", torch.float64)
+        flat = torch.cat([g.reshape(-1) for _, _, g, _ in gates]).to("cpu", torch.float64)
         return value + ((flat - flat.detach()) * torch.tensor(deltas, dtype=torch.float64)).sum()
 
-    def _bit_deltas(self, name: str, kind: str, gate_values: list[float], st: LayerState) -> list[float]:
+    def _bit_deltas(self, name: str, kind: str, values: dict[tuple[str, str], list[float]], st: LayerState) -> list[float]:
         """``dR/dg_j`` for one layer's nested weight (``"w"``) or activation (``"a"``) gates."""
-        bits = self.space.layer(name).bits
+        layer = self.space.layer(name)
+        bits = layer.bits
         shape = self.space.shapes[name]
+        gate_values = values[(name, kind)]
+
+        def cost(w: int, a: int) -> float:
+            return self._layer_cost(shape, w, a, st.kept_in, st.kept_out)
+
         out = []
         for j in range(len(gate_values)):
             costs = []
             for flipped in (1.0, 0.0):
                 chosen = bits_from_gates(bits, [(flipped if i == j else v) > 0.5 for i, v in enumerate(gate_values)])
                 w, a = (chosen, st.a_bits) if kind == "w" else (st.w_bits, chosen)
-                costs.append(self._layer_cost(shape, w, a, st.kept_in, st.kept_out))
-            out.append(costs[0] - costs[1])
+                costs.append(cost(w, a))
+            delta = costs[0] - costs[1]
+            if delta == 0.0:  # flat at the hard state: look at joint moves (module docstring)
+                delta = expected_flip_difference(
+                    cost, bits, kind, j, values.get((name, "w_prob")), values.get((name, "a_prob")),
+                    layer.fixed_w_bits, layer.fixed_a_bits,
+                )
+            out.append(delta)
         return out
 
     def _flip_delta(self, name: str, st: LayerState, d_in: int, d_out: int) -> float:

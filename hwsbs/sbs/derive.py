@@ -8,7 +8,7 @@ from torch import nn
 from hwsbs.errors import ModelError
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
 
-from .config_io import CompressionConfig, LayerDecision
+from .config_io import CompressionConfig
 from .convert import SearchSpace, set_submodule
 
 __all__ = ["derive_config", "apply_config", "slice_sbs_layer", "slice_batchnorm"]
@@ -16,22 +16,15 @@ __all__ = ["derive_config", "apply_config", "slice_sbs_layer", "slice_batchnorm"
 
 def derive_config(space: SearchSpace, model_name: str = "", dataset: str = "", bits: list[int] | None = None,
                   group_size: int = 4, batch: int = 1) -> CompressionConfig:
-    """Read every gate: open bit gates give the bits, closed channel gates the pruned channels."""
-    pruned = {name: layer.pruned_channels() for name, layer in space.layers()}
-    source = space.kept_in_source()
-    decisions = []
-    for name, layer in space.layers():
-        shape = space.shapes[name]
-        w_bits, a_bits = layer.current_bits()
-        kept_in = None
-        if name in source:
-            kept_in = shape.in_channels - len(pruned[source[name]])
-        own = pruned[name]
-        if name in {p for g in space.groups for p in g.passthrough}:
-            own = pruned[source[name]]  # a depthwise conv loses the producer's channels
-        decisions.append(LayerDecision(shape, w_bits, a_bits, list(own), kept_in))
+    """Read every gate now: open bit gates give the bits, closed channel gates the pruned channels.
+
+    The search itself reports its steady state instead (:mod:`hwsbs.sbs.steady_state`); this is
+    the state of the model as it is, e.g. to compare the search model with the pruned one.
+    """
+    chosen = {name: layer.current_bits() for name, layer in space.layers()}
+    pruned = {g.producer: space.layer(g.producer).pruned_groups() for g in space.groups}
     return CompressionConfig(
-        layers=decisions, model=model_name, dataset=dataset,
+        layers=space.decisions(chosen, pruned), model=model_name, dataset=dataset,
         bits=list(bits or space.layer(space.layer_names[0]).bits), group_size=group_size, batch=batch,
     )
 
@@ -43,7 +36,7 @@ def _copy_sbs_state(src: SBSLayerMixin, dst: SBSLayerMixin) -> None:
     with torch.no_grad():
         for pname in ("weight_clip", "act_clip", "w_theta", "a_theta", "p_theta"):
             getattr(dst, pname).copy_(getattr(src, pname))
-        for bname in ("calibrated", "act_signed", "w_scale", "a_scale", "p_scale", "a_residual_ema"):
+        for bname in ("calibrated", "act_signed", "w_scale", "a_scale", "p_scale", "p_spread", "a_residual_ema"):
             getattr(dst, bname).copy_(getattr(src, bname))
 
 

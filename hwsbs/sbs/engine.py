@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from cost_models.base import CostModel
 from hwsbs.training import check_finite, make_sgd, split_decay
 
 from .convert import SearchSpace
 from .cost_term import CostTerm
+from .steady_state import ChoiceRecorder
+from .threshold_optim import CostGradientScale
 
 __all__ = ["CostObjective", "SearchEngine"]
 
@@ -48,20 +50,25 @@ class SearchEngine:
         self.objectives = objectives
         self.lam = lam
         self.terms = [CostTerm(space, o.cost_model, cost_batch) for o in objectives]
-        thresholds = {"weight": [], "activation": []}
+        # Update families (alternate steps, method section 2) and, within each, the gate kinds
+        # whose gradient scale is normalised together (see threshold_optim).
+        kinds: dict[str, dict[str, list[nn.Parameter]]] = {"weight": {"w": [], "p": []}, "activation": {"a": []}}
         for _, layer in space.layers():
-            for family, params in layer.threshold_parameters().items():
-                thresholds[family].extend(params)
-        excluded = {id(p) for ps in thresholds.values() for p in ps}
+            for kind, param in layer.threshold_parameters().items():
+                kinds["activation" if kind == "a" else "weight"][kind].append(param)
+        excluded = {id(p) for fam in kinds.values() for ps in fam.values() for p in ps}
         decay, no_decay = split_decay(space.model, exclude=excluded)
         self.weight_optimizer = make_sgd(decay, no_decay, weight_lr, weight_decay)
-        # Adam for thresholds, as DARTS-style searches do for architecture parameters: the
-        # step size then does not depend on the (device-specific) scale of the cost gradient.
+        # Plain SGD in units of the cost gradient's scale (see threshold_optim): the balance
+        # between cross-entropy and cost stays exact, and lambda sets how fast gates move.
         self.threshold_optimizers = {
-            family: torch.optim.Adam(params, lr=threshold_lr, betas=(0.9, 0.999))
-            for family, params in thresholds.items()
-            if params
+            family: torch.optim.SGD([p for ps in groups.values() for p in ps], lr=threshold_lr)
+            for family, groups in kinds.items()
+            if any(groups.values())
         }
+        self.family_kinds = {family: list(groups) for family, groups in kinds.items()}
+        self.cost_scale = CostGradientScale({k: ps for groups in kinds.values() for k, ps in groups.items()})
+        self.recorder = ChoiceRecorder()  # the configurations priced this epoch (the steady state)
         self.step_count = 0
 
     def cost_values(self) -> list[Tensor]:
@@ -72,13 +79,18 @@ class SearchEngine:
         """``(total loss, cross-entropy, costs)`` for the latest forward."""
         ce = F.cross_entropy(logits, targets)
         costs = self.cost_values()
+        penalty = self.penalty(costs)
+        return ce + (self.lam * penalty).to(ce.device, ce.dtype), ce, costs
+
+    def penalty(self, costs: list[Tensor]) -> Tensor:
+        """The cost part of the loss without lambda: ``sum_k w_k log R_k`` (or its budget form)."""
         penalty = torch.zeros((), dtype=torch.float64)
         for obj, r in zip(self.objectives, costs):
             log_r = torch.log(r.clamp_min(1e-30))
             if obj.target is not None:
                 log_r = torch.relu(log_r - torch.log(torch.tensor(obj.target)))
             penalty = penalty + obj.weight * log_r
-        return ce + (self.lam * penalty).to(ce.device, ce.dtype), ce, costs
+        return penalty
 
     def step(self, x: Tensor, y: Tensor, where: str = "search") -> dict[str, float]:
         """One search step; weight and activation thresholds are updated on alternate steps."""
@@ -91,12 +103,18 @@ class SearchEngine:
             p.requires_grad_(False)
         try:
             logits = self.space.model(x)
-            loss, ce, costs = self.loss(logits, y)
+            ce = F.cross_entropy(logits, y)
+            costs = self.cost_values()
+            penalty = self.penalty(costs)
+            loss = ce + (self.lam * penalty).to(ce.device, ce.dtype)
             check_finite(loss, where)
             self.weight_optimizer.zero_grad(set_to_none=True)
             for opt in self.threshold_optimizers.values():
                 opt.zero_grad(set_to_none=True)
+            kinds = self.family_kinds.get(family, [])
+            self.cost_scale.observe(penalty, kinds)
             loss.backward()
+            self.cost_scale.rescale(kinds)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -106,6 +124,8 @@ class SearchEngine:
         for _, layer in self.space.layers():
             layer.clamp_parameters()
         self.step_count += 1
+        if self.terms:
+            self.recorder.record(self.terms[0].last_choice)
         acc = float((logits.argmax(1) == y).float().mean())
         return {"loss": float(loss.detach()), "ce": float(ce.detach()), "acc": acc, "cost": float(costs[0].detach()) if costs else 0.0}
 
@@ -114,6 +134,8 @@ class SearchEngine:
             "weight_optimizer": self.weight_optimizer.state_dict(),
             "threshold_optimizers": {k: v.state_dict() for k, v in self.threshold_optimizers.items()},
             "step_count": self.step_count,
+            "recorder": self.recorder.state_dict(),
+            "cost_scale": self.cost_scale.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -121,3 +143,7 @@ class SearchEngine:
         for k, v in state["threshold_optimizers"].items():
             self.threshold_optimizers[k].load_state_dict(v)
         self.step_count = int(state["step_count"])
+        if "recorder" in state:
+            self.recorder.load_state_dict(state["recorder"])
+        if "cost_scale" in state:
+            self.cost_scale.load_state_dict(state["cost_scale"])

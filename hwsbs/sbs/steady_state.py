@@ -1,0 +1,119 @@
+"""The search's answer is its steady state, not its last step.
+
+Gates near their thresholds flip from batch to batch (activation statistics are per batch, and a
+budget-form loss pushes only while the cost is over budget), so the last step's gate state is a
+sample, and the running-mean statistics that would re-derive it can disagree with what the cost
+term priced. :class:`ChoiceRecorder` counts the configurations the cost term priced during the
+last search epoch; :func:`steady_choice` returns the most frequent one (within the budget, when
+there is one), and :func:`fit_to_budget` lowers it step by step when no recorded configuration
+fits a reachable budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cost_models.base import CostModel
+
+from .config_io import CompressionConfig
+from .convert import SearchSpace
+from .cost_term import Choice
+
+__all__ = ["ChoiceRecorder", "steady_choice", "fit_to_budget", "choice_to_config", "price_choice"]
+
+_BUDGET_SLACK = 1e-9  # relative: a cost equal to the budget up to rounding meets it
+
+
+class ChoiceRecorder:
+    """How often each discrete configuration was priced during the current epoch."""
+
+    def __init__(self) -> None:
+        self.epoch = -1  # the epoch the counts belong to
+        self.counts: dict[Choice, int] = {}  # configuration -> steps it was in
+
+    def start_epoch(self, epoch: int) -> None:
+        """Forget earlier epochs (a resumed epoch restarts its counts too)."""
+        self.epoch = int(epoch)
+        self.counts = {}
+
+    def record(self, choice: Choice | None) -> None:
+        if choice is not None:
+            self.counts[choice] = self.counts.get(choice, 0) + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain lists and ints: loadable with ``torch.load(weights_only=True)``."""
+        rows = [[[list(b) for b in bits], [[p, list(g)] for p, g in pruned], n] for (bits, pruned), n in self.counts.items()]
+        return {"epoch": self.epoch, "counts": rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.counts = {}
+        for bits, pruned, n in state["counts"]:
+            key = (tuple((str(a), int(w), int(x)) for a, w, x in bits), tuple((str(p), tuple(int(i) for i in g)) for p, g in pruned))
+            self.counts[key] = int(n)
+
+
+def choice_to_config(space: SearchSpace, choice: Choice, make: Callable[[list], CompressionConfig]) -> CompressionConfig:
+    """The :class:`CompressionConfig` of a recorded choice (``make`` adds the run's metadata)."""
+    bits, pruned = choice
+    return make(space.decisions({n: (w, a) for n, w, a in bits}, {p: list(g) for p, g in pruned}))
+
+
+def price_choice(space: SearchSpace, choice: Choice, cost_model: CostModel, batch: int) -> float:
+    return choice_to_config(space, choice, lambda d: CompressionConfig(d, batch=batch)).cost(cost_model)
+
+
+def steady_choice(counts: dict[Choice, int], price: Callable[[Choice], float], target: float | None) -> Choice | None:
+    """The most frequent configuration (ties: the cheaper), within ``target`` when one is given.
+
+    Returns:
+        None when nothing was recorded, or when no recorded configuration fits the target.
+    """
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], price(kv[0])))
+    for choice, _ in ranked:
+        if target is None or price(choice) <= target * (1 + _BUDGET_SLACK):
+            return choice
+    return None
+
+
+def _downgrades(space: SearchSpace, choice: Choice) -> list[Choice]:
+    """Every configuration one step cheaper: one bit width down, or one more group pruned."""
+    bits, pruned = choice
+    out: list[Choice] = []
+    for i, (name, w, a) in enumerate(bits):
+        layer = space.layer(name)
+        if layer.pinned:
+            continue
+        ladder = sorted(layer.bits)
+        for which, value in (("w", w), ("a", a)):
+            if value in ladder and ladder.index(value) > 0:
+                lower = ladder[ladder.index(value) - 1]
+                new = (name, lower, a) if which == "w" else (name, w, lower)
+                out.append((bits[:i] + (new,) + bits[i + 1:], pruned))
+    for i, (producer, groups) in enumerate(pruned):
+        if len(groups) >= space.max_pruned_groups(producer):
+            continue
+        stats = space.layer(producer).pruning_statistics().tolist()
+        free = sorted((s, g) for g, s in enumerate(stats) if g not in groups)
+        if free:
+            new_groups = tuple(sorted((*groups, free[0][1])))
+            out.append((bits, pruned[:i] + ((producer, new_groups),) + pruned[i + 1:]))
+    return out
+
+
+def fit_to_budget(space: SearchSpace, choice: Choice, price: Callable[[Choice], float], target: float) -> tuple[Choice, int]:
+    """Lower ``choice`` greedily (the largest saving first) until it costs at most ``target``.
+
+    Returns:
+        ``(choice, steps)``; the choice still costs more than ``target`` when no step is left
+        (the budget is below what the search space can reach).
+    """
+    steps = 0
+    while price(choice) > target * (1 + _BUDGET_SLACK):
+        options = _downgrades(space, choice)
+        if not options:
+            break
+        choice = min(options, key=price)
+        steps += 1
+    return choice, steps
