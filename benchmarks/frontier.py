@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -156,6 +157,7 @@ def search(job: Job, base: dict[str, Any], target: float | None, seed: int, run_
     done = run_dir / "search.json"
     if done.is_file():
         return json.loads(done.read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted search starts again
     opts = {**base, **job.options, "method": job.method, "seed": seed, "out": str(run_dir), "finetune_epochs": 0}
     if job.method == "uniform":
         opts["search_epochs"] = 0

@@ -1,10 +1,16 @@
-"""Reading input files defensively: regular files only, with a size limit, one typed error.
+"""Reading input files defensively (regular files only, with a size limit, one typed error), and
+writing output files atomically.
 
 Every file hwsbs reads (profiles, lookup tables, ``config.yaml``, ``options.json``, search
 spaces, checkpoints, dataset pickles) goes through :func:`open_checked`, so that a path that is
 a FIFO (which would block forever), a device such as ``/dev/zero`` (endless), a directory, or a
 file too large to be what it claims fails with one line instead of hanging or exhausting memory.
 Symlinks are followed; what they point to must be a regular file.
+
+The files a run writes to read back itself (``options.json``, ``checkpoint.pt``) and exported
+models go through :func:`write_atomic`: a sibling temporary file, flushed to disk and renamed over the
+target, so a crash leaves the old file or the new one, never a torn one, and a failed write (a
+full disk, a read-only directory) leaves no temporary file behind and names the target.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +35,8 @@ __all__ = [
     "read_checked_bytes",
     "read_checked_text",
     "read_checked_json",
+    "write_atomic",
+    "write_text_atomic",
 ]
 
 MIB = 1 << 20
@@ -167,3 +175,43 @@ def read_checked_json(path: str | Path, what: str = "file", limit: int = TEXT_LI
         raise error(f"{label}: invalid JSON: {' '.join(str(exc).split())[:200]}") from None
     except RecursionError:
         raise error(f"{label}: invalid JSON: nested too deeply") from None
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any], what: str = "file",
+                 error: type[HwsbsError] = ConfigError, label: str | None = None) -> Path:
+    """Write ``path`` through ``write(fh)`` into a sibling temporary file, then rename it over ``path``.
+
+    The temporary file is flushed and fsynced before the rename, so a crash or power loss leaves
+    either the old file or the complete new one. Whatever goes wrong (``OSError`` such as a full
+    disk, or an exception of ``write``), the temporary file is removed.
+
+    Raises:
+        HwsbsError: (``error``) ``LABEL: cannot write WHAT (REASON)`` for an ``OSError``; other
+            exceptions of ``write`` pass through unchanged.
+    """
+    p = Path(path)
+    label = str(p) if label is None else label
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            with open(tmp, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError as exc:
+        raise error(f"{label}: cannot write {what} ({exc.strerror or exc})") from None
+    return p
+
+
+def write_text_atomic(path: str | Path, text: str, what: str = "file", error: type[HwsbsError] = ConfigError,
+                      label: str | None = None) -> Path:
+    """:func:`write_atomic` of UTF-8 text."""
+    data = text.encode("utf-8")
+    return write_atomic(path, lambda fh: fh.write(data), what, error, label)

@@ -9,6 +9,7 @@ for the expected layout, and model weights for non-finite values, so a bad file 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -20,8 +21,19 @@ from typing import Any
 
 import torch
 
-from hwsbs.checked_io import CHECKPOINT_LIMIT, open_checked
-from hwsbs.errors import CheckpointError
+from hwsbs.checked_io import (
+    CHECKPOINT_LIMIT,
+    open_checked,
+    read_checked_text,
+    write_atomic,
+    write_text_atomic,
+)
+from hwsbs.errors import CheckpointError, ConfigError, HwsbsError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not locked there
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -32,9 +44,16 @@ __all__ = [
     "load_torch_file",
     "load_model_state",
     "check_state_dict",
+    "RunDirLock",
+    "PID_NAME",
+    "LOCK_NAME",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The process id of the process working in a run directory (while it holds the lock).
+PID_NAME = "hwsbs.pid"
+#: The lock file, only on file systems that cannot lock a directory itself (NFS).
+LOCK_NAME = ".hwsbs.lock"
 #: The phases a run checkpoint records (``done``: the fine-tuned model of a finished run).
 RUN_PHASES = ("pretrain", "search", "finetune", "done")
 
@@ -43,15 +62,22 @@ _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the d
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
-    """Write ``state`` to ``run_dir/checkpoint.pt`` so a crash never leaves a torn file."""
+    """Write ``state`` to ``run_dir/checkpoint.pt`` so a crash never leaves a torn file.
+
+    Raises:
+        CheckpointError: ``RUN_DIR/checkpoint.pt: cannot write checkpoint (REASON)`` (a full disk,
+            a read-only directory); no temporary file is left behind and the old checkpoint stays.
+    """
     path = run_dir / CHECKPOINT_NAME
-    tmp = run_dir / (CHECKPOINT_NAME + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    return path
+
+    def write(fh: Any) -> None:
+        try:
+            torch.save(state, fh)
+        except RuntimeError as exc:  # torch's stream writer reports a failed write(2) as RuntimeError
+            detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise OSError(errno.EIO, f"torch.save: {detail[:200]}") from None
+
+    return write_atomic(path, write, "checkpoint", CheckpointError)
 
 
 def _load_problem(exc: BaseException) -> str:
@@ -107,6 +133,25 @@ def check_state_dict(state: Any, label: str, what: str = "a state_dict (a mappin
     return dict(state)
 
 
+def _first_non_finite(obj: Any, where: str, depth: int = 0) -> tuple[str, int] | None:
+    """``(path, count)`` of the first floating-point tensor with NaN or infinite values in a
+    nested structure of mappings, lists and tensors (optimiser and search state)."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            bad = int((~torch.isfinite(obj)).sum())
+            if bad:
+                return where, bad
+        return None
+    if depth > 32:
+        return None
+    items = obj.items() if isinstance(obj, Mapping) else enumerate(obj) if isinstance(obj, list | tuple) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}.{key}", depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -146,6 +191,10 @@ def _check_run_checkpoint(state: Any, label: str) -> dict[str, Any]:
     needs = ("optimizer", "scheduler") if state["phase"] in ("pretrain", "finetune") else ()
     if not isinstance(optim, dict) or not all(isinstance(optim.get(k), dict) for k in needs):
         raise CheckpointError(f"{label}: optim: expected a mapping" + (" with optimizer and scheduler" if needs else ""))
+    found = _first_non_finite(optim, "optim")
+    if found is not None:
+        raise CheckpointError(f"{label}: {found[0]}: tensor holds {found[1]} non-finite value(s) (NaN or infinity); "
+                              "the run diverged before this checkpoint, or the file was damaged")
     _check_json_text(state, "history", label, (list,), "a list")
     _check_json_text(state, "budget", label, (dict, type(None)), "a mapping or null")
     for key in ("fp_accuracy", "compressed_accuracy"):
@@ -199,3 +248,102 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     elif isinstance(data, dict) and isinstance(data.get("model"), dict):  # {"model": state_dict, ...}
         data = data["model"]
     return check_state_dict(data, label, "a run checkpoint or a state_dict")
+
+
+class RunDirLock:
+    """An exclusive, non-blocking lock on a run directory, for as long as one process works in it.
+
+    The lock is ``flock`` on the directory itself, so taking it writes nothing (a refused
+    ``--resume`` leaves the directory untouched); on file systems that cannot lock a directory
+    (NFS emulates ``flock`` with write locks) it falls back to ``flock`` on the lock file
+    ``.hwsbs.lock``, which then stays. The kernel releases the lock when the process ends,
+    however it ends, so a killed run never leaves a stale lock. :meth:`record_pid` writes the
+    holder's pid to ``hwsbs.pid`` (removed on release) for the message a second process gets.
+
+    Raises:
+        ConfigError: (on entering) ``--out RUN_DIR: in use by another hwsbs process (pid N); ...``.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._fd: int | None = None
+        self._pid_written = False
+
+    def __enter__(self) -> RunDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _busy(self) -> ConfigError:
+        pid = self._recorded_pid()
+        who = f"pid {pid}" if pid is not None else "pid not recorded yet"
+        return ConfigError(f"--out {self.run_dir}: in use by another hwsbs process ({who}); wait for it to finish, "
+                           "or choose another --out")
+
+    def _recorded_pid(self) -> int | None:
+        path = self.run_dir / PID_NAME
+        if not os.path.lexists(path):
+            return None
+        try:
+            pid = int(read_checked_text(path, "pid file", 64).strip())
+        except (HwsbsError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # left by a killed run: not the holder
+        except (PermissionError, OverflowError, ValueError):
+            pass
+        return pid
+
+    def _try_lock(self, fd: int) -> bool:
+        """Whether ``fd`` could be locked; ConfigError when another process holds it."""
+        assert fcntl is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._busy() from None
+        except OSError:  # EBADF / ENOLCK / EOPNOTSUPP: this file system cannot lock it
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def acquire(self) -> None:
+        if fcntl is None or self._fd is not None:
+            return
+        try:
+            fd = os.open(self.run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise ConfigError(f"--out {self.run_dir}: cannot open the run directory ({exc.strerror or exc})") from None
+        if self._try_lock(fd):
+            return
+        try:
+            fd = os.open(self.run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return  # no way to lock here: run unlocked, as before locks existed
+        self._try_lock(fd)
+
+    def record_pid(self) -> None:
+        """Write this process's pid to ``hwsbs.pid`` (once the run is known to go ahead)."""
+        if self._fd is None or self._pid_written:
+            return
+        try:
+            write_text_atomic(self.run_dir / PID_NAME, f"{os.getpid()}\n", "pid file")
+        except HwsbsError:  # only for messages: a full disk fails at the next file that matters
+            return
+        self._pid_written = True
+
+    def release(self) -> None:
+        if self._pid_written:
+            try:
+                os.unlink(self.run_dir / PID_NAME)
+            except OSError:
+                pass
+            self._pid_written = False
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None

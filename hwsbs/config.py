@@ -6,10 +6,67 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import torch
+
 from hwsbs.errors import ConfigError
 from hwsbs.quant.quantizer import validate_bit_candidates
 
-__all__ = ["SearchConfig", "parse_target"]
+__all__ = ["SearchConfig", "parse_target", "check_device", "check_seed", "MAX_SEED", "MIN_TARGET_FRACTION"]
+
+#: Seeds must fit every generator they feed (numpy and Optuna's samplers take 0..2**32-1).
+MAX_SEED = 2**32 - 1
+#: A budget below this share of the uniform 8-bit cost is refused: no configuration comes within
+#: orders of magnitude of it, and log(cost / target) overflows float32 in the budget loss (which
+#: would surface as a "diverged" loss blamed on the learning rate).
+MIN_TARGET_FRACTION = 1e-30
+
+
+def check_seed(seed: Any, flag: str = "--seed") -> int:
+    """``seed`` as an integer 0..MAX_SEED.
+
+    Raises:
+        ConfigError: ``--seed: expected an integer 0..4294967295, got -1``.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{flag}: expected an integer 0..{MAX_SEED}, got {seed!r}")
+    return seed
+
+
+def _parse_device(device: Any, flag: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{flag} {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if dev.type == "meta":
+        raise ConfigError(f"{flag} {device!r}: the meta device holds no data; use cpu or cuda")
+    return dev
+
+
+def check_device(device: Any, flag: str = "--device") -> torch.device:
+    """``device`` as a torch device that exists on this machine.
+
+    Raises:
+        ConfigError: not a device name, CUDA (or MPS) unavailable, or a CUDA index past the last
+            device: ``--device cuda: no CUDA device is available (this torch is built without CUDA)``.
+    """
+    dev = _parse_device(device, flag)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible to it"
+            raise ConfigError(f"{flag} {device}: no CUDA device is available ({why})")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"{flag} {device}: there is no CUDA device {dev.index} (this machine has {count})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{flag} {device}: no MPS device is available")
+    elif dev.type != "cpu":
+        try:
+            torch.zeros(1, device=dev)
+        except Exception as exc:  # an unavailable back-end raises RuntimeError, AssertionError, ...
+            detail = " ".join(str(exc).split())[:160]
+            raise ConfigError(f"{flag} {device}: not usable on this machine ({detail})") from None
+    return dev
 
 
 @dataclass
@@ -59,6 +116,8 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         self.bits = validate_bit_candidates(self.bits)
+        check_seed(self.seed)
+        _parse_device(self.device, "--device")  # availability: check_device, when the run starts
         positive_ints = ("group_size", "batch_size", "cost_batch")
         for name in positive_ints:
             value = getattr(self, name)
@@ -80,8 +139,11 @@ class SearchConfig:
             raise ConfigError(f"--max-prune-fraction: expected 0 <= f < 1, got {self.max_prune_fraction!r}")
         if self.target is not None and not (math.isfinite(self.target) and self.target > 0):
             raise ConfigError(f"--target: expected a positive cost, got {self.target!r}")
-        if self.target_fraction is not None and not (0 < self.target_fraction):
+        if self.target_fraction is not None and not (math.isfinite(self.target_fraction) and 0 < self.target_fraction):
             raise ConfigError(f"--target: expected a positive percentage, got {self.target_fraction!r}")
+        if self.target_fraction is not None and self.target_fraction < MIN_TARGET_FRACTION:
+            raise ConfigError(f"--target {100 * self.target_fraction:g}%: below {MIN_TARGET_FRACTION:g} of the uniform "
+                              "8-bit cost; no configuration comes near it and the budget loss would overflow")
         if self.pin_bits not in (*self.bits, 32) and self.pin_bits not in range(1, 33):
             raise ConfigError(f"--pin-bits: expected 1..32, got {self.pin_bits!r}")
         if self.uniform_bits is not None and not 1 <= self.uniform_bits <= 32:

@@ -1,14 +1,20 @@
 """The whole run: train full precision, search, derive, fine-tune the pruned model, evaluate.
 
 Each phase checkpoints at every epoch boundary; ``resume`` continues from the last one. Every
-epoch reseeds torch from (seed, phase, epoch), so a resumed run replays the same batches.
+epoch reseeds torch and python from (seed, phase, epoch), and every phase starts by reseeding
+them from (seed, phase), so a run resumed from any checkpoint (inside a phase or at the boundary
+between two) replays the same random numbers and ends with the same result. One process at a
+time works in a run directory (:class:`~hwsbs.checkpoint.RunDirLock`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +26,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from cost_models import build_cost_model
 from cost_models.base import CostModel
-from hwsbs.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
-from hwsbs.config import SearchConfig
+from hwsbs.checked_io import read_checked_json, write_text_atomic
+from hwsbs.checkpoint import (
+    CHECKPOINT_NAME,
+    RunDirLock,
+    load_checkpoint,
+    load_state_dict_file,
+    save_checkpoint,
+)
+from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig, check_device
 from hwsbs.data import build_dataset, make_loader
 from hwsbs.errors import CheckpointError, ConfigError
 from hwsbs.methods import MethodContext, get_method
@@ -35,10 +48,12 @@ from hwsbs.sbs.derive import apply_config
 from hwsbs.sbs.engine import CostObjective
 from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
 
-__all__ = ["run_search", "resolve_cost_model", "default_run_dir", "Objective", "build_compressed_model"]
+__all__ = ["run_search", "resolve_cost_model", "default_run_dir", "Objective", "build_compressed_model", "check_target",
+           "OPTIONS_NAME"]
 
 PHASES = ("pretrain", "search", "finetune", "done")
 _RESUME_IGNORED = {"resume", "out", "progress", "device", "workers"}
+OPTIONS_NAME = "options.json"
 
 
 @dataclass
@@ -69,6 +84,26 @@ def _epoch_seed(seed: int, phase: str, epoch: int) -> int:
     return (seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch) % (2**31)
 
 
+def _seed_phase(seed: int, phase: str) -> None:
+    """Reseed torch and python at the start of ``phase``: whatever ran before (the previous phase
+    in this process, or nothing in a resumed one), the phase sees the same random numbers."""
+    _seed_all(zlib.crc32(f"hwsbs:{seed}:{phase}".encode()))
+
+
+def check_target(target: float | None, uniform_8bit: float, unit: str) -> None:
+    """Refuse an absolute ``--target`` below ``MIN_TARGET_FRACTION`` of the uniform 8-bit cost.
+
+    Raises:
+        ConfigError: ``--target 1e-300: below 1e-30 of the uniform 8-bit cost (...)``.
+    """
+    if target is None or not (math.isfinite(uniform_8bit) and uniform_8bit > 0):
+        return
+    if target < MIN_TARGET_FRACTION * uniform_8bit:
+        raise ConfigError(f"--target {target:g}: below {MIN_TARGET_FRACTION:g} of the uniform 8-bit cost "
+                          f"({uniform_8bit:.4g} {unit}); no configuration comes near it and the budget loss would "
+                          f"overflow; give a cost in {unit} or a share like 30%")
+
+
 def _as_loader(data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
@@ -76,14 +111,18 @@ def _as_loader(data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed:
 
 
 def _check_costable(model: nn.Module, example: torch.Tensor, objectives: Sequence[tuple[Objective, HardwareProfile, CostModel]],
-                    batch: int) -> None:
-    """Every cost model must price this model (a lookup table: every layer signature) before anything is written."""
+                    batch: int, target: float | None = None) -> None:
+    """Every cost model must price this model (a lookup table: every layer signature), and an
+    absolute ``target`` must be a cost the primary one can approach, before anything is written."""
     param = next(model.parameters(), None)
     order, shapes = trace_layer_shapes(model, example if param is None else example.to(param.device))
     plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=batch)
     for _, _, cm in objectives:
         plain.cost(cm)
         plain.full_precision().cost(cm)
+    if target is not None:  # the primary objective's budget
+        cm = objectives[0][2]
+        check_target(target, plain.cost(cm), cm.unit)
 
 
 class _Run:
@@ -92,7 +131,7 @@ class _Run:
     def __init__(self, config: SearchConfig, model: nn.Module | None, train_data, val_data,
                  objectives: Sequence[Objective] | None) -> None:
         self.cfg = config
-        self.device = torch.device(config.device)
+        self.device = check_device(config.device)
         _seed_all(config.seed)
         objs = list(objectives) if objectives else [Objective(config.hw, config.cost, 1.0)]
         self.objectives: list[tuple[Objective, HardwareProfile, CostModel]] = []
@@ -119,7 +158,7 @@ class _Run:
         self.val_loader = _as_loader(val_data, max(config.batch_size, 256), False, config.seed, config.workers)
         first = next(iter(self.loader("pretrain", 0)))
         self.example = first[0].to(self.device)
-        _check_costable(model, first[0], self.objectives, config.cost_batch)
+        _check_costable(model, first[0], self.objectives, config.cost_batch, config.target)
         self.run_dir = Path(config.out) if config.out else default_run_dir()
         self.history: list[dict[str, Any]] = []
         self.fp_accuracy: float | None = None
@@ -152,16 +191,29 @@ class _Run:
 
 
 def _check_resume_options(run_dir: Path, cfg: SearchConfig) -> None:
-    saved_path = run_dir / "options.json"
-    if not saved_path.is_file():
-        return
-    saved = json.loads(saved_path.read_text())
+    """The options of the run being resumed (its ``options.json``) must be the ones given now.
+
+    Options an older hwsbs did not record are accepted only at their default value (the value
+    that run used). Raises ConfigError naming the file or the option.
+    """
+    path = run_dir / OPTIONS_NAME
+    if not os.path.lexists(path):
+        raise ConfigError(f"--resume {run_dir}: {OPTIONS_NAME} not found, so the options of that run are unknown; "
+                          "not a run directory of hwsbs search (start the run again without --resume)")
+    saved = read_checked_json(path, "run options file")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: expected a JSON object (the run's options), got {type(saved).__name__}")
     now = cfg.to_dict()
-    for key, value in saved.items():
+    defaults = SearchConfig().to_dict()
+    for key, value in now.items():
         if key in _RESUME_IGNORED:
             continue
-        if key in now and now[key] != value:
-            raise ConfigError(f"--resume {run_dir}: option {key} was {value!r} in that run, now {now[key]!r}")
+        if key not in saved:
+            if value != defaults[key]:
+                raise ConfigError(f"--resume {run_dir}: option {key} is not recorded in {path} (that run used the "
+                                  f"default {defaults[key]!r}), now {value!r}")
+        elif saved[key] != value:
+            raise ConfigError(f"--resume {run_dir}: option {key} was {saved[key]!r} in that run, now {value!r}")
 
 
 _PHASE_WHAT = {"pretrain": "full-precision training", "finetune": "fine-tuning"}
@@ -279,18 +331,33 @@ def run_search(
     """
     get_method(config.method)  # an unknown method fails before any work
     run = _Run(config, model, train_data, val_data, objectives)
+    run_dir = run.run_dir
+    if config.resume and not run_dir.is_dir():
+        raise ConfigError(f"--resume: run directory {run_dir} does not exist")
+    if not config.resume:
+        _refuse_existing_run(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with RunDirLock(run_dir) as lock:
+        return _run_locked(run, lock)
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / "result.json").exists():
+        raise ConfigError(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+
+
+def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
+    """The run, while this process holds the run directory's lock."""
     cfg = run.cfg
     run_dir = run.run_dir
     ckpt = None
     if cfg.resume:
-        if not run_dir.is_dir():
-            raise ConfigError(f"--resume: run directory {run_dir} does not exist")
         _check_resume_options(run_dir, cfg)
         ckpt = load_checkpoint(run_dir)
-    elif (run_dir / "checkpoint.pt").exists() or (run_dir / "result.json").exists():
-        raise ConfigError(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "options.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    else:
+        _refuse_existing_run(run_dir)  # again: another process may have started one meanwhile
+    lock.record_pid()
+    write_text_atomic(run_dir / OPTIONS_NAME, json.dumps(cfg.to_dict(), indent=2, default=str), "run options")
     if ckpt is not None:
         run.history = json.loads(ckpt.get("history", "[]"))
         run.fp_accuracy = ckpt.get("fp_accuracy")
@@ -301,6 +368,7 @@ def run_search(
     phase = ckpt["phase"] if ckpt is not None else "pretrain"
     with PhaseProgress(cfg.progress) as progress:
         if phase == "pretrain":
+            _seed_phase(cfg.seed, "pretrain")
             if ckpt is not None:
                 _load_model_state(fp_model, ckpt["model"], f"{run_dir}/checkpoint.pt")
             elif run.fp_state is not None:
@@ -310,6 +378,7 @@ def run_search(
             run.fp_accuracy = evaluate(fp_model, run.val_loader, run.device)
             progress.log(f"full precision: accuracy {run.fp_accuracy:.4f}")
             ckpt = None
+        _seed_phase(cfg.seed, "search")
         space = _convert(run, fp_model)
         config_path = run_dir / "config.yaml"
         if phase in ("pretrain", "search"):
@@ -325,6 +394,7 @@ def run_search(
             progress.log(f"budget {budget['target']:.4g} {run.cost_model.unit} not met: the configuration costs "
                          f"{budget['cost']:.4g}" + ("" if budget["reachable"] else
                                                    f"; the cheapest this search space allows is {budget['floor']:.4g}"))
+        _seed_phase(cfg.seed, "finetune")
         model = apply_config(space, found, str(config_path))
         if ckpt is not None and ckpt["phase"] == "finetune":
             _load_model_state(model, ckpt["model"], f"{run_dir}/checkpoint.pt")

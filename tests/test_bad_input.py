@@ -3,26 +3,36 @@ exit code 2, no traceback, and nothing written. ``--debug`` shows the traceback 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import optuna
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from cost_models import LayerShape
 from hwsbs.cli.main import main
-from hwsbs.errors import ModelError, ProfileError
+from hwsbs.config import SearchConfig
+from hwsbs.errors import ConfigError, ModelError, ProfileError
 from hwsbs.models import build_model
 from hwsbs.pipeline import build_compressed_model
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
+from hwsbs.sbs.convert import convert_model
+from hwsbs.sbs.derive import check_config_matches
+from hwsbs.tuning import study as study_module
+from hwsbs.tuning.study import open_storage, resolve_storage_url
 
 TINY = ["--subset", "64", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "0", "--no-progress"]
 PROFILE = {
@@ -104,6 +114,10 @@ class _System:
         return (os.system, ("echo owned",))
 
 
+#: options.json of the run directories below: what the cases' search options (TINY) record
+RUN_OPTIONS = SearchConfig(hw="a100", subset=64, pretrain_epochs=1, search_epochs=1, finetune_epochs=0).to_dict()
+
+
 def _write_checkpoints(root: Path) -> None:
     (root / "empty.pt").write_bytes(b"")
     torch.save([1, 2, 3], root / "list.pt")
@@ -115,7 +129,7 @@ def _write_checkpoints(root: Path) -> None:
         run = root / name
         run.mkdir()
         (run / "config.yaml").write_bytes((root / "config.yaml").read_bytes())
-        (run / "options.json").write_text(json.dumps({"model": "small_cnn"}), encoding="utf-8")
+        (run / "options.json").write_text(json.dumps(RUN_OPTIONS), encoding="utf-8")
         if ckpt is None:
             (run / "checkpoint.pt").write_bytes(b"")
         else:
@@ -123,6 +137,35 @@ def _write_checkpoints(root: Path) -> None:
     code = root / "run_code"
     code.mkdir()
     (code / "options.json").write_text(json.dumps({"model": "os:system"}), encoding="utf-8")
+    _write_data_inputs(root)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` 1-bit pixels: PIL's size check runs on opening,
+    before any pixel is decoded, so the file can stay a few bytes (like a real bomb's)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _cifar_batch(images: int, labels: list) -> bytes:
+    return pickle.dumps({b"data": np.zeros((images, 3072), dtype=np.uint8), b"labels": labels}, protocol=4)
+
+
+def _write_data_inputs(root: Path) -> None:
+    """Image folders holding decompression bombs; CIFAR releases with an empty batch or fractional labels."""
+    for name, size in (("bomb", (20000, 20000)), ("bomb_warn", (10000, 10000))):  # 4e8 and 1e8 pixels
+        for split in ("train", "val"):
+            (root / name / split / "a").mkdir(parents=True)
+            (root / name / split / "a" / "x.png").write_bytes(_png_header(*size))
+    for name, first in (("cifar_empty", _cifar_batch(0, [])), ("cifar_fractional", _cifar_batch(2, [0, 1.5]))):
+        release = root / name / "cifar-10-batches-py"
+        release.mkdir(parents=True)
+        (release / "data_batch_1").write_bytes(first)
+        for other in ("data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+            (release / other).write_bytes(_cifar_batch(2, [0, 1]))
 
 
 def _write_inputs(root: Path) -> None:
@@ -277,7 +320,8 @@ CASES: dict[str, Case] = {
     "validate-1e400-bandwidth": Case(["profiles", "validate", "{t}/e400_bandwidth.yaml"],
                                      "memory[0].bandwidth_bytes_per_s: input should be a finite number, got inf"),
     "validate-inf-overhead": Case(["profiles", "validate", "{t}/inf_overhead.yaml"],
-                                  "{t}/inf_overhead.yaml: cost_model: per_layer_overhead_s: expected a finite number, got inf"),
+                                  "{t}/inf_overhead.yaml: cost_model.roofline.per_layer_overhead_s: input should be a "
+                                  "finite number, got inf"),
     # files that are not regular files, or too large: no hang, no MemoryError
     "validate-table-is-dev-zero": Case(["profiles", "validate", "{t}/lut_zero.yaml"],
                                        "{t}/tables/zero.json: lookup table file is a character device, not a regular file"),
@@ -330,6 +374,42 @@ CASES: dict[str, Case] = {
                                        "layers[1] (stem).name: 'stem' is also the name of layers[0]"),
     "cost-config-stride-text": Case(["cost", "--config", "{t}/config_stride_text.yaml", "--hw", "a100"],
                                     "layers[0] (stem).shape.stride[1]: expected an integer, got '2'"),
+    # seeds every generator can take; export's counts
+    "search-negative-seed": Case([*S, "a100", "--seed", "-1"], "--seed: expected an integer 0..4294967295, got -1"),
+    "search-seed-over-32-bits": Case([*S, "a100", "--seed", str(2**32)], "--seed: expected an integer 0..4294967295, got 4294967296"),
+    "tune-negative-seed": Case(["tune", "--hw", "a100", "--trials", "2", "--seed", "-1"],
+                               "--seed: expected an integer 0..4294967295, got -1"),
+    "export-threads-zero": Case(["export", "--run", "{t}/run_empty", "--threads", "0"], "--threads: expected a positive integer, got 0"),
+    "export-num-classes-zero": Case(["export", "--run", "{t}/run_empty", "--num-classes", "0"],
+                                    "--num-classes: expected a positive integer, got 0"),
+    # export --out: checked before any work
+    "export-out-is-a-directory": Case(["export", "--run", "{t}/run_empty", "--out", "{t}/cifar"],
+                                      "--out {t}/cifar: is a directory; give a file name"),
+    "export-out-under-a-file": Case(["export", "--run", "{t}/run_empty", "--out", "{t}/a_file/m.pt"],
+                                    "--out {t}/a_file/m.pt: {t}/a_file is not a directory"),
+    # a budget no configuration can approach (it would overflow the budget loss, blamed on the lr)
+    "search-target-1e-300": Case([*S, "a100", "--cost", "bops", "--target", "1e-300"],
+                                 "--target 1e-300: below 1e-30 of the uniform 8-bit cost ("),
+    "search-target-1e-300-percent": Case([*S, "a100", "--target", "1e-300%"],
+                                         "--target 1e-300%: below 1e-30 of the uniform 8-bit cost"),
+    "tune-target-1e-300": Case(["tune", "--hw", "a100", "--cost", "bops", "--trials", "2", "--target", "1e-300"],
+                               "--target 1e-300: below 1e-30 of the uniform 8-bit cost ("),
+    # a storage URL without a driver gets the installed one, and the message names it (password masked)
+    "tune-postgres-unreachable": Case(["tune", "--hw", "a100", "--trials", "2", "--storage",
+                                       "postgresql://hwsbs:secret@127.0.0.1:1/optuna"],
+                                      "--storage postgresql://hwsbs:***@127.0.0.1:1/optuna: cannot open with "
+                                      "driver psycopg2 ("),
+    # datasets: decompression bombs, an empty batch, fractional labels
+    "search-image-bomb": Case([*S, "a100", "--data", "imagefolder", "--data-dir", "{t}/bomb"],
+                              "{t}/bomb/train/a/x.png: image of 400000000 pixels is over the limit of "
+                              f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)"),
+    "search-image-bomb-warning-size": Case([*S, "a100", "--data", "imagefolder", "--data-dir", "{t}/bomb_warn"],
+                                           "{t}/bomb_warn/train/a/x.png: image of 100000000 pixels is over the limit"),
+    "search-cifar-empty-batch": Case([*S, "a100", "--data", "cifar10", "--data-dir", "{t}/cifar_empty"],
+                                     "cifar-10-batches-py/data_batch_1: expected a CIFAR-10 batch dict with 'data' "
+                                     "(N x 3072 uint8) and 'labels'; the batch holds no images"),
+    "search-cifar-fractional-labels": Case([*S, "a100", "--data", "cifar10", "--data-dir", "{t}/cifar_fractional"],
+                                           "cifar-10-batches-py/data_batch_1: labels: expected whole numbers, label 1 is 1.5"),
 }
 #: commands that take --out (and TINY schedules): the directory must not appear
 WITH_OUT = ("search", "tune", "pareto")
@@ -411,3 +491,129 @@ def test_a_study_name_cannot_escape_runs(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]
     assert (cwd / "runs" / "x" / "study.db").is_file() and (cwd / "runs" / "x" / "trials" / "trial-0").is_dir()
     assert [p.name for p in (cwd / "runs").iterdir()] == ["x"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases that need the machine to look a certain way (no CUDA) or a finished run
+
+
+def _one_line_exit_2(argv: list[str], capsys) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert "Traceback" not in err and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [
+    ["search", "--hw", "a100", *TINY],
+    ["tune", "--hw", "a100", "--trials", "2", *TINY],
+    ["pareto", "--hw", "a100", "--hw", "a100:size", "--trials", "2", *TINY],
+    ["export", "--run", "{t}/run_empty"],
+    ["lut", "build", "--model", "small_cnn", "--out", "prof.yaml"],
+])
+def test_device_cuda_without_cuda_is_one_line_and_writes_nothing(command, inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [a.replace("{t}", str(inputs)) for a in command] + ["--device", "cuda"]
+    before = {p: p.stat().st_mtime_ns for p in inputs.rglob("*")}
+    line = _one_line_exit_2(argv, capsys)
+    assert "--device cuda: no CUDA device is available" in line
+    assert list(tmp_path.iterdir()) == []  # no run directory, no study.db, no profile
+    assert {p: p.stat().st_mtime_ns for p in inputs.rglob("*")} == before
+
+
+def test_device_names_torch_does_not_know_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_exit_2(["search", "--hw", "a100", "--device", "gpu", *TINY], capsys)
+    assert "--device 'gpu': not a torch device (cpu, cuda, cuda:1, mps, ...)" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lut_seed_and_threads_are_checked_by_the_parser(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_exit_2(["lut", "check", "--hw", "a100", "--seed", "-1"], capsys)
+    assert "argument --seed: expected an integer 0..4294967295, got '-1'" in line
+    line = _one_line_exit_2(["lut", "build", "--model", "small_cnn", "--out", "p.yaml", "--threads", "0"], capsys)
+    assert "argument --threads: expected a positive integer, got '0'" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def _finished_run(root: Path) -> Path:
+    """A run directory as hwsbs search leaves it (config.yaml, a finished checkpoint, options.json)."""
+    from hwsbs.checkpoint import save_checkpoint
+    from hwsbs.sbs.derive import apply_config, derive_config
+
+    run = root / "run_ok"
+    run.mkdir()
+    space = convert_model(build_model("small_cnn", 10, 1, (8, 8)), torch.randn(4, 1, 8, 8), (2, 4, 8), group_size=4, prune=True)
+    config = derive_config(space, "small_cnn", "digits", [2, 4, 8], 4, 1)
+    save_config(config, run / "config.yaml")
+    model = apply_config(space, config, str(run / "config.yaml"))
+    save_checkpoint({"phase": "done", "epoch": 0, "model": model.state_dict(), "optim": {}, "fp_accuracy": 0.5,
+                     "history": "[]", "compressed_accuracy": 0.5, "budget": "null"}, run)
+    (run / "options.json").write_text(json.dumps({"model": "small_cnn", "data": "digits"}), encoding="utf-8")
+    return run
+
+
+def test_export_out_on_a_read_only_path_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = _finished_run(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):  # root: permissions do not stop it; sysfs refuses new files even to root
+            locked = Path("/sys")
+            try:
+                open(locked / "hwsbs-probe.pt", "wb").close()
+                pytest.skip("no read-only directory available (running as root, /sys writable)")
+            except OSError:
+                pass
+        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+        out = locked / "m.pt"
+        line = _one_line_exit_2(["export", "--run", str(run), "--out", str(out)], capsys)
+        assert line.startswith(f"hwsbs export: error: --out {out}: not writable") or \
+            line.startswith(f"hwsbs export: error: {out}: cannot write the export (Permission denied)"), line
+        assert not os.path.lexists(out) and not list(locked.glob("m.pt*"))
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+        # the same run exports fine to a writable path
+        assert main(["export", "--run", str(run), "--out", str(tmp_path / "ok.pt"), "--json"]) == 0
+        capsys.readouterr()
+        assert (tmp_path / "ok.pt").is_file() and not list(tmp_path.glob("*.tmp"))
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+
+def test_a_config_that_differs_in_groups_names_the_field():
+    space = convert_model(build_model("small_cnn", 10, 1, (8, 8)), torch.randn(2, 1, 8, 8), (2, 4, 8), group_size=4)
+    name = next(n for n in space.layer_names if space.shapes[n].kind == "conv" and space.shapes[n].in_channels % 2 == 0)
+    layers = [LayerDecision(dataclasses.replace(space.shapes[n], groups=2) if n == name else space.shapes[n], 8, 8)
+              for n in space.layer_names]
+    with pytest.raises(ModelError) as info:
+        check_config_matches(space, CompressionConfig(layers), "c.yaml")
+    assert str(info.value) == f"c.yaml: layer {name} does not match the model: groups 2 there but 1 in the model"
+    layers = [LayerDecision(dataclasses.replace(s, kernel_size=(1, 1), out_channels=s.out_channels * 2)
+                            if n == name else s, 8, 8) for n, s in ((n, space.shapes[n]) for n in space.layer_names)]
+    with pytest.raises(ModelError, match=r"kernel_size \(1, 1\) there but \(3, 3\) in the model"):
+        check_config_matches(space, CompressionConfig(layers), "c.yaml")
+
+
+def test_storage_urls_name_the_driver_they_use(monkeypatch):
+    assert resolve_storage_url("postgresql://u:p@h/db") == ("postgresql+psycopg2://u:p@h/db", "psycopg2")
+    assert resolve_storage_url("postgres://h/db") == ("postgresql+psycopg2://h/db", "psycopg2")
+    assert resolve_storage_url("sqlite:///x.db") == ("sqlite:///x.db", None)
+    with pytest.raises(ConfigError) as info:
+        open_storage("postgresql://hwsbs:secret@127.0.0.1:1/optuna")
+    assert "cannot open with driver psycopg2 (" in str(info.value) and "secret" not in str(info.value)
+    monkeypatch.setattr(study_module, "_installed", lambda module: False)
+    with pytest.raises(ConfigError, match=r"^--storage postgresql://hwsbs:\*\*\*@h/db: no postgresql driver is installed "
+                                          r"\(tried the modules psycopg2, psycopg, pg8000\); pip install psycopg2-binary$"):
+        resolve_storage_url("postgresql://hwsbs:secret@h/db")
+    with pytest.raises(ConfigError, match=r"the database driver module pymysql is not installed \(pip install PyMySQL\)"):
+        resolve_storage_url("mysql+pymysql://h/db")

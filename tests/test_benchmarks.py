@@ -29,16 +29,30 @@ def test_every_overhead_configuration_is_a_real_training_step(config):
     assert changed, f"{config}: a step must update the weights"
 
 
-def test_frontier_plan_gives_every_method_the_same_epochs():
-    specs = frontier.plan(["sbs", "uniform", "random", "optuna", "multipath"], [0.1, 1.0], [0.2], ["u4", "10%"], 2, 3)
-    labels = [s.label for s in specs]
-    assert labels == ["sbs-lam0.1", "sbs-lam1", "uniform2", "uniform4", "uniform8", "random-u4", "random-10pct",
-                      "optuna-u4", "optuna-10pct", "multipath-lam0.2"]
-    uniform = [s for s in specs if s.method == "uniform"]
-    assert all(s.options["search_epochs"] == 0 and s.options["finetune_epochs"] == 5 for s in uniform)
-    assert next(s for s in specs if s.label == "random-10pct").options == {"target_fraction": 0.1}
-    with pytest.raises(SystemExit, match="unknown method family"):
-        frontier.plan(["annealing"], [], [], [], 1, 1)
+def test_frontier_plan_puts_every_method_at_the_same_budgets():
+    jobs = frontier.plan(["uniform", "sbs", "ilp", "random"], [0.75])
+    labels = [j.label for j in jobs]
+    assert labels == ["uniform8", "uniform4", "uniform2", "sbs@u4", "sbs@u2", "sbs@u2x0.75", "sbs@u2x0.75-mpf0.75",
+                      "ilp@u4", "ilp@u2", "ilp@u2x0.75", "random@u4"]
+    assert all(j.budget is None for j in jobs if j.method == "uniform")
+    assert next(j for j in jobs if j.label == "sbs@u2x0.75-mpf0.75").options == {"max_prune_fraction": 0.75}
+
+
+def test_frontier_budgets_are_uniform_costs_and_the_split_is_disjoint(tmp_path):
+    model = build_model("resnet20", 10, 3, (32, 32))
+    costs = frontier.budget_costs(model, torch.randn(2, 3, 32, 32))
+    assert costs["u2"] < costs["u4"] and costs["u2x0.75"] == pytest.approx(0.75 * costs["u2"])
+    root = tmp_path / "cifar"
+    for split, n in (("train", 5), ("test", 3)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (root / split / cls / f"{i}.jpg").write_bytes(b"x")
+    search, ev = frontier.prepare_splits(root, tmp_path / "out", 3, 2, 0)
+    train = {p.name for p in (search / "train" / "a").iterdir()}
+    val = {p.name for p in (search / "val" / "a").iterdir()}
+    assert len(train) == 3 and len(val) == 2 and not train & val  # validation held out from training
+    assert len(list((ev / "test" / "a").iterdir())) == 3  # the whole test split
 
 
 def test_cost_eval_times_the_term_of_every_cost_model_on_a_covering_table():

@@ -27,6 +27,7 @@ from hwsbs.checkpoint import (
 )
 from hwsbs.cli.main import main
 from hwsbs.errors import CheckpointError, ConfigError, ModelError, ProfileError
+from hwsbs.export import EXPORT_FORMAT, load_exported, load_run
 from hwsbs.models import build_model
 from hwsbs.profiles import load_profile
 from hwsbs.profiles.yaml_io import MAX_ALIASES, MAX_DEPTH, load_yaml, load_yaml_text
@@ -83,6 +84,61 @@ def test_a_run_directory_cannot_choose_code_to_import(sentinel_module, tmp_path,
     main(["export", "--run", str(run), "--model", f"{name}:build", "--out", str(tmp_path / "m.pt")])
     capsys.readouterr()
     assert marker.exists()
+
+
+def test_load_run_does_not_import_what_options_json_names(sentinel_module, tmp_path):
+    name, marker = sentinel_module
+    run = _code_run_dir(tmp_path, f"{name}:build")
+    with pytest.raises(ConfigError, match=rf"options.json: model '{name}:build' is code to import, which a run directory"):
+        load_run(run)
+    assert not marker.exists() and name not in sys.modules
+    with pytest.raises((CheckpointError, ModelError)):  # named by the caller: imported (this run does not fit it)
+        load_run(run, model=f"{name}:build")
+    assert marker.exists()
+
+
+def test_load_run_reads_weights_like_every_checkpoint(tmp_path):
+    run = _code_run_dir(tmp_path, "small_cnn")
+    state = build_model("small_cnn", *GEOMETRY).state_dict()
+    state["fc.bias"][0] = float("nan")
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: tensor 'fc.bias' holds 1 non-finite value"):
+        load_run(run)
+    save_checkpoint(_state(), run)
+    with pytest.raises(CheckpointError, match="the run stopped in phase 'search'; finish it"):
+        load_run(run)
+    (run / "checkpoint.pt").write_bytes(pickle.dumps({"w": _Gadget()}, protocol=2))
+    with pytest.raises(CheckpointError, match=rf"refusing to load global {os.system.__module__}\.system"):
+        load_run(run)
+
+
+def _export_file(path: Path, **overrides) -> Path:
+    data = {"format": EXPORT_FORMAT, "spec": {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "image_size": [8, 8]},
+            "backend": "float", "layers": [], "norms": {}, "state": {}, "info": {}, **overrides}
+    torch.save(data, path)
+    return path
+
+
+def test_load_exported_reads_with_weights_only_and_imports_nothing_it_names(sentinel_module, tmp_path):
+    name, marker = sentinel_module
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"w": _Gadget()}, protocol=2))
+    with pytest.raises(CheckpointError, match=rf"evil.pt: cannot read export \(refusing to load global {os.system.__module__}"):
+        load_exported(tmp_path / "evil.pt")
+    spec = {"name": f"{name}:build", "num_classes": 10, "in_channels": 1, "image_size": [8, 8]}
+    path = _export_file(tmp_path / "code.pt", spec=spec)
+    with pytest.raises(ModelError, match=rf"code.pt: model '{name}:build' is code to import, which an export file cannot "
+                                         rf"choose; if you trust it, pass model='{name}:build'"):
+        load_exported(path)
+    assert not marker.exists() and name not in sys.modules
+    path = _export_file(tmp_path / "partial.pt")
+    data = torch.load(path, weights_only=True)
+    del data["norms"], data["state"]
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match="partial.pt: not a complete hwsbs export: missing norms, state"):
+        load_exported(path)
+    bad = {"w": torch.tensor([1.0, float("inf")])}
+    with pytest.raises(CheckpointError, match=r"nan.pt: state: tensor 'w' holds 1 non-finite value"):
+        load_exported(_export_file(tmp_path / "nan.pt", state=bad))
 
 
 def test_a_run_directory_may_name_a_built_in_model_or_nothing_unknown(tmp_path, capsys):
@@ -345,6 +401,10 @@ def _state(**overrides) -> dict:
     (_state(history="{not json"), "history: expected the JSON text of a list"),
     (_state(phase="done"), "compressed_accuracy: missing in a finished run's checkpoint"),
     (_state(fp_accuracy=float("nan")), "fp_accuracy: expected a finite number, got nan"),
+    (_state(model={"fc.bias": torch.tensor([0.0, float("nan")])}), "model: tensor 'fc.bias' holds 1 non-finite value(s)"),
+    (_state(optim={"engine": {"weight_optimizer": {"state": {0: {"momentum_buffer": torch.tensor([float("inf"), 1.0])}}}}}),
+     "optim.engine.weight_optimizer.state.0.momentum_buffer: tensor holds 1 non-finite value(s) (NaN or infinity); "
+     "the run diverged before this checkpoint"),
 ])
 def test_run_checkpoints_with_the_wrong_layout(tmp_path, state, needle):
     torch.save(state, tmp_path / "checkpoint.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,13 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from hwsbs.checked_io import read_checked_json
-from hwsbs.checkpoint import load_model_state
+from hwsbs.config import check_device
 from hwsbs.errors import ConfigError, DataError, HwsbsError
-from hwsbs.export import ExportedModel, ModelSpec, compressed_model, export_model, spec_from_config
+from hwsbs.export import ExportedModel, ModelSpec, export_model, load_run
+from hwsbs.export.source import read_run_options
 from hwsbs.export.verify import REL_TOL, verify_export
 from hwsbs.lut.timing import fixed_threads, time_callable
-from hwsbs.models import list_models
-from hwsbs.sbs.config_io import CompressionConfig, load_config
+from hwsbs.sbs.config_io import CompressionConfig
 
 from .profiles import stdout_console
 
@@ -57,53 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run)
 
 
-def _run_options(run_dir: Path | None) -> dict[str, Any]:
-    """The run directory's ``options.json`` (empty when there is none); it is data, never code."""
-    if run_dir is None or not os.path.lexists(run_dir / "options.json"):
-        return {}
-    path = run_dir / "options.json"
-    options = read_checked_json(path)
-    if not isinstance(options, dict):
-        raise ConfigError(f"{path}: expected a JSON object (the run's options), got {type(options).__name__}")
-    return options
-
-
-def _model_name(args: argparse.Namespace, options: dict[str, Any]) -> str | None:
-    """``--model``, else the run's model if it is a built-in one.
-
-    A ``module:factory`` imports and runs code, so it must come from the command line: a run
-    directory (possibly someone else's) cannot choose it.
-    """
-    if args.model is not None:
-        return args.model
-    if "model" not in options:
-        return None
-    name, where = options["model"], Path(args.run) / "options.json"
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: model: expected a model name, got {name!r}")
-    if name in list_models():
-        return name
-    if ":" in name:
-        raise ConfigError(f"{where}: model {name!r} is code to import, which a run directory cannot choose; "
-                          f"if you trust it, pass --model {name} yourself")
-    raise ConfigError(f"{where}: model: unknown model {name!r}; known: {', '.join(list_models())} (or pass --model)")
-
-
 def _load_inputs(args: argparse.Namespace) -> tuple[ModelSpec, nn.Module, CompressionConfig, dict[str, Any]]:
     """The spec, the fine-tuned compressed model, its configuration and the run's options."""
-    run_dir = Path(args.run) if args.run else None
-    if run_dir is not None and not run_dir.is_dir():
-        raise ConfigError(f"--run {run_dir}: not a directory")
-    options = _run_options(run_dir)
-    cfg_path = Path(args.config) if args.config else (run_dir / "config.yaml" if run_dir else None)
-    ckpt_path = Path(args.checkpoint) if args.checkpoint else (run_dir / "checkpoint.pt" if run_dir else None)
-    name = _model_name(args, options)
-    if cfg_path is None or ckpt_path is None or name is None:
-        raise ConfigError("give --run RUN_DIR, or --config FILE --checkpoint FILE --model NAME")
-    config = load_config(cfg_path)
-    spec = spec_from_config(name, config, args.num_classes, args.in_channels, args.image_size)
-    state = load_model_state(ckpt_path)
-    return spec, compressed_model(spec, config, state, str(cfg_path)), config, options
+    options = read_run_options(args.run)
+    spec, model, config = load_run(args.run, config_path=args.config, checkpoint=args.checkpoint, model=args.model,
+                                   num_classes=args.num_classes, in_channels=args.in_channels, image_size=args.image_size)
+    return spec, model, config, options
 
 
 def _verify_batches(options: dict[str, Any], spec: ModelSpec, n: int) -> tuple[Iterable[Any], str]:
@@ -143,18 +102,44 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive integer, got {value}")
 
 
+def _out_path(args: argparse.Namespace) -> Path:
+    """``--out`` (or its default), checked to be a file hwsbs may create before any work is done.
+
+    Raises:
+        ConfigError: the path is a directory or another non-regular file, a parent is a file, or
+            the nearest existing parent directory is not writable.
+    """
+    out = Path(args.out) if args.out else (Path(args.run) if args.run else Path(".")) / f"model_{args.format}.pt"
+    label = f"--out {out}" if args.out else f"{out} (the default --out)"
+    try:
+        st = os.stat(out)
+    except (FileNotFoundError, NotADirectoryError):  # a parent that is a file: named below
+        st = None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot use this path ({exc.strerror or exc})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{label}: is a directory; give a file name, e.g. {out / f'model_{args.format}.pt'}")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{label}: exists and is not a regular file")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:  # save() creates the missing directories
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{label}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (st is not None and not os.access(out, os.W_OK)):
+        raise ConfigError(f"{label}: not writable (permission denied or a read-only file system)")
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     _check_numbers(args)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ConfigError(f"--device {args.device!r}: not a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
+    check_device(args.device)
+    if args.run is not None and not Path(args.run).is_dir():
+        raise ConfigError(f"--run {args.run}: not a directory")
+    out = _out_path(args)
     spec, model, config, options = _load_inputs(args)
     backend = "float" if args.format == "float" else args.kernel
     exported = export_model(model, spec.example(), backend=backend, device=args.device, spec=spec)
-    out = Path(args.out) if args.out else (Path(args.run) if args.run else Path(".")) / f"model_{args.format}.pt"
     exported.info.update({"config": str(args.config or (Path(args.run) / "config.yaml" if args.run else ""))})
     exported.save(out)
     report: dict[str, Any] = {"out": str(out), "model": spec.to_dict(), "backend": exported.backend,

@@ -10,6 +10,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hwsbs.config import MAX_SEED, check_seed
 from hwsbs.errors import ConfigError
 from hwsbs.export import ModelSpec, default_spec
 from hwsbs.lut.builder import MeasureSettings
@@ -37,6 +38,13 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _seed(text: str) -> int:
+    try:
+        return check_seed(int(text))
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"expected an integer 0..{MAX_SEED}, got {text!r}") from None
 
 
 def _geometry(p: argparse.ArgumentParser) -> None:
@@ -84,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--cost", default=None, help="cost model overriding each profile's default")
     c.add_argument("--model", default="small_cnn", metavar="M[@SIZE]", help="model (default: %(default)s)")
     c.add_argument("--configs", type=_positive, default=20, help="random configurations (default: %(default)s)")
-    c.add_argument("--seed", type=int, default=0, help="seed of the configurations (default: %(default)s)")
+    c.add_argument("--seed", type=_seed, default=0, help="seed of the configurations (default: %(default)s)")
     c.add_argument("--bits", type=_bits, default=(2, 4, 8), help="bit widths to draw from (default: 2,4,8)")
     c.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _geometry(c)

@@ -122,6 +122,29 @@ def _get(batch: dict[Any, Any], key: str) -> Any:
     return batch.get(key)
 
 
+def _labels(path: Path, lab: Any) -> np.ndarray:
+    """A batch's labels as int64, refusing what would be silently truncated or wrapped.
+
+    Raises:
+        DataError: labels that are not numbers, or not whole numbers (``1.5``, NaN).
+    """
+    try:
+        arr = np.asarray(lab)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+        raise DataError(f"{path}: labels: expected a list of integers ({' '.join(str(exc).split())[:120]})") from None
+    arr = arr.reshape(-1)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        if arr.size:  # an empty list comes back as float64; other kinds are strings, objects, booleans
+            raise DataError(f"{path}: labels: expected integers, got {arr.dtype} values (e.g. {arr.tolist()[0]!r})")
+    if np.issubdtype(arr.dtype, np.floating) and arr.size:
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(f"{path}: labels: expected whole numbers, label {i} is {arr.tolist()[i]!r} "
+                            f"({bad.size} label(s) are fractional or not finite)")
+    return arr.astype(np.int64)
+
+
 def load_cifar_split(
     release_dir: Path, files: Sequence[str], release: CifarRelease
 ) -> tuple[Tensor, Tensor]:
@@ -147,7 +170,9 @@ def load_cifar_split(
             raise DataError(f"{path}: {expected}; keys are {sorted(map(str, batch))}")
         if data.ndim != 2 or data.shape[1] != _PIXELS or data.dtype != np.uint8:
             raise DataError(f"{path}: {expected}; 'data' is {data.dtype} {tuple(data.shape)}")
-        lab_arr = np.asarray(lab, dtype=np.int64).reshape(-1)
+        if data.shape[0] == 0:
+            raise DataError(f"{path}: {expected}; the batch holds no images")
+        lab_arr = _labels(path, lab)
         if lab_arr.shape[0] != data.shape[0]:
             raise DataError(
                 f"{path}: {expected}; {data.shape[0]} images but {lab_arr.shape[0]} labels"

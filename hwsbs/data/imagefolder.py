@@ -11,6 +11,8 @@ An explicit ``image_size`` <= 64 selects the CIFAR recipe at that size, larger t
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -55,11 +57,24 @@ _EXPECTED = (
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    """Decode an image fully (so errors surface here, not later) as RGB."""
+    """Decode an image fully (so errors surface here, not later) as RGB.
+
+    An image with more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused before it is
+    decoded (PIL only warns up to twice that many): a small file that would decode to gigabytes
+    is a decompression bomb, not a training image.
+    """
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        limit = Image.MAX_IMAGE_PIXELS
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(size.group(1))} pixels" if size else "too many pixels"
+        raise DataError(f"{path}: image of {pixels} is over the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS); "
+                        "refusing a possible decompression bomb") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # SyntaxError: some PIL parsers
         detail = " ".join(str(exc).split())
         raise DataError(f"{path}: cannot decode image ({detail})") from None
 

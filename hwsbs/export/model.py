@@ -11,13 +11,18 @@ loads the rest. Prepacked kernel weights are rebuilt on load (they are opaque on
 from __future__ import annotations
 
 import copy
+import errno
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
-from hwsbs.errors import CheckpointError, ModelError
+from hwsbs.checked_io import write_atomic
+from hwsbs.checkpoint import check_state_dict, load_torch_file
+from hwsbs.errors import CheckpointError, ConfigError, ModelError
+from hwsbs.models import list_models
 from hwsbs.quant.layers import SBSLayerMixin, sbs_layers
 from hwsbs.sbs.convert import set_submodule
 
@@ -181,9 +186,18 @@ class ExportedModel(nn.Module):
             "info": {**self.info, "torch": str(torch.__version__)},
         }
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, p)
-        return p
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot write the export ({exc.strerror or exc})") from None
+
+        def write(fh: Any) -> None:
+            try:
+                torch.save(payload, fh)
+            except RuntimeError as exc:  # torch's stream writer reports a failed write(2) as RuntimeError
+                raise OSError(errno.EIO, f"torch.save: {str(exc).strip().splitlines()[0][:200]}") from None
+
+        return write_atomic(p, write, "the export", ConfigError)
 
 
 def _norm_meta(m: nn.Module) -> dict[str, Any]:
@@ -239,27 +253,40 @@ def _assemble(net: nn.Module, records: list[LayerRecord], backend: str, device: 
     return ExportedModel(fuse_activations(net).to(device), records, backend, device, spec, info)
 
 
-def load_exported(path: str | Path, device: torch.device | str = "cpu", backend: str | None = None) -> ExportedModel:
+def load_exported(path: str | Path, device: torch.device | str = "cpu", backend: str | None = None,
+                  model: str | None = None) -> ExportedModel:
     """Rebuild an exported model saved by :meth:`ExportedModel.save`.
 
     Args:
         path: the ``.pt`` file.
         device: where to run it.
         backend: override the saved integer back-end (e.g. ``intmm`` to run an export on CUDA).
+        model: the ``package.module:factory`` the export was made from, when it is not a built-in
+            model and its module is not imported yet: the file names it, but a file cannot make
+            hwsbs import code.
 
     Raises:
-        CheckpointError: not an export file, or its state does not fit the rebuilt model.
+        CheckpointError: not an export file (read with ``weights_only=True``), non-finite
+            weights, or its state does not fit the rebuilt model.
+        ModelError: the export names a model that is not built in, not ``model`` and whose module
+            is not imported.
     """
     p = Path(path)
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{p}: file not found") from None
-    except Exception as exc:
-        raise CheckpointError(f"{p}: cannot read export: {str(exc).splitlines()[0][:200]}") from None
+    data = load_torch_file(p, problem="cannot read export")
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{p}: not an hwsbs export (format {EXPORT_FORMAT!r} expected)")
-    spec = ModelSpec.from_dict(data["spec"])
+    missing = [k for k in ("spec", "backend", "layers", "norms", "state") if k not in data]
+    if missing:
+        raise CheckpointError(f"{p}: not a complete hwsbs export: missing {', '.join(missing)}")
+    try:
+        spec = ModelSpec.from_dict(data["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{p}: spec: expected name, num_classes, in_channels and image_size ({exc!r})") from None
+    module = spec.name.partition(":")[0]
+    if spec.name not in list_models() and spec.name != model and module not in sys.modules:
+        raise ModelError(f"{p}: model {spec.name!r} is code to import, which an export file cannot choose; "
+                         f"if you trust it, pass model={spec.name!r} (or import {module} first)")
+    check_state_dict(data["state"], f"{p}: state")
     chosen = resolve_backend(backend or data["backend"], device)
     net = spec.build()
     for name, meta in data["norms"].items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,13 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwsbs.checked_io import read_checked_json
+from hwsbs.checkpoint import load_model_state
 from hwsbs.errors import CheckpointError, ConfigError
-from hwsbs.models import build_model
+from hwsbs.models import build_model, list_models
 from hwsbs.sbs.config_io import CompressionConfig, load_config
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.derive import apply_config
 
-__all__ = ["ModelSpec", "default_spec", "spec_from_config", "compressed_model", "load_run"]
+__all__ = ["ModelSpec", "default_spec", "spec_from_config", "compressed_model", "load_run", "read_run_options",
+           "run_model_name"]
 
 
 @dataclass(frozen=True)
@@ -116,21 +119,41 @@ def compressed_model(spec: ModelSpec, config: CompressionConfig, state: dict[str
     return model.eval()
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    """A compressed model's state: a run checkpoint's ``model`` entry or a plain state_dict."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {str(exc).splitlines()[0][:200]}") from None
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        if data.get("phase") not in (None, "done"):
-            raise CheckpointError(f"{path}: the run stopped in phase {data.get('phase')!r}; finish it (--resume) first")
-        data = data["model"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path}: expected a run checkpoint or a state_dict")
-    return data
+def read_run_options(run_dir: str | Path | None) -> dict[str, Any]:
+    """A run directory's ``options.json`` ({} when there is none); it is data, never code.
+
+    Raises:
+        ConfigError: an options file that is not a regular file, not JSON, or not a JSON object.
+    """
+    if run_dir is None or not os.path.lexists(Path(run_dir) / "options.json"):
+        return {}
+    path = Path(run_dir) / "options.json"
+    options = read_checked_json(path)
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: expected a JSON object (the run's options), got {type(options).__name__}")
+    return options
+
+
+def run_model_name(run_dir: str | Path, options: dict[str, Any]) -> str | None:
+    """The model a run directory's options name, if it is a built-in one (None: it names none).
+
+    A ``module:factory`` imports and runs code, so it must come from the caller (``--model``,
+    ``load_run(model=...)``): a run directory, possibly someone else's, cannot choose it.
+
+    Raises:
+        ConfigError: a model that is not a string, code to import, or unknown.
+    """
+    if "model" not in options:
+        return None
+    name, where = options["model"], Path(run_dir) / "options.json"
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: model: expected a model name, got {name!r}")
+    if name in list_models():
+        return name
+    if ":" in name:
+        raise ConfigError(f"{where}: model {name!r} is code to import, which a run directory cannot choose; "
+                          f"if you trust it, pass --model {name} yourself")
+    raise ConfigError(f"{where}: model: unknown model {name!r}; known: {', '.join(list_models())} (or pass --model)")
 
 
 def load_run(run_dir: str | Path | None = None, *, config_path: str | Path | None = None,
@@ -139,8 +162,13 @@ def load_run(run_dir: str | Path | None = None, *, config_path: str | Path | Non
     """The spec, the fine-tuned compressed model and its configuration from a run directory (or
     from explicit files; explicit arguments override what the run directory says).
 
+    ``model`` defaults to the run's model, which must be a built-in one: a ``module:factory``
+    in ``options.json`` is refused unless passed here explicitly.
+
     Raises:
-        ConfigError: neither a run directory nor config + checkpoint + model are given.
+        ConfigError: neither a run directory nor config + checkpoint + model are given, or the
+            run's options are unreadable or name code to import.
+        CheckpointError: the checkpoint is unreadable, from an unfinished run, or not finite.
     """
     rd = Path(run_dir) if run_dir is not None else None
     if rd is not None and not rd.is_dir():
@@ -148,11 +176,11 @@ def load_run(run_dir: str | Path | None = None, *, config_path: str | Path | Non
     cfg_path = Path(config_path) if config_path else (rd / "config.yaml" if rd else None)
     ckpt_path = Path(checkpoint) if checkpoint else (rd / "checkpoint.pt" if rd else None)
     name = model
-    if name is None and rd is not None and (rd / "options.json").is_file():
-        name = json.loads((rd / "options.json").read_text()).get("model")
+    if name is None and rd is not None:
+        name = run_model_name(rd, read_run_options(rd))
     if cfg_path is None or ckpt_path is None or name is None:
         raise ConfigError("give --run RUN_DIR, or --config FILE --checkpoint FILE --model NAME")
     config = load_config(cfg_path)
     spec = spec_from_config(name, config, num_classes, in_channels, image_size)
-    state = _read_state(ckpt_path)
+    state = load_model_state(ckpt_path)
     return spec, compressed_model(spec, config, state, str(cfg_path)), config

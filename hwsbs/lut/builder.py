@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from cost_models.base import LayerShape
+from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION
 from hwsbs.export import ModelSpec, export_model
 from hwsbs.export.fuse import activations_after
 from hwsbs.export.layers import ExportedLayer
@@ -113,7 +114,7 @@ def _shape_job(shape: LayerShape) -> LayerJob:
     return job
 
 
-def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = (2, 4, 8), *, group_size: int = 4,
+def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = DEFAULT_BITS, *, group_size: int = DEFAULT_GROUP_SIZE,
               max_prune_fraction: float = 0.5, grid: int = 3,
               extra_shapes: Sequence[LayerShape] = ()) -> list[LayerJob]:
     """The signatures of ``specs``' layers with their kept-channel grids (union over layers),
@@ -194,7 +195,7 @@ def _input(job: LayerJob, kin: int, batch: int, gen: torch.Generator) -> Tensor:
 
 def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings) -> ExportedLayer:
     cls = SBSConv2d if job.kind == "conv" else SBSLinear
-    layer = cls.from_module(base, (2, 4, 8), 4, 0.5, 1.0)  # type: ignore[arg-type]
+    layer = cls.from_module(base, DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, 1.0)  # type: ignore[arg-type]
     layer._maybe_calibrate(example)
     layer.act_signed.fill_(job.act_signed)
     layer.set_fixed(w, a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from hwsbs.defaults import DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
 from hwsbs.sbs.convert import SearchSpace
 
@@ -32,7 +33,7 @@ def uniform_config(space: SearchSpace, bits: int, name: str = "", pinned_bits: i
 
 
 def random_config(space: SearchSpace, rng: random.Random, bits: Sequence[int], *, name: str = "",
-                  pinned_bits: int | None = 8, group_size: int = 4, max_prune_fraction: float = 0.5,
+                  pinned_bits: int | None = 8, group_size: int = DEFAULT_GROUP_SIZE, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
                   batch: int = 1) -> CompressionConfig:
     """A random configuration like the ones a search produces.
 

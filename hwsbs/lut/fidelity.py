@@ -17,6 +17,7 @@ import torch
 from scipy.stats import spearmanr
 
 from cost_models import cost_model_for
+from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION
 from hwsbs.export import ModelSpec, compressed_model, export_model
 from hwsbs.profiles import load_profile
 from hwsbs.sbs.config_io import CompressionConfig
@@ -54,8 +55,8 @@ class ProfileFit:
     summary: dict[str, float] = field(default_factory=dict)
 
 
-def draw_configs(spec: ModelSpec, n: int, seed: int, bits: Sequence[int] = (2, 4, 8), batch: int = 1,
-                 group_size: int = 4, max_prune_fraction: float = 0.5) -> list[CompressionConfig]:
+def draw_configs(spec: ModelSpec, n: int, seed: int, bits: Sequence[int] = DEFAULT_BITS, batch: int = 1,
+                 group_size: int = DEFAULT_GROUP_SIZE, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION) -> list[CompressionConfig]:
     """``n`` random configurations (bits and pruning) of ``spec``'s model, reproducible by ``seed``."""
     space = convert_model(spec.build(), spec.example(), bits, group_size=group_size,
                           max_prune_fraction=max_prune_fraction, prune=True)

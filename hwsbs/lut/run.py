@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from cost_models.base import LayerShape
+from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
 from hwsbs.export import ModelSpec
 from hwsbs.export.kernels import resolve_backend
@@ -49,7 +50,7 @@ def _count(jobs, settings: MeasureSettings, pairs: int) -> int:
 
 
 def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: MeasureSettings, *, threads: int | None,
-                  grid: int = 3, bits: Sequence[int] = (2, 4, 8), group_size: int = 4,
+                  grid: int = 3, bits: Sequence[int] = DEFAULT_BITS, group_size: int = DEFAULT_GROUP_SIZE,
                   max_prune_fraction: float = 0.5, command: str = "", progress: bool = True,
                   table_out: str | Path | None = None, extra_shapes: Sequence[LayerShape] = ()) -> BuildResult:
     """Measure ``specs``' layers and write ``out`` (a profile) plus its table (``tables/NAME.yaml``

@@ -23,7 +23,7 @@ from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import SearchSpace
 from hwsbs.sbs.engine import CostObjective
 
-__all__ = ["MethodContext", "SearchMethod", "register_method", "get_method", "list_methods"]
+__all__ = ["MethodContext", "SearchMethod", "register_method", "get_method", "list_methods", "run_search_epochs"]
 
 
 @dataclass
@@ -58,18 +58,27 @@ class SearchMethod:
     run: Callable[[MethodContext], CompressionConfig]  # the search itself
     prunes: bool  # whether it decides pruning (else the model is converted without pruning gates)
     description: str  # one line for --help and docs
+    meets_target: bool = False  # ends within a reachable --target (checked by hwsbs.testing)
 
 
 _METHODS: dict[str, SearchMethod] = {}
 
 
-def register_method(name: str, *, prunes: bool, description: str) -> Callable[[Callable[[MethodContext], CompressionConfig]], Callable[[MethodContext], CompressionConfig]]:
-    """Decorator registering ``fn(ctx) -> CompressionConfig`` as search method ``name``."""
+def register_method(name: str, *, prunes: bool, description: str, meets_target: bool = False) -> Callable[[Callable[[MethodContext], CompressionConfig]], Callable[[MethodContext], CompressionConfig]]:
+    """Decorator registering ``fn(ctx) -> CompressionConfig`` as search method ``name``.
+
+    Args:
+        name: what ``--method`` takes.
+        prunes: the method decides pruning (else the model is converted without pruning gates).
+        description: one line for ``--help`` and docs.
+        meets_target: the method guarantees a reachable ``--target``
+            (:func:`hwsbs.testing.check_search_method` holds it to that).
+    """
 
     def decorator(fn: Callable[[MethodContext], CompressionConfig]) -> Callable[[MethodContext], CompressionConfig]:
         if name in _METHODS and _METHODS[name].run is not fn:
             warnings.warn(f"search method {name!r} is registered again; the new one replaces the old", stacklevel=2)
-        _METHODS[name] = SearchMethod(name, fn, prunes, description)
+        _METHODS[name] = SearchMethod(name, fn, prunes, description, meets_target)
         return fn
 
     return decorator
@@ -89,3 +98,33 @@ def get_method(name: str) -> SearchMethod:
     if name not in _METHODS:
         raise ConfigError(f"--method: unknown method {name!r}; known: {', '.join(list_methods())}")
     return _METHODS[name]
+
+
+def run_search_epochs(
+    ctx: MethodContext,
+    step: Callable[[torch.Tensor, torch.Tensor, str], dict[str, float]],
+    state: Callable[[], dict[str, Any]],
+    what: str,
+    on_epoch_start: Callable[[int], None] | None = None,
+) -> None:
+    """The epoch loop every gradient-based method shares: seeded loaders, progress, checkpoints.
+
+    Args:
+        ctx: the method's context (resumes from ``ctx.resume_epoch``).
+        step: ``(x, y, where) -> metrics`` with at least ``loss``, ``acc`` and ``cost``.
+        state: the method's checkpointable state, saved after every epoch.
+        what: how errors and progress name the phase (``"search"``).
+        on_epoch_start: called with the epoch index before its first step.
+    """
+    cfg = ctx.config
+    steps = len(ctx.train_loader("search", 0))
+    unit = ctx.objectives[0].cost_model.unit
+    ctx.progress.start("search", cfg.search_epochs * steps, ctx.resume_epoch * steps)
+    for epoch in range(ctx.resume_epoch, cfg.search_epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        stats: dict[str, float] = {}
+        for x, y in ctx.train_loader("search", epoch):
+            stats = step(x.to(ctx.device), y.to(ctx.device), f"{what} epoch {epoch + 1}")
+            ctx.progress.update(loss=stats["loss"], acc=stats["acc"], cost=f"{stats['cost']:.3g} {unit}")
+        ctx.save_state(epoch + 1, state(), stats)

@@ -362,7 +362,7 @@ def build_problem(ctx: MethodContext, sens: Sensitivity, budget: float) -> tuple
     return Problem(layers, levels, budget), plan
 
 
-@register_method("ilp", prunes=True,
+@register_method("ilp", prunes=True, meets_target=True,
                  description="integer program over per-layer bits and pruning: Fisher-Taylor sensitivity, cost under the budget (HAWQ-V3 style)")
 def ilp_search(ctx: MethodContext) -> CompressionConfig:
     """Score every choice once, solve the integer program, return its configuration."""

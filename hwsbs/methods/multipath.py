@@ -28,10 +28,10 @@ from hwsbs.quant.quantizer import quantize, step_size
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
 from hwsbs.sbs.convert import SearchSpace, set_submodule
 from hwsbs.sbs.cost_term import CostTerm
-from hwsbs.sbs.engine import CostObjective
+from hwsbs.sbs.engine import CostObjective, log_cost_penalty
 from hwsbs.training import check_finite, make_sgd, split_decay
 
-from .base import MethodContext, register_method
+from .base import MethodContext, register_method, run_search_epochs
 
 __all__ = ["MULTIPATH_MODE", "PathParameters", "MultiPathConv2d", "MultiPathLinear", "MultiPathSearch", "multipath"]
 
@@ -196,12 +196,7 @@ class MultiPathSearch:
         """``(CE + lambda * sum_k w_k log E[R_k], CE, E[R_k])``; budget form where a target is set."""
         ce = F.cross_entropy(logits, targets)
         costs = self.expected_costs()
-        penalty = torch.zeros((), dtype=torch.float64)
-        for obj, r in zip(self.objectives, costs):
-            log_r = torch.log(r.clamp_min(1e-30))
-            if obj.target is not None:
-                log_r = torch.relu(log_r - math.log(obj.target))
-            penalty = penalty + obj.weight * log_r
+        penalty = log_cost_penalty(self.objectives, costs)
         return ce + (self.lam * penalty).to(ce.device, ce.dtype), ce, costs
 
     def step(self, x: Tensor, y: Tensor, where: str = "multipath search") -> dict[str, float]:
@@ -257,13 +252,5 @@ def multipath(ctx: MethodContext) -> CompressionConfig:
     search = MultiPathSearch(ctx.space, ctx.objectives, cfg.lam, cfg.search_lr, arch_lr, cfg.weight_decay, cfg.cost_batch)
     if ctx.resume_state is not None:
         search.load_state_dict(ctx.resume_state["multipath"])
-    steps = len(ctx.train_loader("search", 0))
-    unit = ctx.objectives[0].cost_model.unit
-    ctx.progress.start("search", cfg.search_epochs * steps, ctx.resume_epoch * steps)
-    for epoch in range(ctx.resume_epoch, cfg.search_epochs):
-        stats: dict[str, float] = {}
-        for x, y in ctx.train_loader("search", epoch):
-            stats = search.step(x.to(ctx.device), y.to(ctx.device), f"multipath search epoch {epoch + 1}")
-            ctx.progress.update(loss=stats["loss"], acc=stats["acc"], cost=f"{stats['cost']:.3g} {unit}")
-        ctx.save_state(epoch + 1, {"multipath": search.state_dict()}, stats)
+    run_search_epochs(ctx, search.step, lambda: {"multipath": search.state_dict()}, "multipath search")
     return ctx.make_config(search.derive())

@@ -29,10 +29,8 @@ from .random_search import (
     CandidateEvaluator,
     candidate_config,
     cheapest_candidate,
-    check_budget_reachable,
-    default_trials,
     max_pruned_groups,
-    resolve_budget,
+    start_candidate_search,
 )
 
 __all__ = ["group_magnitudes", "optuna_search"]
@@ -82,17 +80,15 @@ class _Space:
         return params
 
 
-@register_method("optuna", prunes=True, description="Optuna TPE over per-layer bits and pruned groups under the budget (no training per trial)")
+@register_method("optuna", prunes=True, meets_target=True, description="Optuna TPE over per-layer bits and pruned groups under the budget (no training per trial)")
 def optuna_search(ctx: MethodContext) -> CompressionConfig:
     """Run the study and return its most accurate feasible trial (ties: the cheaper one)."""
     cfg = ctx.config
     cm = ctx.objectives[0].cost_model
-    if ctx.resume_state is not None and "best" in ctx.resume_state:
-        return candidate_config(ctx, Candidate.from_state(ctx.resume_state["best"]))
-    budget = resolve_budget(ctx)
-    check_budget_reachable(ctx, budget)
-    evaluator = CandidateEvaluator(ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches"))
-    n = int(ctx.extra.get("trials") or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples))
+    start = start_candidate_search(ctx, "trials")
+    if isinstance(start, CompressionConfig):
+        return start
+    budget, evaluator, n = start.budget, start.evaluator, start.count
     space = _Space(ctx)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

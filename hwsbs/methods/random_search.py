@@ -34,7 +34,8 @@ from hwsbs.sbs.derive import apply_config
 
 from .base import MethodContext, register_method
 
-__all__ = ["Candidate", "CandidateEvaluator", "resolve_budget", "default_trials", "random_search"]
+__all__ = ["Candidate", "CandidateEvaluator", "CandidateSearch", "resolve_budget", "default_trials",
+           "start_candidate_search", "random_search"]
 
 
 @dataclass
@@ -213,17 +214,35 @@ def _repair(ctx: MethodContext, cand: Candidate, budget: float, rng: random.Rand
     return cand
 
 
-@register_method("random", prunes=True, description="best of N random bit/pruning configurations under the budget (no training per candidate)")
-def random_search(ctx: MethodContext) -> CompressionConfig:
-    """Sample, repair to the budget, score after BN re-estimation, return the best (seeded)."""
-    cfg = ctx.config
-    cm = ctx.objectives[0].cost_model
+@dataclass
+class CandidateSearch:
+    """What a black-box search over candidates starts from (random and Optuna share it)."""
+
+    budget: float  # the resolved, reachable budget
+    evaluator: CandidateEvaluator  # scores a configuration without training
+    count: int  # candidates to evaluate
+
+
+def start_candidate_search(ctx: MethodContext, count_option: str) -> CompressionConfig | CandidateSearch:
+    """The resumed result when the run finished its search, else the budget, scorer and count."""
     if ctx.resume_state is not None and "best" in ctx.resume_state:
         return candidate_config(ctx, Candidate.from_state(ctx.resume_state["best"]))
     budget = resolve_budget(ctx)
     check_budget_reachable(ctx, budget)
     evaluator = CandidateEvaluator(ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches"))
-    n = int(ctx.extra.get("candidates") or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples))
+    n = int(ctx.extra.get(count_option) or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples))
+    return CandidateSearch(budget, evaluator, n)
+
+
+@register_method("random", prunes=True, meets_target=True, description="best of N random bit/pruning configurations under the budget (no training per candidate)")
+def random_search(ctx: MethodContext) -> CompressionConfig:
+    """Sample, repair to the budget, score after BN re-estimation, return the best (seeded)."""
+    cfg = ctx.config
+    cm = ctx.objectives[0].cost_model
+    start = start_candidate_search(ctx, "candidates")
+    if isinstance(start, CompressionConfig):
+        return start
+    budget, evaluator, n = start.budget, start.evaluator, start.count
     rng = random.Random(cfg.seed)  # own stream: the pipeline reseeds torch's global RNG per loader
     ctx.progress.start("search", n, 0)
     best: tuple[float, float, Candidate] | None = None

@@ -7,28 +7,19 @@ from hwsbs.sbs.derive import derive_config
 from hwsbs.sbs.engine import SearchEngine
 from hwsbs.sbs.steady_state import choice_to_config, fit_to_budget, price_choice, steady_choice
 
-from .base import MethodContext, register_method
+from .base import MethodContext, register_method, run_search_epochs
 
 __all__ = ["sbs"]
 
 
-@register_method("sbs", prunes=True, description="Single-path Bit Sharing: gates choose bits and pruned groups")
+@register_method("sbs", prunes=True, meets_target=True, description="Single-path Bit Sharing: gates choose bits and pruned groups")
 def sbs(ctx: MethodContext) -> CompressionConfig:
     """Train weights, clipping values and gate thresholds jointly, then read the steady state."""
     cfg = ctx.config
     engine = SearchEngine(ctx.space, ctx.objectives, cfg.lam, cfg.search_lr, cfg.threshold_lr, cfg.weight_decay, cfg.cost_batch)
     if ctx.resume_state is not None:
         engine.load_state_dict(ctx.resume_state["engine"])
-    steps = len(ctx.train_loader("search", 0))
-    unit = ctx.objectives[0].cost_model.unit
-    ctx.progress.start("search", cfg.search_epochs * steps, ctx.resume_epoch * steps)
-    for epoch in range(ctx.resume_epoch, cfg.search_epochs):
-        engine.recorder.start_epoch(epoch)
-        stats: dict[str, float] = {}
-        for x, y in ctx.train_loader("search", epoch):
-            stats = engine.step(x.to(ctx.device), y.to(ctx.device), f"search epoch {epoch + 1}")
-            ctx.progress.update(loss=stats["loss"], acc=stats["acc"], cost=f"{stats['cost']:.3g} {unit}")
-        ctx.save_state(epoch + 1, {"engine": engine.state_dict()}, stats)
+    run_search_epochs(ctx, engine.step, lambda: {"engine": engine.state_dict()}, "search", engine.recorder.start_epoch)
     return steady_config(ctx, engine)
 
 

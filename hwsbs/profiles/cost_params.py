@@ -27,7 +27,7 @@ __all__ = [
 class StrictModel(BaseModel):
     """Base of every profile class: unknown keys are errors (catches misspelled fields)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # Ratios of achieved to peak performance: above 0, at most 1.

@@ -10,12 +10,10 @@ The JSON Schema exported from here is committed as ``hardware_profiles/schema.js
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Discriminator,
     Field,
@@ -23,7 +21,6 @@ from pydantic import (
     PositiveInt,
     PrivateAttr,
     Tag,
-    field_validator,
     model_validator,
 )
 
@@ -75,14 +72,6 @@ class _FiniteModel(StrictModel):
     """A profile class whose float fields refuse infinity and NaN (merged with StrictModel's config)."""
 
     model_config = ConfigDict(allow_inf_nan=False)
-
-
-def _check_finite_params(params: BaseModel) -> BaseModel:
-    """Raise ValueError naming the first non-finite number among a cost model's parameters."""
-    for key, value in params:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{key}: expected a finite number, got {value}")
-    return params
 
 
 class PrecisionEntry(_FiniteModel):
@@ -224,12 +213,6 @@ class HardwareProfile(_FiniteModel):
 
     # The file the profile was loaded from; relative table paths resolve against it.
     _source_path: Path | None = PrivateAttr(default=None)
-
-    @field_validator("cost_model")
-    @classmethod
-    def _finite_cost_model(cls, value: BaseModel) -> BaseModel:
-        # the parameter classes live in cost_params.py; their overheads must be finite too
-        return _check_finite_params(value)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> HardwareProfile:

@@ -97,6 +97,15 @@ class SBSLayerMixin:
         self.__dict__["mask_source"] = None
         self.__dict__["row_source"] = None
 
+    def _adopt(self, source: nn.Module, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float) -> Any:
+        """Initialise the SBS state and take ``source``'s weights (``from_module``'s shared part)."""
+        self._init_sbs(bits, group_size, max_prune_fraction, tau)
+        with torch.no_grad():
+            self.weight.copy_(source.weight)
+            if source.bias is not None and self.bias is not None:
+                self.bias.copy_(source.bias)
+        return self.to(source.weight.device)  # type: ignore[attr-defined]  # the nn.Module half
+
     # ---------------------------------------------------------------- groups
     @property
     def num_groups(self) -> int:
@@ -412,12 +421,7 @@ class SBSConv2d(SBSLayerMixin, nn.Conv2d):
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )
-        layer._init_sbs(bits, group_size, max_prune_fraction, tau)
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        return layer.to(conv.weight.device)
+        return layer._adopt(conv, bits, group_size, max_prune_fraction, tau)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         self._maybe_calibrate(x)
@@ -431,12 +435,7 @@ class SBSLinear(SBSLayerMixin, nn.Linear):
     def from_module(cls, linear: nn.Linear, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float) -> SBSLinear:
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype)
-        layer._init_sbs(bits, group_size, max_prune_fraction, tau)
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer.to(linear.weight.device)
+        return layer._adopt(linear, bits, group_size, max_prune_fraction, tau)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         self._maybe_calibrate(x)

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from cost_models.base import FULL_PRECISION_BITS, CostModel, LayerShape, LayerState
+from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
 from hwsbs.profiles.errors_format import format_loc
 from hwsbs.profiles.yaml_io import dump_yaml, load_yaml
@@ -65,8 +66,8 @@ class CompressionConfig:
     layers: list[LayerDecision]  # one per quantised Conv2d/Linear, in module order
     model: str = ""  # model name or module:factory it was found for (informational)
     dataset: str = ""  # dataset it was found on (informational)
-    bits: list[int] = field(default_factory=lambda: [2, 4, 8])  # candidate bit widths searched
-    group_size: int = 4  # channels per pruning group
+    bits: list[int] = field(default_factory=lambda: list(DEFAULT_BITS))  # candidate bit widths searched
+    group_size: int = DEFAULT_GROUP_SIZE  # channels per pruning group
     batch: int = 1  # batch size the costs are reported for
 
     def by_name(self) -> dict[str, LayerDecision]:
@@ -190,7 +191,7 @@ class _ConfigFile(_Strict):
     model: Annotated[str, Strict()] | None = ""
     dataset: Annotated[str, Strict()] | None = ""
     bits: list[Annotated[int, Strict(), AfterValidator(_in_range(1, MAX_SEARCH_BITS))]] = Field(
-        default_factory=lambda: [2, 4, 8], min_length=1)
+        default_factory=lambda: list(DEFAULT_BITS), min_length=1)
     group_size: _Count = 4
     batch: _Count = 1
     layers: list[_LayerFile] = Field(min_length=1)

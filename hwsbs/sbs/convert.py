@@ -11,6 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from cost_models.base import LayerShape
+from hwsbs.defaults import (
+    DEFAULT_BITS,
+    DEFAULT_GROUP_SIZE,
+    DEFAULT_MAX_PRUNE_FRACTION,
+    DEFAULT_PIN_BITS,
+)
 from hwsbs.errors import ModelError
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
 
@@ -149,13 +155,13 @@ def _calibrate(model: nn.Module, example: Tensor) -> None:
 def convert_model(
     model: nn.Module,
     example: Tensor,
-    bits: Sequence[int] = (2, 4, 8),
+    bits: Sequence[int] = DEFAULT_BITS,
     *,
-    group_size: int = 4,
-    max_prune_fraction: float = 0.5,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
     temperature: float = 1.0,
     pin_first_last: bool = True,
-    pin_bits: int = 8,
+    pin_bits: int = DEFAULT_PIN_BITS,
     prune: bool = True,
     inplace: bool = False,
 ) -> SearchSpace:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hwsbs.defaults import DEFAULT_GROUP_SIZE
 from hwsbs.errors import ModelError
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
 
@@ -15,7 +16,7 @@ __all__ = ["derive_config", "apply_config", "slice_sbs_layer", "slice_batchnorm"
 
 
 def derive_config(space: SearchSpace, model_name: str = "", dataset: str = "", bits: list[int] | None = None,
-                  group_size: int = 4, batch: int = 1) -> CompressionConfig:
+                  group_size: int = DEFAULT_GROUP_SIZE, batch: int = 1) -> CompressionConfig:
     """Read every gate now: open bit gates give the bits, closed channel gates the pruned channels.
 
     The search itself reports its steady state instead (:mod:`hwsbs.sbs.steady_state`); this is
@@ -95,13 +96,13 @@ def check_config_matches(space: SearchSpace, config: CompressionConfig, source: 
     if missing or extra:
         detail = f"layers missing from it: {', '.join(missing[:3])}" if missing else f"unknown layers: {', '.join(extra[:3])}"
         raise ModelError(f"{source} does not match the model ({detail})")
+    fields = ("in_channels", "out_channels", "kernel_size", "groups")
     for name in space.layer_names:
         a, b = space.shapes[name], cfg[name].shape
-        if (a.in_channels, a.out_channels, a.kernel_size, a.groups) != (b.in_channels, b.out_channels, b.kernel_size, b.groups):
-            raise ModelError(
-                f"{source}: layer {name} is {b.in_channels}->{b.out_channels} k{b.kernel_size} there but "
-                f"{a.in_channels}->{a.out_channels} k{a.kernel_size} in the model"
-            )
+        differing = [f for f in fields if getattr(a, f) != getattr(b, f)]
+        if differing:
+            detail = ", ".join(f"{f} {getattr(b, f)!r} there but {getattr(a, f)!r} in the model" for f in differing)
+            raise ModelError(f"{source}: layer {name} does not match the model: {detail}")
 
 
 def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "config.yaml") -> nn.Module:

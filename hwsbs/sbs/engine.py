@@ -7,6 +7,7 @@ multi-device searches (Pareto studies); the common case is one objective with we
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ from .cost_term import CostTerm
 from .steady_state import ChoiceRecorder
 from .threshold_optim import CostGradientScale
 
-__all__ = ["CostObjective", "SearchEngine"]
+__all__ = ["CostObjective", "SearchEngine", "log_cost_penalty"]
 
 
 @dataclass
@@ -31,6 +32,17 @@ class CostObjective:
     cost_model: CostModel  # prices a configuration on one device
     weight: float = 1.0  # relative weight of this device's log-cost
     target: float | None = None  # budget in the cost model's unit; None = plain log-cost
+
+
+def log_cost_penalty(objectives: list[CostObjective], costs: list[Tensor]) -> Tensor:
+    """``sum_k w_k log R_k``, with ``max(0, log(R_k / target_k))`` where a budget is set (float64)."""
+    penalty = torch.zeros((), dtype=torch.float64)
+    for obj, r in zip(objectives, costs):
+        log_r = torch.log(r.clamp_min(1e-30))
+        if obj.target is not None:
+            log_r = torch.relu(log_r - math.log(obj.target))
+        penalty = penalty + obj.weight * log_r
+    return penalty
 
 
 class SearchEngine:
@@ -83,14 +95,8 @@ class SearchEngine:
         return ce + (self.lam * penalty).to(ce.device, ce.dtype), ce, costs
 
     def penalty(self, costs: list[Tensor]) -> Tensor:
-        """The cost part of the loss without lambda: ``sum_k w_k log R_k`` (or its budget form)."""
-        penalty = torch.zeros((), dtype=torch.float64)
-        for obj, r in zip(self.objectives, costs):
-            log_r = torch.log(r.clamp_min(1e-30))
-            if obj.target is not None:
-                log_r = torch.relu(log_r - torch.log(torch.tensor(obj.target)))
-            penalty = penalty + obj.weight * log_r
-        return penalty
+        """The cost part of the loss without lambda (see :func:`log_cost_penalty`)."""
+        return log_cost_penalty(self.objectives, costs)
 
     def step(self, x: Tensor, y: Tensor, where: str = "search") -> dict[str, float]:
         """One search step; weight and activation thresholds are updated on alternate steps."""

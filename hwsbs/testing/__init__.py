@@ -1,4 +1,4 @@
-"""Reusable test helpers for hwsbs extensions (cost model plugins, custom profiles)."""
+"""Reusable test helpers for hwsbs extensions (cost model and search method plugins, custom profiles)."""
 
 from __future__ import annotations
 
@@ -9,5 +9,14 @@ from .cost_models import (
     check_cost_model,
     default_shapes,
 )
+from .methods import METHOD_CHECK_OPTIONS, check_search_method
 
-__all__ = ["DEFAULT_BITS", "ConformanceError", "CostModelConformance", "check_cost_model", "default_shapes"]
+__all__ = [
+    "DEFAULT_BITS",
+    "METHOD_CHECK_OPTIONS",
+    "ConformanceError",
+    "CostModelConformance",
+    "check_cost_model",
+    "check_search_method",
+    "default_shapes",
+]

@@ -10,6 +10,7 @@ starting several workers on one storage, stops once that many trials exist.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -33,11 +34,17 @@ from torch.utils.data import Subset
 
 from cost_models.base import CostModel
 from hwsbs.checkpoint import load_state_dict_file
-from hwsbs.config import SearchConfig, parse_target
+from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig, check_device, parse_target
 from hwsbs.data import build_dataset, make_loader
 from hwsbs.errors import ConfigError
 from hwsbs.models import build_model
-from hwsbs.pipeline import Objective, _load_model_state, resolve_cost_model, run_search
+from hwsbs.pipeline import (
+    Objective,
+    _load_model_state,
+    check_target,
+    resolve_cost_model,
+    run_search,
+)
 from hwsbs.progress import PhaseProgress
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
 from hwsbs.sbs.convert import trace_layer_shapes
@@ -45,7 +52,7 @@ from hwsbs.training import make_sgd, split_decay, train_epoch
 from hwsbs.tuning.space import SearchSpace
 
 __all__ = ["StudySettings", "StudyRun", "run_study", "open_storage", "load_study", "make_sampler",
-           "counted_trials", "heartbeat_settings", "study_dir_name", "mask_url", "STUDY_ATTR"]
+           "counted_trials", "heartbeat_settings", "study_dir_name", "mask_url", "resolve_storage_url", "STUDY_ATTR"]
 
 #: Study user attribute holding what hwsbs needs to continue and report a study.
 STUDY_ATTR = "hwsbs"
@@ -138,6 +145,59 @@ def study_dir_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-") or "study"
 
 
+#: SQLAlchemy drivers per database, in order of preference: (driver name, module, pip package).
+#: A URL without a driver (``postgresql://``) gets the first one installed, so the message of a
+#: failure names the module actually used (SQLAlchemy's own default changes between versions:
+#: 2.1 picks psycopg 3 for ``postgresql://`` even where only psycopg2 is installed).
+SQL_DRIVERS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "postgresql": (("psycopg2", "psycopg2", "psycopg2-binary"), ("psycopg", "psycopg", "psycopg[binary]"),
+                   ("pg8000", "pg8000", "pg8000")),
+    "mysql": (("mysqldb", "MySQLdb", "mysqlclient"), ("pymysql", "pymysql", "PyMySQL"),
+              ("mysqlconnector", "mysql.connector", "mysql-connector-python")),
+}
+_SCHEME_ALIASES = {"postgres": "postgresql"}  # Heroku-style URLs; SQLAlchemy refuses the alias
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package (mysql.connector without mysql)
+        return False
+
+
+def resolve_storage_url(url: str) -> tuple[str, str | None]:
+    """``(url with an explicit driver, the driver's module)`` for PostgreSQL and MySQL URLs.
+
+    ``postgresql://...`` becomes ``postgresql+psycopg2://...`` where psycopg2 is installed (else
+    psycopg, else pg8000); ``mysql://`` likewise (MySQLdb, PyMySQL, mysql-connector). Other URLs
+    come back unchanged, with module None.
+
+    Raises:
+        ConfigError: the named driver, or every known driver of the database, is not installed
+            (naming the modules tried and the package to install).
+    """
+    scheme, sep, rest = url.partition("://")
+    backend, _, driver = scheme.partition("+")
+    backend = _SCHEME_ALIASES.get(backend.lower(), backend.lower())
+    if not sep or backend not in SQL_DRIVERS:
+        return url, None
+    choices = SQL_DRIVERS[backend]
+    if driver:
+        for name, module, pip in choices:
+            if name == driver.lower():
+                if not _installed(module):
+                    raise ConfigError(f"--storage {mask_url(url)}: the database driver module {module} is not "
+                                      f"installed (pip install {pip})")
+                return f"{backend}+{driver}://{rest}", module
+        return f"{backend}+{driver}://{rest}", driver  # a driver hwsbs does not know: SQLAlchemy tries it
+    for name, module, _ in choices:
+        if _installed(module):
+            return f"{backend}+{name}://{rest}", module
+    tried = ", ".join(module for _, module, _ in choices)
+    raise ConfigError(f"--storage {mask_url(url)}: no {backend} driver is installed (tried the modules {tried}); "
+                      f"pip install {choices[0][2]}")
+
+
 def open_storage(url: str) -> BaseStorage:
     """An Optuna storage from a URL, ``journal:PATH`` or a ``*.db`` path.
 
@@ -158,6 +218,9 @@ def open_storage(url: str) -> BaseStorage:
             raise ConfigError(f"--storage {url!r}: expected an Optuna storage URL (sqlite:///study.db, "
                               "postgresql://..., mysql://...), journal:PATH or a .db file")
         url = f"sqlite:///{Path(url).resolve()}"
+    shown = mask_url(url)  # as given (messages add the driver)
+    url, driver = resolve_storage_url(url)
+    using = f" with driver {driver}" if driver else ""
     engine_kwargs = None
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -173,12 +236,13 @@ def open_storage(url: str) -> BaseStorage:
                 return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
                                   grace_period=grace, heartbeat_stale_trial_callback=record_lost)
         except ImportError as exc:
-            raise ConfigError(f"--storage {mask_url(url)}: database driver missing ({exc})") from None
+            raise ConfigError(f"--storage {shown}: database driver missing{using} ({exc})") from None
         except Exception as exc:
             # workers creating a new database together race on its schema: the loser retries
             racing = "IntegrityError" in type(exc).__name__ or "already exists" in str(exc)
             if attempt == 4 or not racing:
-                raise ConfigError(f"--storage {mask_url(url)}: cannot open ({str(exc).splitlines()[0][:200]})") from None
+                detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"--storage {shown}: cannot open{using} ({detail})") from None
             time.sleep(0.2 + random.random() * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -393,9 +457,11 @@ def _default_name(kind: str, labels: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join([kind, *labels]))
 
 
-def _check_inputs(cfg: SearchConfig, cost_models: list[CostModel]) -> None:
-    """Fail before anything is written if no trial could succeed: the dataset, the model, the
-    checkpoint, and every cost model pricing every layer (a lookup table needs each signature)."""
+def _check_inputs(cfg: SearchConfig, cost_models: list[CostModel], target: float | None = None) -> None:
+    """Fail before anything is written if no trial could succeed: the device, the dataset, the
+    model, the checkpoint, every cost model pricing every layer (a lookup table needs each
+    signature), and an absolute ``target`` the first cost model can approach."""
+    check_device(cfg.device)
     bundle = build_dataset(cfg.data, cfg.data_dir, cfg.subset, cfg.seed)
     model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
     if cfg.checkpoint is not None:
@@ -406,6 +472,8 @@ def _check_inputs(cfg: SearchConfig, cost_models: list[CostModel]) -> None:
     for cm in cost_models:  # every result reports the uniform 8-bit and full-precision costs
         plain.cost(cm)
         plain.full_precision().cost(cm)
+    if target is not None and cost_models:
+        check_target(target, plain.cost(cost_models[0]), cost_models[0].unit)
 
 
 def _fail_lost_trials(study: optuna.Study, grace: int) -> None:
@@ -464,13 +532,16 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
     target = parse_target(settings.target) if isinstance(settings.target, str) else (settings.target, None)
     if target[0] is not None and not (math.isfinite(target[0]) and target[0] > 0):
         raise ConfigError(f"--target: expected a positive cost, got {target[0]!r}")
+    if target[1] is not None and target[1] < MIN_TARGET_FRACTION:
+        raise ConfigError(f"--target {100 * target[1]:g}%: below {MIN_TARGET_FRACTION:g} of the uniform 8-bit cost; "
+                          "no configuration comes near it and the budget loss would overflow")
     kind = "pareto" if settings.multi_objective else "tune"
     name = settings.study_name or _default_name(kind, labels)
     if not name.strip():
         raise ConfigError("--study-name: expected a non-empty name")
     signature = _signature(settings, objectives_info, target)
     interval, grace = heartbeat_settings()
-    _check_inputs(settings.base, [resolve_cost_model(o.hw, o.cost)[1] for o in settings.objectives])
+    _check_inputs(settings.base, [resolve_cost_model(o.hw, o.cost)[1] for o in settings.objectives], target[0])
 
     out_dir = Path(settings.out) if settings.out is not None else None
     default_dir = Path("runs") / study_dir_name(name)  # a name like ../../x stays inside runs/
