@@ -37,11 +37,11 @@ from typing import Any
 import torch
 
 from cost_models import build_cost_model, cost_model_for
+from hardware_profiles.loader import builtin_profile_names
 from hwsbs.config import SearchConfig, parse_target
 from hwsbs.data import build_dataset, ensure_cifar10_jpeg, find_cifar10_archive, make_loader
 from hwsbs.models import build_model
 from hwsbs.pipeline import run_search
-from hwsbs.profiles.loader import builtin_profile_names
 from hwsbs.progress import PhaseProgress
 from hwsbs.sbs.config_io import CompressionConfig, load_config
 from hwsbs.training import make_sgd, split_decay, train_epoch
@@ -68,7 +68,9 @@ def share_own_cheapest(matrix: dict[str, dict[str, float]]) -> tuple[int, int]:
     return good, len(pairs)
 
 
-def share_best_use_of_budget(configs: dict[str, CompressionConfig], fraction: float) -> tuple[int, int]:
+def share_best_use_of_budget(
+    configs: dict[str, CompressionConfig], fraction: float
+) -> tuple[int, int]:
     """``(pairs where p's config misses q's budget on q or keeps no more BOPs than q's own, all pairs)``."""
     bops = build_cost_model("bops")
     good = total = 0
@@ -111,7 +113,10 @@ def plot(matrix: dict[str, dict[str, float]], title: str, path: Path) -> None:
 
 def markdown(matrix: dict[str, dict[str, float]]) -> str:
     names = list(matrix)
-    lines = ["| searched for \\ priced on | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines = [
+        "| searched for \\ priced on | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
     for p in names:
         lines.append(f"| {p} | " + " | ".join(f"{matrix[p][q]:.2f}" for q in names) + " |")
     return "\n".join(lines)
@@ -122,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", nargs="+", default=None, help="default: every built-in profile")
     p.add_argument("--target", default="30%")
     p.add_argument("--model", default="small_cnn")
-    p.add_argument("--data", default="digits", help="digits, or cifar10-archive (the shared CIFAR-10 JPEG archive)")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="digits, or cifar10-archive (the shared CIFAR-10 JPEG archive)",
+    )
     p.add_argument("--subset", type=int, default=None)
     p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--search-epochs", type=int, default=10)
@@ -151,35 +160,75 @@ def main(argv: list[str] | None = None) -> int:
     for name in profiles:
         run_dir = out / name
         if not (run_dir / "config.yaml").is_file():
-            run_search(SearchConfig(**base, hw=name, target=target, target_fraction=fraction, checkpoint=str(fp_state),
-                                    pretrain_epochs=0, search_epochs=args.search_epochs, finetune_epochs=0, out=str(run_dir)))
+            run_search(
+                SearchConfig(
+                    **base,
+                    hw=name,
+                    target=target,
+                    target_fraction=fraction,
+                    checkpoint=str(fp_state),
+                    pretrain_epochs=0,
+                    search_epochs=args.search_epochs,
+                    finetune_epochs=0,
+                    out=str(run_dir),
+                )
+            )
         configs[name] = load_config(run_dir / "config.yaml")
-        print(f"{name:12s} searched ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"{name:12s} searched ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True
+        )
     matrix = price_matrix(configs)
     good, total = share_own_cheapest(matrix)
     best_use = share_best_use_of_budget(configs, fraction) if fraction else None
-    own_share = {q: configs[q].cost(cost_model_for(q)) / configs[q].uniform(8).cost(cost_model_for(q)) for q in configs}
-    report = {"machine": machine_info(), "command": " ".join(["benchmarks/awareness.py", *(argv if argv is not None else sys.argv[1:])]),
-              "target": args.target, "model": args.model, "data": args.data, "search_epochs": args.search_epochs,
-              "matrix": matrix, "own_cost_vs_uniform8": own_share, "own_cheapest": good, "pairs": total,
-              "share_own_cheapest": good / total if total else None,
-              "best_use_of_budget": best_use[0] if best_use else None,
-              "share_best_use_of_budget": best_use[0] / best_use[1] if best_use else None,
-              "budget_met": {q: configs[q].cost(cost_model_for(q)) <= (fraction or 0) * configs[q].uniform(8).cost(cost_model_for(q)) * (1 + _TIE)
-                             for q in configs},
-              "markdown": markdown(matrix)}
+    own_share = {
+        q: configs[q].cost(cost_model_for(q)) / configs[q].uniform(8).cost(cost_model_for(q))
+        for q in configs
+    }
+    report = {
+        "machine": machine_info(),
+        "command": " ".join(
+            ["benchmarks/awareness.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "target": args.target,
+        "model": args.model,
+        "data": args.data,
+        "search_epochs": args.search_epochs,
+        "matrix": matrix,
+        "own_cost_vs_uniform8": own_share,
+        "own_cheapest": good,
+        "pairs": total,
+        "share_own_cheapest": good / total if total else None,
+        "best_use_of_budget": best_use[0] if best_use else None,
+        "share_best_use_of_budget": best_use[0] / best_use[1] if best_use else None,
+        "budget_met": {
+            q: configs[q].cost(cost_model_for(q))
+            <= (fraction or 0) * configs[q].uniform(8).cost(cost_model_for(q)) * (1 + _TIE)
+            for q in configs
+        },
+        "markdown": markdown(matrix),
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    plot(matrix, f"{args.model}/{args.data}, --target {args.target}: own config cheapest in {good}/{total} pairs", Path(args.png))
+    plot(
+        matrix,
+        f"{args.model}/{args.data}, --target {args.target}: own config cheapest in {good}/{total} pairs",
+        Path(args.png),
+    )
     print(report["markdown"])
-    print(f"own configuration cheapest (or tied) in {good} of {total} pairs ({100 * good / max(total, 1):.0f}%)")
+    print(
+        f"own configuration cheapest (or tied) in {good} of {total} pairs ({100 * good / max(total, 1):.0f}%)"
+    )
     if best_use:
-        print(f"own configuration the best use of the budget in {best_use[0]} of {best_use[1]} pairs "
-              f"({100 * best_use[0] / max(best_use[1], 1):.0f}%)")
+        print(
+            f"own configuration the best use of the budget in {best_use[0]} of {best_use[1]} pairs "
+            f"({100 * best_use[0] / max(best_use[1], 1):.0f}%)"
+        )
     return 0
 
 
-def pretrain(model_name: str, data: dict[str, Any], subset: int | None, seed: int, epochs: int, path: Path) -> None:
+def pretrain(
+    model_name: str, data: dict[str, Any], subset: int | None, seed: int, epochs: int, path: Path
+) -> None:
     """One shared full-precision model (SGD, cosine, lr 0.05, as the pipeline trains)."""
     if path.is_file():
         return
@@ -190,8 +239,15 @@ def pretrain(model_name: str, data: dict[str, Any], subset: int | None, seed: in
     steps = epochs * len(make_loader(bundle.train, 64, True, seed))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     for epoch in range(epochs):
-        train_epoch(model, make_loader(bundle.train, 64, True, seed + epoch), opt, sched, torch.device("cpu"),
-                    PhaseProgress(False), "pretrain")
+        train_epoch(
+            model,
+            make_loader(bundle.train, 64, True, seed + epoch),
+            opt,
+            sched,
+            torch.device("cpu"),
+            PhaseProgress(False),
+            "pretrain",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
 

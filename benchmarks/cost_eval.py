@@ -36,8 +36,8 @@ import torch
 
 from cost_models import build_cost_model, cost_model_for
 from cost_models.base import CostModel
+from hardware_profiles import LookupTable, LutEntry, load_profile
 from hwsbs.models import build_model
-from hwsbs.profiles import LookupTable, LutEntry, load_profile
 from hwsbs.sbs.convert import SearchSpace, convert_model
 from hwsbs.sbs.cost_term import CostTerm
 from hwsbs.sbs.engine import CostObjective, SearchEngine
@@ -67,17 +67,33 @@ def synthetic_lut_model(space: SearchSpace) -> CostModel:
     entries: dict[tuple, LutEntry] = {}
     pairs = [(w, a) for w in BITS for a in BITS] + [(32, 32)]
     for shape in space.shapes.values():
-        kins = (1,) if shape.is_depthwise else sorted({max(shape.in_channels // 2, 1), shape.in_channels})
+        kins = (
+            (1,)
+            if shape.is_depthwise
+            else sorted({max(shape.in_channels // 2, 1), shape.in_channels})
+        )
         kouts = sorted({max(shape.out_channels // 2, 1), shape.out_channels})
         for w, a in pairs:
             for kin in kins:
                 for kout in kouts:
                     key = (shape.signature, w, a, kin, kout)
                     macs = shape.macs(None if shape.is_depthwise else kin, kout)
-                    entries[key] = LutEntry(signature=shape.signature, w_bits=w, a_bits=a, kept_in=kin, kept_out=kout,
-                                            batch=1, mean_s=max(macs * w * a * 1e-15, 1e-12), std_s=0.0)
-    table = LookupTable(device="synthetic (benchmarks/cost_eval.py)", method="MACs x w x a x 1e-15 s",
-                        fallback="next_wider", entries=list(entries.values()))
+                    entries[key] = LutEntry(
+                        signature=shape.signature,
+                        w_bits=w,
+                        a_bits=a,
+                        kept_in=kin,
+                        kept_out=kout,
+                        batch=1,
+                        mean_s=max(macs * w * a * 1e-15, 1e-12),
+                        std_s=0.0,
+                    )
+    table = LookupTable(
+        device="synthetic (benchmarks/cost_eval.py)",
+        method="MACs x w x a x 1e-15 s",
+        fallback="next_wider",
+        entries=list(entries.values()),
+    )
     profile = load_profile("a100").model_copy(update={"lookup_table": table})
     return build_cost_model("lut", profile)
 
@@ -93,7 +109,9 @@ def _timed_call(term: CostTerm, params: list[torch.Tensor]) -> float:
     return time.perf_counter() - t0
 
 
-def time_cost_term(space: SearchSpace, factory: Callable[[SearchSpace], CostModel], cold_repeats: int, repeats: int) -> dict[str, float]:
+def time_cost_term(
+    space: SearchSpace, factory: Callable[[SearchSpace], CostModel], cold_repeats: int, repeats: int
+) -> dict[str, float]:
     """Cold and warm time of the cost term + its gradient, for the gates of the last forward."""
     params = _thresholds(space)
     cold = []
@@ -104,7 +122,12 @@ def time_cost_term(space: SearchSpace, factory: Callable[[SearchSpace], CostMode
     assert term is not None
     warm = [_timed_call(term, params) for _ in range(repeats)]
     value = float(term().detach())
-    return {"cold_s": statistics.median(cold), "warm_s": statistics.median(warm), "cost": value, "unit": term.cost_model.unit}
+    return {
+        "cold_s": statistics.median(cold),
+        "warm_s": statistics.median(warm),
+        "cost": value,
+        "unit": term.cost_model.unit,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,12 +162,25 @@ def main(argv: list[str] | None = None) -> int:
         r["cold_share_of_step"] = r["cold_s"] / step
         r["warm_share_of_step"] = r["warm_s"] / step
         rows[label] = r
-        print(f"{label:24s} cold {1e3 * r['cold_s']:8.2f} ms ({100 * r['cold_share_of_step']:5.2f}%)  "
-              f"warm {1e3 * r['warm_s']:7.2f} ms ({100 * r['warm_share_of_step']:5.2f}%)", file=sys.stderr, flush=True)
-    report = {"machine": machine_info(), "threads": torch.get_num_threads(), "model": args.model, "layers": len(space.layer_names),
-              "prunable_groups": len(space.groups), "batch": args.batch, "sbs_step_s": step,
-              "command": " ".join(["benchmarks/cost_eval.py", *(argv if argv is not None else sys.argv[1:])]),
-              "cost_models": rows}
+        print(
+            f"{label:24s} cold {1e3 * r['cold_s']:8.2f} ms ({100 * r['cold_share_of_step']:5.2f}%)  "
+            f"warm {1e3 * r['warm_s']:7.2f} ms ({100 * r['warm_share_of_step']:5.2f}%)",
+            file=sys.stderr,
+            flush=True,
+        )
+    report = {
+        "machine": machine_info(),
+        "threads": torch.get_num_threads(),
+        "model": args.model,
+        "layers": len(space.layer_names),
+        "prunable_groups": len(space.groups),
+        "batch": args.batch,
+        "sbs_step_s": step,
+        "command": " ".join(
+            ["benchmarks/cost_eval.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "cost_models": rows,
+    }
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

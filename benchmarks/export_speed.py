@@ -29,7 +29,9 @@ from hwsbs.lut.machine import describe_machine, machine_info
 from hwsbs.sbs.convert import convert_model
 
 
-def _round_robin(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+def _round_robin(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int
+) -> dict[str, dict[str, float]]:
     samples: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         for fn in variants.values():
@@ -52,11 +54,17 @@ def _search(model: str, batch: int, hw: str, out: Path) -> Path:
     from hwsbs.config import SearchConfig
     from hwsbs.pipeline import run_search
 
-    run_search(SearchConfig(hw=hw, model=model, data="digits", cost_batch=batch, out=str(out), progress=False))
+    run_search(
+        SearchConfig(
+            hw=hw, model=model, data="digits", cost_batch=batch, out=str(out), progress=False
+        )
+    )
     return out
 
 
-def bench_model(name: str, batch: int, repeats: int, warmup: int, run_dir: Path | None, seed: int) -> dict[str, Any]:
+def bench_model(
+    name: str, batch: int, repeats: int, warmup: int, run_dir: Path | None, seed: int
+) -> dict[str, Any]:
     spec = default_spec(name)
     space = convert_model(spec.build(), spec.example(), (2, 4, 8))
     configs = {
@@ -80,18 +88,36 @@ def bench_model(name: str, batch: int, repeats: int, warmup: int, run_dir: Path 
         ex = export_model(model, rspec.example(), spec=rspec)
         result = json.loads((run_dir / "result.json").read_text())
         acc = result["accuracy"]
-        label = (f"export searched ({result['hardware']} at batch {cfg.batch}; accuracy {acc['compressed']:.3f}, "
-                 f"FP {acc['full_precision']:.3f})")
+        label = (
+            f"export searched ({result['hardware']} at batch {cfg.batch}; accuracy {acc['compressed']:.3f}, "
+            f"FP {acc['full_precision']:.3f})"
+        )
         variants[label] = lambda ex=ex: ex(x)
-        layers[label] = f"{sum(r.path == 'int8' for r in ex.records)}/{len(ex.records)} int8; " + ", ".join(
-            f"{d.w_bits}/{d.a_bits}" + (f" keep {d.kept_out}/{d.shape.out_channels}" if d.pruned_channels else "")
-            for d in cfg.layers)
+        layers[label] = (
+            f"{sum(r.path == 'int8' for r in ex.records)}/{len(ex.records)} int8; "
+            + ", ".join(
+                f"{d.w_bits}/{d.a_bits}"
+                + (f" keep {d.kept_out}/{d.shape.out_channels}" if d.pruned_channels else "")
+                for d in cfg.layers
+            )
+        )
     timings = _round_robin(variants, repeats, warmup)
     base = timings["fp32 PyTorch model (NCHW)"]
     # The q1 ratio is the less contended estimate on a shared machine (contention only slows calls down).
-    return {"model": spec.to_dict(), "batch": batch, "variants": [
-        {"variant": k, **v, "speedup_vs_fp32": base["median_s"] / v["median_s"],
-         "speedup_vs_fp32_q1": base["q1_s"] / v["q1_s"], "layers": layers.get(k, "")} for k, v in timings.items()]}
+    return {
+        "model": spec.to_dict(),
+        "batch": batch,
+        "variants": [
+            {
+                "variant": k,
+                **v,
+                "speedup_vs_fp32": base["median_s"] / v["median_s"],
+                "speedup_vs_fp32_q1": base["q1_s"] / v["q1_s"],
+                "layers": layers.get(k, ""),
+            }
+            for k, v in timings.items()
+        ],
+    }
 
 
 def bench_gemm(repeats: int) -> list[dict[str, Any]]:
@@ -106,14 +132,23 @@ def bench_gemm(repeats: int) -> list[dict[str, Any]]:
         ones, zp = torch.ones(n), torch.zeros(n, dtype=torch.long)
         variants = {
             "fp32 mm": lambda af=af, wf=wf: af @ wf,
-            "oneDNN u8s8 (fp32 out)": lambda a=a, p=packed, o=ones, z=zp: torch.ops.onednn.qlinear_pointwise(
-                a, 1.0, 0, p, o, z, None, 1.0, 0, torch.float32, "none", [], ""),
+            "oneDNN u8s8 (fp32 out)": lambda a=a, p=packed, o=ones, z=zp: (
+                torch.ops.onednn.qlinear_pointwise(
+                    a, 1.0, 0, p, o, z, None, 1.0, 0, torch.float32, "none", [], ""
+                )
+            ),
             "torch._int_mm": lambda a8=a8, w8=w8: torch._int_mm(a8, w8),
         }
         t = _round_robin(variants, repeats, 3)
         for name, v in t.items():
-            rows.append({"shape": f"{m}x{k}x{n}", "kernel": name, **v,
-                         "gops": 2 * m * k * n / v["median_s"] / 1e9})
+            rows.append(
+                {
+                    "shape": f"{m}x{k}x{n}",
+                    "kernel": name,
+                    **v,
+                    "gops": 2 * m * k * n / v["median_s"] / 1e9,
+                }
+            )
     return rows
 
 
@@ -125,23 +160,37 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run", nargs="*", default=[], metavar="MODEL=RUN_DIR", help="searched runs to include")
-    p.add_argument("--search", nargs="*", default=[], metavar="MODEL",
-                   help="run an SBS search on digits for these models (priced by --hw at each batch)")
+    p.add_argument(
+        "--run", nargs="*", default=[], metavar="MODEL=RUN_DIR", help="searched runs to include"
+    )
+    p.add_argument(
+        "--search",
+        nargs="*",
+        default=[],
+        metavar="MODEL",
+        help="run an SBS search on digits for these models (priced by --hw at each batch)",
+    )
     p.add_argument("--hw", default="epyc-2c")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     runs = {k: Path(v) for k, v in (r.split("=", 1) for r in args.run)}
-    results: dict[str, Any] = {"machine": describe_machine(machine_info("cpu", args.threads)), "threads": args.threads,
-                               "repeats": args.repeats, "models": [], "gemm": bench_gemm(args.repeats)}
+    results: dict[str, Any] = {
+        "machine": describe_machine(machine_info("cpu", args.threads)),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "models": [],
+        "gemm": bench_gemm(args.repeats),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for batch in args.batch:
                 run = runs.get(name)
                 if name in args.search:
                     run = _search(name, batch, args.hw, Path(tmp) / f"{name}-b{batch}")
-                results["models"].append(bench_model(name, batch, args.repeats, args.warmup, run, args.seed))
+                results["models"].append(
+                    bench_model(name, batch, args.repeats, args.warmup, run, args.seed)
+                )
                 _print(results["models"][-1])
     _print_gemm(results["gemm"])
     if args.json:
@@ -151,11 +200,15 @@ def main() -> None:
 
 def _print(r: dict[str, Any]) -> None:
     print(f"\n{r['model']['name']}, batch {r['batch']}")
-    print("| variant | median ms | IQR ms | speed-up vs FP32 (medians) | (first quartiles) | layers |")
+    print(
+        "| variant | median ms | IQR ms | speed-up vs FP32 (medians) | (first quartiles) | layers |"
+    )
     print("|---|---|---|---|---|---|")
     for v in r["variants"]:
-        print(f"| {v['variant']} | {v['median_s'] * 1e3:.3f} | {v['q1_s'] * 1e3:.3f}-{v['q3_s'] * 1e3:.3f} | "
-              f"{v['speedup_vs_fp32']:.2f}x | {v['speedup_vs_fp32_q1']:.2f}x | {v['layers']} |")
+        print(
+            f"| {v['variant']} | {v['median_s'] * 1e3:.3f} | {v['q1_s'] * 1e3:.3f}-{v['q3_s'] * 1e3:.3f} | "
+            f"{v['speedup_vs_fp32']:.2f}x | {v['speedup_vs_fp32_q1']:.2f}x | {v['layers']} |"
+        )
 
 
 def _print_gemm(rows: list[dict[str, Any]]) -> None:

@@ -85,7 +85,10 @@ def plan(methods: list[str], prune_fractions: list[float]) -> list[Job]:
         budgets = BUDGETS if m in ("sbs", "ilp") else ("u4",)
         jobs += [Job(f"{m}@{b}", m, b) for b in budgets]
         if m == "sbs":
-            jobs += [Job(f"sbs@u2x0.75-mpf{f:g}", m, "u2x0.75", {"max_prune_fraction": f}) for f in prune_fractions]
+            jobs += [
+                Job(f"sbs@u2x0.75-mpf{f:g}", m, "u2x0.75", {"max_prune_fraction": f})
+                for f in prune_fractions
+            ]
     return jobs
 
 
@@ -97,8 +100,11 @@ def prepare_splits(root: Path, out: Path, train: int, val: int, test: int) -> tu
     for cls in sorted(p.name for p in (root / "train").iterdir()):
         files = sorted((root / "train" / cls).iterdir())
         tests = sorted((root / "test" / cls).iterdir())
-        picks = {search / "train": files[:train], search / "val": files[train:train + val],
-                 ev / "test": tests if test == 0 else tests[:test]}
+        picks = {
+            search / "train": files[:train],
+            search / "val": files[train : train + val],
+            ev / "test": tests if test == 0 else tests[:test],
+        }
         for split, chosen in picks.items():
             (split / cls).mkdir(parents=True, exist_ok=True)
             for f in chosen:
@@ -118,8 +124,15 @@ def pretrain(search_dir: Path, epochs: int, path: Path) -> None:
     steps = epochs * len(make_loader(bundle.train, 64, True, 0))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     for epoch in range(epochs):
-        loss = train_epoch(model, make_loader(bundle.train, 64, True, epoch), opt, sched, torch.device("cpu"),
-                           PhaseProgress(False), "pretrain")
+        loss = train_epoch(
+            model,
+            make_loader(bundle.train, 64, True, epoch),
+            opt,
+            sched,
+            torch.device("cpu"),
+            PhaseProgress(False),
+            "pretrain",
+        )
         print(f"pretrain epoch {epoch + 1}/{epochs}: loss {loss:.4f}", file=sys.stderr, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
@@ -131,8 +144,16 @@ def budget_costs(fp: torch.nn.Module, example: torch.Tensor) -> dict[str, float]
     bops = build_cost_model("bops")
 
     def uniform(bits: int) -> float:
-        return CompressionConfig([LayerDecision(shapes[n], 8 if n in (order[0], order[-1]) else bits,
-                                                8 if n in (order[0], order[-1]) else bits) for n in order]).cost(bops)
+        return CompressionConfig(
+            [
+                LayerDecision(
+                    shapes[n],
+                    8 if n in (order[0], order[-1]) else bits,
+                    8 if n in (order[0], order[-1]) else bits,
+                )
+                for n in order
+            ]
+        ).cost(bops)
 
     return {"u4": uniform(4), "u2": uniform(2), "u2x0.75": 0.75 * uniform(2)}
 
@@ -153,12 +174,21 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def search(job: Job, base: dict[str, Any], target: float | None, seed: int, run_dir: Path) -> dict[str, float]:
+def search(
+    job: Job, base: dict[str, Any], target: float | None, seed: int, run_dir: Path
+) -> dict[str, float]:
     done = run_dir / "search.json"
     if done.is_file():
         return json.loads(done.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted search starts again
-    opts = {**base, **job.options, "method": job.method, "seed": seed, "out": str(run_dir), "finetune_epochs": 0}
+    opts = {
+        **base,
+        **job.options,
+        "method": job.method,
+        "seed": seed,
+        "out": str(run_dir),
+        "finetune_epochs": 0,
+    }
     if job.method == "uniform":
         opts["search_epochs"] = 0
     if target is not None:
@@ -169,8 +199,15 @@ def search(job: Job, base: dict[str, Any], target: float | None, seed: int, run_
     return stats
 
 
-def finetune(fp_state: dict, config: CompressionConfig, init: dict | None, seed: int, epochs: int,
-             search_dir: Path, eval_dir: Path) -> tuple[float, float]:
+def finetune(
+    fp_state: dict,
+    config: CompressionConfig,
+    init: dict | None,
+    seed: int,
+    epochs: int,
+    search_dir: Path,
+    eval_dir: Path,
+) -> tuple[float, float]:
     """The identical schedule for every configuration; returns (validation, test) accuracy."""
     bundle = build_dataset("imagefolder", search_dir, None, 0)
     test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
@@ -187,21 +224,41 @@ def finetune(fp_state: dict, config: CompressionConfig, init: dict | None, seed:
     for epoch in range(epochs):
         if hasattr(bundle.train, "reseed"):  # the augmentation stream restarts per (seed, epoch)
             bundle.train.reseed(seed * 1000 + epoch)
-        train_epoch(model, make_loader(bundle.train, 64, True, seed * 1000 + epoch), opt, sched, torch.device("cpu"),
-                    PhaseProgress(False), "finetune")
+        train_epoch(
+            model,
+            make_loader(bundle.train, 64, True, seed * 1000 + epoch),
+            opt,
+            sched,
+            torch.device("cpu"),
+            PhaseProgress(False),
+            "finetune",
+        )
     cpu = torch.device("cpu")
-    return evaluate(model, make_loader(bundle.val, 256, False, 0), cpu), evaluate(model, make_loader(test, 256, False, 0), cpu)
+    return evaluate(model, make_loader(bundle.val, 256, False, 0), cpu), evaluate(
+        model, make_loader(test, 256, False, 0), cpu
+    )
 
 
-def _row(label: str, method: str, config: CompressionConfig, accs: tuple[float, float], stats: dict[str, float]) -> dict[str, Any]:
+def _row(
+    label: str,
+    method: str,
+    config: CompressionConfig,
+    accs: tuple[float, float],
+    stats: dict[str, float],
+) -> dict[str, Any]:
     searchable = config.layers[1:-1]
     return {
-        "label": label, "method": method, "val_accuracy": accs[0], "test_accuracy": accs[1],
-        "bops": config.cost(build_cost_model("bops")), "a100_s": config.cost(cost_model_for("a100")),
+        "label": label,
+        "method": method,
+        "val_accuracy": accs[0],
+        "test_accuracy": accs[1],
+        "bops": config.cost(build_cost_model("bops")),
+        "a100_s": config.cost(cost_model_for("a100")),
         "bismo_s": config.cost(cost_model_for("bismo")),
         "mean_w_bits": sum(d.w_bits for d in searchable) / len(searchable),
         "mean_a_bits": sum(d.a_bits for d in searchable) / len(searchable),
-        "kept_channel_share": sum(d.kept_out for d in config.layers) / sum(d.shape.out_channels for d in config.layers),
+        "kept_channel_share": sum(d.kept_out for d in config.layers)
+        / sum(d.shape.out_channels for d in config.layers),
         **stats,
     }
 
@@ -212,7 +269,16 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for label in dict.fromkeys(r["label"] for r in rows):
         group = [r for r in rows if r["label"] == label]
         entry: dict[str, Any] = {"label": label, "method": group[0]["method"], "seeds": len(group)}
-        for key in ("test_accuracy", "val_accuracy", "bops", "a100_s", "bismo_s", "search_s", "peak_rss_mb", "kept_channel_share"):
+        for key in (
+            "test_accuracy",
+            "val_accuracy",
+            "bops",
+            "a100_s",
+            "bismo_s",
+            "search_s",
+            "peak_rss_mb",
+            "kept_channel_share",
+        ):
             values = [r[key] for r in group if key in r]
             if values:
                 entry[key] = statistics.fmean(values)
@@ -222,13 +288,18 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(summary: list[dict[str, Any]], fp_bops: float) -> str:
-    lines = ["| configuration | test top-1 (mean +- std) | val top-1 | MBOPs | x fewer than FP | a100 (us) | bismo (ms) "
-             "| kept ch. | search (s) | peak RSS (MB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| configuration | test top-1 (mean +- std) | val top-1 | MBOPs | x fewer than FP | a100 (us) | bismo (ms) "
+        "| kept ch. | search (s) | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in summary:
-        lines.append(f"| {s['label']} | {100 * s['test_accuracy']:.2f} +- {100 * s['test_accuracy_std']:.2f} | "
-                     f"{100 * s['val_accuracy']:.2f} | {s['bops'] / 1e6:.1f} | {fp_bops / s['bops']:.1f} | "
-                     f"{s['a100_s'] * 1e6:.3f} | {s['bismo_s'] * 1e3:.3f} | {s['kept_channel_share']:.2f} | "
-                     f"{s.get('search_s', 0):.0f} | {s.get('peak_rss_mb', 0):.0f} |")
+        lines.append(
+            f"| {s['label']} | {100 * s['test_accuracy']:.2f} +- {100 * s['test_accuracy_std']:.2f} | "
+            f"{100 * s['val_accuracy']:.2f} | {s['bops'] / 1e6:.1f} | {fp_bops / s['bops']:.1f} | "
+            f"{s['a100_s'] * 1e6:.3f} | {s['bismo_s'] * 1e3:.3f} | {s['kept_channel_share']:.2f} | "
+            f"{s.get('search_s', 0):.0f} | {s.get('peak_rss_mb', 0):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -238,13 +309,32 @@ def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"sbs": "o", "sbs-searched": "*", "ilp": "P", "uniform": "^", "random": "x", "optuna": "D", "multipath": "s"}
+    markers = {
+        "sbs": "o",
+        "sbs-searched": "*",
+        "ilp": "P",
+        "uniform": "^",
+        "random": "x",
+        "optuna": "D",
+        "multipath": "s",
+    }
     fig, ax = plt.subplots(figsize=(8, 5))
     for method, marker in markers.items():
-        pts = sorted((s["bops"], s["test_accuracy"], s["test_accuracy_std"], s["label"]) for s in summary if s["method"] == method)
+        pts = sorted(
+            (s["bops"], s["test_accuracy"], s["test_accuracy_std"], s["label"])
+            for s in summary
+            if s["method"] == method
+        )
         if pts:
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=marker,
-                        linestyle="none", label=method, capsize=3)
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker=marker,
+                linestyle="none",
+                label=method,
+                capsize=3,
+            )
     ax.axhline(fp_acc, color="grey", linestyle=":", label="full precision")
     ax.set_xscale("log")
     ax.set_xlabel("BOPs")
@@ -260,9 +350,16 @@ def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--methods", nargs="+", default=["uniform", "sbs", "ilp", "random", "optuna", "multipath"])
-    p.add_argument("--prune-fractions", nargs="+", type=float, default=[0.75],
-                   help="extra SBS runs at u2x0.75 with these --max-prune-fraction values (the default run uses 0.5)")
+    p.add_argument(
+        "--methods", nargs="+", default=["uniform", "sbs", "ilp", "random", "optuna", "multipath"]
+    )
+    p.add_argument(
+        "--prune-fractions",
+        nargs="+",
+        type=float,
+        default=[0.75],
+        help="extra SBS runs at u2x0.75 with these --max-prune-fraction values (the default run uses 0.5)",
+    )
     p.add_argument("--train-per-class", type=int, default=300)
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--test-per-class", type=int, default=200, help="0 = the whole test split")
@@ -282,8 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     os.environ["FRONTIER_THREADS"] = str(args.threads)
     out = Path(args.out_dir)
-    search_dir, eval_dir = prepare_splits(ensure_cifar10_jpeg(find_cifar10_archive()), out / "data", args.train_per_class,
-                                          args.val_per_class, args.test_per_class)
+    search_dir, eval_dir = prepare_splits(
+        ensure_cifar10_jpeg(find_cifar10_archive()),
+        out / "data",
+        args.train_per_class,
+        args.val_per_class,
+        args.test_per_class,
+    )
     fp_path = out / "fp_resnet20.pt"
     t0 = time.perf_counter()
     pretrain(search_dir, args.pretrain_epochs, fp_path)
@@ -295,33 +397,90 @@ def main(argv: list[str] | None = None) -> int:
     fp_acc = evaluate(fp, make_loader(test, 256, False, 0), torch.device("cpu"))
     example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
     targets = budget_costs(fp, example)
-    base = dict(model="resnet20", data="imagefolder", data_dir=str(search_dir), checkpoint=str(fp_path),
-                pretrain_epochs=0, search_epochs=args.search_epochs, hw="a100", cost="bops", progress=False)
+    base = dict(
+        model="resnet20",
+        data="imagefolder",
+        data_dir=str(search_dir),
+        checkpoint=str(fp_path),
+        pretrain_epochs=0,
+        search_epochs=args.search_epochs,
+        hw="a100",
+        cost="bops",
+        progress=False,
+    )
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         for job in plan(args.methods, args.prune_fractions):
             run_dir = out / f"seed{seed}" / job.label
-            stats = search(job, base, targets.get(job.budget) if job.budget else None, seed, run_dir)
+            stats = search(
+                job, base, targets.get(job.budget) if job.budget else None, seed, run_dir
+            )
             config = load_config(run_dir / "config.yaml")
             variants = [(job.label, job.method, None)]
             if job.method == "sbs":
-                variants.append((job.label.replace("sbs", "sbs-searched", 1), "sbs-searched", load_checkpoint(run_dir)["model"]))
+                variants.append(
+                    (
+                        job.label.replace("sbs", "sbs-searched", 1),
+                        "sbs-searched",
+                        load_checkpoint(run_dir)["model"],
+                    )
+                )
             for label, method, init in variants:
                 cache = run_dir / f"finetune-{method}.json"
                 if not cache.is_file():
-                    cache.write_text(json.dumps(finetune(fp_state, config, init, seed, args.finetune_epochs, search_dir, eval_dir)))
+                    cache.write_text(
+                        json.dumps(
+                            finetune(
+                                fp_state,
+                                config,
+                                init,
+                                seed,
+                                args.finetune_epochs,
+                                search_dir,
+                                eval_dir,
+                            )
+                        )
+                    )
                 row = _row(label, method, config, tuple(json.loads(cache.read_text())), stats)
                 rows.append({**row, "seed": seed})
-                print(f"seed {seed} {label:26s} test {row['test_accuracy']:.4f} val {row['val_accuracy']:.4f} "
-                      f"{row['bops'] / 1e6:8.1f} MBOPs search {stats['search_s']:5.0f} s  ({time.perf_counter() - t0:.0f} s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"seed {seed} {label:26s} test {row['test_accuracy']:.4f} val {row['val_accuracy']:.4f} "
+                    f"{row['bops'] / 1e6:8.1f} MBOPs search {stats['search_s']:5.0f} s  ({time.perf_counter() - t0:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     summary = summarise(rows)
-    fp_bops = load_config(out / f"seed{args.seeds[0]}" / "uniform8" / "config.yaml").full_precision().cost(build_cost_model("bops"))
-    report = {"machine": machine_info(), "command": " ".join(["benchmarks/frontier.py", *(argv if argv is not None else sys.argv[1:])]),
-              "schedule": {k: getattr(args, k) for k in ("train_per_class", "val_per_class", "test_per_class", "pretrain_epochs",
-                                                     "search_epochs", "finetune_epochs", "seeds", "threads")},
-              "test_images": len(test), "fp_test_accuracy": fp_acc, "fp_bops": fp_bops, "budgets_bops": targets,
-              "summary": summary, "runs": rows, "markdown": markdown(summary, fp_bops)}
+    fp_bops = (
+        load_config(out / f"seed{args.seeds[0]}" / "uniform8" / "config.yaml")
+        .full_precision()
+        .cost(build_cost_model("bops"))
+    )
+    report = {
+        "machine": machine_info(),
+        "command": " ".join(
+            ["benchmarks/frontier.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "schedule": {
+            k: getattr(args, k)
+            for k in (
+                "train_per_class",
+                "val_per_class",
+                "test_per_class",
+                "pretrain_epochs",
+                "search_epochs",
+                "finetune_epochs",
+                "seeds",
+                "threads",
+            )
+        },
+        "test_images": len(test),
+        "fp_test_accuracy": fp_acc,
+        "fp_bops": fp_bops,
+        "budgets_bops": targets,
+        "summary": summary,
+        "runs": rows,
+        "markdown": markdown(summary, fp_bops),
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     plot(summary, fp_acc, Path(args.png))

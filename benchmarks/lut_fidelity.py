@@ -47,7 +47,11 @@ def breakdown(spec, configs, batch: int, threads: int, repeats: int, hw: str) ->
         def post(m, args, out, inside=inside):
             inside.setdefault(m.record.name, []).append(time.perf_counter() - m._t0)
 
-        hooks = [h for m in ex.layers().values() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+        hooks = [
+            h
+            for m in ex.layers().values()
+            for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))
+        ]
         with torch.inference_mode():
             for _ in range(3):
                 ex(x)
@@ -62,19 +66,29 @@ def breakdown(spec, configs, batch: int, threads: int, repeats: int, hw: str) ->
         cfg.batch = batch
         ratios_layers.append(cfg.cost(cm) / layers)
         ratios_rest.append(1.0 - layers / statistics.median(totals))
-    return {"table_over_in_model_layers": statistics.median(ratios_layers),
-            "share_outside_layers": statistics.median(ratios_rest)}
+    return {
+        "table_over_in_model_layers": statistics.median(ratios_layers),
+        "share_outside_layers": statistics.median(ratios_rest),
+    }
 
 
-def run(model: str, hws: list[str], configs: int, seed: int, batch: int, threads: int, repeats: int) -> dict[str, Any]:
+def run(
+    model: str, hws: list[str], configs: int, seed: int, batch: int, threads: int, repeats: int
+) -> dict[str, Any]:
     spec = default_spec(model)
     drawn = draw_configs(spec, configs, seed, (2, 4, 8), batch)
     measured = measure_configs(spec, drawn, batch=batch, threads=threads, repeats=repeats)
     fits = [fit_profile(hw, measured, batch) for hw in hws]
     gap = breakdown(spec, drawn[:5], batch, threads, repeats, hws[0])
-    settings = {"configs": configs, "seed": seed, "batch": batch, "threads": threads, "repeats": repeats,
-                "command": f"hwsbs lut check {' '.join('--hw ' + h for h in hws)} --model {model} --configs {configs} "
-                           f"--seed {seed} --batch {batch} --threads {threads} --repeats {repeats}"}
+    settings = {
+        "configs": configs,
+        "seed": seed,
+        "batch": batch,
+        "threads": threads,
+        "repeats": repeats,
+        "command": f"hwsbs lut check {' '.join('--hw ' + h for h in hws)} --model {model} --configs {configs} "
+        f"--seed {seed} --batch {batch} --threads {threads} --repeats {repeats}",
+    }
     report = report_dict(spec, measured, fits, settings)
     report["gap"] = gap
     return report
@@ -91,8 +105,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    out: dict[str, Any] = {"machine": describe_machine(machine_info("cpu", args.threads)), "runs": []}
-    print("| model | batch | profile | cost model | Spearman | MAPE | within +-10% | median pred/meas |")
+    out: dict[str, Any] = {
+        "machine": describe_machine(machine_info("cpu", args.threads)),
+        "runs": [],
+    }
+    print(
+        "| model | batch | profile | cost model | Spearman | MAPE | within +-10% | median pred/meas |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     gaps = []
     for model in args.models:
@@ -100,14 +119,20 @@ def main() -> None:
             report = run(model, args.hw, args.configs, args.seed, batch, args.threads, args.repeats)
             out["runs"].append(report)
             for prof in report["profiles"]:
-                print(f"| {model} | {batch} | {prof['profile']} | {prof['cost_model']} | {prof['spearman']:.3f} | "
-                      f"{100 * prof['mape']:.1f}% | {100 * prof['within_10pct']:.0f}% | {prof['median_ratio']:.3f} |",
-                      flush=True)
+                print(
+                    f"| {model} | {batch} | {prof['profile']} | {prof['cost_model']} | {prof['spearman']:.3f} | "
+                    f"{100 * prof['mape']:.1f}% | {100 * prof['within_10pct']:.0f}% | {prof['median_ratio']:.3f} |",
+                    flush=True,
+                )
             gaps.append((model, batch, report["gap"]))
-    print("\n| model | batch | table / layers timed inside the model | share of time outside the layers |")
+    print(
+        "\n| model | batch | table / layers timed inside the model | share of time outside the layers |"
+    )
     print("|---|---|---|---|")
     for model, batch, g in gaps:
-        print(f"| {model} | {batch} | {g['table_over_in_model_layers']:.3f} | {100 * g['share_outside_layers']:.1f}% |")
+        print(
+            f"| {model} | {batch} | {g['table_over_in_model_layers']:.3f} | {100 * g['share_outside_layers']:.1f}% |"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))

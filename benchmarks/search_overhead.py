@@ -64,13 +64,22 @@ def machine_info() -> dict[str, object]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
 
 
 def _batch(batch: int, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    x, y = (
+        torch.randn(batch, 3, 32, 32, generator=gen),
+        torch.randint(0, 10, (batch,), generator=gen),
+    )
     return x.to(device), y.to(device)
 
 
@@ -134,8 +143,9 @@ def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) ->
     raise ValueError(f"unknown configuration {config!r}")
 
 
-def time_model(model_name: str, batch: int, warmup: int, steps: int, repeats: int,
-               device: str = "cpu") -> dict[str, dict[str, float]]:
+def time_model(
+    model_name: str, batch: int, warmup: int, steps: int, repeats: int, device: str = "cpu"
+) -> dict[str, dict[str, float]]:
     """Round-robin timing of every configuration of one model, in this process."""
     x, y = _batch(batch, device=device)
     fns = {c: make_step(model_name, c, x, y) for c in CONFIGS}
@@ -151,7 +161,10 @@ def time_model(model_name: str, batch: int, warmup: int, steps: int, repeats: in
                 fn()
             _sync(device)
             samples[c].append((time.perf_counter() - t0) / steps)
-    return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)} for c, v in samples.items()}
+    return {
+        c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+        for c, v in samples.items()
+    }
 
 
 def _status_kib(field: str) -> int:
@@ -161,7 +174,9 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def memory_probe(model_name: str, config: str, batch: int, steps: int, device: str = "cpu") -> dict[str, float | str]:
+def memory_probe(
+    model_name: str, config: str, batch: int, steps: int, device: str = "cpu"
+) -> dict[str, float | str]:
     """Peak RSS growth (MiB) over ``steps`` steps, after setup; run in a fresh process.
 
     Linux keeps the peak RSS (``VmHWM``) across fork and exec, so a child's ``ru_maxrss`` can
@@ -179,9 +194,13 @@ def memory_probe(model_name: str, config: str, batch: int, steps: int, device: s
             fn()
         torch.cuda.synchronize()
         peak_b = torch.cuda.max_memory_allocated()
-        mib = 1024.0 ** 2
-        return {"allocated_after_setup_mib": before_b / mib, "step_peak_growth_mib": (peak_b - before_b) / mib,
-                "peak_mib": peak_b / mib, "method": "torch.cuda.max_memory_allocated growth"}
+        mib = 1024.0**2
+        return {
+            "allocated_after_setup_mib": before_b / mib,
+            "step_peak_growth_mib": (peak_b - before_b) / mib,
+            "peak_mib": peak_b / mib,
+            "method": "torch.cuda.max_memory_allocated growth",
+        }
     rss = _status_kib("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -192,23 +211,47 @@ def memory_probe(model_name: str, config: str, batch: int, steps: int, device: s
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(steps):
         fn()
-    after = _status_kib("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"rss_after_setup_mib": rss / 1024, "step_peak_growth_mib": (after - before) / 1024,
-            "peak_mib": after / 1024, "method": method}
+    after = (
+        _status_kib("VmHWM")
+        if method.startswith("VmHWM")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    )
+    return {
+        "rss_after_setup_mib": rss / 1024,
+        "step_peak_growth_mib": (after - before) / 1024,
+        "peak_mib": after / 1024,
+        "method": method,
+    }
 
 
-def _memory(model_name: str, batch: int, steps: int, device: str = "cpu") -> dict[str, dict[str, float]]:
+def _memory(
+    model_name: str, batch: int, steps: int, device: str = "cpu"
+) -> dict[str, dict[str, float]]:
     out = {}
     for c in CONFIGS:
-        cmd = [sys.executable, __file__, "--probe", model_name, c, "--batch", str(batch), "--mem-steps", str(steps),
-               "--threads", str(torch.get_num_threads()), "--device", device]
-        proc = subprocess.run(cmd,
-                              capture_output=True, text=True, check=True)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--probe",
+            model_name,
+            c,
+            "--batch",
+            str(batch),
+            "--mem-steps",
+            str(steps),
+            "--threads",
+            str(torch.get_num_threads()),
+            "--device",
+            device,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[c] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
-def profile_sbs(model_name: str, batch: int, top: int = 12, device: str = "cpu") -> dict[str, object]:
+def profile_sbs(
+    model_name: str, batch: int, top: int = 12, device: str = "cpu"
+) -> dict[str, object]:
     """Where the SBS step's time goes: top operators (torch.profiler, self CPU time) and the
     hwsbs functions that issue them (cProfile, cumulative time; this torch build records no
     Python stacks in the profiler). Shares are of the profiled step time."""
@@ -230,7 +273,11 @@ def profile_sbs(model_name: str, batch: int, top: int = 12, device: str = "cpu")
     ops = prof.key_averages()
 
     def self_time(e: object) -> float:  # GPU kernel time on CUDA, CPU time otherwise
-        return float(getattr(e, "self_device_time_total", 0.0)) if cuda else float(e.self_cpu_time_total)  # type: ignore[attr-defined]
+        return (
+            float(getattr(e, "self_device_time_total", 0.0))
+            if cuda
+            else float(e.self_cpu_time_total)
+        )  # type: ignore[attr-defined]
 
     total = sum(self_time(e) for e in ops) or 1.0
     top_ops = sorted(ops, key=self_time, reverse=True)[:top]
@@ -241,11 +288,17 @@ def profile_sbs(model_name: str, batch: int, top: int = 12, device: str = "cpu")
     pr.disable()
     stats = pstats.Stats(pr).stats  # type: ignore[attr-defined]
     step_total = max((v[3] for k, v in stats.items() if k[2] == "step"), default=1.0)
-    funcs = [(f"{Path(k[0]).as_posix().split('/hwsbs/')[-1]}:{k[1]}({k[2]})", v[3]) for k, v in stats.items()
-             if "/hwsbs/" in Path(k[0]).as_posix() or k[2] == "backward"]
+    funcs = [
+        (f"{Path(k[0]).as_posix().split('/hwsbs/')[-1]}:{k[1]}({k[2]})", v[3])
+        for k, v in stats.items()
+        if "/hwsbs/" in Path(k[0]).as_posix() or k[2] == "backward"
+    ]
     funcs.sort(key=lambda kv: kv[1], reverse=True)
     return {
-        "ops": [{"op": e.key, "self_share": self_time(e) / total, "calls_per_step": e.count / 3} for e in top_ops],
+        "ops": [
+            {"op": e.key, "self_share": self_time(e) / total, "calls_per_step": e.count / 3}
+            for e in top_ops
+        ],
         "functions": [{"where": k, "cumulative_share": v / step_total} for k, v in funcs[:top]],
     }
 
@@ -267,29 +320,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.probe:
-        print(json.dumps(memory_probe(args.probe[0], args.probe[1], args.batch, args.mem_steps, args.device)))
+        print(
+            json.dumps(
+                memory_probe(args.probe[0], args.probe[1], args.batch, args.mem_steps, args.device)
+            )
+        )
         return 0
     machine = machine_info()
     if torch.device(args.device).type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name()
         machine["cuda"] = torch.version.cuda
-    report: dict[str, object] = {"machine": machine, "device": args.device, "batch": args.batch, "image": [3, 32, 32],
-                                 "command": " ".join(["benchmarks/search_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
-                                 "threads": torch.get_num_threads(), "models": {}}
-    mems = {m: _memory(m, args.batch, args.mem_steps, args.device) for m in args.models}  # while this process is small
+    report: dict[str, object] = {
+        "machine": machine,
+        "device": args.device,
+        "batch": args.batch,
+        "image": [3, 32, 32],
+        "command": " ".join(
+            ["benchmarks/search_overhead.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "threads": torch.get_num_threads(),
+        "models": {},
+    }
+    mems = {
+        m: _memory(m, args.batch, args.mem_steps, args.device) for m in args.models
+    }  # while this process is small
     for m in args.models:
         mem = mems[m]
         times = time_model(m, args.batch, args.warmup, args.steps, args.repeats, args.device)
         fp, mp = times["fp32"]["median_s"], times["multipath"]["median_s"]
         entry: dict[str, object] = {
-            "time": times, "memory": mem,
+            "time": times,
+            "memory": mem,
             "ratios": {
                 "sbs_vs_fp32_time": times["sbs"]["median_s"] / fp,
                 "qat4_vs_fp32_time": times["qat4"]["median_s"] / fp,
                 "multipath_vs_fp32_time": mp / fp,
                 "sbs_vs_multipath_time": times["sbs"]["median_s"] / mp,
-                "sbs_vs_multipath_memory": mem["sbs"]["step_peak_growth_mib"] / max(mem["multipath"]["step_peak_growth_mib"], 1e-9),
-                "sbs_vs_fp32_memory": mem["sbs"]["step_peak_growth_mib"] / max(mem["fp32"]["step_peak_growth_mib"], 1e-9),
+                "sbs_vs_multipath_memory": mem["sbs"]["step_peak_growth_mib"]
+                / max(mem["multipath"]["step_peak_growth_mib"], 1e-9),
+                "sbs_vs_fp32_memory": mem["sbs"]["step_peak_growth_mib"]
+                / max(mem["fp32"]["step_peak_growth_mib"], 1e-9),
             },
         }
         if args.profile:

@@ -2,15 +2,12 @@
 
 Built-ins register on import; third-party packages add theirs through the ``hwsbs.cost_models``
 entry-point group. ``cost_model_for(profile, name=None)`` builds a profile's default model, or the
-``--cost NAME`` override.
+``--cost NAME`` override. This package depends on ``hardware_profiles`` only, never on ``hwsbs``.
 """
 
 from __future__ import annotations
 
-# Order matters: base, registry and factory import nothing from the hwsbs package, and must be
-# bound before the model modules below import hwsbs.profiles (importing the hwsbs package runs
-# modules that import these names back from here).
-from .base import FULL_PRECISION_BITS, CostModel, LayerShape, LayerState
+from .base import FLOAT_BITS, CostModel, LayerShape, LayerState
 from .factory import cost_model_for, default_cost_model_name
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -24,7 +21,7 @@ from .registry import (
 from . import analytic, bit_serial, energy, lut, roofline  # noqa: F401  (importing registers them)
 
 __all__ = [
-    "FULL_PRECISION_BITS",
+    "FLOAT_BITS",
     "CostModel",
     "LayerShape",
     "LayerState",

@@ -13,18 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
+from hardware_profiles.schema import FLOAT_BITS
+
+from .errors import CostModelError
+
 if TYPE_CHECKING:
-    from hwsbs.profiles.schema import HardwareProfile
+    from hardware_profiles.schema import HardwareProfile
 
 _P = TypeVar("_P")
 
 #: Distinct (shape, state, batch) results each cost model instance memoises.
 LAYER_COST_CACHE_SIZE = 1 << 16
 
-__all__ = ["FULL_PRECISION_BITS", "LAYER_COST_CACHE_SIZE", "LayerShape", "LayerState", "CostModel"]
-
-#: Bit width that stands for "not quantised" (FP32) in a :class:`LayerState`.
-FULL_PRECISION_BITS = 32
+__all__ = ["FLOAT_BITS", "LAYER_COST_CACHE_SIZE", "LayerShape", "LayerState", "CostModel"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,11 @@ class LayerShape:
     @property
     def is_depthwise(self) -> bool:
         """True for a depthwise conv, whose channels are coupled one to one."""
-        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels == self.out_channels
+        return (
+            self.kind == "conv"
+            and self.groups > 1
+            and self.groups == self.in_channels == self.out_channels
+        )
 
     @property
     def signature(self) -> str:
@@ -98,8 +103,8 @@ class LayerShape:
 class LayerState:
     """A layer's discrete compression state: the only thing a cost model may depend on."""
 
-    w_bits: int  # weight bit width; FULL_PRECISION_BITS for float
-    a_bits: int  # input-activation bit width; FULL_PRECISION_BITS for float
+    w_bits: int  # weight bit width; FLOAT_BITS for float
+    a_bits: int  # input-activation bit width; FLOAT_BITS for float
     kept_in: int  # input channels left after the producer's pruning
     kept_out: int  # output channels left after this layer's pruning
 
@@ -136,9 +141,13 @@ class CostModel(ABC):
             self.__dict__["_layer_cost_cache"] = cache
         return cache(shape, state, batch)
 
-    def model_cost(self, shapes: list[LayerShape], states: list[LayerState], batch: int = 1) -> float:
+    def model_cost(
+        self, shapes: list[LayerShape], states: list[LayerState], batch: int = 1
+    ) -> float:
         """Cost of a whole model: the sum of its layers' costs (override for cross-layer effects)."""
-        return float(sum(self.cached_layer_cost(s, st, batch) for s, st in zip(shapes, states, strict=True)))
+        return float(
+            sum(self.cached_layer_cost(s, st, batch) for s, st in zip(shapes, states, strict=True))
+        )
 
     def require_profile(self) -> HardwareProfile:
         """The profile this model was built with.
@@ -147,17 +156,20 @@ class CostModel(ABC):
             CostModelError: built without one (device-specific models need ``--hw``).
         """
         if self.profile is None:
-            # Imported here: importing the hwsbs package pulls in modules that import this one.
-            from hwsbs.errors import CostModelError
-
-            raise CostModelError(f"cost model {self.name!r} needs a hardware profile (--hw NAME or FILE)")
+            raise CostModelError(
+                f"cost model {self.name!r} needs a hardware profile (--hw NAME or FILE)"
+            )
         return self.profile
 
     def profile_params(self, params_cls: type[_P]) -> _P:
         """This model's parameters: the profile's ``cost_model`` block when it names this model,
         else ``params_cls()`` defaults (the model was chosen with ``--cost`` over another default)."""
         block: Any = getattr(self.profile, "cost_model", None)
-        if block is not None and getattr(block, "name", None) == self.name and isinstance(block, params_cls):
+        if (
+            block is not None
+            and getattr(block, "name", None) == self.name
+            and isinstance(block, params_cls)
+        ):
             return block
         return params_cls()
 

@@ -13,10 +13,10 @@ layers run as max_bits fixed point). Compute-bound by construction, as in the pa
 
 from __future__ import annotations
 
-from hwsbs.errors import CostModelError
-from hwsbs.profiles.cost_params import BitSerialParams
-from hwsbs.profiles.precision import ExecutedPrecision, executed_precision
-from hwsbs.profiles.schema import ArraySpec, HardwareProfile
+from cost_models.errors import CostModelError
+from cost_models.precision import ExecutedPrecision, executed_precision
+from hardware_profiles.cost_params import BitSerialParams
+from hardware_profiles.schema import ArraySpec, HardwareProfile
 
 from .base import CostModel, LayerShape, LayerState
 from .registry import register_cost_model
@@ -36,7 +36,9 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _gemm_dims(shape: LayerShape, kept_in: int, kept_out: int, batch: int) -> tuple[int, int, int, int]:
+def _gemm_dims(
+    shape: LayerShape, kept_in: int, kept_out: int, batch: int
+) -> tuple[int, int, int, int]:
     """(groups, M per group, K per group, N): the layer as ``groups`` GEMMs of M x K by K x N."""
     kh, kw = shape.kernel_size
     n = batch * shape.out_size[0] * shape.out_size[1]
@@ -58,7 +60,9 @@ def _cycles_loom(array: ArraySpec, macs: int, w: int, a: int, is_linear: bool) -
     return _ceil(macs * w * a, array.equivalent_macs_per_cycle * p * p)
 
 
-def layer_cycles(variant: str, array: ArraySpec, shape: LayerShape, state: LayerState, w: int, a: int, batch: int) -> int:
+def layer_cycles(
+    variant: str, array: ArraySpec, shape: LayerShape, state: LayerState, w: int, a: int, batch: int
+) -> int:
     """Cycles ``shape`` takes on ``array`` at executed widths ``w``/``a`` for ``batch`` samples."""
     kin, kout = state.kept_in, state.kept_out
     if variant in ("stripes", "loom"):
@@ -76,7 +80,14 @@ def layer_cycles(variant: str, array: ArraySpec, shape: LayerShape, state: Layer
     if shape.is_depthwise:  # output channels across the columns, one input channel each
         return batch * _ceil(kout, array.d_m) * positions * kh * kw * _ceil(1, array.d_k * perf)
     g = shape.groups
-    per_group = batch * _ceil(_ceil(kout, g), array.d_m) * positions * kh * kw * _ceil(_ceil(kin, g), array.d_k * perf)
+    per_group = (
+        batch
+        * _ceil(_ceil(kout, g), array.d_m)
+        * positions
+        * kh
+        * kw
+        * _ceil(_ceil(kin, g), array.d_k * perf)
+    )
     return g * per_group
 
 
@@ -104,7 +115,9 @@ class BitSerialCostModel(CostModel):
                 f"(needs {', '.join(REQUIRED_ARRAY_FIELDS[variant])})"
             )
         if prof.clock_hz is None:
-            raise CostModelError(f"profile {prof.name!r}: clock_hz: required by the bit_serial model (cycles / clock)")
+            raise CostModelError(
+                f"profile {prof.name!r}: clock_hz: required by the bit_serial model (cycles / clock)"
+            )
         self.array: ArraySpec = prof.array
         self.clock_hz: float = prof.clock_hz
         self._paths: dict[tuple[int, int], ExecutedPrecision] = {}
@@ -115,7 +128,9 @@ class BitSerialCostModel(CostModel):
         ex = self._paths.get(key)
         if ex is None:  # memoised per bit pair: the profile is immutable
             ex = self._paths[key] = executed_precision(self.require_profile(), *key)
-        return layer_cycles(self.params.variant, self.array, shape, state, ex.w_bits, ex.a_bits, batch)
+        return layer_cycles(
+            self.params.variant, self.array, shape, state, ex.w_bits, ex.a_bits, batch
+        )
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
         cycles = self.layer_cycles(shape, state, batch)

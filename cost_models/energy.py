@@ -9,10 +9,10 @@ bits moved: weights once per call, input and output activations per sample.
 
 from __future__ import annotations
 
-from hwsbs.errors import CostModelError
-from hwsbs.profiles.cost_params import EnergyParams
-from hwsbs.profiles.precision import ExecutedPrecision, executed_precision
-from hwsbs.profiles.schema import EnergyFigures, HardwareProfile
+from cost_models.errors import CostModelError
+from cost_models.precision import ExecutedPrecision, executed_precision
+from hardware_profiles.cost_params import EnergyParams
+from hardware_profiles.schema import EnergyFigures, HardwareProfile
 
 from .base import CostModel, LayerShape, LayerState
 from .registry import register_cost_model
@@ -68,9 +68,12 @@ class EnergyCostModel(CostModel):
         macs = batch * shape.macs(state.kept_in, state.kept_out)
         arithmetic = macs * mac_energy_pj(self.figures, ex.w_bits, ex.a_bits, ex.number_format)
         weight_bits = shape.weight_count(state.kept_in, state.kept_out) * ex.w_bits
-        act_bits = batch * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out)) * ex.a_bits
-        memory = (
-            weight_bits / 64.0 * self._access_pj(self.params.weights_from)
-            + act_bits / 64.0 * self._access_pj(self.params.activations_from)
+        act_bits = (
+            batch
+            * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out))
+            * ex.a_bits
         )
+        memory = weight_bits / 64.0 * self._access_pj(
+            self.params.weights_from
+        ) + act_bits / 64.0 * self._access_pj(self.params.activations_from)
         return (arithmetic + memory) * _PJ

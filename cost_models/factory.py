@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hardware_profiles import load_profile
+
 from .base import CostModel
 from .registry import build_cost_model
 
 if TYPE_CHECKING:
-    from hwsbs.profiles.schema import HardwareProfile
+    from hardware_profiles.schema import HardwareProfile
 
 __all__ = ["default_cost_model_name", "cost_model_for"]
 
@@ -32,8 +34,5 @@ def cost_model_for(profile: HardwareProfile | str | Path, name: str | None = Non
         CostModelError: unknown model, or the profile lacks what the model needs.
     """
     if isinstance(profile, str | Path):
-        # Imported here: hwsbs.profiles imports the hwsbs package, which imports this package.
-        from hwsbs.profiles import load_profile
-
         profile = load_profile(profile)
     return build_cost_model(name or default_cost_model_name(profile), profile)

@@ -8,9 +8,10 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from .base import CostModel
+from .errors import CostModelError
 
 if TYPE_CHECKING:
-    from hwsbs.profiles.schema import HardwareProfile
+    from hardware_profiles.schema import HardwareProfile
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -36,7 +37,9 @@ def register_cost_model(name: str) -> Callable[[type[CostModel]], type[CostModel
 
     def decorator(cls: type[CostModel]) -> type[CostModel]:
         if not (isinstance(cls, type) and issubclass(cls, CostModel)):
-            raise TypeError(f"@register_cost_model({name!r}) needs a CostModel subclass, got {cls!r}")
+            raise TypeError(
+                f"@register_cost_model({name!r}) needs a CostModel subclass, got {cls!r}"
+            )
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             warnings.warn(
                 f"cost model {name!r} is registered again: {cls.__module__}.{cls.__qualname__} "
@@ -60,7 +63,9 @@ def _load_entry_points() -> None:
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the built-ins
-            warnings.warn(f"cost model plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            warnings.warn(
+                f"cost model plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2
+            )
             continue
         if isinstance(obj, type) and issubclass(obj, CostModel) and ep.name not in _REGISTRY:
             register_cost_model(ep.name)(obj)
@@ -81,10 +86,6 @@ def get_cost_model_class(name: str) -> type[CostModel]:
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
-        # Imported here, not at the top: importing the hwsbs package imports modules that need
-        # this registry's names already bound (see cost_models/__init__.py).
-        from hwsbs.errors import CostModelError
-
         raise CostModelError(f"unknown cost model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 

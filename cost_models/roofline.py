@@ -12,10 +12,10 @@ one. Channel counts are rounded up to the path's tile for the compute term.
 
 from __future__ import annotations
 
-from hwsbs.errors import CostModelError
-from hwsbs.profiles.cost_params import RooflineParams
-from hwsbs.profiles.precision import ExecutedPrecision, candidate_precisions, round_up
-from hwsbs.profiles.schema import HardwareProfile, MemoryLevel
+from cost_models.errors import CostModelError
+from cost_models.precision import ExecutedPrecision, candidate_precisions, round_up
+from hardware_profiles.cost_params import RooflineParams
+from hardware_profiles.schema import HardwareProfile, MemoryLevel
 
 from .base import CostModel, LayerShape, LayerState
 from .registry import register_cost_model
@@ -23,7 +23,9 @@ from .registry import register_cost_model
 __all__ = ["RooflineCostModel", "layer_bytes"]
 
 
-def layer_bytes(shape: LayerShape, kept_in: int, kept_out: int, w_bits: int, a_bits: int, batch: int) -> float:
+def layer_bytes(
+    shape: LayerShape, kept_in: int, kept_out: int, w_bits: int, a_bits: int, batch: int
+) -> float:
     """Bytes a layer moves: its weights once, and per sample its inputs and outputs.
 
     Outputs are written at the activation width (requantised for the next layer, whose width is
@@ -46,7 +48,9 @@ def _memory_level(profile: HardwareProfile, wanted: str | None) -> MemoryLevel:
         if level.name == wanted:
             return level
     known = ", ".join(m.name for m in profile.memory)
-    raise CostModelError(f"profile {profile.name!r}: cost_model.memory_level: no memory named {wanted!r} (known: {known})")
+    raise CostModelError(
+        f"profile {profile.name!r}: cost_model.memory_level: no memory named {wanted!r} (known: {known})"
+    )
 
 
 @register_cost_model("roofline")
@@ -71,9 +75,13 @@ class RooflineCostModel(CostModel):
         # Execution paths per requested (w_bits, a_bits); the profile is immutable.
         self._paths: dict[tuple[int, int], list[ExecutedPrecision]] = {}
 
-    def _terms(self, ex: ExecutedPrecision, shape: LayerShape, state: LayerState, batch: int) -> tuple[float, float]:
+    def _terms(
+        self, ex: ExecutedPrecision, shape: LayerShape, state: LayerState, batch: int
+    ) -> tuple[float, float]:
         assert ex.ops_per_s is not None  # precisions entries always carry a throughput
-        macs = batch * shape.macs(round_up(state.kept_in, ex.channel_tile), round_up(state.kept_out, ex.channel_tile))
+        macs = batch * shape.macs(
+            round_up(state.kept_in, ex.channel_tile), round_up(state.kept_out, ex.channel_tile)
+        )
         compute_s = 2.0 * macs / (ex.ops_per_s * self.compute_efficiency)
         if self.params.operands_at_executed_precision:
             w_bits, a_bits = ex.w_bits, ex.a_bits
@@ -83,7 +91,9 @@ class RooflineCostModel(CostModel):
         memory_s = moved / (self.memory.bandwidth_bytes_per_s * self.memory_efficiency)
         return compute_s, memory_s
 
-    def compute_and_memory_s(self, shape: LayerShape, state: LayerState, batch: int = 1) -> tuple[float, float]:
+    def compute_and_memory_s(
+        self, shape: LayerShape, state: LayerState, batch: int = 1
+    ) -> tuple[float, float]:
         """The two roofline terms (compute seconds, memory seconds) of the fastest executed path."""
         key = (state.w_bits, state.a_bits)
         paths = self._paths.get(key)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from cost_models.errors import CostModelError
+from hardware_profiles.errors import ConfigError, HwsbsError, ProfileError
+
 __all__ = [
     "HwsbsError",
     "ConfigError",
@@ -12,22 +15,6 @@ __all__ = [
     "CheckpointError",
     "SearchDivergedError",
 ]
-
-
-class HwsbsError(Exception):
-    """Base class of every error hwsbs reports to a user (CLI exit code 2)."""
-
-
-class ConfigError(HwsbsError, ValueError):
-    """A bad option, argument or configuration file."""
-
-
-class ProfileError(ConfigError):
-    """A hardware profile that cannot be found, parsed or validated."""
-
-
-class CostModelError(HwsbsError, LookupError):
-    """An unknown cost model, or a cost model that cannot cost a layer (e.g. a missing LUT entry)."""
 
 
 class DataError(HwsbsError):

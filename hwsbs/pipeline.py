@@ -10,8 +10,6 @@ time works in a run directory (:class:`~hwsbs.checkpoint.RunDirLock`).
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
 import time
 import zlib
@@ -26,7 +24,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from cost_models import build_cost_model
 from cost_models.base import CostModel
-from hwsbs.checked_io import read_checked_json, write_text_atomic
+from hardware_profiles import HardwareProfile, load_profile
+from hardware_profiles.checked_io import write_text_atomic
+from hwsbs.budget import budget_report, check_target, resolve_target
 from hwsbs.checkpoint import (
     CHECKPOINT_NAME,
     RunDirLock,
@@ -34,26 +34,31 @@ from hwsbs.checkpoint import (
     load_state_dict_file,
     save_checkpoint,
 )
-from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig, check_device
+from hwsbs.config import SearchConfig, check_device
 from hwsbs.data import build_dataset, make_loader
+from hwsbs.defaults import FINETUNE_LR_FACTOR
 from hwsbs.errors import CheckpointError, ConfigError
 from hwsbs.methods import MethodContext, get_method
 from hwsbs.models import build_model
-from hwsbs.profiles import HardwareProfile, load_profile
 from hwsbs.progress import PhaseProgress
 from hwsbs.result import SearchResult, cost_summary, write_outputs
+from hwsbs.run_options import OPTIONS_NAME, check_resume_options
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
 from hwsbs.sbs.convert import SearchSpace, convert_model, trace_layer_shapes
 from hwsbs.sbs.derive import apply_config
 from hwsbs.sbs.engine import CostObjective
 from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
 
-__all__ = ["run_search", "resolve_cost_model", "default_run_dir", "Objective", "build_compressed_model", "check_target",
-           "OPTIONS_NAME"]
+__all__ = [
+    "run_search",
+    "resolve_cost_model",
+    "default_run_dir",
+    "Objective",
+    "build_compressed_model",
+    "load_weights_into",
+]
 
 PHASES = ("pretrain", "search", "finetune", "done")
-_RESUME_IGNORED = {"resume", "out", "progress", "device", "workers"}
-OPTIONS_NAME = "options.json"
 
 
 @dataclass
@@ -65,7 +70,9 @@ class Objective:
     weight: float = 1.0  # weight of its log-cost in the loss
 
 
-def resolve_cost_model(hw: str | HardwareProfile, cost: str | None = None) -> tuple[HardwareProfile, CostModel]:
+def resolve_cost_model(
+    hw: str | HardwareProfile, cost: str | None = None
+) -> tuple[HardwareProfile, CostModel]:
     """Load a profile and build its default cost model (or ``cost`` instead)."""
     profile = hw if isinstance(hw, HardwareProfile) else load_profile(hw)
     return profile, build_cost_model(cost or profile.cost_model.name, profile)
@@ -90,32 +97,27 @@ def _seed_phase(seed: int, phase: str) -> None:
     _seed_all(zlib.crc32(f"hwsbs:{seed}:{phase}".encode()))
 
 
-def check_target(target: float | None, uniform_8bit: float, unit: str) -> None:
-    """Refuse an absolute ``--target`` below ``MIN_TARGET_FRACTION`` of the uniform 8-bit cost.
-
-    Raises:
-        ConfigError: ``--target 1e-300: below 1e-30 of the uniform 8-bit cost (...)``.
-    """
-    if target is None or not (math.isfinite(uniform_8bit) and uniform_8bit > 0):
-        return
-    if target < MIN_TARGET_FRACTION * uniform_8bit:
-        raise ConfigError(f"--target {target:g}: below {MIN_TARGET_FRACTION:g} of the uniform 8-bit cost "
-                          f"({uniform_8bit:.4g} {unit}); no configuration comes near it and the budget loss would "
-                          f"overflow; give a cost in {unit} or a share like 30%")
-
-
-def _as_loader(data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
+def _as_loader(
+    data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed: int, workers: int
+) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
     return make_loader(data, batch_size, shuffle, seed, workers)
 
 
-def _check_costable(model: nn.Module, example: torch.Tensor, objectives: Sequence[tuple[Objective, HardwareProfile, CostModel]],
-                    batch: int, target: float | None = None) -> None:
+def _check_costable(
+    model: nn.Module,
+    example: torch.Tensor,
+    objectives: Sequence[tuple[Objective, HardwareProfile, CostModel]],
+    batch: int,
+    target: float | None = None,
+) -> None:
     """Every cost model must price this model (a lookup table: every layer signature), and an
     absolute ``target`` must be a cost the primary one can approach, before anything is written."""
     param = next(model.parameters(), None)
-    order, shapes = trace_layer_shapes(model, example if param is None else example.to(param.device))
+    order, shapes = trace_layer_shapes(
+        model, example if param is None else example.to(param.device)
+    )
     plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=batch)
     for _, _, cm in objectives:
         plain.cost(cm)
@@ -128,8 +130,14 @@ def _check_costable(model: nn.Module, example: torch.Tensor, objectives: Sequenc
 class _Run:
     """State shared by the phases of one run."""
 
-    def __init__(self, config: SearchConfig, model: nn.Module | None, train_data, val_data,
-                 objectives: Sequence[Objective] | None) -> None:
+    def __init__(
+        self,
+        config: SearchConfig,
+        model: nn.Module | None,
+        train_data,
+        val_data,
+        objectives: Sequence[Objective] | None,
+    ) -> None:
         self.cfg = config
         self.device = check_device(config.device)
         _seed_all(config.seed)
@@ -144,18 +152,24 @@ class _Run:
             train_data, val_data = bundle.train, bundle.val
             self.model_name = config.model
             if model is None:
-                model = build_model(config.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
+                model = build_model(
+                    config.model, bundle.num_classes, bundle.in_channels, bundle.image_size
+                )
         else:
             self.model_name = config.model if model is None else type(model).__name__
             if model is None:
-                raise ConfigError("hwsbs.search: a model is needed when train_data/val_data are given")
+                raise ConfigError(
+                    "hwsbs.search: a model is needed when train_data/val_data are given"
+                )
         self.model_builder_state = model
         self.fp_state = None
         if config.checkpoint is not None:  # validated before anything is written
             self.fp_state = load_state_dict_file(config.checkpoint)
-            _load_model_state(model, self.fp_state, f"--checkpoint {config.checkpoint}")
+            load_weights_into(model, self.fp_state, f"--checkpoint {config.checkpoint}")
         self.train_data, self.val_data = train_data, val_data
-        self.val_loader = _as_loader(val_data, max(config.batch_size, 256), False, config.seed, config.workers)
+        self.val_loader = _as_loader(
+            val_data, max(config.batch_size, 256), False, config.seed, config.workers
+        )
         first = next(iter(self.loader("pretrain", 0)))
         self.example = first[0].to(self.device)
         _check_costable(model, first[0], self.objectives, config.cost_batch, config.target)
@@ -190,37 +204,18 @@ class _Run:
         )
 
 
-def _check_resume_options(run_dir: Path, cfg: SearchConfig) -> None:
-    """The options of the run being resumed (its ``options.json``) must be the ones given now.
-
-    Options an older hwsbs did not record are accepted only at their default value (the value
-    that run used). Raises ConfigError naming the file or the option.
-    """
-    path = run_dir / OPTIONS_NAME
-    if not os.path.lexists(path):
-        raise ConfigError(f"--resume {run_dir}: {OPTIONS_NAME} not found, so the options of that run are unknown; "
-                          "not a run directory of hwsbs search (start the run again without --resume)")
-    saved = read_checked_json(path, "run options file")
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{path}: expected a JSON object (the run's options), got {type(saved).__name__}")
-    now = cfg.to_dict()
-    defaults = SearchConfig().to_dict()
-    for key, value in now.items():
-        if key in _RESUME_IGNORED:
-            continue
-        if key not in saved:
-            if value != defaults[key]:
-                raise ConfigError(f"--resume {run_dir}: option {key} is not recorded in {path} (that run used the "
-                                  f"default {defaults[key]!r}), now {value!r}")
-        elif saved[key] != value:
-            raise ConfigError(f"--resume {run_dir}: option {key} was {saved[key]!r} in that run, now {value!r}")
-
-
 _PHASE_WHAT = {"pretrain": "full-precision training", "finetune": "fine-tuning"}
 
 
-def _train_phase(run: _Run, phase: str, model: nn.Module, epochs: int, lr: float, ckpt: dict | None,
-                 progress: PhaseProgress) -> None:
+def _train_phase(
+    run: _Run,
+    phase: str,
+    model: nn.Module,
+    epochs: int,
+    lr: float,
+    ckpt: dict | None,
+    progress: PhaseProgress,
+) -> None:
     """Cross-entropy training (SGD, cosine schedule) with a checkpoint after every epoch."""
     optimizer = make_sgd(*split_decay(model), lr, run.cfg.weight_decay)
     spe = run.steps_per_epoch()
@@ -232,75 +227,74 @@ def _train_phase(run: _Run, phase: str, model: nn.Module, epochs: int, lr: float
         start = int(ckpt["epoch"])
     progress.start(phase, epochs * spe, start * spe)
     for epoch in range(start, epochs):
-        loss = train_epoch(model, run.loader(phase, epoch), optimizer, scheduler, run.device, progress,
-                           f"{_PHASE_WHAT[phase]} epoch {epoch + 1}")
+        loss = train_epoch(
+            model,
+            run.loader(phase, epoch),
+            optimizer,
+            scheduler,
+            run.device,
+            progress,
+            f"{_PHASE_WHAT[phase]} epoch {epoch + 1}",
+        )
         run.history.append({"phase": phase, "epoch": epoch + 1, "loss": loss})
-        run.checkpoint(phase, epoch + 1, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        run.checkpoint(
+            phase,
+            epoch + 1,
+            model,
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        )
 
 
 def _convert(run: _Run, fp_model: nn.Module) -> SearchSpace:
     cfg = run.cfg
     return convert_model(
-        fp_model, run.example, cfg.bits, group_size=cfg.group_size, max_prune_fraction=cfg.max_prune_fraction,
-        temperature=cfg.temperature, pin_first_last=cfg.pin_first_last, pin_bits=cfg.pin_bits,
+        fp_model,
+        run.example,
+        cfg.bits,
+        group_size=cfg.group_size,
+        max_prune_fraction=cfg.max_prune_fraction,
+        temperature=cfg.temperature,
+        pin_first_last=cfg.pin_first_last,
+        pin_bits=cfg.pin_bits,
         prune=cfg.prune and get_method(cfg.method).prunes,
     )
 
 
-def _resolve_target(run: _Run, space: SearchSpace, cm: CostModel) -> float | None:
+def _run_method(
+    run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress
+) -> CompressionConfig:
     cfg = run.cfg
-    if cfg.target is not None:
-        return cfg.target if cm is run.cost_model else None
-    if cfg.target_fraction is not None:
-        shapes = [space.shapes[n] for n in space.layer_names]
-        u8 = CompressionConfig([LayerDecision(s, 8, 8) for s in shapes], batch=cfg.cost_batch).cost(cm)
-        return cfg.target_fraction * u8
-    return None
-
-
-def _budget_report(run: _Run, space: SearchSpace, found: CompressionConfig) -> dict[str, Any] | None:
-    """Whether the found configuration meets ``--target``, and the cheapest reachable cost."""
-    target = _resolve_target(run, space, run.cost_model)
-    if target is None:
-        return None
-    lowest = min(run.cfg.bits)
-    floor_config = CompressionConfig(space.decisions(
-        {n: (lowest, lowest) for n in space.layer_names},
-        {g.producer: _largest_groups(space, g.producer) for g in space.groups},  # none unless the method prunes
-    ), batch=run.cfg.cost_batch)
-    floor = floor_config.cost(run.cost_model)
-    cost = found.cost(run.cost_model)
-    slack = 1 + 1e-9
-    return {"target": target, "floor": floor, "cost": cost, "met": cost <= target * slack,
-            "reachable": floor <= target * slack}
-
-
-def _largest_groups(space: SearchSpace, producer: str) -> list[int]:
-    """The groups whose removal saves the most channels, up to the pruning cap."""
-    sizes = space.layer(producer).group_sizes()
-    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
-    return sorted(order[:space.max_pruned_groups(producer)])
-
-
-def _run_method(run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:
-    cfg = run.cfg
-    objectives = [CostObjective(cm, o.weight, _resolve_target(run, space, cm)) for o, _, cm in run.objectives]
+    objectives = [
+        CostObjective(cm, o.weight, resolve_target(cfg, space, cm, cm is run.cost_model))
+        for o, _, cm in run.objectives
+    ]
     resuming = ckpt is not None and ckpt["phase"] == "search"
 
-    def save_state(epochs_done: int, state: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+    def save_state(
+        epochs_done: int, state: dict[str, Any], metrics: dict[str, float] | None = None
+    ) -> None:
         run.history.append({"phase": "search", "epoch": epochs_done, **(metrics or {})})
         run.checkpoint("search", epochs_done, space.model, state)
 
     ctx = MethodContext(
-        config=cfg, space=space, objectives=objectives, train_loader=run.loader, val_loader=run.val_loader,
-        device=run.device, progress=progress, save_state=save_state,
-        resume_state=ckpt["optim"] if resuming else None, resume_epoch=int(ckpt["epoch"]) if resuming else 0,
-        model_name=run.model_name, dataset=cfg.data, extra=dict(cfg.extra),
+        config=cfg,
+        space=space,
+        objectives=objectives,
+        train_loader=run.loader,
+        val_loader=run.val_loader,
+        device=run.device,
+        progress=progress,
+        save_state=save_state,
+        resume_state=ckpt["optim"] if resuming else None,
+        resume_epoch=int(ckpt["epoch"]) if resuming else 0,
+        model_name=run.model_name,
+        dataset=cfg.data,
+        extra=dict(cfg.extra),
     )
     return get_method(cfg.method).run(ctx)
 
 
-def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -343,7 +337,9 @@ def run_search(
 
 def _refuse_existing_run(run_dir: Path) -> None:
     if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / "result.json").exists():
-        raise ConfigError(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+        raise ConfigError(
+            f"--out {run_dir}: already holds a run; pass --resume to continue it or choose another --out"
+        )
 
 
 def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
@@ -352,12 +348,14 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
     run_dir = run.run_dir
     ckpt = None
     if cfg.resume:
-        _check_resume_options(run_dir, cfg)
+        check_resume_options(run_dir, cfg)
         ckpt = load_checkpoint(run_dir)
     else:
         _refuse_existing_run(run_dir)  # again: another process may have started one meanwhile
     lock.record_pid()
-    write_text_atomic(run_dir / OPTIONS_NAME, json.dumps(cfg.to_dict(), indent=2, default=str), "run options")
+    write_text_atomic(
+        run_dir / OPTIONS_NAME, json.dumps(cfg.to_dict(), indent=2, default=str), "run options"
+    )
     if ckpt is not None:
         run.history = json.loads(ckpt.get("history", "[]"))
         run.fp_accuracy = ckpt.get("fp_accuracy")
@@ -370,9 +368,9 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
         if phase == "pretrain":
             _seed_phase(cfg.seed, "pretrain")
             if ckpt is not None:
-                _load_model_state(fp_model, ckpt["model"], f"{run_dir}/checkpoint.pt")
+                load_weights_into(fp_model, ckpt["model"], f"{run_dir}/checkpoint.pt")
             elif run.fp_state is not None:
-                _load_model_state(fp_model, run.fp_state, f"--checkpoint {cfg.checkpoint}")
+                load_weights_into(fp_model, run.fp_state, f"--checkpoint {cfg.checkpoint}")
             if cfg.checkpoint is None and cfg.pretrain_epochs > 0:
                 _train_phase(run, "pretrain", fp_model, cfg.pretrain_epochs, cfg.lr, ckpt, progress)
             run.fp_accuracy = evaluate(fp_model, run.val_loader, run.device)
@@ -383,36 +381,57 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
         config_path = run_dir / "config.yaml"
         if phase in ("pretrain", "search"):
             if ckpt is not None:  # resuming inside the search
-                _load_model_state(space.model, ckpt["model"], f"{run_dir}/checkpoint.pt")
+                load_weights_into(space.model, ckpt["model"], f"{run_dir}/checkpoint.pt")
             found = _run_method(run, space, ckpt, progress)
             save_config(found, config_path)
             ckpt = None
         else:
             found = load_config(config_path)
-        budget = _budget_report(run, space, found)
+        budget = budget_report(run.cfg, space, run.cost_model, found)
         if budget is not None and not budget["met"]:
-            progress.log(f"budget {budget['target']:.4g} {run.cost_model.unit} not met: the configuration costs "
-                         f"{budget['cost']:.4g}" + ("" if budget["reachable"] else
-                                                   f"; the cheapest this search space allows is {budget['floor']:.4g}"))
+            progress.log(
+                f"budget {budget['target']:.4g} {run.cost_model.unit} not met: the configuration costs "
+                f"{budget['cost']:.4g}"
+                + (
+                    ""
+                    if budget["reachable"]
+                    else f"; the cheapest this search space allows is {budget['floor']:.4g}"
+                )
+            )
         _seed_phase(cfg.seed, "finetune")
         model = apply_config(space, found, str(config_path))
         if ckpt is not None and ckpt["phase"] == "finetune":
-            _load_model_state(model, ckpt["model"], f"{run_dir}/checkpoint.pt")
-        # fine-tuning starts from searched weights: a fifth of the from-scratch learning rate
-        _train_phase(run, "finetune", model, cfg.finetune_epochs, cfg.lr * 0.2, ckpt, progress)
+            load_weights_into(model, ckpt["model"], f"{run_dir}/checkpoint.pt")
+        _train_phase(
+            run, "finetune", model, cfg.finetune_epochs, cfg.lr * FINETUNE_LR_FACTOR, ckpt, progress
+        )
     return _finish(run, None, (model, found), budget)
 
 
-def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, CompressionConfig] | None,
-            budget: dict[str, Any] | None = None) -> SearchResult:
+def _finish(
+    run: _Run,
+    done_ckpt: dict | None,
+    trained: tuple[nn.Module, CompressionConfig] | None,
+    budget: dict[str, Any] | None = None,
+) -> SearchResult:
     cfg = run.cfg
     found = load_config(run.run_dir / "config.yaml") if trained is None else trained[1]
     model = trained[0] if trained is not None else None
     if model is not None:
         compressed_acc = evaluate(model, run.val_loader, run.device)
-        save_checkpoint({"phase": "done", "epoch": 0, "model": model.state_dict(), "optim": {},
-                         "fp_accuracy": run.fp_accuracy, "history": json.dumps(run.history),
-                         "compressed_accuracy": compressed_acc, "budget": json.dumps(budget)}, run.run_dir)
+        save_checkpoint(
+            {
+                "phase": "done",
+                "epoch": 0,
+                "model": model.state_dict(),
+                "optim": {},
+                "fp_accuracy": run.fp_accuracy,
+                "history": json.dumps(run.history),
+                "compressed_accuracy": compressed_acc,
+                "budget": json.dumps(budget),
+            },
+            run.run_dir,
+        )
     else:
         assert done_ckpt is not None
         compressed_acc = float(done_ckpt["compressed_accuracy"])
@@ -427,8 +446,12 @@ def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, Compres
         cost_model=run.cost_model.name,
         metric=run.cost_model.metric,
         unit=run.cost_model.unit,
-        accuracy={"full_precision": float(run.fp_accuracy) if run.fp_accuracy is not None else float("nan"),
-                  "compressed": compressed_acc},
+        accuracy={
+            "full_precision": float(run.fp_accuracy)
+            if run.fp_accuracy is not None
+            else float("nan"),
+            "compressed": compressed_acc,
+        },
         cost=costs,
         layers=layers,
         config=found,
@@ -443,7 +466,9 @@ def _finish(run: _Run, done_ckpt: dict | None, trained: tuple[nn.Module, Compres
     return result
 
 
-def build_compressed_model(model: nn.Module, config: CompressionConfig, example: torch.Tensor, source: str = "config.yaml") -> nn.Module:
+def build_compressed_model(
+    model: nn.Module, config: CompressionConfig, example: torch.Tensor, source: str = "config.yaml"
+) -> nn.Module:
     """A full-precision model turned into the fixed, physically pruned model ``config`` describes."""
     space = convert_model(model, example, config.bits, group_size=config.group_size, prune=True)
     return apply_config(space, config, source)

@@ -44,14 +44,21 @@ class PhaseProgress(AbstractContextManager):
             self._progress.__enter__()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
             self._progress.__exit__(exc_type, exc, tb)
             self._progress = None
 
     def start(self, phase: str, total_steps: int, completed: int = 0) -> None:
         if self._progress is not None:
-            self._task = self._progress.add_task(phase, total=total_steps, completed=completed, status="")
+            self._task = self._progress.add_task(
+                phase, total=total_steps, completed=completed, status=""
+            )
 
     def update(self, advance: int = 1, **status: float | str) -> None:
         if self._progress is None or self._task is None:

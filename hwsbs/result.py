@@ -31,8 +31,12 @@ class SearchResult:
     run_dir: Path | None = None  # where the artefacts are
     model: nn.Module | None = field(default=None, repr=False)  # the fine-tuned compressed model
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
-    extra_costs: dict[str, dict[str, float]] = field(default_factory=dict)  # other objectives' costs
-    budget: dict[str, Any] | None = None  # {"target", "floor", "met", "reachable"} when a --target was set
+    extra_costs: dict[str, dict[str, float]] = field(
+        default_factory=dict
+    )  # other objectives' costs
+    budget: dict[str, Any] | None = (
+        None  # {"target", "floor", "met", "reachable"} when a --target was set
+    )
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -44,8 +48,12 @@ class SearchResult:
             "accuracy": dict(self.accuracy),
             "cost": dict(self.cost),
             "compression": {
-                "vs_full_precision": self.cost["full_precision"] / self.cost["compressed"] if self.cost["compressed"] else None,
-                "vs_uniform_8bit": self.cost["uniform_8bit"] / self.cost["compressed"] if self.cost["compressed"] else None,
+                "vs_full_precision": self.cost["full_precision"] / self.cost["compressed"]
+                if self.cost["compressed"]
+                else None,
+                "vs_uniform_8bit": self.cost["uniform_8bit"] / self.cost["compressed"]
+                if self.cost["compressed"]
+                else None,
             },
             "layers": list(self.layers),
             "history": list(self.history),
@@ -57,7 +65,9 @@ class SearchResult:
         return out
 
 
-def cost_summary(config: CompressionConfig, cost_model: CostModel) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def cost_summary(
+    config: CompressionConfig, cost_model: CostModel
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Full precision, uniform 8-bit and compressed cost, plus the per-layer table."""
     layer_costs = config.layer_costs(cost_model)
     layers = [
@@ -89,15 +99,29 @@ def plot_layers(result: SearchResult, path: Path) -> None:
 
     names = [layer["name"] for layer in result.layers]
     idx = range(len(names))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(names) + 2), 5.5), sharex=True)
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(max(6.0, 0.35 * len(names) + 2), 5.5), sharex=True
+    )
     width = 0.4
-    ax1.bar([i - width / 2 for i in idx], [layer["w_bits"] for layer in result.layers], width, label="weights")
-    ax1.bar([i + width / 2 for i in idx], [layer["a_bits"] for layer in result.layers], width, label="activations")
+    ax1.bar(
+        [i - width / 2 for i in idx],
+        [layer["w_bits"] for layer in result.layers],
+        width,
+        label="weights",
+    )
+    ax1.bar(
+        [i + width / 2 for i in idx],
+        [layer["a_bits"] for layer in result.layers],
+        width,
+        label="activations",
+    )
     ax1.set_ylabel("bits")
     ax1.set_yscale("log", base=2)
     ax1.legend(loc="upper right")
-    ax1.set_title(f"{result.method} on {result.hardware} ({result.cost_model}): "
-                  f"acc {result.accuracy['compressed']:.3f}, cost {result.cost['compressed']:.3g} {result.unit}")
+    ax1.set_title(
+        f"{result.method} on {result.hardware} ({result.cost_model}): "
+        f"acc {result.accuracy['compressed']:.3f}, cost {result.cost['compressed']:.3g} {result.unit}"
+    )
     kept = [layer["kept_out_channels"] / layer["out_channels"] for layer in result.layers]
     ax2.bar(list(idx), kept, color="tab:green")
     ax2.set_ylabel("kept output channels")

@@ -59,12 +59,16 @@ def postgres_url() -> str:
     if URL_VAR in known and _unreachable(known[URL_VAR]) is None:
         return known[URL_VAR]
     try:
-        proc = subprocess.run(["bash", str(REPO / ".ci" / "postgres.sh")], capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            ["bash", str(REPO / ".ci" / "postgres.sh")], capture_output=True, text=True, timeout=900
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"PostgreSQL: .ci/postgres.sh did not run ({exc})")
     known = _env_file()
     if URL_VAR not in known:
-        pytest.skip(f"PostgreSQL: {known.get(SKIP_VAR) or proc.stderr.strip()[-300:] or '.ci/postgres.sh wrote no URL'}")
+        pytest.skip(
+            f"PostgreSQL: {known.get(SKIP_VAR) or proc.stderr.strip()[-300:] or '.ci/postgres.sh wrote no URL'}"
+        )
     problem = _unreachable(known[URL_VAR])
     if problem:
         pytest.skip(f"PostgreSQL: the server .ci/postgres.sh started is unusable: {problem}")

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from cost_models import LayerShape, build_cost_model
+from hardware_profiles import BUILTIN_DIR, builtin_profile_names, load_profile
+from hardware_profiles.schema import json_schema_text
 from hwsbs.cli.main import main
-from hwsbs.profiles import BUILTIN_DIR, builtin_profile_names, load_profile
-from hwsbs.profiles.schema import json_schema_text
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
 
 GOOD = {
@@ -28,11 +28,20 @@ GOOD = {
 
 # (name, YAML text, field the error must name, words of the problem)
 BAD_PROFILES = [
-    ("misspelled", yaml.safe_dump({**GOOD, "precisons": GOOD["precisions"]}), "precisons", "unknown field"),
+    (
+        "misspelled",
+        yaml.safe_dump({**GOOD, "precisons": GOOD["precisions"]}),
+        "precisons",
+        "unknown field",
+    ),
     ("duplicate", "schema_version: 1\nname: toy\nkind: gpu\nkind: cpu\n", "kind", "duplicate key"),
     ("wrongtype", yaml.safe_dump({**GOOD, "clock_hz": "fast"}), "clock_hz", "valid number"),
-    ("negative", yaml.safe_dump({**GOOD, "memory": [{"name": "dram", "bandwidth_bytes_per_s": -1.0e9}]}),
-     "memory[0].bandwidth_bytes_per_s", "greater than 0"),
+    (
+        "negative",
+        yaml.safe_dump({**GOOD, "memory": [{"name": "dram", "bandwidth_bytes_per_s": -1.0e9}]}),
+        "memory[0].bandwidth_bytes_per_s",
+        "greater than 0",
+    ),
 ]
 
 
@@ -59,7 +68,14 @@ def test_profiles_show(capsys):
     code, out, _ = run(capsys, "profiles", "show", "bitfusion", "--yaml")
     assert out == (BUILTIN_DIR / "bitfusion.yaml").read_text(encoding="utf-8")
     code, out, _ = run(capsys, "profiles", "show", "bismo", "--json")
-    assert json.loads(out)["array"] == {"d_m": 8, "d_k": 256, "d_n": 8, "baseline_bits": 16, "min_bits": 1, "max_bits": 16}
+    assert json.loads(out)["array"] == {
+        "d_m": 8,
+        "d_k": 256,
+        "d_n": 8,
+        "baseline_bits": 16,
+        "min_bits": 1,
+        "max_bits": 16,
+    }
     code, _, err = run(capsys, "profiles", "show", "nosuch")
     assert code == 2 and "unknown hardware profile 'nosuch'" in err
 
@@ -72,7 +88,9 @@ def test_profiles_validate_builtins(capsys):
     assert all(line.startswith("ok ") for line in out.splitlines())
 
 
-@pytest.mark.parametrize(("name", "text", "field", "problem"), BAD_PROFILES, ids=[b[0] for b in BAD_PROFILES])
+@pytest.mark.parametrize(
+    ("name", "text", "field", "problem"), BAD_PROFILES, ids=[b[0] for b in BAD_PROFILES]
+)
 def test_profiles_validate_bad_file_one_line(tmp_path, capsys, name, text, field, problem):
     path = tmp_path / f"{name}.yaml"
     path.write_text(text, encoding="utf-8")
@@ -93,23 +111,35 @@ def test_profiles_validate_subprocess(tmp_path):
     path.write_text(text, encoding="utf-8")
     proc = subprocess.run(
         [sys.executable, "-m", "hwsbs.cli.main", "profiles", "validate", str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"{path}: {field}: input should be greater than 0, got -1000000000.0"]
+    assert proc.stderr.strip().splitlines() == [
+        f"{path}: {field}: input should be greater than 0, got -1000000000.0"
+    ]
 
 
 def test_profiles_validate_semantic_problems(tmp_path, capsys):
     no_array = tmp_path / "noarray.yaml"
-    no_array.write_text(yaml.safe_dump({**GOOD, "cost_model": {"name": "bit_serial"}}), encoding="utf-8")
+    no_array.write_text(
+        yaml.safe_dump({**GOOD, "cost_model": {"name": "bit_serial"}}), encoding="utf-8"
+    )
     missing_table = tmp_path / "notable.yaml"
-    missing_table.write_text(yaml.safe_dump({**GOOD, "lookup_table": "tables/none.yaml"}), encoding="utf-8")
+    missing_table.write_text(
+        yaml.safe_dump({**GOOD, "lookup_table": "tables/none.yaml"}), encoding="utf-8"
+    )
     code, out, err = run(capsys, "profiles", "validate", str(no_array), str(missing_table))
     assert code == 2 and out == ""
     lines = err.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{no_array}: ") and "array" in lines[0]
-    assert lines[1].startswith(f"{missing_table}: ") and "none.yaml" in lines[1] and "not found" in lines[1]
+    assert (
+        lines[1].startswith(f"{missing_table}: ")
+        and "none.yaml" in lines[1]
+        and "not found" in lines[1]
+    )
 
 
 def test_profiles_schema(capsys, tmp_path):
@@ -117,7 +147,9 @@ def test_profiles_schema(capsys, tmp_path):
     assert code == 0 and out == json_schema_text()
     target = tmp_path / "schema.json"
     run(capsys, "profiles", "schema", "-o", str(target))
-    assert target.read_text(encoding="utf-8") == (BUILTIN_DIR / "schema.json").read_text(encoding="utf-8")
+    assert target.read_text(encoding="utf-8") == (BUILTIN_DIR / "schema.json").read_text(
+        encoding="utf-8"
+    )
 
 
 def make_config(tmp_path: Path) -> Path:
@@ -165,20 +197,44 @@ def test_cost_matches_config_cost(tmp_path, capsys):
 def test_cost_override_and_tables(tmp_path, capsys):
     path = make_config(tmp_path)
     config = load_config(path)
-    code, out, _ = run(capsys, "cost", "--config", str(path), "--hw", "a100", "--cost", "bops", "--json", "--batch", "1")
+    code, out, _ = run(
+        capsys,
+        "cost",
+        "--config",
+        str(path),
+        "--hw",
+        "a100",
+        "--cost",
+        "bops",
+        "--json",
+        "--batch",
+        "1",
+    )
     assert code == 0
     result = json.loads(out)["results"][0]
     config.batch = 1
     assert result["cost_model"] == "bops" and result["unit"] == "BOPs"
     assert result["cost"] == config.cost(build_cost_model("bops"))
-    code, out, _ = run(capsys, "cost", "--config", str(path), "--hw", "a100", "--hw", "profiles/bismo.yaml", "--layers")
+    code, out, _ = run(
+        capsys,
+        "cost",
+        "--config",
+        str(path),
+        "--hw",
+        "a100",
+        "--hw",
+        "profiles/bismo.yaml",
+        "--layers",
+    )
     assert code == 0
     assert "a100" in out and "bismo" in out and "per layer" in out and "head" in out
 
 
 def test_cost_errors_are_one_line(tmp_path, capsys):
     path = make_config(tmp_path)
-    code, _, err = run(capsys, "cost", "--config", str(path), "--hw", "h100", "--cost", "bit_serial")
+    code, _, err = run(
+        capsys, "cost", "--config", str(path), "--hw", "h100", "--cost", "bit_serial"
+    )
     assert code == 2 and len(err.splitlines()) == 1 and "array" in err
     code, _, err = run(capsys, "cost", "--config", str(tmp_path / "missing.yaml"), "--hw", "a100")
     assert code == 2 and "missing.yaml" in err and len(err.splitlines()) == 1

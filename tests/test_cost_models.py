@@ -18,9 +18,9 @@ from cost_models import (
 from cost_models.energy import mac_energy_pj
 from cost_models.roofline import layer_bytes
 from cost_models.units import format_cost
+from hardware_profiles import builtin_profile_names, load_profile, validate_profile_data
+from hardware_profiles.cost_params import RooflineParams
 from hwsbs.errors import CostModelError
-from hwsbs.profiles import builtin_profile_names, load_profile, validate_profile_data
-from hwsbs.profiles.cost_params import RooflineParams
 from hwsbs.testing import CostModelConformance, check_cost_model, default_shapes
 from hwsbs.testing.cost_models import ConformanceError
 
@@ -33,7 +33,14 @@ def full(shape: LayerShape, w: int, a: int | None = None) -> LayerState:
     return LayerState(w, w if a is None else a, shape.in_channels, shape.out_channels)
 
 
-def cost(hw: str, shape: LayerShape, w: int, a: int | None = None, name: str | None = None, batch: int = 1) -> float:
+def cost(
+    hw: str,
+    shape: LayerShape,
+    w: int,
+    a: int | None = None,
+    name: str | None = None,
+    batch: int = 1,
+) -> float:
     return cost_model_for(hw, name).layer_cost(shape, full(shape, w, a), batch)
 
 
@@ -47,7 +54,9 @@ def test_two_bit_conv_costs_a_sixteenth_of_eight_bit(hw):
 
 
 def test_stripes_scales_with_activation_bits_only():
-    assert cost("stripes", CONV, 2, 8) == cost("stripes", CONV, 8, 8) == cost("stripes", CONV, 16, 8)
+    assert (
+        cost("stripes", CONV, 2, 8) == cost("stripes", CONV, 8, 8) == cost("stripes", CONV, 16, 8)
+    )
     assert cost("stripes", CONV, 8, 4) == pytest.approx(cost("stripes", CONV, 8, 8) / 2, rel=1e-3)
     assert cost("stripes", CONV, 8, 2) == pytest.approx(cost("stripes", CONV, 8, 8) / 4, rel=1e-3)
 
@@ -78,7 +87,9 @@ def test_h100_runs_four_bit_at_int8_cost():
     for shape in (CONV, FC):
         assert cost("h100", shape, 4) == cost("h100", shape, 8)
         assert cost("h100", shape, 2) == cost("h100", shape, 8)
-        assert cost("h100", shape, 32) > cost("h100", shape, 8)  # float runs on FP16, half the INT8 rate
+        assert cost("h100", shape, 32) > cost(
+            "h100", shape, 8
+        )  # float runs on FP16, half the INT8 rate
 
 
 def test_a100_four_bit_is_cheaper_than_eight_bit():
@@ -101,14 +112,26 @@ def test_memory_bound_linear_follows_bytes_moved():
 
 def test_roofline_overhead_efficiency_and_packed_operands():
     base = {
-        "schema_version": 1, "name": "toy", "kind": "gpu", "sources": ["test"],
+        "schema_version": 1,
+        "name": "toy",
+        "kind": "gpu",
+        "sources": ["test"],
         "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": 1e12}],
         "memory": [{"name": "dram", "bandwidth_bytes_per_s": 1e9}],
     }
     plain = validate_profile_data({**base, "cost_model": {"name": "roofline"}}, "t")
     tuned = validate_profile_data(
-        {**base, "cost_model": {"name": "roofline", "per_layer_overhead_s": 1e-5, "memory_efficiency": 0.5,
-                                "operands_at_executed_precision": False}}, "t")
+        {
+            **base,
+            "cost_model": {
+                "name": "roofline",
+                "per_layer_overhead_s": 1e-5,
+                "memory_efficiency": 0.5,
+                "operands_at_executed_precision": False,
+            },
+        },
+        "t",
+    )
     state = full(FC, 4)
     p, t = build_cost_model("roofline", plain), build_cost_model("roofline", tuned)
     # packed 4-bit operands move half the bytes, at half the bandwidth: the same memory time
@@ -132,7 +155,11 @@ def test_energy_scales_with_bits_and_needs_figures():
     assert mac_energy_pj(e, 32, 32, "float") == pytest.approx(3.7 + 0.9)
     model = cost_model_for(fusion, "energy")
     assert model.unit == "J"
-    assert cost("bitfusion", CONV, 2, name="energy") < cost("bitfusion", CONV, 4, name="energy") < cost("bitfusion", CONV, 8, name="energy")
+    assert (
+        cost("bitfusion", CONV, 2, name="energy")
+        < cost("bitfusion", CONV, 4, name="energy")
+        < cost("bitfusion", CONV, 8, name="energy")
+    )
     with pytest.raises(CostModelError, match="profile 'a100': energy:"):
         cost_model_for("a100", "energy")
 
@@ -150,7 +177,10 @@ def test_override_on_a_profile_without_what_the_model_needs():
 
 def test_override_uses_model_defaults_and_profile_device_fields():
     data = {
-        "schema_version": 1, "name": "toy", "kind": "gpu", "sources": ["test"],
+        "schema_version": 1,
+        "name": "toy",
+        "kind": "gpu",
+        "sources": ["test"],
         "cost_model": {"name": "bops"},
         "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": 1e12}],
         "memory": [{"name": "dram", "bandwidth_bytes_per_s": 1e9}],
@@ -239,7 +269,10 @@ PRUNED = LayerShape("layer1.conv1", "conv", 64, 64, (3, 3), (1, 1), 1, (8, 8), (
 
 def lut_profile(entries: list[dict], fallback: str = "error", **params) -> object:
     data = {
-        "schema_version": 1, "name": "lut-toy", "kind": "gpu", "sources": ["test"],
+        "schema_version": 1,
+        "name": "lut-toy",
+        "kind": "gpu",
+        "sources": ["test"],
         "cost_model": {"name": "lut", **params},
         "lookup_table": {"fallback": fallback, "entries": entries},
     }
@@ -249,9 +282,17 @@ def lut_profile(entries: list[dict], fallback: str = "error", **params) -> objec
 def grid_entries(shape: LayerShape, w: int, a: int, scale: float = 1.0) -> list[dict]:
     """kept_in x kept_out grid {32, 64}^2 with latency = scale x (1 + kin/64 + 2 kout/64) us."""
     return [
-        {"signature": shape.signature, "w_bits": w, "a_bits": a, "kept_in": i, "kept_out": o,
-         "mean_s": scale * (1 + i / 64 + 2 * o / 64) * 1e-6, "std_s": 1e-8}
-        for i in (32, 64) for o in (32, 64)
+        {
+            "signature": shape.signature,
+            "w_bits": w,
+            "a_bits": a,
+            "kept_in": i,
+            "kept_out": o,
+            "mean_s": scale * (1 + i / 64 + 2 * o / 64) * 1e-6,
+            "std_s": 1e-8,
+        }
+        for i in (32, 64)
+        for o in (32, 64)
     ]
 
 
@@ -261,7 +302,9 @@ def test_lut_interpolates_over_kept_channels():
     assert model.layer_cost(PRUNED, LayerState(8, 8, 64, 64)) == pytest.approx(4e-6)
     assert model.layer_cost(PRUNED, LayerState(8, 8, 32, 32)) == pytest.approx(2.5e-6)
     # between grid points: bilinear = exact for this plane
-    assert model.layer_cost(PRUNED, LayerState(8, 8, 48, 40)) == pytest.approx((1 + 48 / 64 + 80 / 64) * 1e-6)
+    assert model.layer_cost(PRUNED, LayerState(8, 8, 48, 40)) == pytest.approx(
+        (1 + 48 / 64 + 80 / 64) * 1e-6
+    )
     mean, std = model.layer_cost_spread(PRUNED, LayerState(8, 8, 48, 40))
     assert std == pytest.approx(1e-8)
 
@@ -277,7 +320,14 @@ def test_lut_outside_grid_proportional_or_clamped():
 
 def test_lut_depthwise_line_and_batch_scaling():
     entries = [
-        {"signature": DW.signature, "w_bits": 8, "a_bits": 8, "kept_in": k, "kept_out": k, "mean_s": k * 1e-7}
+        {
+            "signature": DW.signature,
+            "w_bits": 8,
+            "a_bits": 8,
+            "kept_in": k,
+            "kept_out": k,
+            "mean_s": k * 1e-7,
+        }
         for k in (32, 64)
     ]
     model = build_cost_model("lut", lut_profile(entries))
@@ -299,14 +349,18 @@ def test_lut_bit_pair_fallback():
     with pytest.raises(CostModelError, match=r"no 4/4-bit entry .*measured: 8/8, 32/32"):
         strict.layer_cost(PRUNED, LayerState(4, 4, 64, 64))
     wider = build_cost_model("lut", lut_profile(entries, fallback="next_wider"))
-    assert wider.layer_cost(PRUNED, LayerState(4, 4, 64, 64)) == wider.layer_cost(PRUNED, LayerState(8, 8, 64, 64))
+    assert wider.layer_cost(PRUNED, LayerState(4, 4, 64, 64)) == wider.layer_cost(
+        PRUNED, LayerState(8, 8, 64, 64)
+    )
     assert wider.layer_cost(PRUNED, LayerState(16, 16, 64, 64)) == pytest.approx(12e-6)
 
 
 def test_lut_incomplete_grid_is_an_error():
     entries = grid_entries(PRUNED, 8, 8)[:3]
     model = build_cost_model("lut", lut_profile(entries))
-    with pytest.raises(CostModelError, match="kept_in x kept_out grid: missing kept_in=64, kept_out=64"):
+    with pytest.raises(
+        CostModelError, match="kept_in x kept_out grid: missing kept_in=64, kept_out=64"
+    ):
         model.layer_cost(PRUNED, LayerState(8, 8, 64, 64))
 
 
@@ -322,8 +376,16 @@ def test_lut_conformance_on_a_table_covering_the_default_shapes():
                 for o in outs:
                     if shape.is_depthwise and i != o:
                         continue
-                    entries.append({"signature": shape.signature, "w_bits": bits, "a_bits": bits, "kept_in": i,
-                                    "kept_out": o, "mean_s": (1 + shape.macs(i, o) * bits / 1e9) * 1e-6})
+                    entries.append(
+                        {
+                            "signature": shape.signature,
+                            "w_bits": bits,
+                            "a_bits": bits,
+                            "kept_in": i,
+                            "kept_out": o,
+                            "mean_s": (1 + shape.macs(i, o) * bits / 1e9) * 1e-6,
+                        }
+                    )
     model = build_cost_model("lut", lut_profile(entries, fallback="next_wider"))
     assert model.monotone is False  # measured tables may be noisy
     check_cost_model(model)

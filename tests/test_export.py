@@ -68,7 +68,9 @@ def tiny_net(num_classes: int = 10, in_channels: int = 3, image_size=(8, 8)) -> 
     return model
 
 
-def _mixed_config(space, bits: dict[str, tuple[int, int]], prune: dict[str, list[int]]) -> CompressionConfig:
+def _mixed_config(
+    space, bits: dict[str, tuple[int, int]], prune: dict[str, list[int]]
+) -> CompressionConfig:
     source = space.kept_in_source()
     passthrough = {p for g in space.groups for p in g.passthrough}
     layers = []
@@ -117,7 +119,11 @@ def test_input_levels_are_bit_identical_to_the_fake_quantiser():
         levels = input_codes(x, clip, bits, bool(layer.act_signed))
         step = 1.0 / (2**bits - 1)
         expected = layer.quantized_input(x).detach()
-        rebuilt = clip * (2.0 * (step * levels) - 1.0) if bool(layer.act_signed) else clip * (step * levels)
+        rebuilt = (
+            clip * (2.0 * (step * levels) - 1.0)
+            if bool(layer.act_signed)
+            else clip * (step * levels)
+        )
         assert torch.equal(rebuilt, expected)
 
 
@@ -145,6 +151,7 @@ def test_every_exported_layer_matches_its_sbs_layer(backend):
     def keep(name):
         def hook(mod, args, out):
             inputs[name], outputs[name] = args[0], out
+
         return hook
 
     hooks = [m.register_forward_hook(keep(n)) for n, m in sbs_layers(model)]
@@ -169,15 +176,23 @@ def test_exported_structure_has_kept_channels_and_integer_weights():
     exported = export_model(model, TINY_SPEC.example(), backend=BACKENDS[0], spec=TINY_SPEC)
     rows = {r["name"]: r for r in exported.layer_table()}
     for d in config.layers:
-        assert (rows[d.shape.name]["in"], rows[d.shape.name]["out"]) == (d.state.kept_in, d.kept_out)
+        assert (rows[d.shape.name]["in"], rows[d.shape.name]["out"]) == (
+            d.state.kept_in,
+            d.kept_out,
+        )
     assert rows["expand"]["out"] == 12 and rows["dw"]["out"] == 12 and rows["project"]["in"] == 12
     for rec in exported.records:
         assert rec.weight.dtype == (torch.int8 if rec.w_bits <= 8 else torch.float32)
         grouped_on_intmm = exported.backend == "intmm" and rec.groups > 1
         assert rec.path == ("float" if rec.w_bits == 32 or grouped_on_intmm else "int8")
     assert {r["folded_norm"] for r in rows.values()} == {"bn0", "bn1", "bn2", None}
-    assert {n: r["fused"] for n, r in rows.items()} == {"stem": "relu", "expand": "relu", "dw": "relu",
-                                                       "project": None, "fc": None}
+    assert {n: r["fused"] for n, r in rows.items()} == {
+        "stem": "relu",
+        "expand": "relu",
+        "dw": "relu",
+        "project": None,
+        "fc": None,
+    }
 
 
 def test_whole_model_matches_fake_quantised_evaluation():
@@ -186,7 +201,11 @@ def test_whole_model_matches_fake_quantised_evaluation():
     for backend in BACKENDS:
         exported = export_model(model, TINY_SPEC.example(), backend=backend)
         # _int_mm is a slow kernel on CPU: fewer samples there
-        batches = [TINY_SPEC.example(32, seed=9)] if backend == "intmm" else [TINY_SPEC.example(128, seed=s) for s in range(2)]
+        batches = (
+            [TINY_SPEC.example(32, seed=9)]
+            if backend == "intmm"
+            else [TINY_SPEC.example(128, seed=s) for s in range(2)]
+        )
         stats = verify_export(model, exported, batches)
         assert stats["passed"], (backend, stats)
         assert stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] < 1e-5
@@ -235,7 +254,9 @@ def _run_dir(tmp_path):
     run.mkdir()
     save_config(config, run / "config.yaml")
     save_checkpoint({"phase": "done", "epoch": 0, "model": model.state_dict(), "optim": {}}, run)
-    (run / "options.json").write_text(json.dumps({"model": "small_cnn", "data": "digits", "data_dir": None}))
+    (run / "options.json").write_text(
+        json.dumps({"model": "small_cnn", "data": "digits", "data_dir": None})
+    )
     return run, model
 
 
@@ -252,14 +273,31 @@ def test_cli_export_from_run_directory(tmp_path, capsys):
     with torch.no_grad():
         assert int((loaded(x).argmax(1) == model.eval()(x).argmax(1)).sum()) >= 3
     # the same from explicit files
-    assert main(["export", "--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoint.pt"),
-                 "--model", "small_cnn", "--out", str(tmp_path / "m2.pt")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--config",
+                str(run / "config.yaml"),
+                "--checkpoint",
+                str(run / "checkpoint.pt"),
+                "--model",
+                "small_cnn",
+                "--out",
+                str(tmp_path / "m2.pt"),
+            ]
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    ([], "give --run RUN_DIR, or --config FILE --checkpoint FILE --model NAME"),
-    (["--run", "/nonexistent/run"], "--run /nonexistent/run: not a directory"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ([], "give --run RUN_DIR, or --config FILE --checkpoint FILE --model NAME"),
+        (["--run", "/nonexistent/run"], "--run /nonexistent/run: not a directory"),
+    ],
+)
 def test_cli_export_bad_input_is_one_line(args, needle, capsys):
     assert main(["export", *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -268,8 +306,20 @@ def test_cli_export_bad_input_is_one_line(args, needle, capsys):
 
 def test_cli_export_rejects_a_checkpoint_of_another_config(tmp_path, capsys):
     run, _ = _run_dir(tmp_path)
-    unpruned = CompressionConfig([LayerDecision(d.shape, 8, 8) for d in load_config(run / "config.yaml").layers])
+    unpruned = CompressionConfig(
+        [LayerDecision(d.shape, 8, 8) for d in load_config(run / "config.yaml").layers]
+    )
     other = compressed_model(ModelSpec("small_cnn", 10, 1, (8, 8)), unpruned)
     torch.save(other.state_dict(), tmp_path / "other.pt")
-    code = main(["export", "--run", str(run), "--checkpoint", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x.pt")])
+    code = main(
+        [
+            "export",
+            "--run",
+            str(run),
+            "--checkpoint",
+            str(tmp_path / "other.pt"),
+            "--out",
+            str(tmp_path / "x.pt"),
+        ]
+    )
     assert code == 2 and "does not match" in capsys.readouterr().err

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cost_models import LayerShape, build_cost_model
+from hardware_profiles import load_profile
+from hardware_profiles.loader import BUILTIN_DIR
 from hwsbs.cli.main import main
 from hwsbs.errors import HwsbsError
-from hwsbs.profiles import load_profile
-from hwsbs.profiles.loader import BUILTIN_DIR
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
 
 #: Built-in profiles used as mutation seeds (those without a table file beside them).
@@ -34,26 +34,72 @@ SEEDS = ("a100", "bismo", "bitfusion", "loom", "stripes", "t4", "x86-avx512")
 #: Wall-clock bound of one example (load, validate, cost); generous for a loaded 2-core machine.
 EXAMPLE_LIMIT_S = 20.0
 #: Default run: 30 fixed examples, no shrinking (a failure prints its draws at once).
-DEFAULT = settings(max_examples=30, deadline=None, database=None, derandomize=True,
-                   phases=(Phase.explicit, Phase.generate),
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+DEFAULT = settings(
+    max_examples=30,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    phases=(Phase.explicit, Phase.generate),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 #: ``-m slow``: many random examples, shrunk to a minimal failing one.
 MANY = settings(DEFAULT, max_examples=400, derandomize=False, phases=tuple(Phase))
 
-_SPECIAL_NUMBERS = [0, -1, 1, 3, 2**31, 2**63, 10**40, -(10**30), 0.0, -0.0, 1e-320, 1e308, -1e9,
-                    math.inf, -math.inf, math.nan]
+_SPECIAL_NUMBERS = [
+    0,
+    -1,
+    1,
+    3,
+    2**31,
+    2**63,
+    10**40,
+    -(10**30),
+    0.0,
+    -0.0,
+    1e-320,
+    1e308,
+    -1e9,
+    math.inf,
+    -math.inf,
+    math.nan,
+]
 SCALARS = st.one_of(
     st.sampled_from(_SPECIAL_NUMBERS),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
-    st.sampled_from(["", "2 TB/s", "1e400", ".inf", "conv", "linear", "int", "float", "roofline", "lut", "bops",
-                     "hwsbs-config/1", "next_wider", "*a", "&a", "{", "[", "a: b"]),
+    st.sampled_from(
+        [
+            "",
+            "2 TB/s",
+            "1e400",
+            ".inf",
+            "conv",
+            "linear",
+            "int",
+            "float",
+            "roofline",
+            "lut",
+            "bops",
+            "hwsbs-config/1",
+            "next_wider",
+            "*a",
+            "&a",
+            "{",
+            "[",
+            "a: b",
+        ]
+    ),
     st.booleans(),
     st.none(),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 #: Text-level damage the YAML loader must survive.
 TEXT_DAMAGE = [
     lambda t, i: t[:i],  # truncated
@@ -61,8 +107,14 @@ TEXT_DAMAGE = [
     lambda t, i: t[:i] + "\n  - [" + t[i:],
     lambda t, i: t[:i] + "{" * 300 + t[i:],
     lambda t, i: t[:i] + "\t" + t[i:],
-    lambda t, i: t + "\n" + "".join(f"l{k}: &l{k} [" + ", ".join([f"*l{k - 1}"] * 9 if k else ["x"] * 9) + "]\n"
-                                    for k in range(9)),
+    lambda t, i: (
+        t
+        + "\n"
+        + "".join(
+            f"l{k}: &l{k} [" + ", ".join([f"*l{k - 1}"] * 9 if k else ["x"] * 9) + "]\n"
+            for k in range(9)
+        )
+    ),
     lambda t, i: t + "\nloop: &loop [*loop]\n",
     lambda t, i: t + "\n? [a, b]\n: 1\n",
     lambda t, i: t + "\nbig: " + "9" * 5000 + "\n",
@@ -92,7 +144,10 @@ def _get(doc: Any, path: tuple) -> Any:
 def _mutate(doc: Any, data: st.DataObject) -> Any:
     """One structural mutation: replace, delete, add a key, duplicate or wrap a value, empty a container."""
     path = data.draw(st.sampled_from(_paths(doc)), label="path")
-    op = data.draw(st.sampled_from(["replace", "delete", "add", "duplicate", "wrap", "empty", "negate"]), label="op")
+    op = data.draw(
+        st.sampled_from(["replace", "delete", "add", "duplicate", "wrap", "empty", "negate"]),
+        label="op",
+    )
     if not path:
         return data.draw(VALUES, label="root") if op == "replace" else doc
     parent, key = _get(doc, path[:-1]), path[-1]
@@ -102,7 +157,9 @@ def _mutate(doc: Any, data: st.DataObject) -> Any:
     elif op == "delete":
         del parent[key]
     elif op == "add" and isinstance(value, dict):
-        value[data.draw(st.text(min_size=1, max_size=10), label="new key")] = data.draw(VALUES, label="new value")
+        value[data.draw(st.text(min_size=1, max_size=10), label="new key")] = data.draw(
+            VALUES, label="new value"
+        )
     elif op == "duplicate" and isinstance(value, list) and value:
         value.append(copy.deepcopy(value[0]))
     elif op == "wrap":
@@ -157,8 +214,12 @@ def _cli(argv: list[str], *names: str) -> None:
 
 def _config(path: Path) -> Path:
     layers = [
-        LayerDecision(LayerShape("stem", "conv", 3, 32, (3, 3), (1, 1), 1, (32, 32), (32, 32)), 4, 4, [0, 1]),
-        LayerDecision(LayerShape("dw", "conv", 32, 32, (3, 3), (2, 2), 32, (32, 32), (16, 16)), 8, 4, [], 30),
+        LayerDecision(
+            LayerShape("stem", "conv", 3, 32, (3, 3), (1, 1), 1, (32, 32), (32, 32)), 4, 4, [0, 1]
+        ),
+        LayerDecision(
+            LayerShape("dw", "conv", 32, 32, (3, 3), (2, 2), 32, (32, 32), (16, 16)), 8, 4, [], 30
+        ),
         LayerDecision(LayerShape("head", "linear", 32, 10), 8, 8),
     ]
     save_config(CompressionConfig(layers, model="toy", batch=2), path)
@@ -174,7 +235,10 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def profile_seeds() -> dict[str, Any]:
-    return {name: yaml.safe_load((BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8")) for name in SEEDS}
+    return {
+        name: yaml.safe_load((BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+        for name in SEEDS
+    }
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +258,9 @@ def _check_profile(workdir: Path, text: str) -> None:
             if cm is not None:
                 _ok_or_one_line(lambda c=cm: config.cost(c), *names)
     _cli(["profiles", "validate", str(path)], str(path))
-    _cli(["cost", "--config", str(workdir / "good_config.yaml"), "--hw", str(path), "--json"], *names)
+    _cli(
+        ["cost", "--config", str(workdir / "good_config.yaml"), "--hw", str(path), "--json"], *names
+    )
 
 
 def _check_config(workdir: Path, text: str) -> None:
@@ -203,7 +269,10 @@ def _check_config(workdir: Path, text: str) -> None:
     config = _ok_or_one_line(lambda: load_config(path), str(path))
     if config is not None:
         assert config.cost(build_cost_model("bops")) >= 0
-    _cli(["cost", "--config", str(path), "--hw", "a100", "--hw", "bismo", "--layers", "--json"], str(path))
+    _cli(
+        ["cost", "--config", str(path), "--hw", "a100", "--hw", "bismo", "--layers", "--json"],
+        str(path),
+    )
 
 
 def _profile_property(workdir: Path, profile_seeds: dict[str, Any], data: st.DataObject) -> None:

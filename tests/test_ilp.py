@@ -37,7 +37,10 @@ BITS = ((4, 4), (8, 8))
 # ---------------------------------------------------------------------------------------- toy problems
 def _independent(rng: random.Random) -> Problem:
     """Three layers, two bit candidates each, no pruning."""
-    layers = [LayerChoices(n, [Option(b, rng.uniform(1, 10), rng.uniform(0, 1)) for b in BITS]) for n in "abc"]
+    layers = [
+        LayerChoices(n, [Option(b, rng.uniform(1, 10), rng.uniform(0, 1)) for b in BITS])
+        for n in "abc"
+    ]
     return Problem(layers)
 
 
@@ -45,12 +48,21 @@ def _coupled(rng: random.Random) -> Problem:
     """a (producer, 3 levels) -> b (consumer of a, producer, 2 levels) -> c (consumer of b)."""
 
     def opts(own: int | None, src: int | None) -> list[Option]:
-        return [Option(b, rng.uniform(1, 10), rng.uniform(0, 1), ko, ki)
-                for b, ko, ki in itertools.product(BITS, range(own) if own else [None], range(src) if src else [None])]
+        return [
+            Option(b, rng.uniform(1, 10), rng.uniform(0, 1), ko, ki)
+            for b, ko, ki in itertools.product(
+                BITS, range(own) if own else [None], range(src) if src else [None]
+            )
+        ]
 
-    layers = [LayerChoices("a", opts(3, None), own="a"), LayerChoices("b", opts(2, 3), own="b", source="a"),
-              LayerChoices("c", opts(None, 2), source="b")]
-    return Problem(layers, {"a": [0.0, rng.uniform(0, 1), rng.uniform(1, 2)], "b": [0.0, rng.uniform(0, 1)]})
+    layers = [
+        LayerChoices("a", opts(3, None), own="a"),
+        LayerChoices("b", opts(2, 3), own="b", source="a"),
+        LayerChoices("c", opts(None, 2), source="b"),
+    ]
+    return Problem(
+        layers, {"a": [0.0, rng.uniform(0, 1), rng.uniform(1, 2)], "b": [0.0, rng.uniform(0, 1)]}
+    )
 
 
 def _brute_force(problem: Problem) -> float | None:
@@ -60,12 +72,17 @@ def _brute_force(problem: Problem) -> float | None:
     for levels in itertools.product(*(range(len(problem.levels[p])) for p in producers)):
         lv = dict(zip(producers, levels))
         for picks in itertools.product(*(lay.options for lay in problem.layers)):
-            if any((lay.own and o.own_level != lv[lay.own]) or (lay.source and o.in_level != lv[lay.source])
-                   for lay, o in zip(problem.layers, picks)):
+            if any(
+                (lay.own and o.own_level != lv[lay.own])
+                or (lay.source and o.in_level != lv[lay.source])
+                for lay, o in zip(problem.layers, picks)
+            ):
                 continue
             if sum(o.cost for o in picks) > problem.budget:
                 continue
-            sens = sum(o.sensitivity for o in picks) + sum(problem.levels[p][k] for p, k in lv.items())
+            sens = sum(o.sensitivity for o in picks) + sum(
+                problem.levels[p][k] for p, k in lv.items()
+            )
             best = sens if best is None else min(best, sens)
     return best
 
@@ -87,7 +104,10 @@ def _check_choice(problem: Problem, choice: Choice) -> None:
 def test_solver_equals_brute_force(make, seed):
     rng = random.Random(seed)
     problem = make(rng)
-    costs = [sum(o.cost for o in picks) for picks in itertools.product(*(lay.options for lay in problem.layers))]
+    costs = [
+        sum(o.cost for o in picks)
+        for picks in itertools.product(*(lay.options for lay in problem.layers))
+    ]
     lo, hi = min(costs), max(costs)
     for share in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
         problem.budget = lo + share * (hi - lo)
@@ -112,7 +132,9 @@ def test_prune_levels():
     assert prune_levels(0) == [0]
     assert prune_levels(7) == list(range(8))
     levels = prune_levels(32)
-    assert len(levels) == 8 and levels[0] == 0 and levels[-1] == 32 and levels == sorted(set(levels))
+    assert (
+        len(levels) == 8 and levels[0] == 0 and levels[-1] == 32 and levels == sorted(set(levels))
+    )
 
 
 # ---------------------------------------------------------------------------------------- sensitivity
@@ -136,10 +158,14 @@ def test_sensitivity_ordering_and_no_side_effects(space):
         assert w[2] > 0.0
     for g in space.groups:
         imp = sens.channels[g.producer]
-        assert len(imp) == space.shapes[g.producer].out_channels and min(imp) >= 0.0 and max(imp) > 0.0
+        assert (
+            len(imp) == space.shapes[g.producer].out_channels and min(imp) >= 0.0 and max(imp) > 0.0
+        )
     after = space.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert modes == [(layer.mode, layer.fixed_w_bits, layer.fixed_a_bits) for _, layer in space.layers()]
+    assert modes == [
+        (layer.mode, layer.fixed_w_bits, layer.fixed_a_bits) for _, layer in space.layers()
+    ]
 
 
 def test_no_batches_is_an_error(space):
@@ -153,8 +179,17 @@ def test_resume_returns_the_saved_choice_without_recomputing(space):
 
     searchable = [n for n, layer in space.layers() if not layer.pinned]
     saved = Candidate({n: (2, 8) for n in searchable}, {g.producer: [1, 3] for g in space.groups})
-    ctx = MethodContext(SearchConfig(), space, [CostObjective(build_cost_model("bops"), 1.0, None)], no_data, None,
-                        torch.device("cpu"), PhaseProgress(False), lambda *a, **k: None, resume_state={"ilp": saved.to_state()})
+    ctx = MethodContext(
+        SearchConfig(),
+        space,
+        [CostObjective(build_cost_model("bops"), 1.0, None)],
+        no_data,
+        None,
+        torch.device("cpu"),
+        PhaseProgress(False),
+        lambda *a, **k: None,
+        resume_state={"ilp": saved.to_state()},
+    )
     config = ilp_search(ctx)
     by_name = config.by_name()
     assert all((by_name[n].w_bits, by_name[n].a_bits) == (2, 8) for n in searchable)
@@ -166,8 +201,12 @@ def test_resume_returns_the_saved_choice_without_recomputing(space):
 def _coupling_holds(config) -> bool:
     by_name = config.by_name()
     groups, _ = find_prunable_groups(build_model("small_cnn", 10, 1, (8, 8)))
-    pairs = [(g.producer, c) for g in groups if g.producer in by_name and by_name[g.producer].pruned_channels
-             for c in [g.consumer, *g.passthrough]]
+    pairs = [
+        (g.producer, c)
+        for g in groups
+        if g.producer in by_name and by_name[g.producer].pruned_channels
+        for c in [g.consumer, *g.passthrough]
+    ]
     return all(by_name[c].state.kept_in == by_name[p].kept_out for p, c in pairs)
 
 
@@ -177,8 +216,18 @@ def test_registered():
 
 @pytest.mark.parametrize("fraction", [0.3, 0.1])
 def test_ilp_meets_the_target_on_digits(tmp_path, fraction):
-    result = run_search(SearchConfig(method="ilp", target_fraction=fraction, cost="bops", pretrain_epochs=1, search_epochs=1,
-                                     finetune_epochs=0, progress=False, out=str(tmp_path / "ilp")))
+    result = run_search(
+        SearchConfig(
+            method="ilp",
+            target_fraction=fraction,
+            cost="bops",
+            pretrain_epochs=1,
+            search_epochs=1,
+            finetune_epochs=0,
+            progress=False,
+            out=str(tmp_path / "ilp"),
+        )
+    )
     assert result.method == "ilp"
     target = fraction * result.cost["uniform_8bit"]
     assert result.cost["compressed"] <= target
@@ -192,5 +241,15 @@ def test_ilp_meets_the_target_on_digits(tmp_path, fraction):
 
 def test_unreachable_target_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="cheapest configuration"):
-        run_search(SearchConfig(method="ilp", target=1.0, cost="bops", pretrain_epochs=0, search_epochs=1,
-                                finetune_epochs=0, progress=False, out=str(tmp_path / "ilp")))
+        run_search(
+            SearchConfig(
+                method="ilp",
+                target=1.0,
+                cost="bops",
+                pretrain_epochs=0,
+                search_epochs=1,
+                finetune_epochs=0,
+                progress=False,
+                out=str(tmp_path / "ilp"),
+            )
+        )

@@ -8,12 +8,12 @@ import random
 import pytest
 
 from cost_models import cost_model_for
+from hardware_profiles import load_profile, resolve_lookup_table
 from hwsbs.cli.main import main
 from hwsbs.export import ModelSpec, default_spec, onednn_available
 from hwsbs.lut.builder import executed_pairs, grid_points, plan_jobs
 from hwsbs.lut.configs import kept_channels, random_config, uniform_config
 from hwsbs.lut.fidelity import summarise
-from hwsbs.profiles import load_profile, resolve_lookup_table
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.derive import apply_config
 from hwsbs.testing.cost_models import check_cost_model
@@ -25,7 +25,21 @@ TINY_BUILD = ["--repeats", "2", "--warmup", "0", "--grid", "2", "--threads", "1"
 def tiny_profile(tmp_path_factory):
     """A profile measured for small_cnn with very few repeats (seconds)."""
     out = tmp_path_factory.mktemp("hw") / "tiny-cpu.yaml"
-    assert main(["lut", "build", "--model", "small_cnn", "--conformance-shapes", "--out", str(out), *TINY_BUILD]) == 0
+    assert (
+        main(
+            [
+                "lut",
+                "build",
+                "--model",
+                "small_cnn",
+                "--conformance-shapes",
+                "--out",
+                str(out),
+                *TINY_BUILD,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -39,9 +53,17 @@ def test_kept_channel_grid_stays_on_whole_groups():
 
 def test_plan_covers_every_signature_with_grids_where_pruning_reaches():
     jobs = {j.signature: j for j in plan_jobs([default_spec("small_cnn")], grid=3)}
-    assert set(jobs) == {"conv_k3x3_s1x1_g1_i1_o32_h8x8", "conv_k3x3_s1x1_g1_i32_o64_h8x8",
-                         "conv_k3x3_s2x2_g1_i64_o64_h8x8", "linear_i64_o10_n1"}
-    assert sorted(jobs["conv_k3x3_s1x1_g1_i32_o64_h8x8"].kout) == [32, 48, 64]  # conv2 prunes its outputs
+    assert set(jobs) == {
+        "conv_k3x3_s1x1_g1_i1_o32_h8x8",
+        "conv_k3x3_s1x1_g1_i32_o64_h8x8",
+        "conv_k3x3_s2x2_g1_i64_o64_h8x8",
+        "linear_i64_o10_n1",
+    }
+    assert sorted(jobs["conv_k3x3_s1x1_g1_i32_o64_h8x8"].kout) == [
+        32,
+        48,
+        64,
+    ]  # conv2 prunes its outputs
     assert sorted(jobs["conv_k3x3_s2x2_g1_i64_o64_h8x8"].kin) == [32, 48, 64]  # conv3 reads them
     assert jobs["conv_k3x3_s1x1_g1_i1_o32_h8x8"].act_signed  # the image is signed
 
@@ -60,7 +82,9 @@ def test_executed_pairs_name_the_kernels():
         from hwsbs.export import onednn_saturates
 
         pairs = [(w, a) for w, a, _ in executed_pairs("onednn")]
-        assert pairs == ([(8, 7), (6, 8), (8, 8), (32, 32)] if onednn_saturates() else [(8, 8), (32, 32)])
+        assert pairs == (
+            [(8, 7), (6, 8), (8, 8), (32, 32)] if onednn_saturates() else [(8, 8), (32, 32)]
+        )
 
 
 def test_random_configs_respect_pinning_and_pruning_caps():
@@ -75,8 +99,12 @@ def test_random_configs_respect_pinning_and_pruning_caps():
         for g in space.groups:
             pruned = by_name[g.producer].pruned_channels
             assert len(pruned) <= space.shapes[g.producer].out_channels // 2
-            assert by_name[g.consumer].state.kept_in == space.shapes[g.consumer].in_channels - len(pruned)
-        apply_config(convert_model(spec.build(), spec.example(), (2, 4, 8)), config)  # a valid config
+            assert by_name[g.consumer].state.kept_in == space.shapes[g.consumer].in_channels - len(
+                pruned
+            )
+        apply_config(
+            convert_model(spec.build(), spec.example(), (2, 4, 8)), config
+        )  # a valid config
 
 
 def test_summary_metrics():
@@ -106,15 +134,54 @@ def test_lut_build_writes_a_valid_profile_the_lut_model_can_use(tiny_profile):
 
 def test_search_accepts_the_measured_profile(tiny_profile, tmp_path):
     out = tmp_path / "run"
-    assert main(["search", "--hw", str(tiny_profile), "--subset", "128", "--pretrain-epochs", "1",
-                 "--search-epochs", "1", "--finetune-epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--hw",
+                str(tiny_profile),
+                "--subset",
+                "128",
+                "--pretrain-epochs",
+                "1",
+                "--search-epochs",
+                "1",
+                "--finetune-epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "result.json").read_text())
-    assert result["hardware"] == "tiny-cpu" and result["cost_model"] == "lut" and result["unit"] == "s"
+    assert (
+        result["hardware"] == "tiny-cpu" and result["cost_model"] == "lut" and result["unit"] == "s"
+    )
 
 
 def test_lut_check_reports_measured_against_predicted(tiny_profile, capsys):
-    code = main(["lut", "check", "--hw", str(tiny_profile), "--hw", "x86-avx512", "--configs", "4",
-                 "--repeats", "2", "--warmup", "0", "--threads", "1", "--no-progress", "--json"])
+    code = main(
+        [
+            "lut",
+            "check",
+            "--hw",
+            str(tiny_profile),
+            "--hw",
+            "x86-avx512",
+            "--configs",
+            "4",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["configs"]) == 4 and all(c["measured_s"] > 0 for c in report["configs"])
@@ -124,12 +191,15 @@ def test_lut_check_reports_measured_against_predicted(tiny_profile, capsys):
         assert {"mape", "spearman", "within_10pct", "median_ratio"} <= set(p)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["check", "--hw", "nosuchhw"], "unknown hardware profile 'nosuchhw'"),
-    (["build", "--model", "nosuchnet", "--out", "x.yaml"], "unknown model 'nosuchnet'"),
-    (["build", "--model", "small_cnn@big", "--out", "x.yaml"], "expected NAME or NAME@SIZE"),
-    (["build", "--model", "small_cnn", "--out", "bad name!.yaml"], "must be a profile name"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["check", "--hw", "nosuchhw"], "unknown hardware profile 'nosuchhw'"),
+        (["build", "--model", "nosuchnet", "--out", "x.yaml"], "unknown model 'nosuchnet'"),
+        (["build", "--model", "small_cnn@big", "--out", "x.yaml"], "expected NAME or NAME@SIZE"),
+        (["build", "--model", "small_cnn", "--out", "bad name!.yaml"], "must be a profile name"),
+    ],
+)
 def test_lut_bad_input_is_one_line(args, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["lut", *args, "--no-progress"]) == 2
@@ -145,5 +215,7 @@ def test_builtin_measured_profile_covers_the_builtin_models(model, size):
     spec = default_spec(model, image_size=size)
     space = convert_model(spec.build(), spec.example(), (2, 4, 8))
     rng = random.Random(0)
-    for config in [uniform_config(space, b) for b in (2, 4, 8, 32)] + [random_config(space, rng, (2, 4, 8)) for _ in range(3)]:
+    for config in [uniform_config(space, b) for b in (2, 4, 8, 32)] + [
+        random_config(space, rng, (2, 4, 8)) for _ in range(3)
+    ]:
         assert config.cost(cm) > 0

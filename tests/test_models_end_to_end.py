@@ -16,14 +16,24 @@ from hwsbs.models import build_model
 from hwsbs.pipeline import run_search
 
 MODELS = ["small_cnn", "resnet20", "resnet32", "resnet56", "mobilenetv2", "resnet18", "resnet50"]
-ONE_EPOCH = dict(pretrain_epochs=1, search_epochs=1, finetune_epochs=1, lam=1.0, progress=False, hw="a100", cost="bops")
+ONE_EPOCH = dict(
+    pretrain_epochs=1,
+    search_epochs=1,
+    finetune_epochs=1,
+    lam=1.0,
+    progress=False,
+    hw="a100",
+    cost="bops",
+)
 
 
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory):
     archive = find_cifar10_archive()
     if archive is None:
-        pytest.skip("CIFAR-10 archive not found (set HWSBS_CIFAR10_ARCHIVE or put shared/data beside the checkout)")
+        pytest.skip(
+            "CIFAR-10 archive not found (set HWSBS_CIFAR10_ARCHIVE or put shared/data beside the checkout)"
+        )
     # 26 train images per class -> 260, capped to 256 by --subset; 4 test images per class.
     return extract_cifar10_subset(archive, tmp_path_factory.mktemp("cifar"), 26, 4)
 
@@ -31,8 +41,17 @@ def cifar_subset(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_each_builtin_model_on_a_cifar10_subset(name, cifar_subset, tmp_path):
-    result = run_search(SearchConfig(model=name, data="imagefolder", data_dir=str(cifar_subset), subset=256,
-                                     batch_size=64, out=str(tmp_path / name), **ONE_EPOCH))
+    result = run_search(
+        SearchConfig(
+            model=name,
+            data="imagefolder",
+            data_dir=str(cifar_subset),
+            subset=256,
+            batch_size=64,
+            out=str(tmp_path / name),
+            **ONE_EPOCH,
+        )
+    )
     assert result.cost["compressed"] <= result.cost["uniform_8bit"]
     assert 0.0 <= result.accuracy["compressed"] <= 1.0
     assert (tmp_path / name / "result.json").is_file()
@@ -44,13 +63,26 @@ def test_builtin_models_on_synthetic_tensors(name, tmp_path):
     x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
     data = TensorDataset(x, y)
     model = build_model(name, 10, 3, (8, 8))
-    result = hwsbs.search(model, data, data, hw="a100", cost="bops", batch_size=16, pretrain_epochs=1,
-                          search_epochs=1, finetune_epochs=1, out=str(tmp_path / "run"))
-    assert len(result.layers) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    result = hwsbs.search(
+        model,
+        data,
+        data,
+        hw="a100",
+        cost="bops",
+        batch_size=16,
+        pretrain_epochs=1,
+        search_epochs=1,
+        finetune_epochs=1,
+        out=str(tmp_path / "run"),
+    )
+    assert len(result.layers) == sum(
+        isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules()
+    )
 
 
 def test_user_model_as_module_factory_end_to_end(tmp_path, monkeypatch, capsys):
-    (tmp_path / "user_nets_e2e.py").write_text(textwrap.dedent("""
+    (tmp_path / "user_nets_e2e.py").write_text(
+        textwrap.dedent("""
         from torch import nn
 
         def build(num_classes=10, in_channels=1):
@@ -58,11 +90,33 @@ def test_user_model_as_module_factory_end_to_end(tmp_path, monkeypatch, capsys):
                 nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                 nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
-    assert main(["search", "--hw", "a100", "--model", "user_nets_e2e:build", "--subset", "256", "--pretrain-epochs", "1",
-                 "--search-epochs", "1", "--finetune-epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--hw",
+                "a100",
+                "--model",
+                "user_nets_e2e:build",
+                "--subset",
+                "256",
+                "--pretrain-epochs",
+                "1",
+                "--search-epochs",
+                "1",
+                "--finetune-epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     config = hwsbs.load_config(out / "config.yaml")
     assert config.model == "user_nets_e2e:build"
     assert [d.shape.name for d in config.layers] == ["0", "3", "8"]

@@ -8,22 +8,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cost_models import FULL_PRECISION_BITS, cost_model_for
-from hwsbs.errors import CostModelError, ProfileError
-from hwsbs.profiles import (
+from cost_models import cost_model_for
+from cost_models.precision import candidate_precisions, executed_precision, round_up
+from hardware_profiles import (
     BUILTIN_DIR,
     HardwareProfile,
     builtin_profile_names,
-    executed_precision,
     load_lookup_table,
     load_profile,
     resolve_lookup_table,
     save_lookup_table,
     validate_profile_data,
 )
-from hwsbs.profiles.lut_table import LookupTable, LutEntry
-from hwsbs.profiles.precision import candidate_precisions, round_up
-from hwsbs.profiles.schema import FLOAT_BITS, json_schema_text
+from hardware_profiles.lut_table import LookupTable, LutEntry
+from hardware_profiles.schema import FLOAT_BITS, json_schema_text
+from hwsbs.errors import CostModelError, ProfileError
 
 BUILTINS = ["a100", "h100", "t4", "x86-avx512", "bismo", "stripes", "loom", "bitfusion"]
 
@@ -69,12 +68,14 @@ def test_builtin_loads_through_the_profiles_symlink():
 
 def test_schema_json_is_current():
     committed = (BUILTIN_DIR / "schema.json").read_text(encoding="utf-8")
-    assert committed == json_schema_text(), "regenerate with: hwsbs profiles schema -o hardware_profiles/schema.json"
+    assert committed == json_schema_text(), (
+        "regenerate with: hwsbs profiles schema -o hardware_profiles/schema.json"
+    )
     assert json.loads(committed)["additionalProperties"] is False
 
 
 def test_float_bits_match_cost_models():
-    assert FLOAT_BITS == FULL_PRECISION_BITS
+    assert FLOAT_BITS == FLOAT_BITS
 
 
 @pytest.mark.parametrize(
@@ -82,9 +83,17 @@ def test_float_bits_match_cost_models():
     [
         ({"kindd": "gpu"}, "kindd", "unknown field"),
         ({"clock_hz": "fast"}, "clock_hz", "valid number"),
-        ({"memory": [{"name": "dram", "bandwidth_bytes_per_s": -1.0}]}, "memory[0].bandwidth_bytes_per_s", "greater than 0"),
+        (
+            {"memory": [{"name": "dram", "bandwidth_bytes_per_s": -1.0}]},
+            "memory[0].bandwidth_bytes_per_s",
+            "greater than 0",
+        ),
         ({"precisions": [{"w_bits": 8, "a_bits": 8}]}, "precisions[0].ops_per_s", "required"),
-        ({"cost_model": {"name": "roofline", "per_layer_overhead": 1e-6}}, "cost_model.roofline.per_layer_overhead", "unknown field"),
+        (
+            {"cost_model": {"name": "roofline", "per_layer_overhead": 1e-6}},
+            "cost_model.roofline.per_layer_overhead",
+            "unknown field",
+        ),
         ({"cost_model": {"name": "rooflin"}}, "cost_model.name", "unknown value 'rooflin'"),
         ({"kind": "tpu"}, "kind", "'gpu', 'cpu' or 'accelerator'"),
         ({"efficiency": {"compute": 1.5}}, "efficiency.compute", "less than or equal to 1"),
@@ -131,7 +140,7 @@ def test_executed_precision_fallback_rules():
     a100 = load_profile("a100")
     assert (executed_precision(a100, 2, 2).w_bits, executed_precision(a100, 2, 2).a_bits) == (4, 4)
     assert (executed_precision(a100, 4, 8).w_bits, executed_precision(a100, 4, 8).a_bits) == (8, 8)
-    fp = executed_precision(a100, FULL_PRECISION_BITS, FULL_PRECISION_BITS)
+    fp = executed_precision(a100, FLOAT_BITS, FLOAT_BITS)
     assert (fp.w_bits, fp.number_format) == (16, "float")  # float runs on the FP16 tensor cores
     cpu = load_profile("x86-avx512")
     assert executed_precision(cpu, 32, 32).native
@@ -141,7 +150,10 @@ def test_executed_precision_fallback_rules():
 
 def test_executed_precision_on_bit_serial_arrays_clamps():
     fusion = load_profile("bitfusion")
-    assert (executed_precision(fusion, 1, 3).w_bits, executed_precision(fusion, 1, 3).a_bits) == (2, 3)
+    assert (executed_precision(fusion, 1, 3).w_bits, executed_precision(fusion, 1, 3).a_bits) == (
+        2,
+        3,
+    )
     assert executed_precision(fusion, 32, 32).w_bits == 8
     assert executed_precision(load_profile("bismo"), 32, 32).w_bits == 16
 
@@ -157,8 +169,17 @@ def test_fallback_error_and_no_execution_path():
 
 def test_candidate_precisions_include_every_covering_path():
     a100 = load_profile("a100")
-    assert {(c.w_bits, c.a_bits) for c in candidate_precisions(a100, 2, 2)} == {(4, 4), (8, 8), (16, 16)}
-    assert {(c.w_bits, c.a_bits) for c in candidate_precisions(a100, 1, 1)} == {(1, 1), (4, 4), (8, 8), (16, 16)}
+    assert {(c.w_bits, c.a_bits) for c in candidate_precisions(a100, 2, 2)} == {
+        (4, 4),
+        (8, 8),
+        (16, 16),
+    }
+    assert {(c.w_bits, c.a_bits) for c in candidate_precisions(a100, 1, 1)} == {
+        (1, 1),
+        (4, 4),
+        (8, 8),
+        (16, 16),
+    }
 
 
 def test_round_up():
@@ -172,7 +193,15 @@ def table_data() -> dict:
         "device": "toy",
         "fallback": "next_wider",
         "entries": [
-            {"signature": "linear_i8_o8_n1", "w_bits": 8, "a_bits": 8, "kept_in": 8, "kept_out": 8, "mean_s": 1e-5, "std_s": 1e-7},
+            {
+                "signature": "linear_i8_o8_n1",
+                "w_bits": 8,
+                "a_bits": 8,
+                "kept_in": 8,
+                "kept_out": 8,
+                "mean_s": 1e-5,
+                "std_s": 1e-7,
+            },
         ],
     }
 
@@ -200,7 +229,9 @@ def test_lookup_table_errors_name_file_and_field(tmp_path):
     bad["entries"][0]["mean_s"] = -1.0
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad), encoding="utf-8")
-    with pytest.raises(ProfileError, match=r"bad\.yaml: entries\[0\]\.mean_s: input should be greater than 0"):
+    with pytest.raises(
+        ProfileError, match=r"bad\.yaml: entries\[0\]\.mean_s: input should be greater than 0"
+    ):
         load_lookup_table(path)
     dup = table_data()
     dup["entries"] = dup["entries"] * 2
@@ -214,7 +245,9 @@ def test_lookup_table_errors_name_file_and_field(tmp_path):
 
 
 def test_lookup_table_round_trip(tmp_path):
-    table = LookupTable(entries=[LutEntry(signature="s", w_bits=4, a_bits=4, kept_in=2, kept_out=3, mean_s=2e-6)])
+    table = LookupTable(
+        entries=[LutEntry(signature="s", w_bits=4, a_bits=4, kept_in=2, kept_out=3, mean_s=2e-6)]
+    )
     for name in ("t.yaml", "t.json"):
         save_lookup_table(table, tmp_path / name)
         assert load_lookup_table(tmp_path / name) == table

@@ -28,11 +28,18 @@ def test_cifar_resnets_prune_the_first_conv_of_every_block(name, blocks):
 
 
 def test_resnet18_prunes_the_first_conv_of_every_block():
-    assert _producers("resnet18", 64) == [f"layer{s}.{b}.conv1" for s in (1, 2, 3, 4) for b in (0, 1)]
+    assert _producers("resnet18", 64) == [
+        f"layer{s}.{b}.conv1" for s in (1, 2, 3, 4) for b in (0, 1)
+    ]
 
 
 def test_resnet50_prunes_conv1_and_conv2_of_every_bottleneck():
-    expected = [f"layer{s}.{b}.conv{c}" for s, n in ((1, 3), (2, 4), (3, 6), (4, 3)) for b in range(n) for c in (1, 2)]
+    expected = [
+        f"layer{s}.{b}.conv{c}"
+        for s, n in ((1, 3), (2, 4), (3, 6), (4, 3))
+        for b in range(n)
+        for c in (1, 2)
+    ]
     assert _producers("resnet50", 64) == expected
 
 
@@ -41,7 +48,9 @@ def test_mobilenetv2_prunes_expansions_through_their_depthwise_conv():
     by_producer = {g.producer: g for g in groups}
     for n in range(2, 18):
         g = by_producer[f"features.{n}.expand"]
-        assert g.passthrough == [f"features.{n}.depthwise"] and g.consumer == f"features.{n}.project"
+        assert (
+            g.passthrough == [f"features.{n}.depthwise"] and g.consumer == f"features.{n}.project"
+        )
     # Besides the expansions, the rule also admits the stem (its output feeds block 1 only) and two
     # projections whose block has no residual add: features.1 (32 -> 16 channels) and features.17.
     extra = set(by_producer) - {f"features.{n}.expand" for n in range(2, 18)}
@@ -74,8 +83,13 @@ def test_residual_adds_and_concats_block_pruning():
 
 
 def test_every_conv_and_linear_is_wrapped_including_grouped_and_depthwise():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1, groups=2),
-                          nn.Flatten(), nn.LazyLinear(10) if False else nn.Linear(16 * 4 * 4, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.Conv2d(8, 8, 3, groups=8),
+        nn.Conv2d(8, 16, 1, groups=2),
+        nn.Flatten(),
+        nn.LazyLinear(10) if False else nn.Linear(16 * 4 * 4, 10),
+    )
     space = convert_model(model, torch.randn(2, 3, 8, 8))
     kinds = [type(m) for _, m in space.layers()]
     assert kinds == [SBSConv2d, SBSConv2d, SBSConv2d, SBSLinear]

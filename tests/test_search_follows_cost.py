@@ -35,7 +35,9 @@ def test_a_pruned_channel_is_exactly_zero_where_the_consumer_reads_it():
     pruned = producer.pruned_channels()
     assert 0 < len(pruned) < producer.weight.shape[0]
     seen = {}
-    consumer.register_forward_hook(lambda m, inp, out: seen.setdefault("x", m.quantized_input(inp[0])))
+    consumer.register_forward_hook(
+        lambda m, inp, out: seen.setdefault("x", m.quantized_input(inp[0]))
+    )
     space.model.train()
     space.model(x)
     read = seen["x"]
@@ -88,7 +90,11 @@ class MaxPrecisionTable(CostModel):
     speed = {2: 1.0, 4: 2.0, 8: 4.0, 32: 16.0}
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
-        return shape.macs(state.kept_in, state.kept_out) * self.speed[max(state.w_bits, state.a_bits)] * 1e-12
+        return (
+            shape.macs(state.kept_in, state.kept_out)
+            * self.speed[max(state.w_bits, state.a_bits)]
+            * 1e-12
+        )
 
 
 def _closed_form_w4to8(cost, p_w, p_a) -> float:
@@ -108,7 +114,9 @@ def test_expected_flip_difference_equals_its_closed_form():
     got = expected_flip_difference(cost, (2, 4, 8), "w", 1, p_w, p_a, 8, 8)
     assert got == pytest.approx(_closed_form_w4to8(cost, p_w, p_a), rel=1e-12)
     # probabilities at 0/1 reduce it to the hard flip difference
-    assert expected_flip_difference(cost, (2, 4, 8), "w", 1, [1.0, 0.5], [1.0, 0.0], 8, 8) == pytest.approx(cost(8, 4) - cost(4, 4))
+    assert expected_flip_difference(
+        cost, (2, 4, 8), "w", 1, [1.0, 0.5], [1.0, 0.0], 8, 8
+    ) == pytest.approx(cost(8, 4) - cost(4, 4))
 
 
 def test_flat_corner_gets_the_expected_flip_difference_in_the_cost_term():
@@ -143,7 +151,10 @@ def test_steady_choice_is_the_most_frequent_within_budget_and_fit_to_budget_land
     bops = build_cost_model("bops")
     names = space.layer_names
     full = (tuple((n, 8, 8) for n in names), (("conv2", ()),))
-    half = (tuple((n, 8, 8) if n in (names[0], names[-1]) else (n, 4, 4) for n in names), (("conv2", ()),))
+    half = (
+        tuple((n, 8, 8) if n in (names[0], names[-1]) else (n, 4, 4) for n in names),
+        (("conv2", ()),),
+    )
     rec = ChoiceRecorder()
     rec.start_epoch(0)
     for c in [full] * 5 + [half] * 2:
@@ -170,8 +181,19 @@ def test_steady_choice_is_the_most_frequent_within_budget_and_fit_to_budget_land
 
 def _kept_and_bops(lam: float):
     train, val = digits_loaders(subset=None)
-    result = hwsbs.search(pretrained_small_cnn(), train, val, hw="a100", cost="bops", lam=lam, pretrain_epochs=0,
-                          search_epochs=6, finetune_epochs=0, progress=False, seed=0)
+    result = hwsbs.search(
+        pretrained_small_cnn(),
+        train,
+        val,
+        hw="a100",
+        cost="bops",
+        lam=lam,
+        pretrain_epochs=0,
+        search_epochs=6,
+        finetune_epochs=0,
+        progress=False,
+        seed=0,
+    )
     return sum(layer["kept_out_channels"] for layer in result.layers), result.cost["compressed"]
 
 
@@ -188,8 +210,18 @@ def test_kept_channels_and_bops_fall_with_lambda(tmp_path, monkeypatch):
 def test_budget_lands_on_a100(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train, val = digits_loaders(subset=None)
-    result = hwsbs.search(pretrained_small_cnn(), train, val, hw="a100", target="30%", pretrain_epochs=0,
-                          search_epochs=4, finetune_epochs=0, progress=False, seed=0)
+    result = hwsbs.search(
+        pretrained_small_cnn(),
+        train,
+        val,
+        hw="a100",
+        target="30%",
+        pretrain_epochs=0,
+        search_epochs=4,
+        finetune_epochs=0,
+        progress=False,
+        seed=0,
+    )
     share = result.cost["compressed"] / result.cost["uniform_8bit"]
     assert share <= 0.31, share
     assert result.budget is not None and result.budget["met"] and result.budget["reachable"]
@@ -198,8 +230,18 @@ def test_budget_lands_on_a100(tmp_path, monkeypatch):
 def test_unreachable_budget_is_reported(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train, val = digits_loaders()
-    result = hwsbs.search(pretrained_small_cnn(), train, val, hw="h100", target="5%", pretrain_epochs=0,
-                          search_epochs=1, finetune_epochs=0, progress=False, seed=0)
+    result = hwsbs.search(
+        pretrained_small_cnn(),
+        train,
+        val,
+        hw="h100",
+        target="5%",
+        pretrain_epochs=0,
+        search_epochs=1,
+        finetune_epochs=0,
+        progress=False,
+        seed=0,
+    )
     assert result.budget is not None
     assert not result.budget["met"] and not result.budget["reachable"]
     assert result.budget["floor"] > result.budget["target"]

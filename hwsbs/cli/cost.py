@@ -12,8 +12,8 @@ from rich.table import Table
 
 from cost_models import CostModel, cost_model_for
 from cost_models.units import format_cost
+from hardware_profiles import load_profile
 from hwsbs.errors import ConfigError
-from hwsbs.profiles import load_profile
 from hwsbs.sbs.config_io import CompressionConfig, load_config
 
 from .profiles import stdout_console
@@ -24,11 +24,22 @@ __all__ = ["add_parser", "cost_report"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``hwsbs cost``."""
     p = subparsers.add_parser("cost", help="cost of a found configuration on hardware profiles")
-    p.add_argument("--config", required=True, metavar="FILE", help="config.yaml written by a search")
-    p.add_argument("--hw", action="append", required=True, metavar="PROFILE",
-                   help="built-in profile name or profile file; repeat to compare devices")
-    p.add_argument("--cost", default=None, metavar="NAME", help="cost model overriding each profile's default")
-    p.add_argument("--batch", type=int, default=None, help="batch size to price at (default: the config's)")
+    p.add_argument(
+        "--config", required=True, metavar="FILE", help="config.yaml written by a search"
+    )
+    p.add_argument(
+        "--hw",
+        action="append",
+        required=True,
+        metavar="PROFILE",
+        help="built-in profile name or profile file; repeat to compare devices",
+    )
+    p.add_argument(
+        "--cost", default=None, metavar="NAME", help="cost model overriding each profile's default"
+    )
+    p.add_argument(
+        "--batch", type=int, default=None, help="batch size to price at (default: the config's)"
+    )
     p.add_argument("--layers", action="store_true", help="add a per-layer breakdown")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(handler=_run)
@@ -48,16 +59,28 @@ def _layer_rows(config: CompressionConfig, model: CostModel) -> list[dict[str, A
     total = sum(costs)
     rows = []
     for d, c, e, f in zip(config.layers, costs, eight, full, strict=True):
-        rows.append({
-            "name": d.shape.name, "kind": d.shape.kind, "w_bits": d.w_bits, "a_bits": d.a_bits,
-            "kept_in": d.state.kept_in, "in_channels": d.shape.in_channels,
-            "kept_out": d.kept_out, "out_channels": d.shape.out_channels,
-            "cost": c, "uniform8": e, "full_precision": f, "share": c / total if total > 0 else None,
-        })
+        rows.append(
+            {
+                "name": d.shape.name,
+                "kind": d.shape.kind,
+                "w_bits": d.w_bits,
+                "a_bits": d.a_bits,
+                "kept_in": d.state.kept_in,
+                "in_channels": d.shape.in_channels,
+                "kept_out": d.kept_out,
+                "out_channels": d.shape.out_channels,
+                "cost": c,
+                "uniform8": e,
+                "full_precision": f,
+                "share": c / total if total > 0 else None,
+            }
+        )
     return rows
 
 
-def cost_report(config: CompressionConfig, hw: list[str], cost: str | None = None, layers: bool = False) -> list[dict[str, Any]]:
+def cost_report(
+    config: CompressionConfig, hw: list[str], cost: str | None = None, layers: bool = False
+) -> list[dict[str, Any]]:
     """Per profile: the configuration's cost, uniform 8-bit and full-precision costs and ratios.
 
     Args:
@@ -77,9 +100,16 @@ def cost_report(config: CompressionConfig, hw: list[str], cost: str | None = Non
         eight = config.uniform(8).cost(model)
         full = config.full_precision().cost(model)
         entry: dict[str, Any] = {
-            "hw": spec, "profile": profile.name, "cost_model": model.name, "metric": model.metric, "unit": model.unit,
-            "cost": found, "uniform8": eight, "full_precision": full,
-            "uniform8_over_cost": _ratio(eight, found), "full_precision_over_cost": _ratio(full, found),
+            "hw": spec,
+            "profile": profile.name,
+            "cost_model": model.name,
+            "metric": model.metric,
+            "unit": model.unit,
+            "cost": found,
+            "uniform8": eight,
+            "full_precision": full,
+            "uniform8_over_cost": _ratio(eight, found),
+            "full_precision_over_cost": _ratio(full, found),
         }
         if layers:
             entry["layers"] = _layer_rows(config, model)
@@ -91,16 +121,34 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}x"
 
 
-def _print_tables(config_path: str, config: CompressionConfig, results: list[dict[str, Any]], layers: bool) -> None:
+def _print_tables(
+    config_path: str, config: CompressionConfig, results: list[dict[str, Any]], layers: bool
+) -> None:
     console = stdout_console()
     table = Table(title=f"{config_path}: {len(config.layers)} layers, batch {config.batch}")
-    for column in ("profile", "cost model", "this config", "uniform 8-bit", "full precision", "8-bit / config", "FP / config"):
-        table.add_column(column, justify="right" if column not in ("profile", "cost model") else "left")
+    for column in (
+        "profile",
+        "cost model",
+        "this config",
+        "uniform 8-bit",
+        "full precision",
+        "8-bit / config",
+        "FP / config",
+    ):
+        table.add_column(
+            column, justify="right" if column not in ("profile", "cost model") else "left"
+        )
     for r in results:
         u = r["unit"]
-        table.add_row(r["profile"], f"{r['cost_model']} ({r['metric']})", format_cost(r["cost"], u),
-                      format_cost(r["uniform8"], u), format_cost(r["full_precision"], u),
-                      _times(r["uniform8_over_cost"]), _times(r["full_precision_over_cost"]))
+        table.add_row(
+            r["profile"],
+            f"{r['cost_model']} ({r['metric']})",
+            format_cost(r["cost"], u),
+            format_cost(r["uniform8"], u),
+            format_cost(r["full_precision"], u),
+            _times(r["uniform8_over_cost"]),
+            _times(r["full_precision_over_cost"]),
+        )
     console.print(table)
     if not layers:
         return
@@ -111,9 +159,16 @@ def _print_tables(config_path: str, config: CompressionConfig, results: list[dic
             lt.add_column(column, justify="left" if column == "layer" else "right")
         for row in r["layers"]:
             share = "-" if row["share"] is None else f"{100 * row['share']:.1f}%"
-            lt.add_row(row["name"], f"{row['w_bits']}/{row['a_bits']}", f"{row['kept_out']}/{row['out_channels']}",
-                       f"{row['kept_in']}/{row['in_channels']}", format_cost(row["cost"], u), share,
-                       format_cost(row["uniform8"], u), format_cost(row["full_precision"], u))
+            lt.add_row(
+                row["name"],
+                f"{row['w_bits']}/{row['a_bits']}",
+                f"{row['kept_out']}/{row['out_channels']}",
+                f"{row['kept_in']}/{row['in_channels']}",
+                format_cost(row["cost"], u),
+                share,
+                format_cost(row["uniform8"], u),
+                format_cost(row["full_precision"], u),
+            )
         console.print(lt)
 
 
@@ -125,7 +180,12 @@ def _run(args: argparse.Namespace) -> int:
         config.batch = args.batch
     results = cost_report(config, list(args.hw), args.cost, args.layers)
     if args.json:
-        doc = {"config": str(args.config), "model": config.model, "batch": config.batch, "results": results}
+        doc = {
+            "config": str(args.config),
+            "model": config.model,
+            "batch": config.batch,
+            "results": results,
+        }
         print(json.dumps(doc, indent=2))
     else:
         _print_tables(str(args.config), config, results, args.layers)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hwsbs.config import MAX_SEED, check_seed
+from hwsbs.defaults import DEFAULT_BITS
 from hwsbs.errors import ConfigError
 from hwsbs.export import ModelSpec, default_spec
 from hwsbs.lut.builder import MeasureSettings
@@ -27,7 +28,9 @@ def _bits(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,4,8, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 2,4,8, got {text!r}"
+        ) from None
 
 
 def _positive(text: str) -> int:
@@ -44,56 +47,156 @@ def _seed(text: str) -> int:
     try:
         return check_seed(int(text))
     except (ValueError, ConfigError):
-        raise argparse.ArgumentTypeError(f"expected an integer 0..{MAX_SEED}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an integer 0..{MAX_SEED}, got {text!r}"
+        ) from None
 
 
 def _geometry(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image-size", type=_positive, default=None,
-                   help="input side for models without an @SIZE suffix (default: each builder's, e.g. small_cnn 8, resnet20 32)")
-    p.add_argument("--num-classes", type=_positive, default=None, help="classifier outputs (default: each builder's)")
-    p.add_argument("--in-channels", type=_positive, default=None, help="input channels (default: each builder's)")
+    p.add_argument(
+        "--image-size",
+        type=_positive,
+        default=None,
+        help="input side for models without an @SIZE suffix (default: each builder's, e.g. small_cnn 8, resnet20 32)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=_positive,
+        default=None,
+        help="classifier outputs (default: each builder's)",
+    )
+    p.add_argument(
+        "--in-channels",
+        type=_positive,
+        default=None,
+        help="input channels (default: each builder's)",
+    )
 
 
 def _timing(p: argparse.ArgumentParser, repeats: int) -> None:
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device to measure (default: cpu)")
-    p.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads for the measurement (default: torch's)")
-    p.add_argument("--batch", type=_positive, action="append", default=None, help="batch size; repeat for several (default: 1)")
-    p.add_argument("--repeats", type=_positive, default=repeats, help="timed calls per measurement (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default: %(default)s)")
-    p.add_argument("--kernel", choices=("auto", "onednn", "intmm"), default="auto", help="integer kernels (default: auto)")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="device to measure (default: cpu)"
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        help="torch.set_num_threads for the measurement (default: torch's)",
+    )
+    p.add_argument(
+        "--batch",
+        type=_positive,
+        action="append",
+        default=None,
+        help="batch size; repeat for several (default: 1)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=_positive,
+        default=repeats,
+        help="timed calls per measurement (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=5, help="untimed calls first (default: %(default)s)"
+    )
+    p.add_argument(
+        "--kernel",
+        choices=("auto", "onednn", "intmm"),
+        default="auto",
+        help="integer kernels (default: auto)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``hwsbs lut build`` and ``hwsbs lut check``."""
-    p = subparsers.add_parser("lut", help="measured lookup tables: build one for this device, check a profile against measurements")
+    p = subparsers.add_parser(
+        "lut",
+        help="measured lookup tables: build one for this device, check a profile against measurements",
+    )
     sub = p.add_subparsers(dest="lut_command", metavar="ACTION", parser_class=type(p))
     sub.required = True
 
-    b = sub.add_parser("build", help="time every layer shape of the models and write a profile with its table")
-    b.add_argument("--model", action="append", required=True, metavar="M[@SIZE]",
-                   help="built-in model or package.module:factory, optionally @SIZE for its input side; repeat for several")
-    b.add_argument("--out", required=True, metavar="FILE", help="profile to write, e.g. hardware_profiles/NAME.yaml (table: tables/NAME.yaml next to it)")
-    b.add_argument("--rounds", type=_positive, default=3,
-                   help="passes over the whole table, each with its share of the repeats (default: %(default)s)")
-    b.add_argument("--grid", type=_positive, default=3, help="kept-channel counts per prunable dimension (default: %(default)s)")
-    b.add_argument("--bits", type=_bits, default=(2, 4, 8), help="candidate bits of the searches to support (default: 2,4,8)")
-    b.add_argument("--group-size", type=_positive, default=4, help="channels per pruning group (default: %(default)s)")
-    b.add_argument("--max-prune-fraction", type=float, default=0.5, help="most of a layer's groups a search prunes (default: %(default)s)")
-    b.add_argument("--conformance-shapes", action="store_true",
-                   help="also measure the layer zoo of hwsbs.testing.check_cost_model (full channels), so the "
-                        "profile passes the cost-model conformance checks")
+    b = sub.add_parser(
+        "build", help="time every layer shape of the models and write a profile with its table"
+    )
+    b.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="M[@SIZE]",
+        help="built-in model or package.module:factory, optionally @SIZE for its input side; repeat for several",
+    )
+    b.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="profile to write, e.g. hardware_profiles/NAME.yaml (table: tables/NAME.yaml next to it)",
+    )
+    b.add_argument(
+        "--rounds",
+        type=_positive,
+        default=3,
+        help="passes over the whole table, each with its share of the repeats (default: %(default)s)",
+    )
+    b.add_argument(
+        "--grid",
+        type=_positive,
+        default=3,
+        help="kept-channel counts per prunable dimension (default: %(default)s)",
+    )
+    b.add_argument(
+        "--bits",
+        type=_bits,
+        default=DEFAULT_BITS,
+        help="candidate bits of the searches to support (default: 2,4,8)",
+    )
+    b.add_argument(
+        "--group-size",
+        type=_positive,
+        default=4,
+        help="channels per pruning group (default: %(default)s)",
+    )
+    b.add_argument(
+        "--max-prune-fraction",
+        type=float,
+        default=0.5,
+        help="most of a layer's groups a search prunes (default: %(default)s)",
+    )
+    b.add_argument(
+        "--conformance-shapes",
+        action="store_true",
+        help="also measure the layer zoo of hwsbs.testing.check_cost_model (full channels), so the "
+        "profile passes the cost-model conformance checks",
+    )
     _geometry(b)
     _timing(b, repeats=30)
     b.set_defaults(handler=_build)
 
-    c = sub.add_parser("check", help="predicted (a profile's cost model) vs measured latency of random exported configurations")
-    c.add_argument("--hw", action="append", required=True, metavar="PROFILE", help="profile name or file; repeat to compare several on the same measurements")
+    c = sub.add_parser(
+        "check",
+        help="predicted (a profile's cost model) vs measured latency of random exported configurations",
+    )
+    c.add_argument(
+        "--hw",
+        action="append",
+        required=True,
+        metavar="PROFILE",
+        help="profile name or file; repeat to compare several on the same measurements",
+    )
     c.add_argument("--cost", default=None, help="cost model overriding each profile's default")
-    c.add_argument("--model", default="small_cnn", metavar="M[@SIZE]", help="model (default: %(default)s)")
-    c.add_argument("--configs", type=_positive, default=20, help="random configurations (default: %(default)s)")
-    c.add_argument("--seed", type=_seed, default=0, help="seed of the configurations (default: %(default)s)")
-    c.add_argument("--bits", type=_bits, default=(2, 4, 8), help="bit widths to draw from (default: 2,4,8)")
+    c.add_argument(
+        "--model", default="small_cnn", metavar="M[@SIZE]", help="model (default: %(default)s)"
+    )
+    c.add_argument(
+        "--configs", type=_positive, default=20, help="random configurations (default: %(default)s)"
+    )
+    c.add_argument(
+        "--seed", type=_seed, default=0, help="seed of the configurations (default: %(default)s)"
+    )
+    c.add_argument(
+        "--bits", type=_bits, default=DEFAULT_BITS, help="bit widths to draw from (default: 2,4,8)"
+    )
     c.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _geometry(c)
     _timing(c, repeats=30)
@@ -115,8 +218,16 @@ def _command(args: argparse.Namespace) -> str:
     if args.lut_command == "build":
         for m in args.model:
             parts += ["--model", m]
-        parts += ["--out", str(args.out), "--grid", str(args.grid), "--rounds", str(args.rounds),
-                  "--bits", ",".join(map(str, args.bits))]
+        parts += [
+            "--out",
+            str(args.out),
+            "--grid",
+            str(args.grid),
+            "--rounds",
+            str(args.rounds),
+            "--bits",
+            ",".join(map(str, args.bits)),
+        ]
         if args.conformance_shapes:
             parts.append("--conformance-shapes")
     else:
@@ -128,7 +239,16 @@ def _command(args: argparse.Namespace) -> str:
             parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     for b in args.batch or [1]:
         parts += ["--batch", str(b)]
-    parts += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device, "--kernel", args.kernel]
+    parts += [
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+        "--kernel",
+        args.kernel,
+    ]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -146,23 +266,43 @@ def _check_common(args: argparse.Namespace) -> list[int]:
 def _build(args: argparse.Namespace) -> int:
     batches = _check_common(args)
     if not 0.0 <= args.max_prune_fraction < 1.0:
-        raise ConfigError(f"--max-prune-fraction: expected 0 <= f < 1, got {args.max_prune_fraction}")
+        raise ConfigError(
+            f"--max-prune-fraction: expected 0 <= f < 1, got {args.max_prune_fraction}"
+        )
     specs = [parse_model(m, args) for m in args.model]
     for spec in specs:
         spec.build()  # unknown models fail here, before any measuring
-    settings = MeasureSettings(batches=tuple(batches), warmup=args.warmup, repeats=args.repeats, backend=args.kernel,
-                               device=args.device, rounds=args.rounds)
+    settings = MeasureSettings(
+        batches=tuple(batches),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        backend=args.kernel,
+        device=args.device,
+        rounds=args.rounds,
+    )
     extra = []
     if args.conformance_shapes:
         from hwsbs.testing.cost_models import default_shapes
 
         extra = default_shapes()
-    result = build_profile(specs, args.out, settings, threads=args.threads, grid=args.grid, bits=args.bits,
-                           group_size=args.group_size, max_prune_fraction=args.max_prune_fraction,
-                           command=_command(args), progress=args.progress, extra_shapes=extra)
-    console.print(f"wrote {result.profile_path} (profile {result.profile.name!r}, cost model lut) and "
-                  f"{result.table_path}: {result.entries} entries for {result.signatures} layer shapes in "
-                  f"{result.seconds:.0f} s")
+    result = build_profile(
+        specs,
+        args.out,
+        settings,
+        threads=args.threads,
+        grid=args.grid,
+        bits=args.bits,
+        group_size=args.group_size,
+        max_prune_fraction=args.max_prune_fraction,
+        command=_command(args),
+        progress=args.progress,
+        extra_shapes=extra,
+    )
+    console.print(
+        f"wrote {result.profile_path} (profile {result.profile.name!r}, cost model lut) and "
+        f"{result.table_path}: {result.entries} entries for {result.signatures} layer shapes in "
+        f"{result.seconds:.0f} s"
+    )
     return 0
 
 
@@ -173,23 +313,45 @@ def _check(args: argparse.Namespace) -> int:
     batch = batches[0]
     spec = parse_model(args.model, args)
     from cost_models import cost_model_for
-    from hwsbs.profiles import load_profile
+    from hardware_profiles import load_profile
 
     for hw in args.hw:  # bad profiles fail before minutes of measuring
         cost_model_for(load_profile(hw), args.cost)
     configs = draw_configs(spec, args.configs, args.seed, args.bits, batch)
-    with Progress(TextColumn("[bold]measuring configs"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=not args.progress) as bar:
+    with Progress(
+        TextColumn("[bold]measuring configs"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not args.progress,
+    ) as bar:
         task = bar.add_task("check", total=len(configs) + args.repeats)
-        measured = measure_configs(spec, configs, batch=batch, threads=args.threads, warmup=args.warmup,
-                                   repeats=args.repeats, backend=args.kernel, device=args.device,
-                                   on_step=lambda: bar.update(task, advance=1))
+        measured = measure_configs(
+            spec,
+            configs,
+            batch=batch,
+            threads=args.threads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            backend=args.kernel,
+            device=args.device,
+            on_step=lambda: bar.update(task, advance=1),
+        )
     fits = [fit_profile(hw, measured, batch, args.cost) for hw in args.hw]
     import torch
 
-    settings = {"configs": args.configs, "seed": args.seed, "batch": batch, "threads": args.threads or torch.get_num_threads(),
-                "device": args.device, "kernel": args.kernel, "repeats": args.repeats, "bits": list(args.bits),
-                "command": _command(args)}
+    settings = {
+        "configs": args.configs,
+        "seed": args.seed,
+        "batch": batch,
+        "threads": args.threads or torch.get_num_threads(),
+        "device": args.device,
+        "kernel": args.kernel,
+        "repeats": args.repeats,
+        "bits": list(args.bits),
+        "command": _command(args),
+    }
     report = report_dict(spec, measured, fits, settings)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -208,23 +370,40 @@ def _print_check(report: dict[str, Any]) -> None:
     out = stdout_console()
     s = report["settings"]
     m = report["model"]
-    detail = Table(title=f"{m['name']}: {s['configs']} random configurations, batch {s['batch']}, {s['threads']} threads")
+    detail = Table(
+        title=f"{m['name']}: {s['configs']} random configurations, batch {s['batch']}, {s['threads']} threads"
+    )
     detail.add_column("#", justify="right")
     for col in ("int8 layers", "MACs kept", "mean bits", "measured"):
         detail.add_column(col, justify="right")
     for p in report["profiles"]:
         detail.add_column(f"{p['profile']} ({p['cost_model']})", justify="right")
     for c in report["configs"]:
-        row = [str(c["index"]), f"{c['int8_layers']}/{c['layers']}", f"{100 * c['mac_fraction']:.0f}%",
-               f"{c['mean_bits']:.1f}", f"{c['measured_s'] * 1e3:.3f} ms"]
-        row += [f"{c['predicted'][p['profile']] * 1e3:.3f} ms" if p["unit"] == "s" else f"{c['predicted'][p['profile']]:.3g}"
-                for p in report["profiles"]]
+        row = [
+            str(c["index"]),
+            f"{c['int8_layers']}/{c['layers']}",
+            f"{100 * c['mac_fraction']:.0f}%",
+            f"{c['mean_bits']:.1f}",
+            f"{c['measured_s'] * 1e3:.3f} ms",
+        ]
+        row += [
+            f"{c['predicted'][p['profile']] * 1e3:.3f} ms"
+            if p["unit"] == "s"
+            else f"{c['predicted'][p['profile']]:.3g}"
+            for p in report["profiles"]
+        ]
         detail.add_row(*row)
     out.print(detail)
     summary = Table(title="predicted vs measured")
     for col in ("profile", "cost model", "Spearman", "MAPE", "within +-10%", "median pred/meas"):
         summary.add_column(col, justify="left" if col in ("profile", "cost model") else "right")
     for p in report["profiles"]:
-        summary.add_row(p["profile"], p["cost_model"], _fmt(p.get("spearman")), _fmt(p.get("mape"), True),
-                        _fmt(p.get("within_10pct"), True), _fmt(p.get("median_ratio")))
+        summary.add_row(
+            p["profile"],
+            p["cost_model"],
+            _fmt(p.get("spearman")),
+            _fmt(p.get("mape"), True),
+            _fmt(p.get("within_10pct"), True),
+            _fmt(p.get("median_ratio")),
+        )
     out.print(summary)

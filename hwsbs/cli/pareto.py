@@ -31,14 +31,20 @@ def _handle(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``hwsbs pareto``."""
     p = subparsers.add_parser(
-        "pareto", help="multi-objective Optuna study: accuracy vs cost on one or more profiles",
+        "pareto",
+        help="multi-objective Optuna study: accuracy vs cost on one or more profiles",
         description="Maximise accuracy and minimise the cost on each --hw profile. With several profiles the inner "
-                    "loss weighs their log-costs with sampled weights. The front is written to <out>/pareto.json and "
-                    "pareto.png.",
+        "loss weighs their log-costs with sampled weights. The front is written to <out>/pareto.json and "
+        "pareto.png.",
     )
-    p.add_argument("--hw", action="append", required=True, metavar="PROFILE[:COSTMODEL]",
-                   help="hardware profile, optionally with a cost model (a100:size); repeat for several. "
-                        "--cost sets the cost model of those without one")
+    p.add_argument(
+        "--hw",
+        action="append",
+        required=True,
+        metavar="PROFILE[:COSTMODEL]",
+        help="hardware profile, optionally with a cost model (a100:size); repeat for several. "
+        "--cost sets the cost model of those without one",
+    )
     add_study_options(p)
     add_search_options(p)
     p.set_defaults(handler=_handle)

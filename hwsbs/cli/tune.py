@@ -26,16 +26,40 @@ __all__ = ["add_parser", "add_study_options", "run_and_report"]
 def add_study_options(p: argparse.ArgumentParser) -> None:
     """Options of the Optuna study (shared by ``tune`` and ``pareto``)."""
     g = p.add_argument_group("study")
-    g.add_argument("--trials", type=int, required=True,
-                   help="total trials the study should hold; re-running or extra workers add up to it")
-    g.add_argument("--space", default=None, help="search-space YAML (default: lambda, temperature, threshold-lr, group size, bits)")
-    g.add_argument("--storage", default=None,
-                   help="Optuna storage: sqlite:///f.db, postgresql://..., mysql://..., or journal:PATH (default: sqlite in --out)")
-    g.add_argument("--study-name", default=None, help="study name (default: derived from the command and profiles)")
-    g.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler, seeded by --seed (default: %(default)s)")
+    g.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        help="total trials the study should hold; re-running or extra workers add up to it",
+    )
+    g.add_argument(
+        "--space",
+        default=None,
+        help="search-space YAML (default: lambda, temperature, threshold-lr, group size, bits)",
+    )
+    g.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage: sqlite:///f.db, postgresql://..., mysql://..., or journal:PATH (default: sqlite in --out)",
+    )
+    g.add_argument(
+        "--study-name",
+        default=None,
+        help="study name (default: derived from the command and profiles)",
+    )
+    g.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="Optuna sampler, seeded by --seed (default: %(default)s)",
+    )
     g.add_argument("--out", default=None, help="study directory (default: runs/<study name>)")
-    g.add_argument("--constraint-only", dest="inner_budget", action="store_false",
-                   help="--target only filters trials; by default each inner search also aims at it (budget loss)")
+    g.add_argument(
+        "--constraint-only",
+        dest="inner_budget",
+        action="store_false",
+        help="--target only filters trials; by default each inner search also aims at it (budget loss)",
+    )
 
 
 def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
@@ -45,39 +69,75 @@ def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
         ua = trial.user_attrs
         elapsed = f"[{time.perf_counter() - started:.0f} s]"
         if trial.state.name == "COMPLETE" and "costs" in ua:
-            costs = ", ".join(f"{label} {c['compressed']:.4g} {c['unit']} ({c['compressed'] / c['uniform_8bit']:.2f}x u8)"
-                              for label, c in ua["costs"].items() if c.get("uniform_8bit"))
-            budget = "" if "constraint" not in ua else (" within budget" if ua["constraint"][0] <= 0 else " OVER budget")
-            console.print(f"trial {trial.number}: accuracy {ua['accuracy']['compressed']:.4f}, {costs}{budget} {elapsed}",
-                          soft_wrap=True)
+            costs = ", ".join(
+                f"{label} {c['compressed']:.4g} {c['unit']} ({c['compressed'] / c['uniform_8bit']:.2f}x u8)"
+                for label, c in ua["costs"].items()
+                if c.get("uniform_8bit")
+            )
+            budget = (
+                ""
+                if "constraint" not in ua
+                else (" within budget" if ua["constraint"][0] <= 0 else " OVER budget")
+            )
+            console.print(
+                f"trial {trial.number}: accuracy {ua['accuracy']['compressed']:.4f}, {costs}{budget} {elapsed}",
+                soft_wrap=True,
+            )
         elif trial.state.name == "FAIL":
-            console.print(f"trial {trial.number} failed: {ua.get('fail_reason', 'unknown error')} {elapsed}", soft_wrap=True)
+            console.print(
+                f"trial {trial.number} failed: {ua.get('fail_reason', 'unknown error')} {elapsed}",
+                soft_wrap=True,
+            )
         elif ua.get("surplus"):
-            console.print(f"trial {trial.number} skipped: the study already has its trials {elapsed}")
+            console.print(
+                f"trial {trial.number} skipped: the study already has its trials {elapsed}"
+            )
 
     return show
 
 
 def _show_wait(numbers: list[int], grace: int) -> None:
-    console.print(f"waiting for trial(s) {', '.join(map(str, numbers))}: running in another worker, or lost with "
-                  f"a stopped one (then failed after {grace} s without heartbeat and replaced)", soft_wrap=True)
+    console.print(
+        f"waiting for trial(s) {', '.join(map(str, numbers))}: running in another worker, or lost with "
+        f"a stopped one (then failed after {grace} s without heartbeat and replaced)",
+        soft_wrap=True,
+    )
 
 
-def run_and_report(args: argparse.Namespace, objectives: list[Objective], multi_objective: bool) -> int:
+def run_and_report(
+    args: argparse.Namespace, objectives: list[Objective], multi_objective: bool
+) -> int:
     """Build the settings from ``args``, run the study, write and print its report."""
     if not getattr(args, "debug", False):
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures are printed here
+        optuna.logging.set_verbosity(
+            optuna.logging.ERROR
+        )  # trial lines and failures are printed here
     space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
-    base = config_from_args(args, hw=objectives[0].hw, cost=objectives[0].cost, target=None, target_fraction=None)
-    settings = StudySettings(base=base, objectives=objectives, n_trials=args.trials, multi_objective=multi_objective,
-                             space=space, target=args.target, inner_budget=args.inner_budget, storage=args.storage, study_name=args.study_name,
-                             sampler=args.sampler, out=args.out)
+    base = config_from_args(
+        args, hw=objectives[0].hw, cost=objectives[0].cost, target=None, target_fraction=None
+    )
+    settings = StudySettings(
+        base=base,
+        objectives=objectives,
+        n_trials=args.trials,
+        multi_objective=multi_objective,
+        space=space,
+        target=args.target,
+        inner_budget=args.inner_budget,
+        storage=args.storage,
+        study_name=args.study_name,
+        sampler=args.sampler,
+        out=args.out,
+    )
     run = run_study(settings, callbacks=[_trial_printer()], on_wait=_show_wait)
     report = collect(run.study, run.storage_url)
     written = write_report(report, run.out_dir)
     print_report(report, stdout_console())
-    console.print(f"study {run.study.study_name} in {run.storage_url}: {len(report.trials)} trials "
-                  f"({run.new_trials} run now); artefacts: {', '.join(str(p) for p in written)}", soft_wrap=True)
+    console.print(
+        f"study {run.study.study_name} in {run.storage_url}: {len(report.trials)} trials "
+        f"({run.new_trials} run now); artefacts: {', '.join(str(p) for p in written)}",
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -88,12 +148,15 @@ def _handle(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``hwsbs tune``."""
     p = subparsers.add_parser(
-        "tune", help="Optuna search over lambda, temperature, group size, bits... for the best accuracy under a budget",
+        "tune",
+        help="Optuna search over lambda, temperature, group size, bits... for the best accuracy under a budget",
         description="Each trial runs one search with sampled outer hyperparameters; the objective is the compressed "
-                    "accuracy, --target is a cost budget (an Optuna constraint). The best feasible trial is copied to "
-                    "<out>/best/.",
+        "accuracy, --target is a cost budget (an Optuna constraint). The best feasible trial is copied to "
+        "<out>/best/.",
     )
-    p.add_argument("--hw", required=True, help="hardware profile: built-in name (a100) or YAML path")
+    p.add_argument(
+        "--hw", required=True, help="hardware profile: built-in name (a100) or YAML path"
+    )
     add_study_options(p)
     add_search_options(p)
     p.set_defaults(handler=_handle)

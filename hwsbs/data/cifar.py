@@ -131,17 +131,27 @@ def _labels(path: Path, lab: Any) -> np.ndarray:
     try:
         arr = np.asarray(lab)
     except (ValueError, TypeError) as exc:  # ragged nesting
-        raise DataError(f"{path}: labels: expected a list of integers ({' '.join(str(exc).split())[:120]})") from None
+        raise DataError(
+            f"{path}: labels: expected a list of integers ({' '.join(str(exc).split())[:120]})"
+        ) from None
     arr = arr.reshape(-1)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        if arr.size:  # an empty list comes back as float64; other kinds are strings, objects, booleans
-            raise DataError(f"{path}: labels: expected integers, got {arr.dtype} values (e.g. {arr.tolist()[0]!r})")
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        if (
+            arr.size
+        ):  # an empty list comes back as float64; other kinds are strings, objects, booleans
+            raise DataError(
+                f"{path}: labels: expected integers, got {arr.dtype} values (e.g. {arr.tolist()[0]!r})"
+            )
     if np.issubdtype(arr.dtype, np.floating) and arr.size:
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
             i = int(bad[0])
-            raise DataError(f"{path}: labels: expected whole numbers, label {i} is {arr.tolist()[i]!r} "
-                            f"({bad.size} label(s) are fractional or not finite)")
+            raise DataError(
+                f"{path}: labels: expected whole numbers, label {i} is {arr.tolist()[i]!r} "
+                f"({bad.size} label(s) are fractional or not finite)"
+            )
     return arr.astype(np.int64)
 
 

@@ -72,9 +72,16 @@ def _open_rgb(path: Path) -> Image.Image:
         limit = Image.MAX_IMAGE_PIXELS
         size = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(size.group(1))} pixels" if size else "too many pixels"
-        raise DataError(f"{path}: image of {pixels} is over the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS); "
-                        "refusing a possible decompression bomb") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # SyntaxError: some PIL parsers
+        raise DataError(
+            f"{path}: image of {pixels} is over the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS); "
+            "refusing a possible decompression bomb"
+        ) from None
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+    ) as exc:  # SyntaxError: some PIL parsers
         detail = " ".join(str(exc).split())
         raise DataError(f"{path}: cannot decode image ({detail})") from None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hwsbs.checked_io import DATA_LIMIT, open_checked
+from hardware_profiles.checked_io import DATA_LIMIT, open_checked
 from hwsbs.errors import DataError
 
 __all__ = ["load_plain_pickle"]

@@ -80,7 +80,9 @@ def fuse_activations(net: nn.Module) -> nn.Module:
     return fx.GraphModule(net, graph, class_name=type(net).__name__)
 
 
-def activations_after(model: nn.Module, leaf: type | tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> dict[str, str]:
+def activations_after(
+    model: nn.Module, leaf: type | tuple[type, ...] = (nn.Conv2d, nn.Linear)
+) -> dict[str, str]:
     """``{layer name: "relu" | "relu6"}`` for layers whose only reader is (a batch-norm, then) that
     activation: what :func:`fuse_activations` will fuse after export. {} when untraceable."""
 

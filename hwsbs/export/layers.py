@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardware_profiles import FLOAT_BITS
+
 from .encoding import MAX_INT_BITS, input_codes, odd_weights
 from .kernels import IntKernel, OneDNNKernel, build_kernel
 
 __all__ = ["LayerRecord", "ExportedLayer"]
-
-_FLOAT_BITS = 32
 
 
 @dataclass
@@ -69,7 +69,7 @@ class LayerRecord:
 
     @property
     def quantised_input(self) -> bool:
-        return self.a_bits < _FLOAT_BITS  # SBS layers quantise every width below 32
+        return self.a_bits < FLOAT_BITS  # SBS layers quantise every width below 32
 
     def float_weight(self) -> Tensor:
         """The fake-quantised weight in float32, batch-norm scale folded in."""
@@ -83,7 +83,9 @@ class LayerRecord:
 class ExportedLayer(nn.Module):
     """A Conv2d/Linear rebuilt from a :class:`LayerRecord` (no state_dict entries of its own)."""
 
-    def __init__(self, record: LayerRecord, backend: str, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, record: LayerRecord, backend: str, device: torch.device | str = "cpu"
+    ) -> None:
         super().__init__()
         self.record = record
         self.backend = backend if record.path == "int8" else "float"
@@ -128,8 +130,12 @@ class ExportedLayer(nn.Module):
             g = 2.0 * g
         geometry: dict[str, Any] = {"a_bits": r.a_bits}
         if r.kind == "conv":
-            geometry.update(stride=r.stride, padding=r.padding, dilation=r.dilation, groups=r.groups)
-        self.kernel = build_kernel(self.backend, r.weight.to(dev), r.doubled, g.to(dev), beta.to(dev), **geometry)
+            geometry.update(
+                stride=r.stride, padding=r.padding, dilation=r.dilation, groups=r.groups
+            )
+        self.kernel = build_kernel(
+            self.backend, r.weight.to(dev), r.doubled, g.to(dev), beta.to(dev), **geometry
+        )
 
     def _border(self, h: int, w: int, like: Tensor) -> Tensor:
         """``g L (sum(n) - sum(n over the non-padded window))`` per channel and output position."""
@@ -141,7 +147,9 @@ class ExportedLayer(nn.Module):
             inside = F.conv2d(ones, self._n64, None, r.stride, r.padding, r.dilation, r.groups)
             full = self._n64.flatten(1).sum(1).view(1, -1, 1, 1)
             assert self.border_scale is not None
-            term = (full - inside).to(torch.float32).to(like.device) * self.border_scale.view(1, -1, 1, 1)
+            term = (full - inside).to(torch.float32).to(like.device) * self.border_scale.view(
+                1, -1, 1, 1
+            )
             self._border_cache[key] = term
         return term
 
@@ -150,8 +158,11 @@ class ExportedLayer(nn.Module):
         if kind not in ("relu", "relu6"):
             raise ValueError(f"cannot fuse activation {kind!r}")
         self.activation = kind
-        in_kernel = (isinstance(self.kernel, OneDNNKernel) and self.border_scale is None
-                     and self.kernel.fuse_post_op(kind))
+        in_kernel = (
+            isinstance(self.kernel, OneDNNKernel)
+            and self.border_scale is None
+            and self.kernel.fuse_post_op(kind)
+        )
         self._clamp_output = not in_kernel
 
     def _activate(self, y: Tensor) -> Tensor:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from hwsbs.checked_io import write_atomic
+from hardware_profiles import FLOAT_BITS
+from hardware_profiles.checked_io import write_atomic
 from hwsbs.checkpoint import check_state_dict, load_torch_file
 from hwsbs.errors import CheckpointError, ConfigError, ModelError
 from hwsbs.models import list_models
@@ -32,13 +33,21 @@ from .kernels import onednn_saturates, resolve_backend
 from .layers import ExportedLayer, LayerRecord
 from .source import ModelSpec
 
-__all__ = ["EXPORT_FORMAT", "ExportedModel", "export_model", "load_exported", "plan_path", "foldable_norms"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "ExportedModel",
+    "export_model",
+    "load_exported",
+    "plan_path",
+    "foldable_norms",
+]
 
 EXPORT_FORMAT = "hwsbs-export/1"
-_FLOAT_BITS = 32
 
 
-def plan_path(w_bits: int, a_bits: int, groups: int, padding: Any, padding_mode: str, backend: str) -> tuple[str, str]:
+def plan_path(
+    w_bits: int, a_bits: int, groups: int, padding: Any, padding_mode: str, backend: str
+) -> tuple[str, str]:
     """``("int8" | "float", reason)``: where a layer runs with ``backend``."""
     if backend == "float":
         return "float", "float export"
@@ -78,7 +87,11 @@ def foldable_norms(model: nn.Module) -> dict[str, str]:
         if len(users) != 1 or users[0].op != "call_module" or uses[str(node.target)] != 1:
             continue
         bn = modules.get(str(users[0].target))
-        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and uses[str(users[0].target)] == 1:
+        if (
+            isinstance(bn, nn.BatchNorm2d)
+            and bn.track_running_stats
+            and uses[str(users[0].target)] == 1
+        ):
             pairs[str(node.target)] = str(users[0].target)
     return pairs
 
@@ -97,8 +110,10 @@ def _capture_clips(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
     clips: dict[str, Tensor] = {}
     hooks = []
     for name, layer in sbs_layers(model):
+
         def pre(mod: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
             clips.setdefault(name, mod._act_clip(inputs[0]).detach().clone().reshape(()).float())  # type: ignore[operator]
+
         hooks.append(layer.register_forward_pre_hook(pre))  # type: ignore[union-attr]
     try:
         model(example)
@@ -108,25 +123,47 @@ def _capture_clips(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
     return clips
 
 
-def _record(name: str, layer: SBSLayerMixin, clip: Tensor | None, norm: tuple[str, nn.BatchNorm2d] | None,
-            backend: str) -> LayerRecord:
+def _record(
+    name: str,
+    layer: SBSLayerMixin,
+    clip: Tensor | None,
+    norm: tuple[str, nn.BatchNorm2d] | None,
+    backend: str,
+) -> LayerRecord:
     conv = isinstance(layer, nn.Conv2d)
     w_bits, a_bits = int(layer.fixed_w_bits), int(layer.fixed_a_bits)
     out_ch = int(layer.weight.shape[0])
     if conv:
-        geom = dict(kernel_size=tuple(layer.kernel_size), stride=tuple(layer.stride), dilation=tuple(layer.dilation),
-                    groups=int(layer.groups), padding_mode=str(layer.padding_mode), in_channels=int(layer.in_channels))
+        geom = dict(
+            kernel_size=tuple(layer.kernel_size),
+            stride=tuple(layer.stride),
+            dilation=tuple(layer.dilation),
+            groups=int(layer.groups),
+            padding_mode=str(layer.padding_mode),
+            in_channels=int(layer.in_channels),
+        )
         padding = layer.padding if isinstance(layer.padding, str) else tuple(layer.padding)
     else:
-        geom = dict(kernel_size=(1, 1), stride=(1, 1), dilation=(1, 1), groups=1, padding_mode="zeros",
-                    in_channels=int(layer.weight.shape[1]))
+        geom = dict(
+            kernel_size=(1, 1),
+            stride=(1, 1),
+            dilation=(1, 1),
+            groups=1,
+            padding_mode="zeros",
+            in_channels=int(layer.weight.shape[1]),
+        )
         padding = (0, 0)
     path, reason = plan_path(w_bits, a_bits, geom["groups"], padding, geom["padding_mode"], backend)
     if w_bits <= MAX_INT_BITS:
         codes = weight_codes(layer, w_bits)
         weight, w_scale, doubled = codes.codes, codes.scale, codes.doubled
     else:
-        weight = (layer.quantized_weight() if w_bits < _FLOAT_BITS else layer.weight).detach().float().clone()
+        weight = (
+            (layer.quantized_weight() if w_bits < FLOAT_BITS else layer.weight)
+            .detach()
+            .float()
+            .clone()
+        )
         w_scale, doubled = torch.ones(()), False
     bias = layer.bias.detach().float().clone() if layer.bias is not None else torch.zeros(out_ch)
     scale = torch.ones(out_ch)
@@ -134,19 +171,38 @@ def _record(name: str, layer: SBSLayerMixin, clip: Tensor | None, norm: tuple[st
         scale, shift = _norm_affine(norm[1])
         bias = bias * scale + shift
     return LayerRecord(
-        name=name, kind="conv" if conv else "linear", out_channels=out_ch, padding=padding, w_bits=w_bits,
-        a_bits=a_bits, act_signed=bool(layer.act_signed), path=path, reason=reason, weight=weight,
-        weight_scale=w_scale.float().reshape(()), doubled=doubled,
-        act_clip=clip if clip is not None else torch.ones(()), out_scale=scale.contiguous(),
-        out_bias=bias.contiguous(), folded_norm=norm[0] if norm is not None else None, **geom,  # type: ignore[arg-type]
+        name=name,
+        kind="conv" if conv else "linear",
+        out_channels=out_ch,
+        padding=padding,
+        w_bits=w_bits,
+        a_bits=a_bits,
+        act_signed=bool(layer.act_signed),
+        path=path,
+        reason=reason,
+        weight=weight,
+        weight_scale=w_scale.float().reshape(()),
+        doubled=doubled,
+        act_clip=clip if clip is not None else torch.ones(()),
+        out_scale=scale.contiguous(),
+        out_bias=bias.contiguous(),
+        folded_norm=norm[0] if norm is not None else None,
+        **geom,  # type: ignore[arg-type]
     )
 
 
 class ExportedModel(nn.Module):
     """A model whose Conv2d/Linear layers run on integer kernels (or float where they cannot)."""
 
-    def __init__(self, net: nn.Module, records: list[LayerRecord], backend: str, device: torch.device | str,
-                 spec: ModelSpec | None = None, info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        records: list[LayerRecord],
+        backend: str,
+        device: torch.device | str,
+        spec: ModelSpec | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.net = net.eval()
         self.records = records
@@ -167,22 +223,43 @@ class ExportedModel(nn.Module):
     def layer_table(self) -> list[dict[str, Any]]:
         """One row per exported layer: bits, kept channels, where it runs and why."""
         mods = self.layers()
-        return [{"name": r.name, "kind": r.kind, "w_bits": r.w_bits, "a_bits": r.a_bits, "in": r.in_channels,
-                 "out": r.out_channels, "path": r.path, "kernel": self.backend if r.path == "int8" else "float",
-                 "reason": r.reason, "weight_dtype": str(r.weight.dtype).replace("torch.", ""),
-                 "folded_norm": r.folded_norm, "fused": mods[r.name].activation if r.name in mods else None}
-                for r in self.records]
+        return [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "w_bits": r.w_bits,
+                "a_bits": r.a_bits,
+                "in": r.in_channels,
+                "out": r.out_channels,
+                "path": r.path,
+                "kernel": self.backend if r.path == "int8" else "float",
+                "reason": r.reason,
+                "weight_dtype": str(r.weight.dtype).replace("torch.", ""),
+                "folded_norm": r.folded_norm,
+                "fused": mods[r.name].activation if r.name in mods else None,
+            }
+            for r in self.records
+        ]
 
     def save(self, path: str | Path) -> Path:
         """Write the export (tensors + plain metadata) to ``path``."""
         if self.spec is None:
-            raise ModelError("this export has no model spec (name and input geometry): it cannot be rebuilt on load")
-        norms = {n: _norm_meta(m) for n, m in self.net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+            raise ModelError(
+                "this export has no model spec (name and input geometry): it cannot be rebuilt on load"
+            )
+        norms = {
+            n: _norm_meta(m)
+            for n, m in self.net.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        }
         payload = {
-            "format": EXPORT_FORMAT, "spec": self.spec.to_dict(), "backend": self.backend,
+            "format": EXPORT_FORMAT,
+            "spec": self.spec.to_dict(),
+            "backend": self.backend,
             "layers": [r.to_dict() for r in self.records],
             "folded_norms": [r.folded_norm for r in self.records if r.folded_norm],
-            "norms": norms, "state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "norms": norms,
+            "state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
             "info": {**self.info, "torch": str(torch.__version__)},
         }
         p = Path(path)
@@ -194,20 +271,36 @@ class ExportedModel(nn.Module):
         def write(fh: Any) -> None:
             try:
                 torch.save(payload, fh)
-            except RuntimeError as exc:  # torch's stream writer reports a failed write(2) as RuntimeError
-                raise OSError(errno.EIO, f"torch.save: {str(exc).strip().splitlines()[0][:200]}") from None
+            except (
+                RuntimeError
+            ) as exc:  # torch's stream writer reports a failed write(2) as RuntimeError
+                raise OSError(
+                    errno.EIO, f"torch.save: {str(exc).strip().splitlines()[0][:200]}"
+                ) from None
 
         return write_atomic(p, write, "the export", ConfigError)
 
 
 def _norm_meta(m: nn.Module) -> dict[str, Any]:
-    return {"type": type(m).__name__, "num_features": int(m.num_features), "eps": float(m.eps),  # type: ignore[arg-type]
-            "affine": bool(m.affine), "track_running_stats": bool(m.track_running_stats)}
+    return {
+        "type": type(m).__name__,
+        "num_features": int(m.num_features),
+        "eps": float(m.eps),  # type: ignore[arg-type]
+        "affine": bool(m.affine),
+        "track_running_stats": bool(m.track_running_stats),
+    }
 
 
 @torch.no_grad()
-def export_model(model: nn.Module, example: Tensor, *, backend: str = "auto", device: torch.device | str = "cpu",
-                 spec: ModelSpec | None = None, fold_norms: bool = True) -> ExportedModel:
+def export_model(
+    model: nn.Module,
+    example: Tensor,
+    *,
+    backend: str = "auto",
+    device: torch.device | str = "cpu",
+    spec: ModelSpec | None = None,
+    fold_norms: bool = True,
+) -> ExportedModel:
     """Export a model whose SBS layers are in fixed mode (``apply_config``) to integer kernels.
 
     Args:
@@ -223,10 +316,14 @@ def export_model(model: nn.Module, example: Tensor, *, backend: str = "auto", de
     """
     layers = sbs_layers(model)
     if not layers:
-        raise ModelError(f"{type(model).__name__} has no SBS layer: export needs a converted, configured model")
+        raise ModelError(
+            f"{type(model).__name__} has no SBS layer: export needs a converted, configured model"
+        )
     searching = [n for n, m in layers if m.mode != "fixed"]
     if searching:
-        raise ModelError(f"layer {searching[0]} is in search mode: apply a configuration (apply_config) before export")
+        raise ModelError(
+            f"layer {searching[0]} is in search mode: apply a configuration (apply_config) before export"
+        )
     chosen = resolve_backend(backend, device)
     was_training = model.training
     model.eval()
@@ -244,8 +341,14 @@ def export_model(model: nn.Module, example: Tensor, *, backend: str = "auto", de
     return _assemble(net, records, chosen, device, spec, {"from": "sbs model"})
 
 
-def _assemble(net: nn.Module, records: list[LayerRecord], backend: str, device: torch.device | str,
-              spec: ModelSpec | None, info: dict[str, Any]) -> ExportedModel:
+def _assemble(
+    net: nn.Module,
+    records: list[LayerRecord],
+    backend: str,
+    device: torch.device | str,
+    spec: ModelSpec | None,
+    info: dict[str, Any],
+) -> ExportedModel:
     for r in records:
         set_submodule(net, r.name, ExportedLayer(r, backend, device))
         if r.folded_norm:
@@ -253,8 +356,12 @@ def _assemble(net: nn.Module, records: list[LayerRecord], backend: str, device: 
     return ExportedModel(fuse_activations(net).to(device), records, backend, device, spec, info)
 
 
-def load_exported(path: str | Path, device: torch.device | str = "cpu", backend: str | None = None,
-                  model: str | None = None) -> ExportedModel:
+def load_exported(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    backend: str | None = None,
+    model: str | None = None,
+) -> ExportedModel:
     """Rebuild an exported model saved by :meth:`ExportedModel.save`.
 
     Args:
@@ -281,22 +388,36 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu", backend:
     try:
         spec = ModelSpec.from_dict(data["spec"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{p}: spec: expected name, num_classes, in_channels and image_size ({exc!r})") from None
+        raise CheckpointError(
+            f"{p}: spec: expected name, num_classes, in_channels and image_size ({exc!r})"
+        ) from None
     module = spec.name.partition(":")[0]
     if spec.name not in list_models() and spec.name != model and module not in sys.modules:
-        raise ModelError(f"{p}: model {spec.name!r} is code to import, which an export file cannot choose; "
-                         f"if you trust it, pass model={spec.name!r} (or import {module} first)")
+        raise ModelError(
+            f"{p}: model {spec.name!r} is code to import, which an export file cannot choose; "
+            f"if you trust it, pass model={spec.name!r} (or import {module} first)"
+        )
     check_state_dict(data["state"], f"{p}: state")
     chosen = resolve_backend(backend or data["backend"], device)
     net = spec.build()
     for name, meta in data["norms"].items():
         cls = getattr(nn, meta["type"])
-        set_submodule(net, name, cls(meta["num_features"], eps=meta["eps"], affine=meta["affine"],
-                                     track_running_stats=meta["track_running_stats"]))
+        set_submodule(
+            net,
+            name,
+            cls(
+                meta["num_features"],
+                eps=meta["eps"],
+                affine=meta["affine"],
+                track_running_stats=meta["track_running_stats"],
+            ),
+        )
     records = [LayerRecord.from_dict(d) for d in data["layers"]]
     if chosen != data["backend"]:  # a different kernel may execute other bit pairs exactly
         for r in records:
-            r.path, r.reason = plan_path(r.w_bits, r.a_bits, r.groups, r.padding, r.padding_mode, chosen)
+            r.path, r.reason = plan_path(
+                r.w_bits, r.a_bits, r.groups, r.padding, r.padding_mode, chosen
+            )
     for r in records:
         set_submodule(net, r.name, ExportedLayer(r, chosen, device))
         if r.folded_norm:
@@ -306,5 +427,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu", backend:
         net.load_state_dict(data["state"], strict=True)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        raise CheckpointError(f"{p}: saved state does not fit the rebuilt {spec.name}: {lines[-1][:200]}") from None
+        raise CheckpointError(
+            f"{p}: saved state does not fit the rebuilt {spec.name}: {lines[-1][:200]}"
+        ) from None
     return ExportedModel(net.to(device), records, chosen, device, spec, data.get("info"))

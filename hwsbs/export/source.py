@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwsbs.checked_io import read_checked_json
+from hardware_profiles.checked_io import read_checked_json
 from hwsbs.checkpoint import load_model_state
 from hwsbs.errors import CheckpointError, ConfigError
 from hwsbs.models import build_model, list_models
@@ -19,8 +19,15 @@ from hwsbs.sbs.config_io import CompressionConfig, load_config
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.derive import apply_config
 
-__all__ = ["ModelSpec", "default_spec", "spec_from_config", "compressed_model", "load_run", "read_run_options",
-           "run_model_name"]
+__all__ = [
+    "ModelSpec",
+    "default_spec",
+    "spec_from_config",
+    "compressed_model",
+    "load_run",
+    "read_run_options",
+    "run_model_name",
+]
 
 
 @dataclass(frozen=True)
@@ -42,20 +49,33 @@ class ModelSpec:
         return torch.randn(batch, self.in_channels, *self.image_size, generator=gen)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "image_size": list(self.image_size)}
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": list(self.image_size),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        return cls(str(data["name"]), int(data["num_classes"]), int(data["in_channels"]), tuple(data["image_size"]))  # type: ignore[arg-type]
+        return cls(
+            str(data["name"]),
+            int(data["num_classes"]),
+            int(data["in_channels"]),
+            tuple(data["image_size"]),
+        )  # type: ignore[arg-type]
 
     def describe(self) -> str:
         h, w = self.image_size
         return f"{self.name} ({self.in_channels}x{h}x{w}, {self.num_classes} classes)"
 
 
-def default_spec(name: str, num_classes: int | None = None, in_channels: int | None = None,
-                 image_size: int | tuple[int, int] | None = None) -> ModelSpec:
+def default_spec(
+    name: str,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
+) -> ModelSpec:
     """A built-in model with its builder's default geometry, overridden where given.
 
     ``small_cnn``: 1x8x8, 10 classes (digits); ``resnet20``: 3x32x32, 10 classes (CIFAR);
@@ -79,8 +99,13 @@ def default_spec(name: str, num_classes: int | None = None, in_channels: int | N
     )
 
 
-def spec_from_config(name: str, config: CompressionConfig, num_classes: int | None = None,
-                     in_channels: int | None = None, image_size: int | tuple[int, int] | None = None) -> ModelSpec:
+def spec_from_config(
+    name: str,
+    config: CompressionConfig,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
+) -> ModelSpec:
     """The spec a configuration was found for: input geometry from its first layer, classes from
     its last (true for classifiers whose first layer reads the image); arguments override."""
     if not config.layers:
@@ -96,8 +121,12 @@ def spec_from_config(name: str, config: CompressionConfig, num_classes: int | No
     )
 
 
-def compressed_model(spec: ModelSpec, config: CompressionConfig, state: dict[str, torch.Tensor] | None = None,
-                     source: str = "config.yaml") -> nn.Module:
+def compressed_model(
+    spec: ModelSpec,
+    config: CompressionConfig,
+    state: dict[str, torch.Tensor] | None = None,
+    source: str = "config.yaml",
+) -> nn.Module:
     """The fixed, pruned SBS model ``config`` describes, with ``state`` (fine-tuned weights) loaded.
 
     Without ``state`` the weights are the untrained ones, calibrated on a random batch (enough
@@ -107,7 +136,9 @@ def compressed_model(spec: ModelSpec, config: CompressionConfig, state: dict[str
         ModelError: the configuration does not fit the model.
         CheckpointError: ``state`` does not fit the configured model.
     """
-    space = convert_model(spec.build(), spec.example(), config.bits, group_size=config.group_size, prune=True)
+    space = convert_model(
+        spec.build(), spec.example(), config.bits, group_size=config.group_size, prune=True
+    )
     model = apply_config(space, config, source)
     if state is not None:
         try:
@@ -115,7 +146,9 @@ def compressed_model(spec: ModelSpec, config: CompressionConfig, state: dict[str
         except RuntimeError as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             detail = lines[1] if len(lines) > 1 else lines[0]
-            raise CheckpointError(f"checkpoint does not match {spec.name} configured by {source}: {detail[:240]}") from None
+            raise CheckpointError(
+                f"checkpoint does not match {spec.name} configured by {source}: {detail[:240]}"
+            ) from None
     return model.eval()
 
 
@@ -130,7 +163,9 @@ def read_run_options(run_dir: str | Path | None) -> dict[str, Any]:
     path = Path(run_dir) / "options.json"
     options = read_checked_json(path)
     if not isinstance(options, dict):
-        raise ConfigError(f"{path}: expected a JSON object (the run's options), got {type(options).__name__}")
+        raise ConfigError(
+            f"{path}: expected a JSON object (the run's options), got {type(options).__name__}"
+        )
     return options
 
 
@@ -151,14 +186,25 @@ def run_model_name(run_dir: str | Path, options: dict[str, Any]) -> str | None:
     if name in list_models():
         return name
     if ":" in name:
-        raise ConfigError(f"{where}: model {name!r} is code to import, which a run directory cannot choose; "
-                          f"if you trust it, pass --model {name} yourself")
-    raise ConfigError(f"{where}: model: unknown model {name!r}; known: {', '.join(list_models())} (or pass --model)")
+        raise ConfigError(
+            f"{where}: model {name!r} is code to import, which a run directory cannot choose; "
+            f"if you trust it, pass --model {name} yourself"
+        )
+    raise ConfigError(
+        f"{where}: model: unknown model {name!r}; known: {', '.join(list_models())} (or pass --model)"
+    )
 
 
-def load_run(run_dir: str | Path | None = None, *, config_path: str | Path | None = None,
-             checkpoint: str | Path | None = None, model: str | None = None, num_classes: int | None = None,
-             in_channels: int | None = None, image_size: int | None = None) -> tuple[ModelSpec, nn.Module, CompressionConfig]:
+def load_run(
+    run_dir: str | Path | None = None,
+    *,
+    config_path: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    model: str | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+) -> tuple[ModelSpec, nn.Module, CompressionConfig]:
     """The spec, the fine-tuned compressed model and its configuration from a run directory (or
     from explicit files; explicit arguments override what the run directory says).
 

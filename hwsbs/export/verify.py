@@ -39,8 +39,13 @@ def compare_logits(ref: Tensor, out: Tensor) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def verify_export(reference: nn.Module, exported: nn.Module, batches: Iterable[Any], device: torch.device | str = "cpu",
-                  limit: int | None = None) -> dict[str, Any]:
+def verify_export(
+    reference: nn.Module,
+    exported: nn.Module,
+    batches: Iterable[Any],
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+) -> dict[str, Any]:
     """Run both models on ``batches`` (tensors or (input, label) pairs) and compare.
 
     Returns:
@@ -70,5 +75,7 @@ def verify_export(reference: nn.Module, exported: nn.Module, batches: Iterable[A
         y = torch.cat(labels)
         stats["accuracy_fake_quant"] = float((ref.argmax(1) == y).float().mean())
         stats["accuracy_export"] = float((out.argmax(1) == y).float().mean())
-    stats["passed"] = stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] <= REL_TOL
+    stats["passed"] = (
+        stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] <= REL_TOL
+    )
     return stats

@@ -17,19 +17,26 @@ import torch
 from torch import Tensor, nn
 
 from cost_models.base import LayerShape
+from hardware_profiles.lut_table import LookupTable, LutEntry
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION
 from hwsbs.export import ModelSpec, export_model
 from hwsbs.export.fuse import activations_after
 from hwsbs.export.layers import ExportedLayer
 from hwsbs.export.model import plan_path
-from hwsbs.profiles.lut_table import LookupTable, LutEntry
 from hwsbs.quant.layers import SBSConv2d, SBSLinear
 from hwsbs.sbs.convert import convert_model
 
 from .configs import kept_channels
 from .timing import sample_times, summarise_times
 
-__all__ = ["LayerJob", "MeasureSettings", "plan_jobs", "executed_pairs", "grid_points", "measure_jobs"]
+__all__ = [
+    "LayerJob",
+    "MeasureSettings",
+    "plan_jobs",
+    "executed_pairs",
+    "grid_points",
+    "measure_jobs",
+]
 
 _FLOAT = 32
 
@@ -50,7 +57,9 @@ class LayerJob:
     bias: bool
     in_size: tuple[int, int]  # input H x W (linear: positions x 1)
     act_signed: bool  # the model feeds it signed inputs (decides the input quantiser)
-    activations: list[str | None] = field(default_factory=list)  # fused ReLU/ReLU6 per layer (None: none)
+    activations: list[str | None] = field(
+        default_factory=list
+    )  # fused ReLU/ReLU6 per layer (None: none)
     kin: set[int] = field(default_factory=set)
     kout: set[int] = field(default_factory=set)
     layers: list[str] = field(default_factory=list)  # "model:layer" names with this signature
@@ -65,7 +74,11 @@ class LayerJob:
 
     @property
     def depthwise(self) -> bool:
-        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels == self.out_channels
+        return (
+            self.kind == "conv"
+            and self.groups > 1
+            and self.groups == self.in_channels == self.out_channels
+        )
 
     def points(self) -> list[tuple[int, int]]:
         """(kept_in, kept_out) to measure: a full grid, a line for depthwise layers."""
@@ -101,12 +114,24 @@ def grid_points(channels: int, fewest: int, count: int, group_size: int) -> list
 
 def _shape_job(shape: LayerShape) -> LayerJob:
     """A job for a bare LayerShape (no model): full channels, padding from its sizes."""
-    pads = tuple(max(0, -(-((o - 1) * s + k - i) // 2)) for i, o, s, k in
-                 zip(shape.in_size, shape.out_size, shape.stride, shape.kernel_size))
-    job = LayerJob(signature=shape.signature, kind=shape.kind, in_channels=shape.in_channels,
-                   out_channels=shape.out_channels, kernel_size=shape.kernel_size, stride=shape.stride,
-                   padding=pads if shape.kind == "conv" else (0, 0), dilation=(1, 1),  # type: ignore[arg-type]
-                   groups=shape.groups, bias=False, in_size=shape.in_size, act_signed=False)
+    pads = tuple(
+        max(0, -(-((o - 1) * s + k - i) // 2))
+        for i, o, s, k in zip(shape.in_size, shape.out_size, shape.stride, shape.kernel_size)
+    )
+    job = LayerJob(
+        signature=shape.signature,
+        kind=shape.kind,
+        in_channels=shape.in_channels,
+        out_channels=shape.out_channels,
+        kernel_size=shape.kernel_size,
+        stride=shape.stride,
+        padding=pads if shape.kind == "conv" else (0, 0),
+        dilation=(1, 1),  # type: ignore[arg-type]
+        groups=shape.groups,
+        bias=False,
+        in_size=shape.in_size,
+        act_signed=False,
+    )
     job.kin.add(shape.in_channels)
     job.kout.add(shape.out_channels)
     job.layers.append(f"shape:{shape.name}")
@@ -114,17 +139,29 @@ def _shape_job(shape: LayerShape) -> LayerJob:
     return job
 
 
-def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = DEFAULT_BITS, *, group_size: int = DEFAULT_GROUP_SIZE,
-              max_prune_fraction: float = 0.5, grid: int = 3,
-              extra_shapes: Sequence[LayerShape] = ()) -> list[LayerJob]:
+def plan_jobs(
+    specs: Sequence[ModelSpec],
+    bits: Sequence[int] = DEFAULT_BITS,
+    *,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    max_prune_fraction: float = 0.5,
+    grid: int = 3,
+    extra_shapes: Sequence[LayerShape] = (),
+) -> list[LayerJob]:
     """The signatures of ``specs``' layers with their kept-channel grids (union over layers),
     plus ``extra_shapes`` at full channels (e.g. ``hwsbs.testing``'s conformance zoo)."""
     jobs: dict[str, LayerJob] = {}
     for spec in specs:
         fp = spec.build()
         fused = activations_after(fp)
-        space = convert_model(fp, spec.example(), bits, group_size=group_size,
-                              max_prune_fraction=max_prune_fraction, prune=True)
+        space = convert_model(
+            fp,
+            spec.example(),
+            bits,
+            group_size=group_size,
+            max_prune_fraction=max_prune_fraction,
+            prune=True,
+        )
         producers = {g.producer for g in space.groups}
         source = space.kept_in_source()
 
@@ -140,19 +177,29 @@ def plan_jobs(specs: Sequence[ModelSpec], bits: Sequence[int] = DEFAULT_BITS, *,
             if job is None:
                 conv = shape.kind == "conv"
                 job = jobs[sig] = LayerJob(
-                    signature=sig, kind=shape.kind, in_channels=shape.in_channels, out_channels=shape.out_channels,
-                    kernel_size=shape.kernel_size, stride=shape.stride,
+                    signature=sig,
+                    kind=shape.kind,
+                    in_channels=shape.in_channels,
+                    out_channels=shape.out_channels,
+                    kernel_size=shape.kernel_size,
+                    stride=shape.stride,
                     padding=tuple(mod.padding) if conv else (0, 0),  # type: ignore[arg-type]
                     dilation=tuple(mod.dilation) if conv else (1, 1),  # type: ignore[arg-type]
-                    groups=shape.groups, bias=mod.bias is not None, in_size=shape.in_size,
+                    groups=shape.groups,
+                    bias=mod.bias is not None,
+                    in_size=shape.in_size,
                     act_signed=bool(mod.act_signed),
                 )
             job.layers.append(f"{spec.name}:{name}")
             job.activations.append(fused.get(name))
             if shape.is_depthwise:
-                job.kout.update(options(shape.out_channels) if name in source else [shape.out_channels])
+                job.kout.update(
+                    options(shape.out_channels) if name in source else [shape.out_channels]
+                )
                 continue
-            job.kout.update(options(shape.out_channels) if name in producers else [shape.out_channels])
+            job.kout.update(
+                options(shape.out_channels) if name in producers else [shape.out_channels]
+            )
             job.kin.update(options(shape.in_channels) if name in source else [shape.in_channels])
     for shape in extra_shapes:
         if shape.signature not in jobs:
@@ -166,8 +213,15 @@ def executed_pairs(backend: str) -> list[tuple[int, int, str]]:
     The widest pairs of the integer region (every narrower pair runs the same kernel), 8/8 when it
     is not in that region (it then runs in float32 on fake-quantised values), and 32/32.
     """
-    inside = [(w, a) for w in range(1, 9) for a in range(1, 9) if plan_path(w, a, 1, (0, 0), "zeros", backend)[0] == "int8"]
-    widest = [p for p in inside if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in inside)]
+    inside = [
+        (w, a)
+        for w in range(1, 9)
+        for a in range(1, 9)
+        if plan_path(w, a, 1, (0, 0), "zeros", backend)[0] == "int8"
+    ]
+    widest = [
+        p for p in inside if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in inside)
+    ]
     pairs = [(w, a, f"int8 {backend}") for w, a in sorted(widest, reverse=True)]
     if (8, 8) not in inside:
         pairs.append((8, 8, f"float32 ({plan_path(8, 8, 1, (0, 0), 'zeros', backend)[1]})"))
@@ -179,8 +233,16 @@ def _base_module(job: LayerJob, kin: int, kout: int) -> nn.Module:
     if job.kind == "linear":
         return nn.Linear(kin, kout, bias=job.bias)
     groups = kout if job.depthwise else job.groups
-    return nn.Conv2d(kin, kout, job.kernel_size, stride=job.stride, padding=job.padding, dilation=job.dilation,
-                     groups=groups, bias=job.bias)
+    return nn.Conv2d(
+        kin,
+        kout,
+        job.kernel_size,
+        stride=job.stride,
+        padding=job.padding,
+        dilation=job.dilation,
+        groups=groups,
+        bias=job.bias,
+    )
 
 
 def _input(job: LayerJob, kin: int, batch: int, gen: torch.Generator) -> Tensor:
@@ -193,22 +255,32 @@ def _input(job: LayerJob, kin: int, batch: int, gen: torch.Generator) -> Tensor:
     return x
 
 
-def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings) -> ExportedLayer:
+def _exported(
+    job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings
+) -> ExportedLayer:
     cls = SBSConv2d if job.kind == "conv" else SBSLinear
     layer = cls.from_module(base, DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, 1.0)  # type: ignore[arg-type]
     layer._maybe_calibrate(example)
     layer.act_signed.fill_(job.act_signed)
     layer.set_fixed(w, a)
-    exported = export_model(nn.Sequential(layer), example[:2], backend=settings.backend, device=settings.device,
-                            fold_norms=False)
+    exported = export_model(
+        nn.Sequential(layer),
+        example[:2],
+        backend=settings.backend,
+        device=settings.device,
+        fold_norms=False,
+    )
     out: ExportedLayer = exported.net[0]  # type: ignore[assignment]
     if job.activation is not None:  # as inside the exported model
         out.fuse_activation(job.activation)
     return out
 
 
-def measure_jobs(jobs: Sequence[LayerJob], settings: MeasureSettings,
-                 on_step: Callable[[str], None] | None = None) -> list[LutEntry]:
+def measure_jobs(
+    jobs: Sequence[LayerJob],
+    settings: MeasureSettings,
+    on_step: Callable[[str], None] | None = None,
+) -> list[LutEntry]:
     """Time every job at every executed pair, grid point and batch; one entry per measurement.
 
     The measurements run in ``settings.rounds`` passes over the whole table, each taking its
@@ -229,7 +301,9 @@ def measure_jobs(jobs: Sequence[LayerJob], settings: MeasureSettings,
             example = _input(job, kin, 2, gen)
             for batch in settings.batches:
                 for w, a, _ in pairs:
-                    tasks.append((job, kin, kout, batch, w, a, _exported(job, base, w, a, example, settings)))
+                    tasks.append(
+                        (job, kin, kout, batch, w, a, _exported(job, base, w, a, example, settings))
+                    )
     rounds = max(1, settings.rounds)
     per_round = -(-settings.repeats // rounds)
     samples: list[list[float]] = [[] for _ in tasks]
@@ -238,15 +312,30 @@ def measure_jobs(jobs: Sequence[LayerJob], settings: MeasureSettings,
             x = _input(job, kin, batch, gen).to(dev)
             if x.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
                 x = x.contiguous(memory_format=torch.channels_last)
-            samples[i] += sample_times(lambda layer=layer, x=x: layer(x), warmup=settings.warmup, repeats=per_round,
-                                       device=dev, min_time_s=settings.min_time_s / rounds)
+            samples[i] += sample_times(
+                lambda layer=layer, x=x: layer(x),
+                warmup=settings.warmup,
+                repeats=per_round,
+                device=dev,
+                min_time_s=settings.min_time_s / rounds,
+            )
             if on_step is not None:
                 on_step(f"{job.signature} {w}/{a} {kin}->{kout} b{batch}")
     entries = []
     for (job, kin, kout, batch, w, a, _), times in zip(tasks, samples):
         timing = summarise_times(times)
-        entries.append(LutEntry(signature=job.signature, w_bits=w, a_bits=a, kept_in=kin, kept_out=kout,
-                                batch=batch, mean_s=timing.median_s, std_s=timing.std_s))
+        entries.append(
+            LutEntry(
+                signature=job.signature,
+                w_bits=w,
+                a_bits=a,
+                kept_in=kin,
+                kept_out=kout,
+                batch=batch,
+                mean_s=timing.median_s,
+                std_s=timing.std_s,
+            )
+        )
     return entries
 
 

@@ -17,16 +17,24 @@ import torch
 from scipy.stats import spearmanr
 
 from cost_models import cost_model_for
+from hardware_profiles import load_profile
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION
 from hwsbs.export import ModelSpec, compressed_model, export_model
-from hwsbs.profiles import load_profile
 from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import convert_model
 
 from .configs import random_config
 from .timing import fixed_threads, sample_times, summarise_times
 
-__all__ = ["Measured", "ProfileFit", "draw_configs", "measure_configs", "fit_profile", "summarise", "report_dict"]
+__all__ = [
+    "Measured",
+    "ProfileFit",
+    "draw_configs",
+    "measure_configs",
+    "fit_profile",
+    "summarise",
+    "report_dict",
+]
 
 
 @dataclass
@@ -55,14 +63,37 @@ class ProfileFit:
     summary: dict[str, float] = field(default_factory=dict)
 
 
-def draw_configs(spec: ModelSpec, n: int, seed: int, bits: Sequence[int] = DEFAULT_BITS, batch: int = 1,
-                 group_size: int = DEFAULT_GROUP_SIZE, max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION) -> list[CompressionConfig]:
+def draw_configs(
+    spec: ModelSpec,
+    n: int,
+    seed: int,
+    bits: Sequence[int] = DEFAULT_BITS,
+    batch: int = 1,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION,
+) -> list[CompressionConfig]:
     """``n`` random configurations (bits and pruning) of ``spec``'s model, reproducible by ``seed``."""
-    space = convert_model(spec.build(), spec.example(), bits, group_size=group_size,
-                          max_prune_fraction=max_prune_fraction, prune=True)
+    space = convert_model(
+        spec.build(),
+        spec.example(),
+        bits,
+        group_size=group_size,
+        max_prune_fraction=max_prune_fraction,
+        prune=True,
+    )
     rng = random.Random(seed)
-    return [random_config(space, rng, bits, name=spec.name, group_size=group_size,
-                          max_prune_fraction=max_prune_fraction, batch=batch) for _ in range(n)]
+    return [
+        random_config(
+            space,
+            rng,
+            bits,
+            name=spec.name,
+            group_size=group_size,
+            max_prune_fraction=max_prune_fraction,
+            batch=batch,
+        )
+        for _ in range(n)
+    ]
 
 
 def _mac_stats(config: CompressionConfig) -> tuple[float, float]:
@@ -72,9 +103,18 @@ def _mac_stats(config: CompressionConfig) -> tuple[float, float]:
     return sum(kept) / full if full else 1.0, bits / sum(kept) if sum(kept) else 0.0
 
 
-def measure_configs(spec: ModelSpec, configs: Sequence[CompressionConfig], *, batch: int = 1, threads: int | None = None,
-                    warmup: int = 5, repeats: int = 20, backend: str = "auto", device: str = "cpu",
-                    on_step: Callable[[], None] | None = None) -> list[Measured]:
+def measure_configs(
+    spec: ModelSpec,
+    configs: Sequence[CompressionConfig],
+    *,
+    batch: int = 1,
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 20,
+    backend: str = "auto",
+    device: str = "cpu",
+    on_step: Callable[[], None] | None = None,
+) -> list[Measured]:
     """Export each configuration (untrained weights: latency does not depend on their values) and
     time the whole models on one ``batch``-sized input, side by side: ``repeats`` rounds of one
     call per configuration, so load that drifts during the measurement hits them all alike.
@@ -84,7 +124,11 @@ def measure_configs(spec: ModelSpec, configs: Sequence[CompressionConfig], *, ba
         x = spec.example(batch).to(dev)
         exported = []
         for config in configs:
-            exported.append(export_model(compressed_model(spec, config), spec.example(), backend=backend, device=device))
+            exported.append(
+                export_model(
+                    compressed_model(spec, config), spec.example(), backend=backend, device=device
+                )
+            )
             if on_step is not None:
                 on_step()
         samples: list[list[float]] = [[] for _ in configs]
@@ -99,8 +143,17 @@ def measure_configs(spec: ModelSpec, configs: Sequence[CompressionConfig], *, ba
     for i, (config, m, times) in enumerate(zip(configs, exported, samples)):
         timing = summarise_times(times)
         frac, mean_bits = _mac_stats(config)
-        results.append(Measured(i, config, timing.median_s, timing.std_s,
-                                sum(r.path == "int8" for r in m.records), frac, mean_bits))
+        results.append(
+            Measured(
+                i,
+                config,
+                timing.median_s,
+                timing.std_s,
+                sum(r.path == "int8" for r in m.records),
+                frac,
+                mean_bits,
+            )
+        )
     return results
 
 
@@ -123,7 +176,9 @@ def summarise(predicted: Sequence[float], measured: Sequence[float]) -> dict[str
     return out
 
 
-def fit_profile(hw: str, measured: Sequence[Measured], batch: int, cost: str | None = None) -> ProfileFit:
+def fit_profile(
+    hw: str, measured: Sequence[Measured], batch: int, cost: str | None = None
+) -> ProfileFit:
     """Predict every measured configuration with ``hw``'s cost model (or ``cost``) at ``batch``."""
     profile = load_profile(hw)
     model = cost_model_for(profile, cost)
@@ -134,19 +189,48 @@ def fit_profile(hw: str, measured: Sequence[Measured], batch: int, cost: str | N
         predicted.append(cfg.cost(model))
     times = [m.median_s for m in measured]
     fit = ProfileFit(hw, profile.name, model.name, model.unit, predicted, times)
-    fit.summary = summarise(predicted, times) if model.unit == "s" else {
-        "n": float(len(times)), **{k: v for k, v in summarise(predicted, times).items() if k.startswith("spearman")}}
+    fit.summary = (
+        summarise(predicted, times)
+        if model.unit == "s"
+        else {
+            "n": float(len(times)),
+            **{k: v for k, v in summarise(predicted, times).items() if k.startswith("spearman")},
+        }
+    )
     return fit
 
 
-def report_dict(spec: ModelSpec, measured: Sequence[Measured], fits: Sequence[ProfileFit], settings: dict[str, Any]) -> dict[str, Any]:
+def report_dict(
+    spec: ModelSpec,
+    measured: Sequence[Measured],
+    fits: Sequence[ProfileFit],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
     """Everything as plain JSON data."""
     return {
         "model": spec.to_dict(),
         "settings": settings,
-        "configs": [{"index": m.index, "measured_s": m.median_s, "measured_std_s": m.std_s, "int8_layers": m.int8_layers,
-                     "layers": len(m.config.layers), "mac_fraction": m.mac_fraction, "mean_bits": m.mean_bits,
-                     "predicted": {f.profile: f.predicted[i] for f in fits}} for i, m in enumerate(measured)],
-        "profiles": [{"hw": f.hw, "profile": f.profile, "cost_model": f.cost_model, "unit": f.unit, **f.summary}
-                     for f in fits],
+        "configs": [
+            {
+                "index": m.index,
+                "measured_s": m.median_s,
+                "measured_std_s": m.std_s,
+                "int8_layers": m.int8_layers,
+                "layers": len(m.config.layers),
+                "mac_fraction": m.mac_fraction,
+                "mean_bits": m.mean_bits,
+                "predicted": {f.profile: f.predicted[i] for f in fits},
+            }
+            for i, m in enumerate(measured)
+        ],
+        "profiles": [
+            {
+                "hw": f.hw,
+                "profile": f.profile,
+                "cost_model": f.cost_model,
+                "unit": f.unit,
+                **f.summary,
+            }
+            for f in fits
+        ],
     }

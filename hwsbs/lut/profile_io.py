@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
+from hardware_profiles import load_profile
+from hardware_profiles.lut_table import LookupTable, load_lookup_table
+from hardware_profiles.schema import HardwareProfile
 from hwsbs.errors import ConfigError
-from hwsbs.profiles import load_profile
-from hwsbs.profiles.lut_table import LookupTable, load_lookup_table
-from hwsbs.profiles.schema import HardwareProfile
 
 __all__ = ["write_table", "write_profile", "profile_name_for"]
 
@@ -26,8 +26,13 @@ def write_table(table: LookupTable, path: str | Path, header: list[str] | None =
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {h}" for h in header or []]
-    lines += [f"format: {table.format}", f"device: {json.dumps(table.device)}", f"method: {json.dumps(table.method)}",
-              f"fallback: {table.fallback}", "entries:"]
+    lines += [
+        f"format: {table.format}",
+        f"device: {json.dumps(table.device)}",
+        f"method: {json.dumps(table.method)}",
+        f"fallback: {table.fallback}",
+        "entries:",
+    ]
     for e in table.entries:
         lines.append(
             f"  - {{signature: {e.signature}, w_bits: {e.w_bits}, a_bits: {e.a_bits}, kept_in: {e.kept_in}, "
@@ -44,12 +49,22 @@ def profile_name_for(path: str | Path) -> str:
     """A profile name from its file name (``hardware_profiles/epyc-2c.yaml`` -> ``epyc-2c``)."""
     stem = Path(path).stem
     if not stem or not (stem[0].isalnum() and all(c.isalnum() or c in "_.-" for c in stem)):
-        raise ConfigError(f"--out {path}: the file name must be a profile name (letters, digits, _ . -)")
+        raise ConfigError(
+            f"--out {path}: the file name must be a profile name (letters, digits, _ . -)"
+        )
     return stem
 
 
-def write_profile(path: str | Path, *, name: str, kind: str, description: str, table_path: str | Path,
-                  sources: list[str], header: list[str] | None = None) -> HardwareProfile:
+def write_profile(
+    path: str | Path,
+    *,
+    name: str,
+    kind: str,
+    description: str,
+    table_path: str | Path,
+    sources: list[str],
+    header: list[str] | None = None,
+) -> HardwareProfile:
     """Write a profile whose default cost model is ``lut`` on ``table_path``; loads it back."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

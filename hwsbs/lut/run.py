@@ -18,11 +18,11 @@ from rich.progress import (
 )
 
 from cost_models.base import LayerShape
+from hardware_profiles.schema import HardwareProfile
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
 from hwsbs.export import ModelSpec
 from hwsbs.export.kernels import resolve_backend
-from hwsbs.profiles.schema import HardwareProfile
 from hwsbs.progress import console
 
 from .builder import MeasureSettings, executed_pairs, make_table, measure_jobs, plan_jobs
@@ -46,13 +46,26 @@ class BuildResult:
 
 
 def _count(jobs, settings: MeasureSettings, pairs: int) -> int:
-    return sum(len(j.points()) for j in jobs) * len(settings.batches) * pairs * max(1, settings.rounds)
+    return (
+        sum(len(j.points()) for j in jobs) * len(settings.batches) * pairs * max(1, settings.rounds)
+    )
 
 
-def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: MeasureSettings, *, threads: int | None,
-                  grid: int = 3, bits: Sequence[int] = DEFAULT_BITS, group_size: int = DEFAULT_GROUP_SIZE,
-                  max_prune_fraction: float = 0.5, command: str = "", progress: bool = True,
-                  table_out: str | Path | None = None, extra_shapes: Sequence[LayerShape] = ()) -> BuildResult:
+def build_profile(
+    specs: Sequence[ModelSpec],
+    out: str | Path,
+    settings: MeasureSettings,
+    *,
+    threads: int | None,
+    grid: int = 3,
+    bits: Sequence[int] = DEFAULT_BITS,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    max_prune_fraction: float = 0.5,
+    command: str = "",
+    progress: bool = True,
+    table_out: str | Path | None = None,
+    extra_shapes: Sequence[LayerShape] = (),
+) -> BuildResult:
     """Measure ``specs``' layers and write ``out`` (a profile) plus its table (``tables/NAME.yaml``
     next to it unless ``table_out``).
 
@@ -70,39 +83,69 @@ def build_profile(specs: Sequence[ModelSpec], out: str | Path, settings: Measure
         backend = resolve_backend(settings.backend, settings.device)
         settings = MeasureSettings(**{**settings.__dict__, "backend": backend})
         machine = machine_info(settings.device, torch.get_num_threads())
-        jobs = plan_jobs(specs, bits, group_size=group_size, max_prune_fraction=max_prune_fraction, grid=grid,
-                         extra_shapes=extra_shapes)
+        jobs = plan_jobs(
+            specs,
+            bits,
+            group_size=group_size,
+            max_prune_fraction=max_prune_fraction,
+            grid=grid,
+            extra_shapes=extra_shapes,
+        )
         pairs = executed_pairs(backend)
         total = _count(jobs, settings, len(pairs))
-        with Progress(TextColumn("[bold]measuring"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                      TextColumn("{task.fields[what]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                      console=console, disable=not progress) as bar:
+        with Progress(
+            TextColumn("[bold]measuring"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[what]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not progress,
+        ) as bar:
             task = bar.add_task("lut", total=total, what="")
-            entries = measure_jobs(jobs, settings, lambda what: bar.update(task, advance=1, what=what))
+            entries = measure_jobs(
+                jobs, settings, lambda what: bar.update(task, advance=1, what=what)
+            )
     elapsed = time.perf_counter() - start
     device_line = describe_machine(machine)
     paths = "; ".join(f"{w}/{a}: {label}" for w, a, label in pairs)
-    method = (f"each layer exported as by hwsbs export (with the ReLU/ReLU6 it fuses into most layers of that shape) "
-              f"and timed alone (NHWC input) in {settings.rounds} passes over the table, each with {settings.warmup} "
-              f"warm-up calls and its share of >= {settings.repeats} timed calls (and >= "
-              f"{settings.min_time_s * 1e3:g} ms in total), torch threads "
-              f"{machine['threads']}; mean_s = median, std_s = standard deviation; pairs measured: {paths}; other pairs run on "
-              f"the next wider measured one (fallback next_wider)")
+    method = (
+        f"each layer exported as by hwsbs export (with the ReLU/ReLU6 it fuses into most layers of that shape) "
+        f"and timed alone (NHWC input) in {settings.rounds} passes over the table, each with {settings.warmup} "
+        f"warm-up calls and its share of >= {settings.repeats} timed calls (and >= "
+        f"{settings.min_time_s * 1e3:g} ms in total), torch threads "
+        f"{machine['threads']}; mean_s = median, std_s = standard deviation; pairs measured: {paths}; other pairs run on "
+        f"the next wider measured one (fallback next_wider)"
+    )
     table = make_table(entries, device_line, method)
     date = time.strftime("%Y-%m-%d")
     models = ", ".join(s.describe() for s in specs)
     if extra_shapes:
-        models += f" and {len(extra_shapes)} extra shapes ({', '.join(s.name for s in extra_shapes)})"
-    header = [f"Measured by hwsbs lut build on {date}; regenerate with the command below, do not edit by hand.",
-              f"command: {command}" if command else "command: (API call)",
-              f"machine: {device_line}", f"models: {models}"]
+        models += (
+            f" and {len(extra_shapes)} extra shapes ({', '.join(s.name for s in extra_shapes)})"
+        )
+    header = [
+        f"Measured by hwsbs lut build on {date}; regenerate with the command below, do not edit by hand.",
+        f"command: {command}" if command else "command: (API call)",
+        f"machine: {device_line}",
+        f"models: {models}",
+    ]
     write_table(table, table_path, header)
     kind = "gpu" if dev.type == "cuda" else "cpu"
     profile = write_profile(
-        out_path, name=name, kind=kind, table_path=table_path, header=header,
+        out_path,
+        name=name,
+        kind=kind,
+        table_path=table_path,
+        header=header,
         description=f"measured layer latencies: {machine.get('gpu', machine['cpu'])}, torch threads {machine['threads']}, "
-                    f"torch {machine['torch']} ({backend} int8 kernels)",
-        sources=[f"Measured with `{command or 'hwsbs.lut.build_profile'}` on {date} ({len(entries)} entries, "
-                 f"{len(jobs)} layer shapes of {models})", f"Machine: {device_line}", f"Method: {method}"],
+        f"torch {machine['torch']} ({backend} int8 kernels)",
+        sources=[
+            f"Measured with `{command or 'hwsbs.lut.build_profile'}` on {date} ({len(entries)} entries, "
+            f"{len(jobs)} layer shapes of {models})",
+            f"Machine: {device_line}",
+            f"Method: {method}",
+        ],
     )
     return BuildResult(profile, out_path, table_path, len(entries), len(jobs), elapsed)

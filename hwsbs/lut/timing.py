@@ -49,8 +49,14 @@ def _quartiles(samples: list[float]) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def sample_times(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 20,
-                 device: torch.device | str = "cpu", min_time_s: float = 0.0) -> list[float]:
+def sample_times(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 5,
+    repeats: int = 20,
+    device: torch.device | str = "cpu",
+    min_time_s: float = 0.0,
+) -> list[float]:
     """Seconds per call of ``fn()``: ``warmup`` untimed calls, then at least ``repeats`` timed ones.
 
     Each sample is one call (CUDA: synchronised before and after). With ``min_time_s`` the
@@ -83,7 +89,15 @@ def summarise_times(samples: list[float]) -> Timing:
     return Timing(statistics.median(samples), std, q1, q3, len(samples))
 
 
-def time_callable(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 20,
-                  device: torch.device | str = "cpu", min_time_s: float = 0.0) -> Timing:
+def time_callable(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 5,
+    repeats: int = 20,
+    device: torch.device | str = "cpu",
+    min_time_s: float = 0.0,
+) -> Timing:
     """:func:`sample_times` summarised."""
-    return summarise_times(sample_times(fn, warmup=warmup, repeats=repeats, device=device, min_time_s=min_time_s))
+    return summarise_times(
+        sample_times(fn, warmup=warmup, repeats=repeats, device=device, min_time_s=min_time_s)
+    )

@@ -44,7 +44,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 from torch import Tensor, nn
 
-from cost_models.base import FULL_PRECISION_BITS, LayerState
+from cost_models.base import FLOAT_BITS, LayerState
 from hwsbs.errors import ConfigError
 from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import SearchSpace
@@ -58,11 +58,21 @@ from .random_search import (
     resolve_budget,
 )
 
-__all__ = ["Option", "LayerChoices", "Problem", "Choice", "Sensitivity", "estimate_sensitivity",
-           "prune_levels", "build_problem", "solve_assignment", "ilp_search"]
+__all__ = [
+    "Option",
+    "LayerChoices",
+    "Problem",
+    "Choice",
+    "Sensitivity",
+    "estimate_sensitivity",
+    "prune_levels",
+    "build_problem",
+    "solve_assignment",
+    "ilp_search",
+]
 
 _MAX_LEVELS = 8  # prune levels per producer in the program
-_FP = FULL_PRECISION_BITS
+_FP = FLOAT_BITS
 
 
 # ---------------------------------------------------------------------------------------- program
@@ -106,7 +116,9 @@ class Choice:
     sensitivity: float
 
 
-def _constraint_rows(problem: Problem, n_x: int, y_index: dict[tuple[str, int], int]) -> tuple[coo_matrix, list]:
+def _constraint_rows(
+    problem: Problem, n_x: int, y_index: dict[tuple[str, int], int]
+) -> tuple[coo_matrix, list]:
     """One-hot rows (= 1) and level-consistency rows (= 0): a sparse matrix and its right-hand sides."""
     rows, cols, vals, lb = [], [], [], []
 
@@ -137,9 +149,12 @@ def _constraint_rows(problem: Problem, n_x: int, y_index: dict[tuple[str, int], 
 def _decode(problem: Problem, x: np.ndarray, y_index: dict[tuple[str, int], int]) -> Choice:
     options, start = {}, 0
     for layer in problem.layers:
-        options[layer.name] = int(np.argmax(x[start:start + len(layer.options)]))
+        options[layer.name] = int(np.argmax(x[start : start + len(layer.options)]))
         start += len(layer.options)
-    levels = {p: int(np.argmax([x[y_index[p, k]] for k in range(len(s))])) for p, s in problem.levels.items()}
+    levels = {
+        p: int(np.argmax([x[y_index[p, k]] for k in range(len(s))]))
+        for p, s in problem.levels.items()
+    }
     chosen = [lay.options[options[lay.name]] for lay in problem.layers]
     sens = sum(o.sensitivity for o in chosen) + sum(problem.levels[p][k] for p, k in levels.items())
     return Choice(options, levels, float(sum(o.cost for o in chosen)), float(sens))
@@ -154,25 +169,43 @@ def solve_assignment(problem: Problem, time_limit: float | None = None) -> Choic
     n_x = sum(len(lay.options) for lay in problem.layers)
     keys = [(p, k) for p, s in problem.levels.items() for k in range(len(s))]
     y_cols = {key: n_x + i for i, key in enumerate(keys)}
-    c = np.asarray([o.sensitivity for lay in problem.layers for o in lay.options]
-                   + [problem.levels[p][k] for p, k in keys], dtype=float)
-    c /= max(float(np.abs(c).max(initial=0.0)), 1e-300)  # O(1) coefficients for the solver's tolerances
+    c = np.asarray(
+        [o.sensitivity for lay in problem.layers for o in lay.options]
+        + [problem.levels[p][k] for p, k in keys],
+        dtype=float,
+    )
+    c /= max(
+        float(np.abs(c).max(initial=0.0)), 1e-300
+    )  # O(1) coefficients for the solver's tolerances
     budget = float(problem.budget)
     costs = np.asarray([o.cost for lay in problem.layers for o in lay.options] + [0.0] * len(keys))
     scale = budget if budget > 0 and np.isfinite(budget) else 1.0
     a_eq, rhs_eq = _constraint_rows(problem, n_x, y_cols)
-    options = {"mip_rel_gap": 1e-9, "time_limit": time_limit} if time_limit else {"mip_rel_gap": 1e-9}
+    options = (
+        {"mip_rel_gap": 1e-9, "time_limit": time_limit} if time_limit else {"mip_rel_gap": 1e-9}
+    )
     rhs = budget / scale
-    for attempt in range(4):  # the solver's feasibility tolerance may let a choice overshoot slightly
-        cons = [LinearConstraint(a_eq, rhs_eq, rhs_eq), LinearConstraint(costs[None, :] / scale, -np.inf, rhs)]
-        res = milp(c, integrality=np.ones(len(c)), bounds=Bounds(0, 1), constraints=cons, options=options)
+    for attempt in range(
+        4
+    ):  # the solver's feasibility tolerance may let a choice overshoot slightly
+        cons = [
+            LinearConstraint(a_eq, rhs_eq, rhs_eq),
+            LinearConstraint(costs[None, :] / scale, -np.inf, rhs),
+        ]
+        res = milp(
+            c, integrality=np.ones(len(c)), bounds=Bounds(0, 1), constraints=cons, options=options
+        )
         if res.x is None:
-            raise ConfigError(f"ilp: no assignment fits the budget {budget:.4g} ({' '.join(res.message.split())})")
+            raise ConfigError(
+                f"ilp: no assignment fits the budget {budget:.4g} ({' '.join(res.message.split())})"
+            )
         choice = _decode(problem, res.x, y_cols)
         if choice.cost <= budget:
             return choice
-        rhs -= (choice.cost - budget) / scale + 1e-7 * 10 ** attempt
-    raise ConfigError(f"ilp: the solver's choices keep exceeding the budget {budget:.4g} (last {choice.cost:.4g})")
+        rhs -= (choice.cost - budget) / scale + 1e-7 * 10**attempt
+    raise ConfigError(
+        f"ilp: the solver's choices keep exceeding the budget {budget:.4g} (last {choice.cost:.4g})"
+    )
 
 
 # ---------------------------------------------------------------------------------------- sensitivity
@@ -188,7 +221,7 @@ class Sensitivity:
         """Importance per pruning group of ``producer`` (groups of ``sizes`` channels)."""
         imp, out, start = self.channels[producer], [], 0
         for size in sizes:
-            out.append(float(sum(imp[start:start + size])))
+            out.append(float(sum(imp[start : start + size])))
             start += size
         return out
 
@@ -212,8 +245,16 @@ def _channel_sums(t: Tensor, linear: bool) -> Tensor:
 
 
 @torch.no_grad()
-def _add_batch(layers: dict[str, nn.Module], inputs: dict[str, list[Tensor]], grads: dict[str, list[Tensor]],
-               bits: Sequence[int], n: int, consumers: dict[str, str], act: dict, chan: dict) -> None:
+def _add_batch(
+    layers: dict[str, nn.Module],
+    inputs: dict[str, list[Tensor]],
+    grads: dict[str, list[Tensor]],
+    bits: Sequence[int],
+    n: int,
+    consumers: dict[str, str],
+    act: dict,
+    chan: dict,
+) -> None:
     """Accumulate one batch's activation sensitivities and channel importances."""
     for name, layer in layers.items():
         for x, g in zip(inputs.get(name, []), grads.get(name, [])):
@@ -223,24 +264,39 @@ def _add_batch(layers: dict[str, nn.Module], inputs: dict[str, list[Tensor]], gr
                 act[name][b] += 0.5 * n * float((g2 * (layer.quantized_input(x) - x).pow(2)).sum())
             layer.set_fixed(_FP, _FP)
             if name in consumers:
-                chan[consumers[name]] += 0.5 * n * _channel_sums((g * x).pow(2), isinstance(layer, nn.Linear))
+                chan[consumers[name]] += (
+                    0.5 * n * _channel_sums((g * x).pow(2), isinstance(layer, nn.Linear))
+                )
 
 
-def _backward(model: nn.Module, layers: dict[str, nn.Module], inputs: dict[str, list[Tensor]], x: Tensor,
-              y: Tensor) -> tuple[list[Tensor | None], dict[str, list[Tensor]]]:
+def _backward(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    inputs: dict[str, list[Tensor]],
+    x: Tensor,
+    y: Tensor,
+) -> tuple[list[Tensor | None], dict[str, list[Tensor]]]:
     """One batch's CE gradients w.r.t. every layer's weight and every captured layer input."""
     inputs.clear()
     loss = F.cross_entropy(model(x), y)
     names = [n for n in layers if n in inputs]
     flat = [t for n in names for t in inputs[n]]
     got = torch.autograd.grad(loss, [layers[n].weight for n in layers] + flat, allow_unused=True)
-    rest = iter(got[len(layers):])
-    grads = {n: [torch.zeros_like(t) if (g := next(rest)) is None else g for t in inputs[n]] for n in names}
-    return list(got[:len(layers)]), grads
+    rest = iter(got[len(layers) :])
+    grads = {
+        n: [torch.zeros_like(t) if (g := next(rest)) is None else g for t in inputs[n]]
+        for n in names
+    }
+    return list(got[: len(layers)]), grads
 
 
-def estimate_sensitivity(space: SearchSpace, batches: Iterable[tuple[Tensor, Tensor]], bits: Sequence[int],
-                         device: torch.device, on_batch: Callable[[], None] | None = None) -> Sensitivity:
+def estimate_sensitivity(
+    space: SearchSpace,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    bits: Sequence[int],
+    device: torch.device,
+    on_batch: Callable[[], None] | None = None,
+) -> Sensitivity:
     """Fisher-Taylor sensitivities of every layer and channel importances of every producer.
 
     Computed on a deep copy in eval mode (batch-norm running statistics, no dropout), every
@@ -263,7 +319,10 @@ def estimate_sensitivity(space: SearchSpace, batches: Iterable[tuple[Tensor, Ten
     consumers = {g.consumer: g.producer for g in space.groups}
     fisher = [torch.zeros_like(lay.weight) for lay in layers.values()]
     act = {n: {b: 0.0 for b in bits} for n in layers}
-    chan = {g.producer: torch.zeros(space.shapes[g.producer].out_channels, device=device) for g in space.groups}
+    chan = {
+        g.producer: torch.zeros(space.shapes[g.producer].out_channels, device=device)
+        for g in space.groups
+    }
     inputs: dict[str, list[Tensor]] = {}
     hooks = [lay.register_forward_pre_hook(_capture_inputs(inputs, n)) for n, lay in layers.items()]
     count = 0
@@ -285,12 +344,17 @@ def estimate_sensitivity(space: SearchSpace, batches: Iterable[tuple[Tensor, Ten
     if count == 0:
         raise ConfigError("ilp: no training batch to estimate sensitivities on")
     weight = _weight_sensitivity(layers, dict(zip(layers, fisher)), bits, count)
-    return Sensitivity(weight, {n: {b: v / count for b, v in d.items()} for n, d in act.items()},
-                       {p: (c / count).tolist() for p, c in chan.items()})
+    return Sensitivity(
+        weight,
+        {n: {b: v / count for b, v in d.items()} for n, d in act.items()},
+        {p: (c / count).tolist() for p, c in chan.items()},
+    )
 
 
 @torch.no_grad()
-def _weight_sensitivity(layers: dict[str, nn.Module], fisher: dict[str, Tensor], bits: Sequence[int], count: int) -> dict:
+def _weight_sensitivity(
+    layers: dict[str, nn.Module], fisher: dict[str, Tensor], bits: Sequence[int], count: int
+) -> dict:
     out: dict[str, dict[int, float]] = {}
     for name, layer in layers.items():
         f = fisher[name] / count
@@ -319,8 +383,12 @@ class _Plan:
     kept: dict[str, list[int]]  # producer -> kept output channels per level index
 
     def candidate(self, problem: Problem, choice: Choice, pinned: set[str]) -> Candidate:
-        bits = {lay.name: lay.options[choice.options[lay.name]].bits for lay in problem.layers if lay.name not in pinned}
-        pruned = {p: sorted(self.order[p][:self.ks[p][k]]) for p, k in choice.levels.items()}
+        bits = {
+            lay.name: lay.options[choice.options[lay.name]].bits
+            for lay in problem.layers
+            if lay.name not in pinned
+        }
+        pruned = {p: sorted(self.order[p][: self.ks[p][k]]) for p, k in choice.levels.items()}
         return Candidate(bits, pruned)
 
 
@@ -333,7 +401,9 @@ def _plan(space: SearchSpace, sens: Sensitivity) -> tuple[_Plan, dict[str, list[
         order = sorted(range(len(sizes)), key=lambda i: (imp[i], i))
         ks = prune_levels(max_pruned_groups(layer))
         plan.ks[g.producer], plan.order[g.producer] = ks, order
-        plan.kept[g.producer] = [space.shapes[g.producer].out_channels - sum(sizes[i] for i in order[:k]) for k in ks]
+        plan.kept[g.producer] = [
+            space.shapes[g.producer].out_channels - sum(sizes[i] for i in order[:k]) for k in ks
+        ]
         levels[g.producer] = [float(sum(imp[i] for i in order[:k])) for k in ks]
     return plan, levels
 
@@ -349,12 +419,23 @@ def build_problem(ctx: MethodContext, sens: Sensitivity, budget: float) -> tuple
         shape = space.shapes[name]
         own = name if name in plan.ks else None
         src = source.get(name)
-        pairs = [(layer.fixed_w_bits, layer.fixed_a_bits)] if layer.pinned else list(itertools.product(ctx.config.bits, repeat=2))
+        pairs = (
+            [(layer.fixed_w_bits, layer.fixed_a_bits)]
+            if layer.pinned
+            else list(itertools.product(ctx.config.bits, repeat=2))
+        )
         options = []
-        for (w, a), ko, ki in itertools.product(pairs, range(len(plan.ks[own])) if own else [None],
-                                                range(len(plan.ks[src])) if src else [None]):
+        for (w, a), ko, ki in itertools.product(
+            pairs,
+            range(len(plan.ks[own])) if own else [None],
+            range(len(plan.ks[src])) if src else [None],
+        ):
             kept_in = plan.kept[src][ki] if src else shape.in_channels
-            kept_out = plan.kept[own][ko] if own else (kept_in if name in passthrough else shape.out_channels)
+            kept_out = (
+                plan.kept[own][ko]
+                if own
+                else (kept_in if name in passthrough else shape.out_channels)
+            )
             cost = cm.cached_layer_cost(shape, LayerState(w, a, kept_in, kept_out), batch)
             s = 0.0 if layer.pinned else sens.weight[name][w] + sens.act[name][a]
             options.append(Option((w, a), float(cost), s, ko, ki))
@@ -362,8 +443,12 @@ def build_problem(ctx: MethodContext, sens: Sensitivity, budget: float) -> tuple
     return Problem(layers, levels, budget), plan
 
 
-@register_method("ilp", prunes=True, meets_target=True,
-                 description="integer program over per-layer bits and pruning: Fisher-Taylor sensitivity, cost under the budget (HAWQ-V3 style)")
+@register_method(
+    "ilp",
+    prunes=True,
+    meets_target=True,
+    description="integer program over per-layer bits and pruning: Fisher-Taylor sensitivity, cost under the budget (HAWQ-V3 style)",
+)
 def ilp_search(ctx: MethodContext) -> CompressionConfig:
     """Score every choice once, solve the integer program, return its configuration."""
     if ctx.resume_state is not None and "ilp" in ctx.resume_state:
@@ -375,8 +460,13 @@ def ilp_search(ctx: MethodContext) -> CompressionConfig:
     if n < 1:
         raise ConfigError(f"sensitivity_batches: expected a positive integer, got {n}")
     ctx.progress.start("search", n + 1, 0)
-    sens = estimate_sensitivity(ctx.space, itertools.islice(ctx.train_loader("search", 0), n), ctx.config.bits, ctx.device,
-                                on_batch=lambda: ctx.progress.update(what="sensitivity"))
+    sens = estimate_sensitivity(
+        ctx.space,
+        itertools.islice(ctx.train_loader("search", 0), n),
+        ctx.config.bits,
+        ctx.device,
+        on_batch=lambda: ctx.progress.update(what="sensitivity"),
+    )
     problem, plan = build_problem(ctx, sens, budget)
     pinned = {name for name, layer in ctx.space.layers() if layer.pinned}
     limit = float(ctx.extra.get("ilp_time_limit", 60.0))
@@ -389,7 +479,13 @@ def ilp_search(ctx: MethodContext) -> CompressionConfig:
             break
         problem.budget -= cost - budget
     else:
-        raise ConfigError(f"ilp: the chosen configuration costs {cost:.4g} {cm.unit}, over the budget {budget:.4g}")
+        raise ConfigError(
+            f"ilp: the chosen configuration costs {cost:.4g} {cm.unit}, over the budget {budget:.4g}"
+        )
     ctx.progress.update(cost=f"{cost:.3g} {cm.unit}", sensitivity=choice.sensitivity)
-    ctx.save_state(ctx.config.search_epochs, {"ilp": cand.to_state()}, {"cost": cost, "sensitivity": choice.sensitivity})
+    ctx.save_state(
+        ctx.config.search_epochs,
+        {"ilp": cand.to_state()},
+        {"cost": cost, "sensitivity": choice.sensitivity},
+    )
     return config

@@ -33,7 +33,14 @@ from hwsbs.training import check_finite, make_sgd, split_decay
 
 from .base import MethodContext, register_method, run_search_epochs
 
-__all__ = ["MULTIPATH_MODE", "PathParameters", "MultiPathConv2d", "MultiPathLinear", "MultiPathSearch", "multipath"]
+__all__ = [
+    "MULTIPATH_MODE",
+    "PathParameters",
+    "MultiPathConv2d",
+    "MultiPathLinear",
+    "MultiPathSearch",
+    "multipath",
+]
 
 MULTIPATH_MODE = "multipath"
 
@@ -82,7 +89,9 @@ class _MultiPathMixin:
         probs = F.softmax(self.paths.beta_w, 0)
         mixed = torch.zeros_like(w_std)
         for i, b in enumerate(self.bits):
-            v = _grad_scale(self.paths.w_clips[i], 1.0 / math.sqrt(self.weight.numel() * (2**b - 1)))
+            v = _grad_scale(
+                self.paths.w_clips[i], 1.0 / math.sqrt(self.weight.numel() * (2**b - 1))
+            )
             z = (torch.clamp(w_std / v, -1.0, 1.0) + 1.0) / 2.0
             mixed = mixed + probs[i] * v * (2.0 * quantize(z, step_size(b)) - 1.0)
         return std * mixed
@@ -99,7 +108,9 @@ class _MultiPathMixin:
 
     def chosen_bits(self) -> tuple[int, int]:
         """The argmax path for weights and for activations."""
-        return self.bits[int(self.paths.beta_w.argmax())], self.bits[int(self.paths.beta_a.argmax())]
+        return self.bits[int(self.paths.beta_w.argmax())], self.bits[
+            int(self.paths.beta_a.argmax())
+        ]
 
     @torch.no_grad()
     def commit(self) -> tuple[int, int]:
@@ -135,17 +146,36 @@ def to_multipath(layer: SBSLayerMixin) -> MultiPathConv2d | MultiPathLinear:
     cls = MultiPathConv2d if isinstance(layer, SBSConv2d) else MultiPathLinear
     new = cls.from_module(layer, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau)  # type: ignore[arg-type]
     new.load_state_dict(layer.state_dict())  # type: ignore[attr-defined]
-    for attr in ("mode", "fixed_w_bits", "fixed_a_bits", "pinned", "prunable", "search_weight_bits"):
+    for attr in (
+        "mode",
+        "fixed_w_bits",
+        "fixed_a_bits",
+        "pinned",
+        "prunable",
+        "search_weight_bits",
+    ):
         setattr(new, attr, getattr(layer, attr))
-    new.attach_paths(PathParameters(len(layer.bits), float(layer.weight_clip.detach()), float(layer.act_clip.detach())).to(layer.weight.device))
+    new.attach_paths(
+        PathParameters(
+            len(layer.bits), float(layer.weight_clip.detach()), float(layer.act_clip.detach())
+        ).to(layer.weight.device)
+    )
     return new
 
 
 class MultiPathSearch:
     """Wraps a space's searchable layers in multi-path layers and performs search steps."""
 
-    def __init__(self, space: SearchSpace, objectives: list[CostObjective], lam: float, weight_lr: float,
-                 arch_lr: float, weight_decay: float, cost_batch: int = 1) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        objectives: list[CostObjective],
+        lam: float,
+        weight_lr: float,
+        arch_lr: float,
+        weight_decay: float,
+        cost_batch: int = 1,
+    ) -> None:
         self.space = space
         self.objectives = objectives
         self.lam = lam
@@ -166,9 +196,18 @@ class MultiPathSearch:
             for name, layer in space.layers():
                 shape = space.shapes[name]
                 if name in self.searched:
-                    tabs.append(term.cost_table(name, shape.in_channels, shape.out_channels, layer.bits, layer.bits))
+                    tabs.append(
+                        term.cost_table(
+                            name, shape.in_channels, shape.out_channels, layer.bits, layer.bits
+                        )
+                    )
                 else:
-                    state = LayerState(layer.fixed_w_bits, layer.fixed_a_bits, shape.in_channels, shape.out_channels)
+                    state = LayerState(
+                        layer.fixed_w_bits,
+                        layer.fixed_a_bits,
+                        shape.in_channels,
+                        shape.out_channels,
+                    )
                     const += float(obj.cost_model.layer_cost(shape, state, cost_batch))
             self.tables.append(tabs)
             self.constants.append(const)
@@ -216,7 +255,12 @@ class MultiPathSearch:
                 m.a_clips.clamp_(min=1e-3)
         self.step_count += 1
         acc = float((logits.argmax(1) == y).float().mean())
-        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "acc": acc, "cost": float(costs[0].detach()) if costs else 0.0}
+        return {
+            "loss": float(loss.detach()),
+            "ce": float(ce.detach()),
+            "acc": acc,
+            "cost": float(costs[0].detach()) if costs else 0.0,
+        }
 
     def derive(self) -> list[LayerDecision]:
         """Argmax bits per layer (pinned layers keep theirs); commits the chosen paths' clips."""
@@ -230,8 +274,12 @@ class MultiPathSearch:
         return decisions
 
     def state_dict(self) -> dict:
-        return {"paths": self.paths.state_dict(), "weight_optimizer": self.weight_optimizer.state_dict(),
-                "arch_optimizer": self.arch_optimizer.state_dict(), "step_count": self.step_count}
+        return {
+            "paths": self.paths.state_dict(),
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "arch_optimizer": self.arch_optimizer.state_dict(),
+            "step_count": self.step_count,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.paths.load_state_dict(state["paths"])
@@ -244,13 +292,21 @@ def _key(name: str) -> str:
     return name.replace(".", "/")  # ModuleDict keys cannot contain dots
 
 
-@register_method("multipath", prunes=False, description="DNAS/EdMIPS: softmax over one quantised path per bit width, expected cost")
+@register_method(
+    "multipath",
+    prunes=False,
+    description="DNAS/EdMIPS: softmax over one quantised path per bit width, expected cost",
+)
 def multipath(ctx: MethodContext) -> CompressionConfig:
     """Train weights and path logits jointly for ``--search-epochs``, then take each argmax."""
     cfg = ctx.config
     arch_lr = float(ctx.extra.get("arch_lr", cfg.threshold_lr))
-    search = MultiPathSearch(ctx.space, ctx.objectives, cfg.lam, cfg.search_lr, arch_lr, cfg.weight_decay, cfg.cost_batch)
+    search = MultiPathSearch(
+        ctx.space, ctx.objectives, cfg.lam, cfg.search_lr, arch_lr, cfg.weight_decay, cfg.cost_batch
+    )
     if ctx.resume_state is not None:
         search.load_state_dict(ctx.resume_state["multipath"])
-    run_search_epochs(ctx, search.step, lambda: {"multipath": search.state_dict()}, "multipath search")
+    run_search_epochs(
+        ctx, search.step, lambda: {"multipath": search.state_dict()}, "multipath search"
+    )
     return ctx.make_config(search.derive())

@@ -46,7 +46,7 @@ def group_magnitudes(layer) -> list[float]:
     sizes = layer.group_sizes()
     out, start = [], 0
     for size in sizes:
-        out.append(float(per_channel[start:start + size].mean()))
+        out.append(float(per_channel[start : start + size].mean()))
         start += size
     return out
 
@@ -66,8 +66,13 @@ class _Space:
             self.producers[g.producer] = (max_pruned_groups(layer), order)
 
     def suggest(self, trial: optuna.trial.Trial) -> Candidate:
-        bits = {n: (int(trial.suggest_categorical(f"{n}:w", self.bits)), int(trial.suggest_categorical(f"{n}:a", self.bits)))
-                for n in self.searchable}
+        bits = {
+            n: (
+                int(trial.suggest_categorical(f"{n}:w", self.bits)),
+                int(trial.suggest_categorical(f"{n}:a", self.bits)),
+            )
+            for n in self.searchable
+        }
         pruned = {}
         for name, (cap, order) in self.producers.items():
             k = trial.suggest_int(f"{name}:pruned_groups", 0, cap) if cap > 0 else 0
@@ -76,11 +81,18 @@ class _Space:
 
     def uniform_params(self, bits: int) -> dict[str, int]:
         params = {f"{n}:{kind}": bits for n in self.searchable for kind in ("w", "a")}
-        params.update({f"{name}:pruned_groups": 0 for name, (cap, _) in self.producers.items() if cap > 0})
+        params.update(
+            {f"{name}:pruned_groups": 0 for name, (cap, _) in self.producers.items() if cap > 0}
+        )
         return params
 
 
-@register_method("optuna", prunes=True, meets_target=True, description="Optuna TPE over per-layer bits and pruned groups under the budget (no training per trial)")
+@register_method(
+    "optuna",
+    prunes=True,
+    meets_target=True,
+    description="Optuna TPE over per-layer bits and pruned groups under the budget (no training per trial)",
+)
 def optuna_search(ctx: MethodContext) -> CompressionConfig:
     """Run the study and return its most accurate feasible trial (ties: the cheaper one)."""
     cfg = ctx.config
@@ -93,22 +105,36 @@ def optuna_search(ctx: MethodContext) -> CompressionConfig:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed)
+        )
         for b in sorted(cfg.bits, reverse=True):  # a feasible first trial: widest uniform that fits
-            if candidate_config(ctx, Candidate({s: (b, b) for s in space.searchable})).cost(cm) <= budget:
+            if (
+                candidate_config(ctx, Candidate({s: (b, b) for s in space.searchable})).cost(cm)
+                <= budget
+            ):
                 study.enqueue_trial(space.uniform_params(b))
                 break
         best = _run_trials(ctx, study, space, evaluator, budget, n)
     finally:
         optuna.logging.set_verbosity(verbosity)
     acc, cost, cand = best
-    ctx.save_state(cfg.search_epochs, {"best": cand.to_state()},
-                   {"acc": acc, "cost": cost, "trials": len(study.trials), "evaluated": evaluator.evaluated})
+    ctx.save_state(
+        cfg.search_epochs,
+        {"best": cand.to_state()},
+        {"acc": acc, "cost": cost, "trials": len(study.trials), "evaluated": evaluator.evaluated},
+    )
     return candidate_config(ctx, cand)
 
 
-def _run_trials(ctx: MethodContext, study: optuna.Study, space: _Space, evaluator: CandidateEvaluator,
-                budget: float, n: int) -> tuple[float, float, Candidate]:
+def _run_trials(
+    ctx: MethodContext,
+    study: optuna.Study,
+    space: _Space,
+    evaluator: CandidateEvaluator,
+    budget: float,
+    n: int,
+) -> tuple[float, float, Candidate]:
     """Ask/tell until ``n`` feasible trials were evaluated (or a cap on infeasible ones is hit)."""
     cm = ctx.objectives[0].cost_model
     max_attempts = 50 * n + 200  # TPE learns feasibility quickly; the cap only guards odd budgets

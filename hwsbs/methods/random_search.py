@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from hwsbs.budget import BUDGET_SLACK, floor_config
 from hwsbs.errors import ConfigError
 from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import SearchSpace
@@ -34,8 +35,15 @@ from hwsbs.sbs.derive import apply_config
 
 from .base import MethodContext, register_method
 
-__all__ = ["Candidate", "CandidateEvaluator", "CandidateSearch", "resolve_budget", "default_trials",
-           "start_candidate_search", "random_search"]
+__all__ = [
+    "Candidate",
+    "CandidateEvaluator",
+    "CandidateSearch",
+    "resolve_budget",
+    "default_trials",
+    "start_candidate_search",
+    "random_search",
+]
 
 
 @dataclass
@@ -47,17 +55,24 @@ class Candidate:
 
     def to_state(self) -> dict:
         """A plain, checkpointable form."""
-        return {"bits": {k: list(v) for k, v in self.bits.items()}, "pruned": {k: list(v) for k, v in self.pruned.items()}}
+        return {
+            "bits": {k: list(v) for k, v in self.bits.items()},
+            "pruned": {k: list(v) for k, v in self.pruned.items()},
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> Candidate:
-        return cls({k: (int(v[0]), int(v[1])) for k, v in state["bits"].items()},
-                   {k: [int(g) for g in v] for k, v in state["pruned"].items()})
+        return cls(
+            {k: (int(v[0]), int(v[1])) for k, v in state["bits"].items()},
+            {k: [int(g) for g in v] for k, v in state["pruned"].items()},
+        )
 
 
 def max_pruned_groups(layer) -> int:
     """Groups a producer may lose: the ``max_prune_fraction`` cap, and never all of them."""
-    return min(int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1)
+    return min(
+        int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1
+    )
 
 
 def candidate_config(ctx: MethodContext, cand: Candidate) -> CompressionConfig:
@@ -72,7 +87,9 @@ def resolve_budget(ctx: MethodContext) -> float:
         return float(obj.target)
     bits = int(ctx.extra.get("budget_bits", 4))
     searchable = [n for n, layer in ctx.space.layers() if not layer.pinned]
-    return candidate_config(ctx, Candidate({n: (bits, bits) for n in searchable})).cost(obj.cost_model)
+    return candidate_config(ctx, Candidate({n: (bits, bits) for n in searchable})).cost(
+        obj.cost_model
+    )
 
 
 def cheapest_candidate(ctx: MethodContext) -> Candidate:
@@ -89,10 +106,12 @@ def cheapest_candidate(ctx: MethodContext) -> Candidate:
 def check_budget_reachable(ctx: MethodContext, budget: float) -> None:
     """Raise a ConfigError when even the cheapest configuration costs more than ``budget``."""
     cm = ctx.objectives[0].cost_model
-    floor = candidate_config(ctx, cheapest_candidate(ctx)).cost(cm)
-    if floor > budget:
-        raise ConfigError(f"--target {budget:.4g} {cm.unit}: below the cheapest configuration of this search space "
-                          f"({floor:.4g} {cm.unit}: {min(ctx.config.bits)} bits everywhere, maximal pruning)")
+    floor = floor_config(ctx.space, ctx.config.bits, ctx.config.cost_batch).cost(cm)
+    if floor > budget * (1 + BUDGET_SLACK):
+        raise ConfigError(
+            f"--target {budget:.4g} {cm.unit}: below the cheapest configuration of this search space "
+            f"({floor:.4g} {cm.unit}: {min(ctx.config.bits)} bits everywhere, maximal pruning)"
+        )
 
 
 def default_trials(ctx: MethodContext, bn_batches: int, eval_samples: int) -> int:
@@ -160,7 +179,11 @@ def _reestimate_batchnorm(model: nn.Module, batches: list[Tensor], device: torch
     Quantisation and pruning shift every layer's output distribution; statistics collected on the
     full-precision model would misjudge a candidate that fine-tuning would quickly fix.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not norms or not batches:
         return
     momenta = [m.momentum for m in norms]
@@ -176,7 +199,11 @@ def _reestimate_batchnorm(model: nn.Module, batches: list[Tensor], device: torch
 
 def _sample(ctx: MethodContext, rng: random.Random) -> Candidate:
     bits = list(ctx.config.bits)
-    chosen = {n: (rng.choice(bits), rng.choice(bits)) for n, layer in ctx.space.layers() if not layer.pinned}
+    chosen = {
+        n: (rng.choice(bits), rng.choice(bits))
+        for n, layer in ctx.space.layers()
+        if not layer.pinned
+    }
     pruned = {}
     for g in ctx.space.groups:
         layer = ctx.space.layer(g.producer)
@@ -201,7 +228,9 @@ def _repair(ctx: MethodContext, cand: Candidate, budget: float, rng: random.Rand
             if len(cand.pruned[g.producer]) < max_pruned_groups(space.layer(g.producer)):
                 moves.append((g.producer, "p"))
         if not moves:  # cannot happen once check_budget_reachable passed
-            raise ConfigError(f"random search: no configuration fits the budget {budget:.4g} {cm.unit}")
+            raise ConfigError(
+                f"random search: no configuration fits the budget {budget:.4g} {cm.unit}"
+            )
         name, what = rng.choice(moves)
         w, a = cand.bits.get(name, (0, 0))
         if what == "w":
@@ -223,18 +252,30 @@ class CandidateSearch:
     count: int  # candidates to evaluate
 
 
-def start_candidate_search(ctx: MethodContext, count_option: str) -> CompressionConfig | CandidateSearch:
+def start_candidate_search(
+    ctx: MethodContext, count_option: str
+) -> CompressionConfig | CandidateSearch:
     """The resumed result when the run finished its search, else the budget, scorer and count."""
     if ctx.resume_state is not None and "best" in ctx.resume_state:
         return candidate_config(ctx, Candidate.from_state(ctx.resume_state["best"]))
     budget = resolve_budget(ctx)
     check_budget_reachable(ctx, budget)
-    evaluator = CandidateEvaluator(ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches"))
-    n = int(ctx.extra.get(count_option) or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples))
+    evaluator = CandidateEvaluator(
+        ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches")
+    )
+    n = int(
+        ctx.extra.get(count_option)
+        or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples)
+    )
     return CandidateSearch(budget, evaluator, n)
 
 
-@register_method("random", prunes=True, meets_target=True, description="best of N random bit/pruning configurations under the budget (no training per candidate)")
+@register_method(
+    "random",
+    prunes=True,
+    meets_target=True,
+    description="best of N random bit/pruning configurations under the budget (no training per candidate)",
+)
 def random_search(ctx: MethodContext) -> CompressionConfig:
     """Sample, repair to the budget, score after BN re-estimation, return the best (seeded)."""
     cfg = ctx.config
@@ -255,5 +296,9 @@ def random_search(ctx: MethodContext) -> CompressionConfig:
             best = (acc, cost, cand)
         ctx.progress.update(acc=acc, best=best[0], cost=f"{cost:.3g} {cm.unit}")
     assert best is not None
-    ctx.save_state(cfg.search_epochs, {"best": best[2].to_state()}, {"acc": best[0], "cost": best[1], "candidates": n})
+    ctx.save_state(
+        cfg.search_epochs,
+        {"best": best[2].to_state()},
+        {"acc": best[0], "cost": best[1], "candidates": n},
+    )
     return candidate_config(ctx, best[2])

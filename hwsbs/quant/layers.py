@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cost_models.base import FULL_PRECISION_BITS
+from cost_models.base import FLOAT_BITS
 
+from .channel_gates import ChannelGateMixin
 from .fused import gated_quantize, lower_grid_residuals, sampled_residuals
 from .gates import bits_from_gates, threshold_gate
 from .quantizer import quantize, step_size
@@ -46,7 +47,7 @@ _MIN_CLIP = 1e-3  # clipping values stay positive so the normalisation never div
 _EPS = 1e-8
 
 
-class SBSLayerMixin:
+class SBSLayerMixin(ChannelGateMixin):
     """State and forward logic shared by :class:`SBSConv2d` and :class:`SBSLinear`."""
 
     weight: nn.Parameter
@@ -79,9 +80,13 @@ class SBSLayerMixin:
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("act_signed", torch.tensor(False))  # inputs can be negative
         self.register_buffer("w_scale", torch.ones(k - 1))  # weight residual norms at calibration
-        self.register_buffer("a_scale", torch.ones(k - 1))  # activation residual norms at calibration
+        self.register_buffer(
+            "a_scale", torch.ones(k - 1)
+        )  # activation residual norms at calibration
         self.register_buffer("p_scale", torch.ones(()))  # mean group |w| at calibration
-        self.register_buffer("p_spread", torch.ones(()))  # std of group |w| / p_scale at calibration
+        self.register_buffer(
+            "p_spread", torch.ones(())
+        )  # std of group |w| / p_scale at calibration
         self.register_buffer("a_residual_ema", torch.zeros(k - 1))  # running activation residuals
         # Gates of the latest forward, read by the cost term (differentiable w.r.t. thresholds).
         self.last_w_gates: Tensor | None = None  # one 0/1 gate per bit width above the lowest
@@ -97,7 +102,14 @@ class SBSLayerMixin:
         self.__dict__["mask_source"] = None
         self.__dict__["row_source"] = None
 
-    def _adopt(self, source: nn.Module, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float) -> Any:
+    def _adopt(
+        self,
+        source: nn.Module,
+        bits: Sequence[int],
+        group_size: int,
+        max_prune_fraction: float,
+        tau: float,
+    ) -> Any:
         """Initialise the SBS state and take ``source``'s weights (``from_module``'s shared part)."""
         self._init_sbs(bits, group_size, max_prune_fraction, tau)
         with torch.no_grad():
@@ -105,24 +117,6 @@ class SBSLayerMixin:
             if source.bias is not None and self.bias is not None:
                 self.bias.copy_(source.bias)
         return self.to(source.weight.device)  # type: ignore[attr-defined]  # the nn.Module half
-
-    # ---------------------------------------------------------------- groups
-    @property
-    def num_groups(self) -> int:
-        return math.ceil(self.weight.shape[0] / self.group_size)
-
-    def group_sizes(self) -> list[int]:
-        """Channels per pruning group (the last group may be smaller)."""
-        n = self.weight.shape[0]
-        return [min(self.group_size, n - g * self.group_size) for g in range(self.num_groups)]
-
-    def _group_norms(self, w_std: Tensor) -> Tensor:
-        """Mean |standardised w| per group of output channels."""
-        per_channel = w_std.detach().abs().flatten(1).mean(1)
-        pad = self.num_groups * self.group_size - per_channel.numel()
-        padded = F.pad(per_channel, (0, pad))
-        counts = torch.tensor(self.group_sizes(), dtype=per_channel.dtype, device=per_channel.device)
-        return padded.view(self.num_groups, self.group_size).sum(1) / counts
 
     # ---------------------------------------------------------------- calibration
     @torch.no_grad()
@@ -170,29 +164,13 @@ class SBSLayerMixin:
         std = std.to(w.dtype) + _EPS
         return (w - mean.to(w.dtype)) / std, std
 
-    def _kept_weight_mask(self) -> Tensor | None:
-        """0/1 over the weight: the rows and input columns the physically pruned layer keeps.
-
-        Standardising over these alone makes the search layer quantise exactly as the pruned
-        layer will (same mean and std), so the search model is the pruned model.
-        """
-        mask = None
-        row_source: SBSLayerMixin | None = self if self.searches_pruning else self.__dict__.get("row_source")
-        rows = row_source.kept_channel_mask() if row_source is not None else None
-        if rows is not None:
-            mask = rows.view(-1, *([1] * (self.weight.dim() - 1))).expand_as(self.weight)
-        col_source: SBSLayerMixin | None = self.__dict__.get("mask_source")
-        cols = col_source.kept_channel_mask() if col_source is not None else None
-        if cols is not None and self.weight.shape[1] == cols.numel():
-            col_mask = cols.view(1, -1, *([1] * (self.weight.dim() - 2))).expand_as(self.weight)
-            mask = col_mask if mask is None else mask * col_mask
-        return mask
-
     def _search_standardised(self) -> tuple[Tensor, Tensor]:
         return self._standardise(self.weight, self._kept_weight_mask())
 
     def _weight_clip(self) -> Tensor:
-        return _grad_scale(self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1)))
+        return _grad_scale(
+            self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1))
+        )
 
     def _act_clip(self, x: Tensor) -> Tensor:
         per_sample = max(x[0].numel(), 1) if x.dim() > 1 else x.numel()
@@ -217,9 +195,11 @@ class SBSLayerMixin:
         """The weight the layer computes with in its current mode."""
         searching = self.mode == "search" and not self.pinned
         w_bits = self.fixed_w_bits
-        if not searching and w_bits >= FULL_PRECISION_BITS:
+        if not searching and w_bits >= FLOAT_BITS:
             return self.weight
-        w_std, std = self._search_standardised() if self.mode == "search" else self._standardise(self.weight)
+        w_std, std = (
+            self._search_standardised() if self.mode == "search" else self._standardise(self.weight)
+        )
         z = self._normalise_weight(w_std)
         if searching and self.search_weight_bits:
             stats, grids = lower_grid_residuals(z, self.bits)
@@ -232,63 +212,20 @@ class SBSLayerMixin:
             z_hat = quantize(z, step_size(w_bits))
         return std * self._weight_clip() * (2.0 * z_hat - 1.0)
 
-    def _expand_groups(self, g: Tensor) -> Tensor:
-        return g.repeat_interleave(self.group_size)[: self.weight.shape[0]]
-
-    @property
-    def searches_pruning(self) -> bool:
-        """True while this layer's output channel groups carry live pruning gates."""
-        return self.prunable and self.mode == "search" and not self.pinned
-
-    def pruning_statistics(self) -> Tensor:
-        """Each group's mean |standardised w|, standardised over the groups at calibration."""
-        norms = self._group_norms(self._standardise(self.weight)[0])
-        return (norms / self.p_scale - 1.0) / self.p_spread
-
-    @torch.no_grad()
-    def kept_channel_mask(self) -> Tensor | None:
-        """1.0 for every output channel the pruning gates keep now, 0.0 for pruned ones."""
-        if not self.searches_pruning:
-            return None
-        keep = (self.pruning_statistics() > self.p_theta).to(self.weight.dtype)
-        return self._expand_groups(keep)
-
-    def channel_gates(self) -> Tensor | None:
-        """This producer's pruning gates, one per output channel (None when it does not prune).
-
-        Called by the consumer that reads the channels; the group gates are kept for the cost term.
-        """
-        if not self.searches_pruning:
-            self.last_p_gates = None
-            return None
-        g = threshold_gate(self.pruning_statistics(), self.p_theta, self.tau)
-        self.last_p_gates = g
-        return self._expand_groups(g)
-
-    def _mask_input(self, x: Tensor) -> Tensor:
-        """Zero the input channels whose producer group is pruned (channels: dim 1, or last for Linear)."""
-        source: SBSLayerMixin | None = self.__dict__.get("mask_source")
-        if source is None:
-            return x
-        mask = source.channel_gates()
-        if mask is None:
-            return x
-        if isinstance(self, nn.Linear):
-            return x * mask.to(x.dtype)
-        return x * mask.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
-
     def quantized_input(self, x: Tensor) -> Tensor:
         """The input activation as the layer sees it in its current mode (pruned channels zero)."""
         return self._mask_input(self._quantize_input(x))
 
     def _quantize_input(self, x: Tensor) -> Tensor:
         searching = self.mode == "search" and not self.pinned
-        if not searching and self.fixed_a_bits >= FULL_PRECISION_BITS:
+        if not searching and self.fixed_a_bits >= FLOAT_BITS:
             return x
         v = self._act_clip(x)
         z = self._normalise_act(x, v)
         if searching:
-            if self.training:  # the statistic on a fixed sample; only the chosen grid is computed in full
+            if (
+                self.training
+            ):  # the statistic on a fixed sample; only the chosen grid is computed in full
                 batch_stats = sampled_residuals(z, self.bits)
                 with torch.no_grad():
                     self.a_residual_ema.lerp_(batch_stats, _EMA_MOMENTUM)
@@ -341,17 +278,6 @@ class SBSLayerMixin:
         return w_bits, a_bits
 
     @torch.no_grad()
-    def pruned_groups(self) -> list[int]:
-        """Indices of the channel groups whose pruning gate is closed."""
-        if not self.searches_pruning:
-            return []
-        stats = self.pruning_statistics()
-        return [i for i, s in enumerate(stats.tolist()) if not s > float(self.p_theta)]
-
-    def pruned_channels(self) -> list[int]:
-        return [c for g in self.pruned_groups() for c in range(g * self.group_size, min((g + 1) * self.group_size, self.weight.shape[0]))]
-
-    @torch.no_grad()
     def clamp_parameters(self) -> None:
         """Keep thresholds >= 0 and within reach of their statistics, clipping values > 0, and
         pruning under its cap (method 2-3). Runs on the device: no value is read back."""
@@ -361,9 +287,13 @@ class SBSLayerMixin:
         self.weight_clip.clamp_(min=_MIN_CLIP)
         self.act_clip.clamp_(min=_MIN_CLIP)
         if self.mode == "search" and not self.pinned:
-            w_stats, _ = lower_grid_residuals(self._normalise_weight(self._search_standardised()[0]), self.bits)
+            w_stats, _ = lower_grid_residuals(
+                self._normalise_weight(self._search_standardised()[0]), self.bits
+            )
             self.w_theta.copy_(torch.minimum(self.w_theta, w_stats / self.w_scale + margin))
-            self.a_theta.copy_(torch.minimum(self.a_theta, self.a_residual_ema / self.a_scale + margin))
+            self.a_theta.copy_(
+                torch.minimum(self.a_theta, self.a_residual_ema / self.a_scale + margin)
+            )
         if self.prunable:
             stats = torch.sort(self.pruning_statistics()).values
             max_pruned = int(math.floor(self.max_prune_fraction * self.num_groups + 1e-9))
@@ -371,7 +301,9 @@ class SBSLayerMixin:
             # Groups with stat <= theta are pruned: keep theta below the (max_pruned+1)-th smallest,
             # and no further than the margin below the weakest group.
             ceiling = stats[max_pruned] - 1e-6 * stats[max_pruned].abs().clamp_min(1.0)
-            self.p_theta.copy_(torch.maximum(torch.minimum(self.p_theta, ceiling), stats[0] - margin))
+            self.p_theta.copy_(
+                torch.maximum(torch.minimum(self.p_theta, ceiling), stats[0] - margin)
+            )
 
     def set_fixed(self, w_bits: int, a_bits: int) -> None:
         """Switch to fixed mode with the given bit widths (32 = float)."""
@@ -407,7 +339,14 @@ class SBSConv2d(SBSLayerMixin, nn.Conv2d):
     """A Conv2d (grouped and depthwise included) with SBS quantisation of weights and inputs."""
 
     @classmethod
-    def from_module(cls, conv: nn.Conv2d, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float) -> SBSConv2d:
+    def from_module(
+        cls,
+        conv: nn.Conv2d,
+        bits: Sequence[int],
+        group_size: int,
+        max_prune_fraction: float,
+        tau: float,
+    ) -> SBSConv2d:
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -432,9 +371,21 @@ class SBSLinear(SBSLayerMixin, nn.Linear):
     """A Linear with SBS quantisation of weights and inputs."""
 
     @classmethod
-    def from_module(cls, linear: nn.Linear, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float) -> SBSLinear:
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
+    def from_module(
+        cls,
+        linear: nn.Linear,
+        bits: Sequence[int],
+        group_size: int,
+        max_prune_fraction: float,
+        tau: float,
+    ) -> SBSLinear:
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         return layer._adopt(linear, bits, group_size, max_prune_fraction, tau)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]

@@ -15,7 +15,14 @@ from torch import Tensor
 
 from hwsbs.errors import ConfigError
 
-__all__ = ["step_size", "round_ste", "quantize", "validate_bit_candidates", "bit_sharing_terms", "compose"]
+__all__ = [
+    "step_size",
+    "round_ste",
+    "quantize",
+    "validate_bit_candidates",
+    "bit_sharing_terms",
+    "compose",
+]
 
 
 def step_size(bits: int) -> float:

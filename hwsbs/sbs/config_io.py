@@ -20,11 +20,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from cost_models.base import FULL_PRECISION_BITS, CostModel, LayerShape, LayerState
+from cost_models.base import FLOAT_BITS, CostModel, LayerShape, LayerState
+from hardware_profiles.errors_format import format_loc
+from hardware_profiles.yaml_io import dump_yaml, load_yaml
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
-from hwsbs.profiles.errors_format import format_loc
-from hwsbs.profiles.yaml_io import dump_yaml, load_yaml
 
 __all__ = ["CONFIG_FORMAT", "LayerDecision", "CompressionConfig", "save_config", "load_config"]
 
@@ -40,8 +40,8 @@ class LayerDecision:
     """What the search decided for one layer."""
 
     shape: LayerShape  # the layer's unpruned shape
-    w_bits: int  # weight bits (FULL_PRECISION_BITS = float)
-    a_bits: int  # input-activation bits (FULL_PRECISION_BITS = float)
+    w_bits: int  # weight bits (FLOAT_BITS = float)
+    a_bits: int  # input-activation bits (FLOAT_BITS = float)
     pruned_channels: list[int] = field(default_factory=list)  # output channel indices removed
     kept_in: int | None = None  # input channels left by the producer's pruning (None = all)
 
@@ -66,7 +66,9 @@ class CompressionConfig:
     layers: list[LayerDecision]  # one per quantised Conv2d/Linear, in module order
     model: str = ""  # model name or module:factory it was found for (informational)
     dataset: str = ""  # dataset it was found on (informational)
-    bits: list[int] = field(default_factory=lambda: list(DEFAULT_BITS))  # candidate bit widths searched
+    bits: list[int] = field(
+        default_factory=lambda: list(DEFAULT_BITS)
+    )  # candidate bit widths searched
     group_size: int = DEFAULT_GROUP_SIZE  # channels per pruning group
     batch: int = 1  # batch size the costs are reported for
 
@@ -75,13 +77,15 @@ class CompressionConfig:
 
     def cost(self, cost_model: CostModel) -> float:
         """Total cost of this configuration."""
-        return cost_model.model_cost([d.shape for d in self.layers], [d.state for d in self.layers], self.batch)
+        return cost_model.model_cost(
+            [d.shape for d in self.layers], [d.state for d in self.layers], self.batch
+        )
 
     def layer_costs(self, cost_model: CostModel) -> list[float]:
         return [cost_model.layer_cost(d.shape, d.state, self.batch) for d in self.layers]
 
     def uniform(self, bits: int) -> CompressionConfig:
-        """The same model at ``bits`` everywhere, unpruned (full precision with FULL_PRECISION_BITS)."""
+        """The same model at ``bits`` everywhere, unpruned (full precision with FLOAT_BITS)."""
         return CompressionConfig(
             layers=[LayerDecision(d.shape, bits, bits) for d in self.layers],
             model=self.model,
@@ -92,7 +96,7 @@ class CompressionConfig:
         )
 
     def full_precision(self) -> CompressionConfig:
-        return self.uniform(FULL_PRECISION_BITS)
+        return self.uniform(FLOAT_BITS)
 
 
 def _shape_to_dict(shape: LayerShape) -> dict[str, Any]:
@@ -145,7 +149,7 @@ def _in_range(lo: int, hi: int) -> Callable[[int], int]:
     return check
 
 
-_Bits = Annotated[int, Strict(), AfterValidator(_in_range(1, FULL_PRECISION_BITS))]
+_Bits = Annotated[int, Strict(), AfterValidator(_in_range(1, FLOAT_BITS))]
 _Count = Annotated[int, Strict(), AfterValidator(_in_range(1, MAX_COUNT))]
 _Index = Annotated[int, Strict(), AfterValidator(_in_range(0, MAX_COUNT - 1))]
 _Pair = tuple[_Count, _Count]
@@ -191,7 +195,8 @@ class _ConfigFile(_Strict):
     model: Annotated[str, Strict()] | None = ""
     dataset: Annotated[str, Strict()] | None = ""
     bits: list[Annotated[int, Strict(), AfterValidator(_in_range(1, MAX_SEARCH_BITS))]] = Field(
-        default_factory=lambda: list(DEFAULT_BITS), min_length=1)
+        default_factory=lambda: list(DEFAULT_BITS), min_length=1
+    )
     group_size: _Count = 4
     batch: _Count = 1
     layers: list[_LayerFile] = Field(min_length=1)
@@ -200,7 +205,11 @@ class _ConfigFile(_Strict):
 def _shown(value: Any) -> str:
     """The offending value in a message, if it is short."""
     text = repr(value)
-    return f", got {text}" if isinstance(value, str | int | float | bool | type(None)) and len(text) <= 40 else ""
+    return (
+        f", got {text}"
+        if isinstance(value, str | int | float | bool | type(None)) and len(text) <= 40
+        else ""
+    )
 
 
 def _where(src: str, data: dict, loc: tuple[Any, ...]) -> str:
@@ -215,9 +224,15 @@ def _where(src: str, data: dict, loc: tuple[Any, ...]) -> str:
     return f"{src}: {format_loc(loc)}"
 
 
-_TYPE_WORDS = {"int_type": "expected an integer", "string_type": "expected a string", "list_type": "expected a list",
-               "tuple_type": "expected a list of two integers", "model_type": "expected a mapping",
-               "model_attributes_type": "expected a mapping", "dict_type": "expected a mapping"}
+_TYPE_WORDS = {
+    "int_type": "expected an integer",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list of two integers",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+}
 _LENGTH_WORDS = {"layers": "expected at least one layer", "bits": "expected at least one bit width"}
 
 
@@ -241,7 +256,9 @@ def _format_error(src: str, data: dict, exc: ValidationError) -> str:
     loc = tuple(err["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     if err["type"] == "missing":
-        return f"{_where(src, data, loc[:-1]) if loc[:-1] else src}: missing field {loc[-1]!r}{more}"
+        return (
+            f"{_where(src, data, loc[:-1]) if loc[:-1] else src}: missing field {loc[-1]!r}{more}"
+        )
     if err["type"] == "extra_forbidden":
         return f"{_where(src, data, loc)}: unknown field (misspelled?){more}"
     msg = _problem(loc, err)
@@ -251,16 +268,22 @@ def _format_error(src: str, data: dict, exc: ValidationError) -> str:
 def _check_bits(src: str, bits: list[int]) -> None:
     for lo, hi in zip(bits, bits[1:]):
         if hi != 2 * lo:
-            raise ConfigError(f"{src}: bits: each bit width must double the previous one, got {bits}")
+            raise ConfigError(
+                f"{src}: bits: each bit width must double the previous one, got {bits}"
+            )
 
 
 def _check_shape(where: str, shape: _ShapeFile) -> None:
     """Groups that fit the channels (a linear layer has one)."""
     if shape.kind == "linear" and shape.groups != 1:
-        raise ConfigError(f"{where}.shape.groups: expected 1 for a linear layer, got {shape.groups}")
+        raise ConfigError(
+            f"{where}.shape.groups: expected 1 for a linear layer, got {shape.groups}"
+        )
     for key in ("in_channels", "out_channels"):
         if getattr(shape, key) % shape.groups:
-            raise ConfigError(f"{where}.shape.groups: {shape.groups} does not divide {key} ({getattr(shape, key)})")
+            raise ConfigError(
+                f"{where}.shape.groups: {shape.groups} does not divide {key} ({getattr(shape, key)})"
+            )
 
 
 def _check_layer(where: str, layer: _LayerFile) -> list[int]:
@@ -268,31 +291,49 @@ def _check_layer(where: str, layer: _LayerFile) -> list[int]:
     shape = layer.shape
     _check_shape(where, shape)
     if layer.out_channels is not None and layer.out_channels != shape.out_channels:
-        raise ConfigError(f"{where}.out_channels: {layer.out_channels} differs from shape.out_channels "
-                          f"({shape.out_channels})")
+        raise ConfigError(
+            f"{where}.out_channels: {layer.out_channels} differs from shape.out_channels "
+            f"({shape.out_channels})"
+        )
     pruned = list(layer.pruned_channels or [])
     bad = next((c for c in pruned if c >= shape.out_channels), None)
     if bad is not None:
-        raise ConfigError(f"{where}.pruned_channels: expected channel indices in 0..{shape.out_channels - 1}, got {bad}")
+        raise ConfigError(
+            f"{where}.pruned_channels: expected channel indices in 0..{shape.out_channels - 1}, got {bad}"
+        )
     if len(set(pruned)) != len(pruned):
-        raise ConfigError(f"{where}.pruned_channels: channel {next(c for c in pruned if pruned.count(c) > 1)} is listed twice")
+        raise ConfigError(
+            f"{where}.pruned_channels: channel {next(c for c in pruned if pruned.count(c) > 1)} is listed twice"
+        )
     if len(pruned) == shape.out_channels:
         raise ConfigError(f"{where}.pruned_channels: every output channel is pruned")
     kept_out = shape.out_channels - len(pruned)
     if layer.kept_out_channels is not None and layer.kept_out_channels != kept_out:
-        raise ConfigError(f"{where}.kept_out_channels: expected {kept_out} (out_channels {shape.out_channels} minus "
-                          f"{len(pruned)} pruned), got {layer.kept_out_channels}")
+        raise ConfigError(
+            f"{where}.kept_out_channels: expected {kept_out} (out_channels {shape.out_channels} minus "
+            f"{len(pruned)} pruned), got {layer.kept_out_channels}"
+        )
     if layer.kept_in_channels is not None and layer.kept_in_channels > shape.in_channels:
-        raise ConfigError(f"{where}.kept_in_channels: expected 1..{shape.in_channels}, got {layer.kept_in_channels}")
+        raise ConfigError(
+            f"{where}.kept_in_channels: expected 1..{shape.in_channels}, got {layer.kept_in_channels}"
+        )
     return sorted(pruned)
 
 
 def _decision(where: str, layer: _LayerFile) -> LayerDecision:
     pruned = _check_layer(where, layer)
     s = layer.shape
-    shape = LayerShape(name=layer.name, kind=s.kind, in_channels=s.in_channels, out_channels=s.out_channels,
-                       kernel_size=s.kernel_size, stride=s.stride, groups=s.groups, in_size=s.in_size,
-                       out_size=s.out_size)
+    shape = LayerShape(
+        name=layer.name,
+        kind=s.kind,
+        in_channels=s.in_channels,
+        out_channels=s.out_channels,
+        kernel_size=s.kernel_size,
+        stride=s.stride,
+        groups=s.groups,
+        in_size=s.in_size,
+        out_size=s.out_size,
+    )
     kept_in = s.in_channels if layer.kept_in_channels is None else layer.kept_in_channels
     return LayerDecision(shape, layer.w_bits, layer.a_bits, pruned, kept_in)
 
@@ -322,8 +363,16 @@ def load_config(path: str | Path) -> CompressionConfig:
     for i, layer in enumerate(parsed.layers):
         where = f"{src}: layers[{i}] ({layer.name})"
         if layer.name in seen:
-            raise ConfigError(f"{where}.name: {layer.name!r} is also the name of layers[{seen[layer.name]}]")
+            raise ConfigError(
+                f"{where}.name: {layer.name!r} is also the name of layers[{seen[layer.name]}]"
+            )
         seen[layer.name] = i
         layers.append(_decision(where, layer))
-    return CompressionConfig(layers=layers, model=parsed.model or "", dataset=parsed.dataset or "",
-                             bits=list(parsed.bits), group_size=parsed.group_size, batch=parsed.batch)
+    return CompressionConfig(
+        layers=layers,
+        model=parsed.model or "",
+        dataset=parsed.dataset or "",
+        bits=list(parsed.bits),
+        group_size=parsed.group_size,
+        batch=parsed.batch,
+    )

@@ -48,7 +48,9 @@ class SearchSpace:
         out = self.shapes[producer].out_channels
         return [c for g in sorted(groups) for c in range(g * size, min((g + 1) * size, out))]
 
-    def decisions(self, bits: dict[str, tuple[int, int]], pruned_groups: dict[str, Sequence[int]]) -> list[LayerDecision]:
+    def decisions(
+        self, bits: dict[str, tuple[int, int]], pruned_groups: dict[str, Sequence[int]]
+    ) -> list[LayerDecision]:
         """Every layer's decision from per-layer bits and per-producer pruned groups.
 
         The one home of the channel-coupling rule: a consumer's kept inputs are its producer's
@@ -72,7 +74,10 @@ class SearchSpace:
     def max_pruned_groups(self, producer: str) -> int:
         """Groups a producer may lose: the ``max_prune_fraction`` cap, and never all of them."""
         layer = self.layer(producer)
-        return min(int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1)
+        return min(
+            int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)),
+            layer.num_groups - 1,
+        )
 
     def kept_in_source(self) -> dict[str, str]:
         """For each layer whose input channels follow a producer's pruning: that producer."""
@@ -92,7 +97,9 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], dict[str, LayerShape]]:
+def trace_layer_shapes(
+    model: nn.Module, example: Tensor
+) -> tuple[list[str], dict[str, LayerShape]]:
     """Run ``example`` once (eval mode) and record every Conv2d/Linear's shape in execution order."""
     order: list[str] = []
     shapes: dict[str, LayerShape] = {}
@@ -105,15 +112,25 @@ def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], di
             x = inputs[0]
             if isinstance(mod, nn.Conv2d):
                 shapes[name] = LayerShape(
-                    name=name, kind="conv", in_channels=mod.in_channels, out_channels=mod.out_channels,
-                    kernel_size=tuple(mod.kernel_size), stride=tuple(mod.stride), groups=mod.groups,
-                    in_size=(int(x.shape[-2]), int(x.shape[-1])), out_size=(int(output.shape[-2]), int(output.shape[-1])),
+                    name=name,
+                    kind="conv",
+                    in_channels=mod.in_channels,
+                    out_channels=mod.out_channels,
+                    kernel_size=tuple(mod.kernel_size),
+                    stride=tuple(mod.stride),
+                    groups=mod.groups,
+                    in_size=(int(x.shape[-2]), int(x.shape[-1])),
+                    out_size=(int(output.shape[-2]), int(output.shape[-1])),
                 )
             else:
                 positions = int(x[..., 0].numel() // x.shape[0]) if x.dim() > 1 else 1
                 shapes[name] = LayerShape(
-                    name=name, kind="linear", in_channels=mod.in_features, out_channels=mod.out_features,
-                    out_size=(max(positions, 1), 1), in_size=(max(positions, 1), 1),
+                    name=name,
+                    kind="linear",
+                    in_channels=mod.in_features,
+                    out_channels=mod.out_features,
+                    out_size=(max(positions, 1), 1),
+                    in_size=(max(positions, 1), 1),
                 )
             order.append(name)
 
@@ -127,7 +144,9 @@ def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], di
     try:
         model(example)
     except Exception as exc:
-        raise ModelError(f"the model failed on a sample batch of shape {tuple(example.shape)}: {exc}") from None
+        raise ModelError(
+            f"the model failed on a sample batch of shape {tuple(example.shape)}: {exc}"
+        ) from None
     finally:
         for h in hooks:
             h.remove()
@@ -144,7 +163,11 @@ def _calibrate(model: nn.Module, example: Tensor) -> None:
     values calibrated there would clip nearly everything once training starts. Batch-norm running
     statistics are restored afterwards, so calibration leaves no trace.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     model.train()
     model(example)
@@ -193,11 +216,17 @@ def convert_model(
         groups, reason = find_prunable_groups(model)
         if reason is not None:
             warn_untraceable(reason)
-    unused = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in shapes]
+    unused = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in shapes
+    ]
     for name in order + unused:
         mod = model.get_submodule(name)
         cls = SBSConv2d if isinstance(mod, nn.Conv2d) else SBSLinear
-        set_submodule(model, name, cls.from_module(mod, bits, group_size, max_prune_fraction, temperature))
+        set_submodule(
+            model, name, cls.from_module(mod, bits, group_size, max_prune_fraction, temperature)
+        )
     pinned = {order[0], order[-1]} if pin_first_last else set()
     producers = {g.producer for g in groups}
     groups = [g for g in groups if g.producer not in pinned]  # a pinned layer keeps its channels
@@ -214,4 +243,6 @@ def convert_model(
         for dw in g.passthrough:  # a depthwise layer in between loses the same rows
             model.get_submodule(dw).__dict__["row_source"] = producer
     _calibrate(model, example)
-    return SearchSpace(model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason)
+    return SearchSpace(
+        model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason
+    )

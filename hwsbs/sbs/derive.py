@@ -15,8 +15,14 @@ from .convert import SearchSpace, set_submodule
 __all__ = ["derive_config", "apply_config", "slice_sbs_layer", "slice_batchnorm"]
 
 
-def derive_config(space: SearchSpace, model_name: str = "", dataset: str = "", bits: list[int] | None = None,
-                  group_size: int = DEFAULT_GROUP_SIZE, batch: int = 1) -> CompressionConfig:
+def derive_config(
+    space: SearchSpace,
+    model_name: str = "",
+    dataset: str = "",
+    bits: list[int] | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    batch: int = 1,
+) -> CompressionConfig:
     """Read every gate now: open bit gates give the bits, closed channel gates the pruned channels.
 
     The search itself reports its steady state instead (:mod:`hwsbs.sbs.steady_state`); this is
@@ -25,8 +31,12 @@ def derive_config(space: SearchSpace, model_name: str = "", dataset: str = "", b
     chosen = {name: layer.current_bits() for name, layer in space.layers()}
     pruned = {g.producer: space.layer(g.producer).pruned_groups() for g in space.groups}
     return CompressionConfig(
-        layers=space.decisions(chosen, pruned), model=model_name, dataset=dataset,
-        bits=list(bits or space.layer(space.layer_names[0]).bits), group_size=group_size, batch=batch,
+        layers=space.decisions(chosen, pruned),
+        model=model_name,
+        dataset=dataset,
+        bits=list(bits or space.layer(space.layer_names[0]).bits),
+        group_size=group_size,
+        batch=batch,
     )
 
 
@@ -37,11 +47,21 @@ def _copy_sbs_state(src: SBSLayerMixin, dst: SBSLayerMixin) -> None:
     with torch.no_grad():
         for pname in ("weight_clip", "act_clip", "w_theta", "a_theta", "p_theta"):
             getattr(dst, pname).copy_(getattr(src, pname))
-        for bname in ("calibrated", "act_signed", "w_scale", "a_scale", "p_scale", "p_spread", "a_residual_ema"):
+        for bname in (
+            "calibrated",
+            "act_signed",
+            "w_scale",
+            "a_scale",
+            "p_scale",
+            "p_spread",
+            "a_residual_ema",
+        ):
             getattr(dst, bname).copy_(getattr(src, bname))
 
 
-def slice_sbs_layer(layer: SBSLayerMixin, out_idx: list[int] | None, in_idx: list[int] | None) -> SBSLayerMixin:
+def slice_sbs_layer(
+    layer: SBSLayerMixin, out_idx: list[int] | None, in_idx: list[int] | None
+) -> SBSLayerMixin:
     """A new SBS layer keeping only ``out_idx`` output and ``in_idx`` input channels."""
     w = layer.weight.detach()
     if isinstance(layer, SBSConv2d):
@@ -53,18 +73,33 @@ def slice_sbs_layer(layer: SBSLayerMixin, out_idx: list[int] | None, in_idx: lis
             cin = cout = groups = len(idx)
         else:
             if layer.groups != 1 and (out_idx is not None or in_idx is not None):
-                raise ModelError(f"cannot prune channels of grouped conv with groups={layer.groups}")
+                raise ModelError(
+                    f"cannot prune channels of grouped conv with groups={layer.groups}"
+                )
             new_w = w if out_idx is None else w[out_idx]
             new_w = new_w if in_idx is None else new_w[:, in_idx]
             cout, cin, groups = new_w.shape[0], new_w.shape[1] * layer.groups, layer.groups
-        ref = nn.Conv2d(cin, cout, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                        dilation=layer.dilation, groups=groups, bias=layer.bias is not None, padding_mode=layer.padding_mode)
-        new = SBSConv2d.from_module(ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau)
+        ref = nn.Conv2d(
+            cin,
+            cout,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+        )
+        new = SBSConv2d.from_module(
+            ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau
+        )
     else:
         new_w = w if out_idx is None else w[out_idx]
         new_w = new_w if in_idx is None else new_w[:, in_idx]
         ref = nn.Linear(new_w.shape[1], new_w.shape[0], bias=layer.bias is not None)
-        new = SBSLinear.from_module(ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau)
+        new = SBSLinear.from_module(
+            ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau
+        )
     with torch.no_grad():
         new.weight.copy_(new_w)
         if layer.bias is not None:
@@ -76,7 +111,13 @@ def slice_sbs_layer(layer: SBSLayerMixin, out_idx: list[int] | None, in_idx: lis
 
 def slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, idx: list[int]) -> nn.Module:
     """A batch-norm keeping only channels ``idx``."""
-    new = type(bn)(len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats)
+    new = type(bn)(
+        len(idx),
+        eps=bn.eps,
+        momentum=bn.momentum,
+        affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+    )
     with torch.no_grad():
         if bn.affine:
             new.weight.copy_(bn.weight[idx])
@@ -88,24 +129,34 @@ def slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, idx: list[int]) -> nn.M
     return new.to(bn.weight.device if bn.affine else "cpu")
 
 
-def check_config_matches(space: SearchSpace, config: CompressionConfig, source: str = "config.yaml") -> None:
+def check_config_matches(
+    space: SearchSpace, config: CompressionConfig, source: str = "config.yaml"
+) -> None:
     """Raise ModelError when ``config`` was not made for this model."""
     cfg = config.by_name()
     missing = [n for n in space.layer_names if n not in cfg]
     extra = [n for n in cfg if n not in space.shapes]
     if missing or extra:
-        detail = f"layers missing from it: {', '.join(missing[:3])}" if missing else f"unknown layers: {', '.join(extra[:3])}"
+        detail = (
+            f"layers missing from it: {', '.join(missing[:3])}"
+            if missing
+            else f"unknown layers: {', '.join(extra[:3])}"
+        )
         raise ModelError(f"{source} does not match the model ({detail})")
     fields = ("in_channels", "out_channels", "kernel_size", "groups")
     for name in space.layer_names:
         a, b = space.shapes[name], cfg[name].shape
         differing = [f for f in fields if getattr(a, f) != getattr(b, f)]
         if differing:
-            detail = ", ".join(f"{f} {getattr(b, f)!r} there but {getattr(a, f)!r} in the model" for f in differing)
+            detail = ", ".join(
+                f"{f} {getattr(b, f)!r} there but {getattr(a, f)!r} in the model" for f in differing
+            )
             raise ModelError(f"{source}: layer {name} does not match the model: {detail}")
 
 
-def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "config.yaml") -> nn.Module:
+def apply_config(
+    space: SearchSpace, config: CompressionConfig, source: str = "config.yaml"
+) -> nn.Module:
     """Fix every layer's bits and physically remove pruned channels; returns ``space.model``.
 
     Raises:
@@ -121,7 +172,9 @@ def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "c
     passthrough = {p for g in space.groups for p in g.passthrough}
     for name in space.layer_names:
         if cfg[name].pruned_channels and name not in producers and name not in passthrough:
-            raise ModelError(f"{source}: layer {name} has pruned_channels but is not prunable in this model")
+            raise ModelError(
+                f"{source}: layer {name} has pruned_channels but is not prunable in this model"
+            )
     for producer, group in producers.items():
         pruned = set(cfg[producer].pruned_channels)
         if not pruned:
@@ -132,5 +185,7 @@ def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "c
             set_submodule(model, bn, slice_batchnorm(model.get_submodule(bn), keep))
         for dw in group.passthrough:
             set_submodule(model, dw, slice_sbs_layer(space.layer(dw), keep, keep))
-        set_submodule(model, group.consumer, slice_sbs_layer(space.layer(group.consumer), None, keep))
+        set_submodule(
+            model, group.consumer, slice_sbs_layer(space.layer(group.consumer), None, keep)
+        )
     return model

@@ -64,7 +64,10 @@ class SearchEngine:
         self.terms = [CostTerm(space, o.cost_model, cost_batch) for o in objectives]
         # Update families (alternate steps, method section 2) and, within each, the gate kinds
         # whose gradient scale is normalised together (see threshold_optim).
-        kinds: dict[str, dict[str, list[nn.Parameter]]] = {"weight": {"w": [], "p": []}, "activation": {"a": []}}
+        kinds: dict[str, dict[str, list[nn.Parameter]]] = {
+            "weight": {"w": [], "p": []},
+            "activation": {"a": []},
+        }
         for _, layer in space.layers():
             for kind, param in layer.threshold_parameters().items():
                 kinds["activation" if kind == "a" else "weight"][kind].append(param)
@@ -79,7 +82,9 @@ class SearchEngine:
             if any(groups.values())
         }
         self.family_kinds = {family: list(groups) for family, groups in kinds.items()}
-        self.cost_scale = CostGradientScale({k: ps for groups in kinds.values() for k, ps in groups.items()})
+        self.cost_scale = CostGradientScale(
+            {k: ps for groups in kinds.values() for k, ps in groups.items()}
+        )
         self.recorder = ChoiceRecorder()  # the configurations priced this epoch (the steady state)
         self.step_count = 0
 
@@ -103,8 +108,13 @@ class SearchEngine:
         self.space.model.train()
         family = "weight" if self.step_count % 2 == 0 else "activation"
         # The other family stays at its current choice: no gradient is even computed for it.
-        frozen = [p for fam, opt in self.threshold_optimizers.items() if fam != family
-                  for group in opt.param_groups for p in group["params"]]
+        frozen = [
+            p
+            for fam, opt in self.threshold_optimizers.items()
+            if fam != family
+            for group in opt.param_groups
+            for p in group["params"]
+        ]
         for p in frozen:
             p.requires_grad_(False)
         try:
@@ -133,12 +143,19 @@ class SearchEngine:
         if self.terms:
             self.recorder.record(self.terms[0].last_choice)
         acc = float((logits.argmax(1) == y).float().mean())
-        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "acc": acc, "cost": float(costs[0].detach()) if costs else 0.0}
+        return {
+            "loss": float(loss.detach()),
+            "ce": float(ce.detach()),
+            "acc": acc,
+            "cost": float(costs[0].detach()) if costs else 0.0,
+        }
 
     def state_dict(self) -> dict:
         return {
             "weight_optimizer": self.weight_optimizer.state_dict(),
-            "threshold_optimizers": {k: v.state_dict() for k, v in self.threshold_optimizers.items()},
+            "threshold_optimizers": {
+                k: v.state_dict() for k, v in self.threshold_optimizers.items()
+            },
             "step_count": self.step_count,
             "recorder": self.recorder.state_dict(),
             "cost_scale": self.cost_scale.state_dict(),

@@ -19,13 +19,40 @@ from torch import fx, nn
 __all__ = ["PrunableGroup", "find_prunable_groups"]
 
 _ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
-    nn.Tanh, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Hardtanh, nn.PReLU,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ELU,
+    nn.Mish,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Hardtanh,
+    nn.PReLU,
 )
 _NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
 _ELEMENTWISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.hardtanh, F.elu,
-    F.mish, F.dropout, torch.relu, torch.sigmoid, torch.tanh, torch.nn.functional.sigmoid,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.elu,
+    F.mish,
+    F.dropout,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.nn.functional.sigmoid,
 }
 _ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_"}
 
@@ -50,7 +77,9 @@ def _can_produce(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups == 1
 
 
-def _follow(node: fx.Node, modules: dict[str, nn.Module], uses: dict[str, int], producer: str) -> PrunableGroup | None:
+def _follow(
+    node: fx.Node, modules: dict[str, nn.Module], uses: dict[str, int], producer: str
+) -> PrunableGroup | None:
     """Walk from ``node`` through single-user element-wise nodes to one consumer, or give up."""
     group = PrunableGroup(producer=producer, consumer="")
     current = node
@@ -99,7 +128,10 @@ def find_prunable_groups(model: nn.Module) -> tuple[list[PrunableGroup], str | N
         graph_module = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable Python control flow
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return [], f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {first_line[:160]})"
+        return (
+            [],
+            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {first_line[:160]})",
+        )
     modules = dict(graph_module.named_modules())
     uses: dict[str, int] = {}
     for node in graph_module.graph.nodes:
@@ -118,7 +150,9 @@ def find_prunable_groups(model: nn.Module) -> tuple[list[PrunableGroup], str | N
             continue
         consumer = modules[group.consumer]
         producer_out = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
-        consumer_in = consumer.in_channels if isinstance(consumer, nn.Conv2d) else consumer.in_features
+        consumer_in = (
+            consumer.in_channels if isinstance(consumer, nn.Conv2d) else consumer.in_features
+        )
         if producer_out != consumer_in:
             continue  # a shape change on the way we did not see (should not happen)
         groups.append(group)

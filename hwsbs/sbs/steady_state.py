@@ -15,14 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from cost_models.base import CostModel
+from hwsbs.budget import BUDGET_SLACK
 
 from .config_io import CompressionConfig
 from .convert import SearchSpace
 from .cost_term import Choice
 
 __all__ = ["ChoiceRecorder", "steady_choice", "fit_to_budget", "choice_to_config", "price_choice"]
-
-_BUDGET_SLACK = 1e-9  # relative: a cost equal to the budget up to rounding meets it
 
 
 class ChoiceRecorder:
@@ -43,28 +42,40 @@ class ChoiceRecorder:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain lists and ints: loadable with ``torch.load(weights_only=True)``."""
-        rows = [[[list(b) for b in bits], [[p, list(g)] for p, g in pruned], n] for (bits, pruned), n in self.counts.items()]
+        rows = [
+            [[list(b) for b in bits], [[p, list(g)] for p, g in pruned], n]
+            for (bits, pruned), n in self.counts.items()
+        ]
         return {"epoch": self.epoch, "counts": rows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
         self.counts = {}
         for bits, pruned, n in state["counts"]:
-            key = (tuple((str(a), int(w), int(x)) for a, w, x in bits), tuple((str(p), tuple(int(i) for i in g)) for p, g in pruned))
+            key = (
+                tuple((str(a), int(w), int(x)) for a, w, x in bits),
+                tuple((str(p), tuple(int(i) for i in g)) for p, g in pruned),
+            )
             self.counts[key] = int(n)
 
 
-def choice_to_config(space: SearchSpace, choice: Choice, make: Callable[[list], CompressionConfig]) -> CompressionConfig:
+def choice_to_config(
+    space: SearchSpace, choice: Choice, make: Callable[[list], CompressionConfig]
+) -> CompressionConfig:
     """The :class:`CompressionConfig` of a recorded choice (``make`` adds the run's metadata)."""
     bits, pruned = choice
     return make(space.decisions({n: (w, a) for n, w, a in bits}, {p: list(g) for p, g in pruned}))
 
 
 def price_choice(space: SearchSpace, choice: Choice, cost_model: CostModel, batch: int) -> float:
-    return choice_to_config(space, choice, lambda d: CompressionConfig(d, batch=batch)).cost(cost_model)
+    return choice_to_config(space, choice, lambda d: CompressionConfig(d, batch=batch)).cost(
+        cost_model
+    )
 
 
-def steady_choice(counts: dict[Choice, int], price: Callable[[Choice], float], target: float | None) -> Choice | None:
+def steady_choice(
+    counts: dict[Choice, int], price: Callable[[Choice], float], target: float | None
+) -> Choice | None:
     """The most frequent configuration (ties: the cheaper), within ``target`` when one is given.
 
     Returns:
@@ -72,7 +83,7 @@ def steady_choice(counts: dict[Choice, int], price: Callable[[Choice], float], t
     """
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], price(kv[0])))
     for choice, _ in ranked:
-        if target is None or price(choice) <= target * (1 + _BUDGET_SLACK):
+        if target is None or price(choice) <= target * (1 + BUDGET_SLACK):
             return choice
     return None
 
@@ -90,7 +101,7 @@ def _downgrades(space: SearchSpace, choice: Choice) -> list[Choice]:
             if value in ladder and ladder.index(value) > 0:
                 lower = ladder[ladder.index(value) - 1]
                 new = (name, lower, a) if which == "w" else (name, w, lower)
-                out.append((bits[:i] + (new,) + bits[i + 1:], pruned))
+                out.append((bits[:i] + (new,) + bits[i + 1 :], pruned))
     for i, (producer, groups) in enumerate(pruned):
         if len(groups) >= space.max_pruned_groups(producer):
             continue
@@ -98,11 +109,13 @@ def _downgrades(space: SearchSpace, choice: Choice) -> list[Choice]:
         free = sorted((s, g) for g, s in enumerate(stats) if g not in groups)
         if free:
             new_groups = tuple(sorted((*groups, free[0][1])))
-            out.append((bits, pruned[:i] + ((producer, new_groups),) + pruned[i + 1:]))
+            out.append((bits, pruned[:i] + ((producer, new_groups),) + pruned[i + 1 :]))
     return out
 
 
-def fit_to_budget(space: SearchSpace, choice: Choice, price: Callable[[Choice], float], target: float) -> tuple[Choice, int]:
+def fit_to_budget(
+    space: SearchSpace, choice: Choice, price: Callable[[Choice], float], target: float
+) -> tuple[Choice, int]:
     """Lower ``choice`` greedily (the largest saving first) until it costs at most ``target``.
 
     Returns:
@@ -110,7 +123,7 @@ def fit_to_budget(space: SearchSpace, choice: Choice, price: Callable[[Choice], 
         (the budget is below what the search space can reach).
     """
     steps = 0
-    while price(choice) > target * (1 + _BUDGET_SLACK):
+    while price(choice) > target * (1 + BUDGET_SLACK):
         options = _downgrades(space, choice)
         if not options:
             break

@@ -35,18 +35,29 @@ __all__ = ["check_search_method", "METHOD_CHECK_OPTIONS"]
 
 #: The tiny schedule the checks run (digits, small_cnn, BOPs, a 30% budget).
 METHOD_CHECK_OPTIONS: dict[str, Any] = dict(
-    subset=256, pretrain_epochs=1, search_epochs=1, finetune_epochs=0, progress=False, hw="a100", cost="bops",
-    target_fraction=0.3, seed=0,
+    subset=256,
+    pretrain_epochs=1,
+    search_epochs=1,
+    finetune_epochs=0,
+    progress=False,
+    hw="a100",
+    cost="bops",
+    target_fraction=0.3,
+    seed=0,
 )
 
 
-def _coupling_problems(config: CompressionConfig, max_prune_fraction: float, prunes: bool) -> list[str]:
+def _coupling_problems(
+    config: CompressionConfig, max_prune_fraction: float, prunes: bool
+) -> list[str]:
     problems = []
     model = build_model(config.model or "small_cnn", 10, 1, (8, 8))
     groups, _ = find_prunable_groups(model)
     layers = config.by_name()
     first, last = config.layers[0].shape.name, config.layers[-1].shape.name
-    allowed = {g.producer for g in groups if g.producer not in (first, last)} | {p for g in groups for p in g.passthrough}
+    allowed = {g.producer for g in groups if g.producer not in (first, last)} | {
+        p for g in groups for p in g.passthrough
+    }
     for d in config.layers:
         if d.pruned_channels and (not prunes or d.shape.name not in allowed):
             problems.append(f"{d.shape.name} prunes channels but may not")
@@ -54,16 +65,23 @@ def _coupling_problems(config: CompressionConfig, max_prune_fraction: float, pru
         producer = layers[g.producer]
         for other in [g.consumer, *g.passthrough]:
             if layers[other].state.kept_in != producer.kept_out:
-                problems.append(f"{other} keeps {layers[other].state.kept_in} inputs, its producer {g.producer} {producer.kept_out}")
+                problems.append(
+                    f"{other} keeps {layers[other].state.kept_in} inputs, its producer {g.producer} {producer.kept_out}"
+                )
         n_groups = math.ceil(producer.shape.out_channels / config.group_size)
         cap = min(int(math.floor(max_prune_fraction * n_groups + 1e-9)), n_groups - 1)
         if len(producer.pruned_channels) > cap * config.group_size:
-            problems.append(f"{g.producer} prunes {len(producer.pruned_channels)} channels, over the cap of {cap} groups")
+            problems.append(
+                f"{g.producer} prunes {len(producer.pruned_channels)} channels, over the cap of {cap} groups"
+            )
     return problems
 
 
 def _decisions(config: CompressionConfig) -> list[tuple]:
-    return [(d.shape.name, d.w_bits, d.a_bits, tuple(d.pruned_channels), d.kept_in) for d in config.layers]
+    return [
+        (d.shape.name, d.w_bits, d.a_bits, tuple(d.pruned_channels), d.kept_in)
+        for d in config.layers
+    ]
 
 
 def check_search_method(name: str, out_dir: str | Path, **options: Any) -> CompressionConfig:
@@ -82,7 +100,9 @@ def check_search_method(name: str, out_dir: str | Path, **options: Any) -> Compr
     """
     method = get_method(name)
     out = Path(out_dir)
-    cfg = SearchConfig(**{**METHOD_CHECK_OPTIONS, **options, "method": name, "out": str(out / f"{name}-a")})
+    cfg = SearchConfig(
+        **{**METHOD_CHECK_OPTIONS, **options, "method": name, "out": str(out / f"{name}-a")}
+    )
     result = run_search(cfg)
     config = load_config(Path(cfg.out) / "config.yaml")  # type: ignore[arg-type]
     problems: list[str] = []
@@ -91,20 +111,30 @@ def check_search_method(name: str, out_dir: str | Path, **options: Any) -> Compr
     candidates = set(cfg.bits)
     for d in config.layers[1:-1] if cfg.pin_first_last else config.layers:
         if d.w_bits not in candidates or d.a_bits not in candidates:
-            problems.append(f"{d.shape.name} at {d.w_bits}/{d.a_bits}, not among the candidates {sorted(candidates)}")
+            problems.append(
+                f"{d.shape.name} at {d.w_bits}/{d.a_bits}, not among the candidates {sorted(candidates)}"
+            )
     if cfg.pin_first_last:
         for d in (config.layers[0], config.layers[-1]):
             if (d.w_bits, d.a_bits) != (cfg.pin_bits, cfg.pin_bits):
-                problems.append(f"pinned layer {d.shape.name} at {d.w_bits}/{d.a_bits}, not {cfg.pin_bits}/{cfg.pin_bits}")
+                problems.append(
+                    f"pinned layer {d.shape.name} at {d.w_bits}/{d.a_bits}, not {cfg.pin_bits}/{cfg.pin_bits}"
+                )
     problems += _coupling_problems(config, cfg.max_prune_fraction, method.prunes)
     cm = build_cost_model(cfg.cost or "bops")
     cost = config.cost(cm)
     if not math.isclose(result.cost["compressed"], cost, rel_tol=1e-9):
-        problems.append(f"result.json cost {result.cost['compressed']:.6g} is not the configuration's cost {cost:.6g}")
-    target = (cfg.target_fraction * config.uniform(8).cost(cm)) if cfg.target_fraction else cfg.target
+        problems.append(
+            f"result.json cost {result.cost['compressed']:.6g} is not the configuration's cost {cost:.6g}"
+        )
+    target = (
+        (cfg.target_fraction * config.uniform(8).cost(cm)) if cfg.target_fraction else cfg.target
+    )
     if method.meets_target and target is not None and cost > target * (1 + 1e-9):
         problems.append(f"cost {cost:.6g} over the reachable target {target:.6g}")
-    again = run_search(SearchConfig(**{**cfg.to_dict(), "out": str(out / f"{name}-b"), "bits": tuple(cfg.bits)}))
+    again = run_search(
+        SearchConfig(**{**cfg.to_dict(), "out": str(out / f"{name}-b"), "bits": tuple(cfg.bits)})
+    )
     if _decisions(again.config) != _decisions(result.config):
         problems.append("the same seed gave another configuration")
     resumed = run_search(SearchConfig(**{**cfg.to_dict(), "resume": True, "bits": tuple(cfg.bits)}))

@@ -22,15 +22,10 @@ from hwsbs.tuning.report import (
     print_report,
     write_report,
 )
+from hwsbs.tuning.samplers import make_sampler
 from hwsbs.tuning.space import SearchSpace
-from hwsbs.tuning.study import (
-    StudyRun,
-    StudySettings,
-    load_study,
-    make_sampler,
-    open_storage,
-    run_study,
-)
+from hwsbs.tuning.storage import load_study, open_storage
+from hwsbs.tuning.study import StudyRun, StudySettings, run_study
 
 __all__ = [
     "SearchSpace",

@@ -28,10 +28,18 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.table import Table
 
-from hwsbs.tuning.study import STUDY_ATTR
+from hwsbs.tuning.storage import STUDY_ATTR
 
-__all__ = ["TrialRecord", "StudyReport", "collect", "write_report", "print_report", "hypervolume",
-           "non_dominated", "HV_REFERENCE"]
+__all__ = [
+    "TrialRecord",
+    "StudyReport",
+    "collect",
+    "write_report",
+    "print_report",
+    "hypervolume",
+    "non_dominated",
+    "HV_REFERENCE",
+]
 
 #: Reference point of the hypervolume: (accuracy, cost / uniform 8-bit cost of each profile).
 HV_REFERENCE = (0.0, 1.1)
@@ -74,13 +82,25 @@ class TrialRecord:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "number": self.number, "state": self.state, "params": self.params, "options": self.options,
-            "weights": self.weights, "accuracy": self.accuracy, "costs": self.costs,
+            "number": self.number,
+            "state": self.state,
+            "params": self.params,
+            "options": self.options,
+            "weights": self.weights,
+            "accuracy": self.accuracy,
+            "costs": self.costs,
         }
         if self.costs is not None:
             out["cost_vs_uniform_8bit"] = {label: self.ratio(label) for label in self.costs}
-        out.update({"constraint": self.constraint, "feasible": self.feasible, "run_dir": self.run_dir,
-                    "config": self.config_path, "result": self.result_path})
+        out.update(
+            {
+                "constraint": self.constraint,
+                "feasible": self.feasible,
+                "run_dir": self.run_dir,
+                "config": self.config_path,
+                "result": self.result_path,
+            }
+        )
         if self.fail_reason:
             out["fail_reason"] = self.fail_reason
         return out
@@ -113,9 +133,19 @@ class StudyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "study": self.study_name, "kind": self.kind, "storage": self.storage,
+            "study": self.study_name,
+            "kind": self.kind,
+            "storage": self.storage,
             "objectives": [{"name": "accuracy", "direction": "maximize"}]
-            + [{"name": o["label"], "direction": "minimize", "unit": o["unit"], "metric": o["metric"]} for o in self.objectives],
+            + [
+                {
+                    "name": o["label"],
+                    "direction": "minimize",
+                    "unit": o["unit"],
+                    "metric": o["metric"],
+                }
+                for o in self.objectives
+            ],
             "target": self.target,
             "trials": self.counts(),
             "hypervolume": {
@@ -134,7 +164,8 @@ def non_dominated(vectors: Sequence[Sequence[float]]) -> list[int]:
     for i, v in enumerate(vectors):
         dominated = any(
             all(a <= b for a, b in zip(w, v)) and any(a < b for a, b in zip(w, v))
-            for j, w in enumerate(vectors) if j != i
+            for j, w in enumerate(vectors)
+            if j != i
         )
         if not dominated:
             keep.append(i)
@@ -177,10 +208,18 @@ def _record(t: FrozenTrial, study_attrs: dict[str, Any]) -> TrialRecord:
     if ua.get("surplus"):
         reason = "surplus: the study already had its trials when this one started"
     return TrialRecord(
-        number=t.number, state=t.state.name, params=dict(t.params), options=dict(ua.get("options", {})),
-        weights=dict(ua.get("weights", {})), accuracy=ua.get("accuracy"), costs=ua.get("costs"),
-        constraint=float(constraint[0]) if constraint else None, run_dir=ua.get("run_dir"),
-        config_path=ua.get("config_path"), result_path=ua.get("result_path"), fail_reason=reason,
+        number=t.number,
+        state=t.state.name,
+        params=dict(t.params),
+        options=dict(ua.get("options", {})),
+        weights=dict(ua.get("weights", {})),
+        accuracy=ua.get("accuracy"),
+        costs=ua.get("costs"),
+        constraint=float(constraint[0]) if constraint else None,
+        run_dir=ua.get("run_dir"),
+        config_path=ua.get("config_path"),
+        result_path=ua.get("result_path"),
+        fail_reason=reason,
     )
 
 
@@ -191,15 +230,35 @@ def collect(study: optuna.Study, storage: str = "") -> StudyReport:
     labels = [o["label"] for o in objectives]
     attrs = study.user_attrs
     trials = [_record(t, attrs) for t in study.get_trials(deepcopy=False)]
-    ok = [t for t in trials if t.complete and t.feasible and all(label in (t.costs or {}) for label in labels)
-          and math.isfinite(t.accuracy["compressed"])]
+    ok = [
+        t
+        for t in trials
+        if t.complete
+        and t.feasible
+        and all(label in (t.costs or {}) for label in labels)
+        and math.isfinite(t.accuracy["compressed"])
+    ]
     vectors = [(-t.accuracy["compressed"], *(t.cost(label) for label in labels)) for t in ok]
-    front = sorted((ok[i] for i in non_dominated(vectors)), key=lambda t: (t.cost(labels[0]), t.number))
+    front = sorted(
+        (ok[i] for i in non_dominated(vectors)), key=lambda t: (t.cost(labels[0]), t.number)
+    )
     hv_points = [(-t.accuracy["compressed"], *(t.ratio(label) for label in labels)) for t in front]
     hv = hypervolume(hv_points, (-HV_REFERENCE[0], *([HV_REFERENCE[1]] * len(labels))))
-    best = max(ok, key=lambda t: (t.accuracy["compressed"], -t.cost(labels[0]), -t.number), default=None)
-    return StudyReport(study.study_name, info.get("kind", "tune"), objectives, info.get("target"), trials,
-                       front, hv, best, storage, info.get("out"))
+    best = max(
+        ok, key=lambda t: (t.accuracy["compressed"], -t.cost(labels[0]), -t.number), default=None
+    )
+    return StudyReport(
+        study.study_name,
+        info.get("kind", "tune"),
+        objectives,
+        info.get("target"),
+        trials,
+        front,
+        hv,
+        best,
+        storage,
+        info.get("out"),
+    )
 
 
 def _plot_png(report: StudyReport, path: Path) -> None:
@@ -216,11 +275,22 @@ def _plot_png(report: StudyReport, path: Path) -> None:
         feas = [t for t in others if t.feasible]
         infeas = [t for t in others if not t.feasible]
         if feas:
-            ax.scatter([t.cost(label) for t in feas], [t.accuracy["compressed"] for t in feas], c="0.6", s=22,
-                       label="dominated trial")
+            ax.scatter(
+                [t.cost(label) for t in feas],
+                [t.accuracy["compressed"] for t in feas],
+                c="0.6",
+                s=22,
+                label="dominated trial",
+            )
         if infeas:
-            ax.scatter([t.cost(label) for t in infeas], [t.accuracy["compressed"] for t in infeas], c="tab:red",
-                       marker="x", s=26, label="over budget")
+            ax.scatter(
+                [t.cost(label) for t in infeas],
+                [t.accuracy["compressed"] for t in infeas],
+                c="tab:red",
+                marker="x",
+                s=26,
+                label="over budget",
+            )
         if report.front:
             xs = [t.cost(label) for t in report.front]
             ys = [t.accuracy["compressed"] for t in report.front]
@@ -229,13 +299,23 @@ def _plot_png(report: StudyReport, path: Path) -> None:
             for t, x, y in zip(report.front, xs, ys):
                 at.setdefault((x, y), []).append(str(t.number))
             for (x, y), numbers in at.items():  # trials at the same point share one label
-                ax.annotate("#" + ",".join(numbers), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(
+                    "#" + ",".join(numbers),
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
             stair = sorted((xs[i], ys[i]) for i in non_dominated([(x, -y) for x, y in zip(xs, ys)]))
             ax.step([p[0] for p in stair], [p[1] for p in stair], where="post", c="tab:blue", lw=1)
         if complete:
             u8 = float(complete[0].costs[label]["uniform_8bit"])
             ax.axvline(u8, c="0.3", ls=":", lw=1, label="uniform 8-bit")
-            fp = [t.accuracy["full_precision"] for t in complete if math.isfinite(t.accuracy["full_precision"])]
+            fp = [
+                t.accuracy["full_precision"]
+                for t in complete
+                if math.isfinite(t.accuracy["full_precision"])
+            ]
             if fp:
                 ax.axhline(sum(fp) / len(fp), c="tab:green", ls="--", lw=1, label="full precision")
             costs = [t.cost(label) for t in complete] + [u8]
@@ -245,7 +325,13 @@ def _plot_png(report: StudyReport, path: Path) -> None:
                 ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         budget_trial = next((t for t in complete if t.constraint is not None), None)
         if budget_trial is not None and label == report.labels[0]:
-            ax.axvline(budget_trial.cost(label) / (budget_trial.constraint + 1.0), c="tab:red", ls="--", lw=1, label="budget")
+            ax.axvline(
+                budget_trial.cost(label) / (budget_trial.constraint + 1.0),
+                c="tab:red",
+                ls="--",
+                lw=1,
+                label="budget",
+            )
         ax.set_xlabel(f"{obj['metric']} ({obj['unit']})")
         ax.set_ylabel("compressed accuracy")
         ax.set_title(label, fontsize=10)
@@ -269,13 +355,27 @@ def _plot_html(report: StudyReport, path: Path) -> bool:
     complete = [t for t in report.trials if t.complete]
     for col, obj in enumerate(report.objectives, start=1):
         label = obj["label"]
-        for name, group, color in (("trial", [t for t in complete if t.number not in front_ids], "gray"),
-                                   ("Pareto front", report.front, "royalblue")):
-            fig.add_trace(go.Scatter(
-                x=[t.cost(label) for t in group], y=[t.accuracy["compressed"] for t in group], mode="markers",
-                name=name, marker={"color": color}, showlegend=col == 1,
-                text=[f"trial {t.number}<br>" + "<br>".join(f"{k}={v}" for k, v in t.params.items()) for t in group],
-            ), row=1, col=col)
+        for name, group, color in (
+            ("trial", [t for t in complete if t.number not in front_ids], "gray"),
+            ("Pareto front", report.front, "royalblue"),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.cost(label) for t in group],
+                    y=[t.accuracy["compressed"] for t in group],
+                    mode="markers",
+                    name=name,
+                    marker={"color": color},
+                    showlegend=col == 1,
+                    text=[
+                        f"trial {t.number}<br>"
+                        + "<br>".join(f"{k}={v}" for k, v in t.params.items())
+                        for t in group
+                    ],
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(title_text=f"{obj['metric']} ({obj['unit']})", row=1, col=col)
         fig.update_yaxes(title_text="compressed accuracy", row=1, col=col)
     fig.update_layout(title=f"{report.study_name}: hypervolume {report.hypervolume:.4g}")
@@ -346,7 +446,9 @@ def _fmt(value: Any) -> str:
 
 def print_report(report: StudyReport, console: Console) -> None:
     """The front as a table, the trial counts, the hypervolume and the best feasible trial."""
-    names = sorted({k for t in report.front for k in t.params}, key=lambda k: (k.startswith("weight:"), k))
+    names = sorted(
+        {k for t in report.front for k in t.params}, key=lambda k: (k.startswith("weight:"), k)
+    )
     title = f"{report.study_name}: Pareto front ({len(report.front)} of {sum(t.complete for t in report.trials)} complete trials)"
     table = Table(title=title)
     table.add_column("trial", justify="right")
@@ -356,15 +458,27 @@ def print_report(report: StudyReport, console: Console) -> None:
     for obj in report.objectives:
         table.add_column(f"{obj['label']} ({obj['unit']})", justify="right")
     for t in report.front:
-        mark = " *" if report.best is not None and t.number == report.best.number and report.kind == "tune" else ""
-        table.add_row(f"{t.number}{mark}", *(_fmt(t.params.get(n, "")) for n in names), f"{t.accuracy['compressed']:.4f}",
-                      *(f"{t.cost(lbl):.4g} ({t.ratio(lbl):.2f}x u8)" for lbl in report.labels))
+        mark = (
+            " *"
+            if report.best is not None and t.number == report.best.number and report.kind == "tune"
+            else ""
+        )
+        table.add_row(
+            f"{t.number}{mark}",
+            *(_fmt(t.params.get(n, "")) for n in names),
+            f"{t.accuracy['compressed']:.4f}",
+            *(f"{t.cost(lbl):.4g} ({t.ratio(lbl):.2f}x u8)" for lbl in report.labels),
+        )
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report.counts().items()))
     over = sum(1 for t in report.trials if t.complete and not t.feasible)
-    console.print(f"trials: {counts or 'none'}" + (f" ({over} complete but over budget)" if over else ""))
-    console.print(f"hypervolume {report.hypervolume:.4f} (accuracy x cost/uniform-8-bit per profile; "
-                  f"reference accuracy {HV_REFERENCE[0]}, cost ratio {HV_REFERENCE[1]})")
+    console.print(
+        f"trials: {counts or 'none'}" + (f" ({over} complete but over budget)" if over else "")
+    )
+    console.print(
+        f"hypervolume {report.hypervolume:.4f} (accuracy x cost/uniform-8-bit per profile; "
+        f"reference accuracy {HV_REFERENCE[0]}, cost ratio {HV_REFERENCE[1]})"
+    )
     failed = [t for t in report.trials if t.state == "FAIL"]
     for t in failed[:5]:
         console.print(f"trial {t.number} failed: {t.fail_reason or 'no reason recorded'}")
@@ -372,12 +486,16 @@ def print_report(report: StudyReport, console: Console) -> None:
         over = [t for t in report.trials if t.complete and not t.feasible]
         if report.best is None and over:
             closest = min(over, key=lambda t: t.constraint)
-            console.print(f"no complete trial meets the budget; closest: trial {closest.number}, "
-                          f"{100 * closest.constraint:.0f}% over it at {closest.ratio(report.labels[0]):.2f}x uniform 8-bit")
+            console.print(
+                f"no complete trial meets the budget; closest: trial {closest.number}, "
+                f"{100 * closest.constraint:.0f}% over it at {closest.ratio(report.labels[0]):.2f}x uniform 8-bit"
+            )
         elif report.best is None:
             console.print("no complete trial yet")
         else:
             b, label = report.best, report.labels[0]
-            console.print(f"best feasible: trial {b.number}, accuracy {b.accuracy['compressed']:.4f}, "
-                          f"{label} {b.cost(label):.4g} {report.objectives[0]['unit']} ({b.ratio(label):.2f}x uniform 8-bit), "
-                          f"params {', '.join(f'{k}={_fmt(v)}' for k, v in b.params.items())}")
+            console.print(
+                f"best feasible: trial {b.number}, accuracy {b.accuracy['compressed']:.4f}, "
+                f"{label} {b.cost(label):.4g} {report.objectives[0]['unit']} ({b.ratio(label):.2f}x uniform 8-bit), "
+                f"params {', '.join(f'{k}={_fmt(v)}' for k, v in b.params.items())}"
+            )

@@ -23,9 +23,9 @@ from typing import Any
 
 import optuna
 
+from hardware_profiles.yaml_io import load_yaml
 from hwsbs.config import SearchConfig
 from hwsbs.errors import ConfigError
-from hwsbs.profiles.yaml_io import load_yaml
 
 __all__ = ["Param", "SearchSpace", "TUNABLE", "WEIGHT"]
 
@@ -80,7 +80,9 @@ class Param:
         if self.kind == "float":
             return trial.suggest_float(key, self.low, self.high, log=self.log, step=self.step)
         if self.kind == "int":
-            return trial.suggest_int(key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            return trial.suggest_int(
+                key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         if self.kind == "categorical":
             return trial.suggest_categorical(key, list(self.choices))
         return self.value
@@ -91,7 +93,12 @@ class Param:
             return {"value": self.value}
         if self.kind == "categorical":
             return {"choices": list(self.choices)}
-        out: dict[str, Any] = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
+        out: dict[str, Any] = {
+            "type": self.kind,
+            "low": self.low,
+            "high": self.high,
+            "log": self.log,
+        }
         if self.step is not None:
             out["step"] = self.step
         return out
@@ -103,7 +110,7 @@ def _bits_text(value: Any, where: str) -> str:
     elif isinstance(value, Sequence):
         parts = list(value)
     else:
-        raise ConfigError(f"{where}: expected bit widths like \"2,4,8\" or [2, 4, 8], got {value!r}")
+        raise ConfigError(f'{where}: expected bit widths like "2,4,8" or [2, 4, 8], got {value!r}')
     try:
         ints = [int(p) for p in parts]
         if any(isinstance(p, float) and p != int(p) for p in parts):
@@ -156,10 +163,14 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
         return Param(name, "fixed", value=_check_value(name, spec, where))
     unknown = sorted(set(spec) - _SPEC_KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; use low/high[/log/step], choices or value")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; use low/high[/log/step], choices or value"
+        )
     if "value" in spec:
         if len(spec) > 1:
-            raise ConfigError(f"{where}: 'value' fixes the parameter; it cannot be combined with {sorted(set(spec) - {'value'})}")
+            raise ConfigError(
+                f"{where}: 'value' fixes the parameter; it cannot be combined with {sorted(set(spec) - {'value'})}"
+            )
         return Param(name, "fixed", value=_check_value(name, spec["value"], where))
     if "choices" in spec:
         if set(spec) - {"choices", "type"}:
@@ -172,7 +183,9 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
             raise ConfigError(f"{where}: duplicate choices in {choices!r}")
         return Param(name, "categorical", choices=values)
     if "low" not in spec or "high" not in spec:
-        raise ConfigError(f"{where}: expected low and high (a range), choices (a list) or value (fixed)")
+        raise ConfigError(
+            f"{where}: expected low and high (a range), choices (a list) or value (fixed)"
+        )
     if kind in ("bool", "bits"):
         raise ConfigError(f"{where}: {name} cannot take a range; list its options under 'choices'")
     ptype = "int" if kind == "int" else "float"
@@ -248,7 +261,9 @@ class SearchSpace:
     def from_dict(cls, data: Any, source: str = "<space>") -> SearchSpace:
         """Validate a space mapping (the parsed YAML)."""
         if not isinstance(data, Mapping) or not data:
-            raise ConfigError(f"{source}: expected a mapping of parameter names to ranges, choices or values")
+            raise ConfigError(
+                f"{source}: expected a mapping of parameter names to ranges, choices or values"
+            )
         params: list[Param] = []
         weight = Param(WEIGHT, "float", low=0.05, high=1.0)
         for name, spec in data.items():
@@ -256,7 +271,9 @@ class SearchSpace:
                 weight = _parse_param(WEIGHT, spec, source)
                 continue
             if name not in TUNABLE:
-                raise ConfigError(f"{source}: unknown parameter {name!r}; tunable: {', '.join(sorted(TUNABLE))}, {WEIGHT}")
+                raise ConfigError(
+                    f"{source}: unknown parameter {name!r}; tunable: {', '.join(sorted(TUNABLE))}, {WEIGHT}"
+                )
             params.append(_parse_param(name, spec, source))
         return cls(tuple(params), weight, source)
 
@@ -271,7 +288,9 @@ class SearchSpace:
         options = {p.name: to_config_value(p.name, p.suggest(trial)) for p in self.params}
         weights = [1.0]
         if len(objective_labels) > 1:
-            raw = [float(self.weight.suggest(trial, f"{WEIGHT}:{label}")) for label in objective_labels]
+            raw = [
+                float(self.weight.suggest(trial, f"{WEIGHT}:{label}")) for label in objective_labels
+            ]
             total = sum(raw)
             weights = [w / total for w in raw] if total > 0 else [1.0 / len(raw)] * len(raw)
         return Sample(options, weights)

@@ -1,4 +1,4 @@
-"""Optuna studies over the SBS search: storage, seeded samplers, the trial objective, the run loop.
+"""Optuna studies over the SBS search: the trial objective and the run loop (storage: storage.py, samplers: samplers.py).
 
 One trial = one inner :func:`~hwsbs.pipeline.run_search` with sampled outer hyperparameters, its
 artefacts in ``<out>/trials/trial-<number>/``. Everything a report needs (accuracy, every cost,
@@ -10,7 +10,6 @@ starting several workers on one storage, stops once that many trials exist.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -26,42 +25,46 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.samplers import BaseSampler
-from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 from torch.utils.data import Subset
 
 from cost_models.base import CostModel
+from hwsbs.budget import check_target
 from hwsbs.checkpoint import load_state_dict_file
 from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig, check_device, parse_target
 from hwsbs.data import build_dataset, make_loader
 from hwsbs.errors import ConfigError
 from hwsbs.models import build_model
-from hwsbs.pipeline import (
-    Objective,
-    _load_model_state,
-    check_target,
-    resolve_cost_model,
-    run_search,
-)
+from hwsbs.pipeline import Objective, load_weights_into, resolve_cost_model, run_search
 from hwsbs.progress import PhaseProgress
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
 from hwsbs.sbs.convert import trace_layer_shapes
 from hwsbs.training import make_sgd, split_decay, train_epoch
+from hwsbs.tuning.samplers import SAMPLERS, make_sampler
 from hwsbs.tuning.space import SearchSpace
+from hwsbs.tuning.storage import (
+    STUDY_ATTR,
+    heartbeat_settings,
+    mask_url,
+    open_storage,
+    study_dir_name,
+)
 
-__all__ = ["StudySettings", "StudyRun", "run_study", "open_storage", "load_study", "make_sampler",
-           "counted_trials", "heartbeat_settings", "study_dir_name", "mask_url", "resolve_storage_url", "STUDY_ATTR"]
+__all__ = ["StudySettings", "StudyRun", "run_study", "counted_trials", "STUDY_ATTR", "SAMPLERS"]
 
-#: Study user attribute holding what hwsbs needs to continue and report a study.
-STUDY_ATTR = "hwsbs"
-HEARTBEAT_INTERVAL_S = 20  # a running trial's worker writes a heartbeat this often (SQL storages)
-GRACE_PERIOD_S = 60  # a RUNNING trial without heartbeat for this long is marked FAIL
-#: Environment variables overriding the two (whole seconds; e.g. short ones in tests).
-HEARTBEAT_ENV = ("HWSBS_HEARTBEAT_INTERVAL_S", "HWSBS_HEARTBEAT_GRACE_S")
-SAMPLERS = ("tpe", "nsga2", "random")
-_NOT_IN_SIGNATURE = {"out", "resume", "progress", "device", "workers", "hw", "cost", "target", "target_fraction", "extra"}
+_NOT_IN_SIGNATURE = {
+    "out",
+    "resume",
+    "progress",
+    "device",
+    "workers",
+    "hw",
+    "cost",
+    "target",
+    "target_fraction",
+    "extra",
+}
 
 
 @dataclass
@@ -108,224 +111,21 @@ class StudyRun:
     new_trials: int  # trials this call ran
 
 
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and reports)."""
-    if "://" not in url:
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """(heartbeat interval, grace period) in seconds: 20 and 60, or ``HEARTBEAT_ENV`` when set.
-
-    Raises:
-        ConfigError: a value that is not a whole number >= 1, or a grace period below the interval.
-    """
-    values = []
-    for var, default in zip(HEARTBEAT_ENV, (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)):
-        text = os.environ.get(var, "").strip()
-        value = int(text) if text.isdigit() else (default if not text else 0)
-        if value < 1:
-            raise ConfigError(f"{var}={text!r}: expected a whole number of seconds >= 1")
-        values.append(value)
-    interval, grace = values
-    if grace < interval:
-        raise ConfigError(f"{HEARTBEAT_ENV[1]}: the grace period ({grace} s) must be at least the heartbeat interval "
-                          f"({interval} s), or live trials would be failed between two heartbeats")
-    return interval, grace
-
-
-def study_dir_name(name: str) -> str:
-    """A study name as one safe path component (``runs/<this>``): no separators, never ``..``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-") or "study"
-
-
-#: SQLAlchemy drivers per database, in order of preference: (driver name, module, pip package).
-#: A URL without a driver (``postgresql://``) gets the first one installed, so the message of a
-#: failure names the module actually used (SQLAlchemy's own default changes between versions:
-#: 2.1 picks psycopg 3 for ``postgresql://`` even where only psycopg2 is installed).
-SQL_DRIVERS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "postgresql": (("psycopg2", "psycopg2", "psycopg2-binary"), ("psycopg", "psycopg", "psycopg[binary]"),
-                   ("pg8000", "pg8000", "pg8000")),
-    "mysql": (("mysqldb", "MySQLdb", "mysqlclient"), ("pymysql", "pymysql", "PyMySQL"),
-              ("mysqlconnector", "mysql.connector", "mysql-connector-python")),
-}
-_SCHEME_ALIASES = {"postgres": "postgresql"}  # Heroku-style URLs; SQLAlchemy refuses the alias
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a missing parent package (mysql.connector without mysql)
-        return False
-
-
-def resolve_storage_url(url: str) -> tuple[str, str | None]:
-    """``(url with an explicit driver, the driver's module)`` for PostgreSQL and MySQL URLs.
-
-    ``postgresql://...`` becomes ``postgresql+psycopg2://...`` where psycopg2 is installed (else
-    psycopg, else pg8000); ``mysql://`` likewise (MySQLdb, PyMySQL, mysql-connector). Other URLs
-    come back unchanged, with module None.
-
-    Raises:
-        ConfigError: the named driver, or every known driver of the database, is not installed
-            (naming the modules tried and the package to install).
-    """
-    scheme, sep, rest = url.partition("://")
-    backend, _, driver = scheme.partition("+")
-    backend = _SCHEME_ALIASES.get(backend.lower(), backend.lower())
-    if not sep or backend not in SQL_DRIVERS:
-        return url, None
-    choices = SQL_DRIVERS[backend]
-    if driver:
-        for name, module, pip in choices:
-            if name == driver.lower():
-                if not _installed(module):
-                    raise ConfigError(f"--storage {mask_url(url)}: the database driver module {module} is not "
-                                      f"installed (pip install {pip})")
-                return f"{backend}+{driver}://{rest}", module
-        return f"{backend}+{driver}://{rest}", driver  # a driver hwsbs does not know: SQLAlchemy tries it
-    for name, module, _ in choices:
-        if _installed(module):
-            return f"{backend}+{name}://{rest}", module
-    tried = ", ".join(module for _, module, _ in choices)
-    raise ConfigError(f"--storage {mask_url(url)}: no {backend} driver is installed (tried the modules {tried}); "
-                      f"pip install {choices[0][2]}")
-
-
-def open_storage(url: str) -> BaseStorage:
-    """An Optuna storage from a URL, ``journal:PATH`` or a ``*.db`` path.
-
-    SQL storages get a heartbeat, so a killed worker's RUNNING trial is marked FAIL once stale.
-
-    Raises:
-        ConfigError: an unknown form, a missing database driver, or an unreachable database.
-    """
-    if url.startswith("journal:"):
-        path = url[len("journal:"):]
-        if not path:
-            raise ConfigError("--storage journal:PATH: the journal file path is missing")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
-    interval, grace = heartbeat_settings()  # checked before anything is created
-    if "://" not in url:
-        if not url.endswith((".db", ".sqlite", ".sqlite3")):
-            raise ConfigError(f"--storage {url!r}: expected an Optuna storage URL (sqlite:///study.db, "
-                              "postgresql://..., mysql://...), journal:PATH or a .db file")
-        url = f"sqlite:///{Path(url).resolve()}"
-    shown = mask_url(url)  # as given (messages add the driver)
-    url, driver = resolve_storage_url(url)
-    using = f" with driver {driver}" if driver else ""
-    engine_kwargs = None
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait, not fail
-
-    def record_lost(study: optuna.Study, trial: FrozenTrial) -> None:
-        study.set_user_attr(f"lost:{trial.number}", f"worker stopped: no heartbeat for over {grace} s")
-
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
-                                  grace_period=grace, heartbeat_stale_trial_callback=record_lost)
-        except ImportError as exc:
-            raise ConfigError(f"--storage {shown}: database driver missing{using} ({exc})") from None
-        except Exception as exc:
-            # workers creating a new database together race on its schema: the loser retries
-            racing = "IntegrityError" in type(exc).__name__ or "already exists" in str(exc)
-            if attempt == 4 or not racing:
-                detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise ConfigError(f"--storage {shown}: cannot open{using} ({detail})") from None
-            time.sleep(0.2 + random.random() * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
-    """Open an existing hwsbs study (the only one in ``storage`` when no name is given)."""
-    local = storage[len("journal:"):] if storage.startswith("journal:") else (
-        storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else storage if "://" not in storage else None)
-    if local is not None and local != ":memory:" and not Path(local).is_file():
-        raise ConfigError(f"--storage {storage}: no such file")  # do not create an empty database
-    store = open_storage(storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
-    if study_name is None:
-        if len(names) != 1:
-            raise ConfigError(f"--study-name: {mask_url(storage)} holds {len(names)} studies "
-                              f"({', '.join(names) or 'none'}); name one")
-        study_name = names[0]
-    if study_name not in names:
-        raise ConfigError(f"--study-name {study_name}: no such study in {mask_url(storage)} (it has: {', '.join(names) or 'none'})")
-    study = optuna.load_study(study_name=study_name, storage=store, sampler=optuna.samplers.RandomSampler(seed=0))
-    if STUDY_ATTR not in study.user_attrs:
-        raise ConfigError(f"study {study_name} was not created by hwsbs tune/pareto")
-    return study
-
-
-def _trial_seed(seed: int, number: int) -> int:
-    return (seed * 1_000_003 + number * 7_919 + 17) % (2**32)
-
-
-class TrialSeededSampler(BaseSampler):
-    """Delegates to a fresh inner sampler per trial, seeded from (seed, trial number).
-
-    A trial's parameters then depend only on the seed, its number and the history it sees, so a
-    single worker is reproducible and several workers never draw the same random start points.
-    """
-
-    def __init__(self, factory: Callable[[int], BaseSampler], seed: int) -> None:
-        self._factory = factory
-        self._seed = seed
-        self._inner = factory(seed)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner = self._factory(_trial_seed(self._seed, trial.number))
-        self._inner.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self._inner.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return self._inner.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
-        self._inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
-
-
-def make_sampler(name: str, seed: int) -> BaseSampler:
-    """``tpe``, ``nsga2`` (population 16) or ``random``, explicitly seeded per trial."""
-    factories: dict[str, Callable[[int], BaseSampler]] = {
-        "tpe": lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=10, constant_liar=True),
-        "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s, population_size=16),
-        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
-    }
-    if name not in factories:
-        raise ConfigError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {name!r}")
-    return TrialSeededSampler(factories[name], seed)
-
-
 def _is_lost(trial: FrozenTrial, study_attrs: dict[str, Any]) -> bool:
-    return trial.state == TrialState.FAIL and (bool(trial.user_attrs.get("lost")) or f"lost:{trial.number}" in study_attrs)
+    return trial.state == TrialState.FAIL and (
+        bool(trial.user_attrs.get("lost")) or f"lost:{trial.number}" in study_attrs
+    )
 
 
 def counted_trials(study: optuna.Study, before: int | None = None) -> int:
     """Trials that count towards ``n_trials``: all but surplus ones and those lost to a dead worker."""
     attrs = study.user_attrs
     return sum(
-        1 for t in study.get_trials(deepcopy=False)
-        if (before is None or t.number < before) and not t.user_attrs.get("surplus") and not _is_lost(t, attrs)
+        1
+        for t in study.get_trials(deepcopy=False)
+        if (before is None or t.number < before)
+        and not t.user_attrs.get("surplus")
+        and not _is_lost(t, attrs)
     )
 
 
@@ -344,10 +144,14 @@ def _pretrain_once(cfg: SearchConfig, study_dir: Path) -> str | None:
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     bundle = build_dataset(cfg.data, cfg.data_dir, cfg.subset, cfg.seed)
-    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(device)
+    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(
+        device
+    )
     optimizer = make_sgd(*split_decay(model), cfg.lr, cfg.weight_decay)
     steps = len(make_loader(bundle.train, cfg.batch_size, True, cfg.seed, cfg.workers))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.pretrain_epochs * steps, 1))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(cfg.pretrain_epochs * steps, 1)
+    )
     with PhaseProgress(cfg.progress) as progress:
         progress.start("pretrain", cfg.pretrain_epochs * steps)
         for epoch in range(cfg.pretrain_epochs):
@@ -358,7 +162,15 @@ def _pretrain_once(cfg: SearchConfig, study_dir: Path) -> str | None:
             if hasattr(data, "reseed"):  # augmentation streams restart too
                 data.reseed(epoch_seed)
             loader = make_loader(bundle.train, cfg.batch_size, True, epoch_seed, cfg.workers)
-            train_epoch(model, loader, optimizer, scheduler, device, progress, f"full-precision training epoch {epoch + 1}")
+            train_epoch(
+                model,
+                loader,
+                optimizer,
+                scheduler,
+                device,
+                progress,
+                f"full-precision training epoch {epoch + 1}",
+            )
     study_dir.mkdir(parents=True, exist_ok=True)
     tmp = study_dir / f"fp_model.{os.getpid()}.tmp"
     torch.save(model.state_dict(), tmp)
@@ -375,20 +187,35 @@ def _pretrain_once(cfg: SearchConfig, study_dir: Path) -> str | None:
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+    return json.loads(
+        json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
+    )
 
 
-def _signature(settings: StudySettings, labels: list[dict[str, Any]], target: tuple[float | None, float | None]) -> dict[str, Any]:
+def _signature(
+    settings: StudySettings, labels: list[dict[str, Any]], target: tuple[float | None, float | None]
+) -> dict[str, Any]:
     sampled = {p.name for p in settings.space.params}
-    base = {k: v for k, v in settings.base.to_dict().items() if k not in _NOT_IN_SIGNATURE and k not in sampled}
-    return _jsonable({
-        "kind": "pareto" if settings.multi_objective else "tune",
-        "objectives": labels,
-        "target": None if target == (None, None) else {"absolute": target[0], "fraction": target[1],
-                                                         "inner_budget": settings.inner_budget},
-        "space": settings.space.to_dict(),
-        "base": base,
-    })
+    base = {
+        k: v
+        for k, v in settings.base.to_dict().items()
+        if k not in _NOT_IN_SIGNATURE and k not in sampled
+    }
+    return _jsonable(
+        {
+            "kind": "pareto" if settings.multi_objective else "tune",
+            "objectives": labels,
+            "target": None
+            if target == (None, None)
+            else {
+                "absolute": target[0],
+                "fraction": target[1],
+                "inner_budget": settings.inner_budget,
+            },
+            "space": settings.space.to_dict(),
+            "base": base,
+        }
+    )
 
 
 def _check_continuation(stored: dict[str, Any], now: dict[str, Any], name: str) -> None:
@@ -396,25 +223,47 @@ def _check_continuation(stored: dict[str, Any], now: dict[str, Any], name: str) 
         if stored.get(key) == now[key]:
             continue
         if key == "base":
-            diff = sorted(k for k in set(stored["base"]) | set(now["base"]) if stored["base"].get(k) != now["base"].get(k))
-            detail = ", ".join(f"{k}: {stored['base'].get(k)!r} -> {now['base'].get(k)!r}" for k in diff[:3])
+            diff = sorted(
+                k
+                for k in set(stored["base"]) | set(now["base"])
+                if stored["base"].get(k) != now["base"].get(k)
+            )
+            detail = ", ".join(
+                f"{k}: {stored['base'].get(k)!r} -> {now['base'].get(k)!r}" for k in diff[:3]
+            )
         else:
             detail = f"{stored.get(key)!r} -> {now[key]!r}"
-        raise ConfigError(f"study {name} was started with a different {key} ({detail}); "
-                          "re-run with the same options, or pass another --study-name")
+        raise ConfigError(
+            f"study {name} was started with a different {key} ({detail}); "
+            "re-run with the same options, or pass another --study-name"
+        )
 
 
 class _TrialObjective:
     """One trial: sample, run the inner search in its own directory, record everything."""
 
-    def __init__(self, settings: StudySettings, base: SearchConfig, labels: list[str], out_dir: Path,
-                 target: tuple[float | None, float | None]) -> None:
-        self.settings, self.base, self.labels, self.out_dir, self.target = settings, base, labels, out_dir, target
+    def __init__(
+        self,
+        settings: StudySettings,
+        base: SearchConfig,
+        labels: list[str],
+        out_dir: Path,
+        target: tuple[float | None, float | None],
+    ) -> None:
+        self.settings, self.base, self.labels, self.out_dir, self.target = (
+            settings,
+            base,
+            labels,
+            out_dir,
+            target,
+        )
         self.started = 0  # trials this process ran
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         if counted_trials(trial.study, before=trial.number) >= self.settings.n_trials:
-            trial.set_user_attr("surplus", True)  # another worker took the last slot at the same moment
+            trial.set_user_attr(
+                "surplus", True
+            )  # another worker took the last slot at the same moment
             raise optuna.TrialPruned(f"the study already has {self.settings.n_trials} trials")
         self.started += 1
         run_dir = self.out_dir / "trials" / f"trial-{trial.number}"
@@ -424,7 +273,9 @@ class _TrialObjective:
             trial.set_user_attr("options", _jsonable(sample.options))
             trial.set_user_attr("weights", dict(zip(self.labels, sample.weights)))
             cfg = dataclasses.replace(self.base, **sample.options, out=str(run_dir), resume=False)
-            objectives = [Objective(o.hw, o.cost, w) for o, w in zip(self.settings.objectives, sample.weights)]
+            objectives = [
+                Objective(o.hw, o.cost, w) for o, w in zip(self.settings.objectives, sample.weights)
+            ]
             result = run_search(cfg, objectives=objectives)
             accuracy = float(result.accuracy["compressed"])
             if not math.isfinite(accuracy):
@@ -436,7 +287,10 @@ class _TrialObjective:
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc)[:500]}")
             raise
-        costs = {self.labels[0]: {**result.cost, "unit": result.unit, "metric": result.metric}, **result.extra_costs}
+        costs = {
+            self.labels[0]: {**result.cost, "unit": result.unit, "metric": result.metric},
+            **result.extra_costs,
+        }
         trial.set_user_attr("accuracy", {k: float(v) for k, v in result.accuracy.items()})
         trial.set_user_attr("costs", _jsonable(costs))
         trial.set_user_attr("config_path", str(run_dir / "config.yaml"))
@@ -457,7 +311,9 @@ def _default_name(kind: str, labels: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join([kind, *labels]))
 
 
-def _check_inputs(cfg: SearchConfig, cost_models: list[CostModel], target: float | None = None) -> None:
+def _check_inputs(
+    cfg: SearchConfig, cost_models: list[CostModel], target: float | None = None
+) -> None:
     """Fail before anything is written if no trial could succeed: the device, the dataset, the
     model, the checkpoint, every cost model pricing every layer (a lookup table needs each
     signature), and an absolute ``target`` the first cost model can approach."""
@@ -465,7 +321,9 @@ def _check_inputs(cfg: SearchConfig, cost_models: list[CostModel], target: float
     bundle = build_dataset(cfg.data, cfg.data_dir, cfg.subset, cfg.seed)
     model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
     if cfg.checkpoint is not None:
-        _load_model_state(model, load_state_dict_file(cfg.checkpoint), f"--checkpoint {cfg.checkpoint}")
+        load_weights_into(
+            model, load_state_dict_file(cfg.checkpoint), f"--checkpoint {cfg.checkpoint}"
+        )
     example = next(iter(make_loader(bundle.train, 2, False, cfg.seed, 0)))[0]
     order, shapes = trace_layer_shapes(model, example)
     plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=cfg.cost_batch)
@@ -494,11 +352,17 @@ def _fail_lost_trials(study: optuna.Study, grace: int) -> None:
             study.tell(t.number, state=TrialState.FAIL)
         except Exception:  # another worker finished or failed it meanwhile
             continue
-        study.set_user_attr(f"lost:{t.number}", f"worker stopped before the trial began ({grace} s ago)")
+        study.set_user_attr(
+            f"lost:{t.number}", f"worker stopped before the trial began ({grace} s ago)"
+        )
 
 
-def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-              on_wait: Callable[[list[int], int], None] | None = None) -> StudyRun:
+def run_study(
+    settings: StudySettings,
+    *,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    on_wait: Callable[[list[int], int], None] | None = None,
+) -> StudyRun:
     """Create or continue a study and run trials until it holds ``settings.n_trials`` finished ones.
 
     With an SQL storage, once every trial has been started, the call waits for the trials still
@@ -525,23 +389,41 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
     objectives_info = []
     for o in settings.objectives:
         profile, cm = resolve_cost_model(o.hw, o.cost)
-        objectives_info.append({"label": f"{profile.name}:{cm.name}", "hw": o.hw, "cost": cm.name, "unit": cm.unit, "metric": cm.metric})
+        objectives_info.append(
+            {
+                "label": f"{profile.name}:{cm.name}",
+                "hw": o.hw,
+                "cost": cm.name,
+                "unit": cm.unit,
+                "metric": cm.metric,
+            }
+        )
     labels = [o["label"] for o in objectives_info]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"--hw: the same profile and cost model appears twice ({', '.join(labels)})")
-    target = parse_target(settings.target) if isinstance(settings.target, str) else (settings.target, None)
+        raise ConfigError(
+            f"--hw: the same profile and cost model appears twice ({', '.join(labels)})"
+        )
+    target = (
+        parse_target(settings.target)
+        if isinstance(settings.target, str)
+        else (settings.target, None)
+    )
     if target[0] is not None and not (math.isfinite(target[0]) and target[0] > 0):
         raise ConfigError(f"--target: expected a positive cost, got {target[0]!r}")
     if target[1] is not None and target[1] < MIN_TARGET_FRACTION:
-        raise ConfigError(f"--target {100 * target[1]:g}%: below {MIN_TARGET_FRACTION:g} of the uniform 8-bit cost; "
-                          "no configuration comes near it and the budget loss would overflow")
+        raise ConfigError(
+            f"--target {100 * target[1]:g}%: below {MIN_TARGET_FRACTION:g} of the uniform 8-bit cost; "
+            "no configuration comes near it and the budget loss would overflow"
+        )
     kind = "pareto" if settings.multi_objective else "tune"
     name = settings.study_name or _default_name(kind, labels)
     if not name.strip():
         raise ConfigError("--study-name: expected a non-empty name")
     signature = _signature(settings, objectives_info, target)
     interval, grace = heartbeat_settings()
-    _check_inputs(settings.base, [resolve_cost_model(o.hw, o.cost)[1] for o in settings.objectives], target[0])
+    _check_inputs(
+        settings.base, [resolve_cost_model(o.hw, o.cost)[1] for o in settings.objectives], target[0]
+    )
 
     out_dir = Path(settings.out) if settings.out is not None else None
     default_dir = Path("runs") / study_dir_name(name)  # a name like ../../x stays inside runs/
@@ -552,25 +434,41 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
         storage_url = settings.storage
     storage = open_storage(storage_url)
     directions = ["maximize", *(["minimize"] * len(labels) if settings.multi_objective else [])]
-    study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True,
-                                sampler=make_sampler(settings.sampler, settings.base.seed))
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=directions,
+        load_if_exists=True,
+        sampler=make_sampler(settings.sampler, settings.base.seed),
+    )
     stored = study.user_attrs.get(STUDY_ATTR)
     if stored is not None:
         _check_continuation(stored, signature, name)
         out_dir = out_dir or Path(stored.get("out") or default_dir)
     elif study.trials:
-        raise ConfigError(f"study {name} in {mask_url(storage_url)} was not created by hwsbs; pass another --study-name")
+        raise ConfigError(
+            f"study {name} in {mask_url(storage_url)} was not created by hwsbs; pass another --study-name"
+        )
     out_dir = (out_dir or default_dir).resolve()
     if stored is None and (out_dir / "trials").is_dir() and any((out_dir / "trials").iterdir()):
-        raise ConfigError(f"--out {out_dir}: holds the trials of another study (not in {mask_url(storage_url)}); "
-                          "choose another --out or pass that study's --storage")
+        raise ConfigError(
+            f"--out {out_dir}: holds the trials of another study (not in {mask_url(storage_url)}); "
+            "choose another --out or pass that study's --storage"
+        )
     if stored is None:
         study.set_user_attr(STUDY_ATTR, {**signature, "out": str(out_dir), "study_name": name})
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    inner = settings.inner_budget and "target_fraction" not in {p.name for p in settings.space.params}
-    base = dataclasses.replace(settings.base, hw=settings.objectives[0].hw, cost=settings.objectives[0].cost,
-                               target=target[0] if inner else None, target_fraction=target[1] if inner else None)
+    inner = settings.inner_budget and "target_fraction" not in {
+        p.name for p in settings.space.params
+    }
+    base = dataclasses.replace(
+        settings.base,
+        hw=settings.objectives[0].hw,
+        cost=settings.objectives[0].cost,
+        target=target[0] if inner else None,
+        target_fraction=target[1] if inner else None,
+    )
     if counted_trials(study) < settings.n_trials:
         base = dataclasses.replace(base, checkpoint=_pretrain_once(base, out_dir))
     objective = _TrialObjective(settings, base, labels, out_dir, target)
@@ -578,12 +476,16 @@ def run_study(settings: StudySettings, *, callbacks: Sequence[Callable[[optuna.S
     waited_for: list[int] = []
     while True:
         if heartbeat:
-            _fail_lost_trials(study, grace)  # a killed worker's RUNNING trial becomes FAIL, and is replaced
+            _fail_lost_trials(
+                study, grace
+            )  # a killed worker's RUNNING trial becomes FAIL, and is replaced
         if counted_trials(study) < settings.n_trials:
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
             continue
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-        if not heartbeat or not running:  # journal storages: a dead worker's trial would be waited for forever
+        if (
+            not heartbeat or not running
+        ):  # journal storages: a dead worker's trial would be waited for forever
             break
         if running != waited_for and on_wait is not None:
             on_wait(running, grace)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cost_models import build_cost_model, list_cost_models
-from hwsbs.profiles import load_profile
+from hardware_profiles import load_profile
 from hwsbs.testing import CostModelConformance
 
 

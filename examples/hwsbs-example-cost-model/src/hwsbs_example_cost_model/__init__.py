@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cost_models import CostModel, LayerShape, LayerState, register_cost_model
+from cost_models.precision import executed_precision
 from hwsbs.errors import CostModelError
-from hwsbs.profiles import executed_precision
 
 __all__ = ["DramTrafficCostModel"]
 
@@ -35,5 +35,9 @@ class DramTrafficCostModel(CostModel):
             w_bits, a_bits = ex.w_bits, ex.a_bits
         bits = shape.weight_count(state.kept_in, state.kept_out) * w_bits
         if not self._activations_on_chip():
-            bits += batch * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out)) * a_bits
+            bits += (
+                batch
+                * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out))
+                * a_bits
+            )
         return bits / 8.0

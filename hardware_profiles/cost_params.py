@@ -49,7 +49,9 @@ class SizeParams(StrictModel):
 class RooflineParams(StrictModel):
     """Latency = max(compute time, memory time) + a fixed per-layer overhead."""
 
-    name: Literal["roofline"] = Field(default="roofline", description="Cost model: roofline latency in seconds.")
+    name: Literal["roofline"] = Field(
+        default="roofline", description="Cost model: roofline latency in seconds."
+    )
     per_layer_overhead_s: float = Field(
         default=0.0,
         ge=0,
@@ -79,7 +81,9 @@ class RooflineParams(StrictModel):
 class BitSerialParams(StrictModel):
     """Cycle models of bit-serial and bit-fusion accelerators: latency = cycles / clock_hz."""
 
-    name: Literal["bit_serial"] = Field(default="bit_serial", description="Cost model: bit-serial cycle latency.")
+    name: Literal["bit_serial"] = Field(
+        default="bit_serial", description="Cost model: bit-serial cycle latency."
+    )
     variant: Literal["stripes", "loom", "bismo", "bitfusion"] = Field(
         default="bismo",
         description=(
@@ -88,7 +92,9 @@ class BitSerialParams(StrictModel):
         ),
     )
     per_layer_overhead_s: float = Field(
-        default=0.0, ge=0, description="Fixed time added to every layer (configuration, draining), in seconds."
+        default=0.0,
+        ge=0,
+        description="Fixed time added to every layer (configuration, draining), in seconds.",
     )
 
 
@@ -107,7 +113,9 @@ class EnergyParams(StrictModel):
 class LutParams(StrictModel):
     """Measured latency table (the profile's lookup_table), interpolated over kept channels."""
 
-    name: Literal["lut"] = Field(default="lut", description="Cost model: measured latency lookup table.")
+    name: Literal["lut"] = Field(
+        default="lut", description="Cost model: measured latency lookup table."
+    )
     outside_grid: Literal["proportional", "clamp"] = Field(
         default="proportional",
         description=(
@@ -123,4 +131,11 @@ CostModelParams = Annotated[
 ]
 
 #: Cost model names a profile's ``cost_model.name`` may take (plugins are chosen with --cost).
-BUILTIN_COST_MODEL_NAMES: tuple[str, ...] = ("bops", "size", "roofline", "bit_serial", "energy", "lut")
+BUILTIN_COST_MODEL_NAMES: tuple[str, ...] = (
+    "bops",
+    "size",
+    "roofline",
+    "bit_serial",
+    "energy",
+    "lut",
+)

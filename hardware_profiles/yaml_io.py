@@ -14,8 +14,8 @@ here. On top of PyYAML's ``SafeLoader`` (no Python objects) the loader refuses:
 - integers longer than :data:`MAX_INT_CHARS` characters (no count or size needs more; Python's
   big-integer arithmetic on a megabyte of digits would take minutes).
 
-Files are read through :func:`hwsbs.checked_io.read_checked_text`: regular files of at most
-:data:`hwsbs.checked_io.TEXT_LIMIT` bytes.
+Files are read through :func:`hardware_profiles.checked_io.read_checked_text`: regular files of at most
+:data:`hardware_profiles.checked_io.TEXT_LIMIT` bytes.
 """
 
 from __future__ import annotations
@@ -27,10 +27,18 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
-from hwsbs.checked_io import TEXT_LIMIT, read_checked_text
-from hwsbs.errors import ConfigError, HwsbsError
+from hardware_profiles.checked_io import TEXT_LIMIT, read_checked_text
+from hardware_profiles.errors import ConfigError, HwsbsError
 
-__all__ = ["MAX_DEPTH", "MAX_ALIASES", "MAX_ALIAS_NODES", "MAX_INT_CHARS", "load_yaml", "load_yaml_text", "dump_yaml"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_ALIASES",
+    "MAX_ALIAS_NODES",
+    "MAX_INT_CHARS",
+    "load_yaml",
+    "load_yaml_text",
+    "dump_yaml",
+]
 
 #: Deepest nesting of lists and mappings (hwsbs's files need 5).
 MAX_DEPTH = 64
@@ -51,7 +59,9 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         self._aliases = 0
         self._alias_nodes = 0
         self._open_anchors: set[str] = set()
-        self._extent: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth), aliases expanded
+        self._extent: dict[
+            int, tuple[int, int]
+        ] = {}  # id(node) -> (nodes, depth), aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         """Compose one node, enforcing the depth and alias limits."""
@@ -59,7 +69,9 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             return self._compose_alias(parent, index, event)
         if self._depth >= MAX_DEPTH:
-            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+            raise ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark
+            )
         anchor = getattr(event, "anchor", None)
         self._depth += 1
         if anchor is not None:
@@ -70,21 +82,35 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
             self._depth -= 1
             self._open_anchors.discard(anchor)
 
-    def _compose_alias(self, parent: yaml.Node | None, index: Any, event: yaml.AliasEvent) -> yaml.Node:
+    def _compose_alias(
+        self, parent: yaml.Node | None, index: Any, event: yaml.AliasEvent
+    ) -> yaml.Node:
         if event.anchor in self._open_anchors:
-            raise ComposerError(None, None, f"alias *{event.anchor} is used inside the node it names (recursive)",
-                                event.start_mark)
-        node = super().compose_node(parent, index)  # consumes the event; undefined aliases fail here
+            raise ComposerError(
+                None,
+                None,
+                f"alias *{event.anchor} is used inside the node it names (recursive)",
+                event.start_mark,
+            )
+        node = super().compose_node(
+            parent, index
+        )  # consumes the event; undefined aliases fail here
         nodes, depth = self._node_extent(node)
         self._aliases += 1
         self._alias_nodes += nodes
         if self._aliases > MAX_ALIASES:
             raise ComposerError(None, None, f"more than {MAX_ALIASES} aliases", event.start_mark)
         if self._alias_nodes > MAX_ALIAS_NODES:
-            raise ComposerError(None, None, f"aliases expand to more than {MAX_ALIAS_NODES} nodes", event.start_mark)
+            raise ComposerError(
+                None, None, f"aliases expand to more than {MAX_ALIAS_NODES} nodes", event.start_mark
+            )
         if self._depth + depth > MAX_DEPTH:
-            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels (through alias *{event.anchor})",
-                                event.start_mark)
+            raise ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_DEPTH} levels (through alias *{event.anchor})",
+                event.start_mark,
+            )
         return node
 
     def _node_extent(self, node: yaml.Node) -> tuple[int, int]:
@@ -109,21 +135,34 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, AttributeError, OverflowError, IndexError) as exc:
             shown = str(node.value)[:40] if isinstance(node, yaml.ScalarNode) else node.id
-            raise ConstructorError(None, None, f"{shown!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({exc})",
-                                   node.start_mark) from None
+            raise ConstructorError(
+                None,
+                None,
+                f"{shown!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({exc})",
+                node.start_mark,
+            ) from None
 
 
-def _construct_unique_mapping(loader: _UniqueKeySafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_unique_mapping(
+    loader: _UniqueKeySafeLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict:
     loader.flatten_mapping(node)
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
-            raise ConstructorError(None, None, f"a mapping key must be a plain value, not a {key_node.id}",
-                                   key_node.start_mark)
+            raise ConstructorError(
+                None,
+                None,
+                f"a mapping key must be a plain value, not a {key_node.id}",
+                key_node.start_mark,
+            )
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key] + 1})",
+                key_node.start_mark,
             )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
@@ -132,12 +171,18 @@ def _construct_unique_mapping(loader: _UniqueKeySafeLoader, node: yaml.MappingNo
 def _construct_bounded_int(loader: _UniqueKeySafeLoader, node: yaml.ScalarNode) -> int:
     text = str(node.value)
     if len(text) > MAX_INT_CHARS:
-        raise ConstructorError(None, None, f"integer of {len(text)} characters (at most {MAX_INT_CHARS})",
-                               node.start_mark)
+        raise ConstructorError(
+            None,
+            None,
+            f"integer of {len(text)} characters (at most {MAX_INT_CHARS})",
+            node.start_mark,
+        )
     return loader.construct_yaml_int(node)
 
 
-_UniqueKeySafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+_UniqueKeySafeLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
 _UniqueKeySafeLoader.add_constructor("tag:yaml.org,2002:int", _construct_bounded_int)
 
 
@@ -156,12 +201,23 @@ def load_yaml_text(text: str, source: str = "<string>") -> Any:
         raise ConfigError(f"{source}:{where}: invalid YAML: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
-    except (ValueError, TypeError, AttributeError, OverflowError, IndexError) as exc:  # a constructor PyYAML did not guard
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        IndexError,
+    ) as exc:  # a constructor PyYAML did not guard
         raise ConfigError(f"{source}: invalid YAML: {' '.join(str(exc).split())[:200]}") from None
 
 
-def load_yaml(path: str | Path, *, what: str = "file", limit: int = TEXT_LIMIT,
-              error: type[HwsbsError] = ConfigError) -> Any:
+def load_yaml(
+    path: str | Path,
+    *,
+    what: str = "file",
+    limit: int = TEXT_LIMIT,
+    error: type[HwsbsError] = ConfigError,
+) -> Any:
     """Read (a regular file of at most ``limit`` bytes) and parse a YAML file safely.
 
     Args:

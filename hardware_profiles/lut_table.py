@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from hwsbs.checked_io import TEXT_LIMIT, read_checked_json
-from hwsbs.errors import ConfigError, ProfileError
+from hardware_profiles.checked_io import TEXT_LIMIT, read_checked_json
+from hardware_profiles.errors import ConfigError, ProfileError
 
 from .cost_params import StrictModel
 from .errors_format import format_validation_error
@@ -36,20 +36,30 @@ class LutEntry(StrictModel):
 
     signature: str = Field(min_length=1, description="LayerShape.signature of the measured layer.")
     w_bits: int = Field(ge=1, le=32, description="Weight bits the layer ran at (32 = float).")
-    a_bits: int = Field(ge=1, le=32, description="Input-activation bits the layer ran at (32 = float).")
+    a_bits: int = Field(
+        ge=1, le=32, description="Input-activation bits the layer ran at (32 = float)."
+    )
     kept_in: int = Field(gt=0, le=MAX_COUNT, description="Input channels the measured layer had.")
     kept_out: int = Field(gt=0, le=MAX_COUNT, description="Output channels the measured layer had.")
     batch: int = Field(default=1, gt=0, le=MAX_COUNT, description="Batch size of the measurement.")
     mean_s: float = Field(gt=0, description="Mean (or median) latency in seconds.")
-    std_s: float = Field(default=0.0, ge=0, description="Spread of the latency (standard deviation) in seconds.")
+    std_s: float = Field(
+        default=0.0, ge=0, description="Spread of the latency (standard deviation) in seconds."
+    )
 
 
 class LookupTable(StrictModel):
     """A device's measured layer latencies."""
 
-    format: Literal["hwsbs-lut/1"] = Field(default=LUT_FORMAT, description="Table format and version.")
-    device: str = Field(default="", description="What was measured (device, driver, library versions).")
-    method: str = Field(default="", description="How it was measured (warm-up, repetitions, threads, statistic).")
+    format: Literal["hwsbs-lut/1"] = Field(
+        default=LUT_FORMAT, description="Table format and version."
+    )
+    device: str = Field(
+        default="", description="What was measured (device, driver, library versions)."
+    )
+    method: str = Field(
+        default="", description="How it was measured (warm-up, repetitions, threads, statistic)."
+    )
     fallback: Literal["next_wider", "error"] = Field(
         default="error",
         description=(
@@ -65,7 +75,9 @@ class LookupTable(StrictModel):
         for i, e in enumerate(self.entries):
             key = (e.signature, e.w_bits, e.a_bits, e.kept_in, e.kept_out, e.batch)
             if key in seen:
-                raise ValueError(f"entries[{i}] repeats entries[{seen[key]}] ({e.signature} {e.w_bits}/{e.a_bits} bits)")
+                raise ValueError(
+                    f"entries[{i}] repeats entries[{seen[key]}] ({e.signature} {e.w_bits}/{e.a_bits} bits)"
+                )
             seen[key] = i
         return self
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from hwsbs.errors import ConfigError, HwsbsError
+from hardware_profiles.errors import ConfigError, HwsbsError
 
 __all__ = [
     "MIB",
@@ -61,8 +61,9 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def _check_stat(st: os.stat_result, path: Path, label: str, what: str, limit: int,
-                error: type[HwsbsError]) -> None:
+def _check_stat(
+    st: os.stat_result, path: Path, label: str, what: str, limit: int, error: type[HwsbsError]
+) -> None:
     """Raise ``error`` unless ``st`` is a regular file of at most ``limit`` bytes."""
     if not stat.S_ISREG(st.st_mode):
         target = os.path.realpath(path)
@@ -72,8 +73,13 @@ def _check_stat(st: os.stat_result, path: Path, label: str, what: str, limit: in
         raise error(f"{label}: {what} is too large ({st.st_size} bytes; at most {limit} are read)")
 
 
-def checked_file(path: str | Path, what: str = "file", limit: int = TEXT_LIMIT,
-                 error: type[HwsbsError] = ConfigError, label: str | None = None) -> Path:
+def checked_file(
+    path: str | Path,
+    what: str = "file",
+    limit: int = TEXT_LIMIT,
+    error: type[HwsbsError] = ConfigError,
+    label: str | None = None,
+) -> Path:
     """Check that ``path`` is (or links to) a regular file of at most ``limit`` bytes.
 
     Args:
@@ -97,14 +103,21 @@ def checked_file(path: str | Path, what: str = "file", limit: int = TEXT_LIMIT,
     except FileNotFoundError:
         raise error(f"{label}: {what} not found") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        raise error(f"{label}: cannot read {what}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise error(
+            f"{label}: cannot read {what}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     _check_stat(st, p, label, what, limit, error)
     return p
 
 
 @contextmanager
-def open_checked(path: str | Path, what: str = "file", limit: int = TEXT_LIMIT,
-                 error: type[HwsbsError] = ConfigError, label: str | None = None) -> Iterator[IO[bytes]]:
+def open_checked(
+    path: str | Path,
+    what: str = "file",
+    limit: int = TEXT_LIMIT,
+    error: type[HwsbsError] = ConfigError,
+    label: str | None = None,
+) -> Iterator[IO[bytes]]:
     """Open a checked regular file for binary reading (see :func:`checked_file`).
 
     The file is opened without blocking (a FIFO swapped in after the check cannot hang the
@@ -127,8 +140,13 @@ def open_checked(path: str | Path, what: str = "file", limit: int = TEXT_LIMIT,
         yield fh
 
 
-def read_checked_bytes(path: str | Path, what: str = "file", limit: int = TEXT_LIMIT,
-                       error: type[HwsbsError] = ConfigError, label: str | None = None) -> bytes:
+def read_checked_bytes(
+    path: str | Path,
+    what: str = "file",
+    limit: int = TEXT_LIMIT,
+    error: type[HwsbsError] = ConfigError,
+    label: str | None = None,
+) -> bytes:
     """The contents of a checked regular file, never more than ``limit`` bytes.
 
     Raises:
@@ -145,8 +163,13 @@ def read_checked_bytes(path: str | Path, what: str = "file", limit: int = TEXT_L
     return data
 
 
-def read_checked_text(path: str | Path, what: str = "file", limit: int = TEXT_LIMIT,
-                      error: type[HwsbsError] = ConfigError, label: str | None = None) -> str:
+def read_checked_text(
+    path: str | Path,
+    what: str = "file",
+    limit: int = TEXT_LIMIT,
+    error: type[HwsbsError] = ConfigError,
+    label: str | None = None,
+) -> str:
     """A checked regular file decoded as UTF-8.
 
     Raises:
@@ -160,8 +183,13 @@ def read_checked_text(path: str | Path, what: str = "file", limit: int = TEXT_LI
         raise error(f"{label}: {what} is not UTF-8 text (byte {exc.start})") from None
 
 
-def read_checked_json(path: str | Path, what: str = "file", limit: int = TEXT_LIMIT,
-                      error: type[HwsbsError] = ConfigError, label: str | None = None) -> Any:
+def read_checked_json(
+    path: str | Path,
+    what: str = "file",
+    limit: int = TEXT_LIMIT,
+    error: type[HwsbsError] = ConfigError,
+    label: str | None = None,
+) -> Any:
     """A checked regular file parsed as JSON.
 
     Raises:
@@ -177,8 +205,13 @@ def read_checked_json(path: str | Path, what: str = "file", limit: int = TEXT_LI
         raise error(f"{label}: invalid JSON: nested too deeply") from None
 
 
-def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any], what: str = "file",
-                 error: type[HwsbsError] = ConfigError, label: str | None = None) -> Path:
+def write_atomic(
+    path: str | Path,
+    write: Callable[[IO[bytes]], Any],
+    what: str = "file",
+    error: type[HwsbsError] = ConfigError,
+    label: str | None = None,
+) -> Path:
     """Write ``path`` through ``write(fh)`` into a sibling temporary file, then rename it over ``path``.
 
     The temporary file is flushed and fsynced before the rename, so a crash or power loss leaves
@@ -210,8 +243,13 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any], what: str 
     return p
 
 
-def write_text_atomic(path: str | Path, text: str, what: str = "file", error: type[HwsbsError] = ConfigError,
-                      label: str | None = None) -> Path:
+def write_text_atomic(
+    path: str | Path,
+    text: str,
+    what: str = "file",
+    error: type[HwsbsError] = ConfigError,
+    label: str | None = None,
+) -> Path:
     """:func:`write_atomic` of UTF-8 text."""
     data = text.encode("utf-8")
     return write_atomic(path, lambda fh: fh.write(data), what, error, label)

@@ -7,9 +7,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-import hardware_profiles
-from hwsbs.checked_io import checked_file
-from hwsbs.errors import ConfigError, ProfileError
+from hardware_profiles.checked_io import checked_file
+from hardware_profiles.errors import ConfigError, ProfileError
 
 from .errors_format import format_validation_error
 from .lut_table import LookupTable, load_lookup_table
@@ -26,7 +25,7 @@ __all__ = [
 ]
 
 #: Directory of the profiles shipped with hwsbs.
-BUILTIN_DIR = Path(hardware_profiles.__file__).resolve().parent
+BUILTIN_DIR = Path(__file__).resolve().parent
 
 
 def builtin_profile_names() -> list[str]:
@@ -48,7 +47,9 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     builtin = BUILTIN_DIR / f"{text}.yaml"
     if builtin.is_file():
         return builtin
-    raise ProfileError(f"unknown hardware profile {text!r}; known: {', '.join(builtin_profile_names())}")
+    raise ProfileError(
+        f"unknown hardware profile {text!r}; known: {', '.join(builtin_profile_names())}"
+    )
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
@@ -56,7 +57,9 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     return format_validation_error(source, exc)
 
 
-def validate_profile_data(data: Any, source: str, path: str | Path | None = None) -> HardwareProfile:
+def validate_profile_data(
+    data: Any, source: str, path: str | Path | None = None
+) -> HardwareProfile:
     """Validate already-parsed YAML as a profile; errors name ``source`` and the field.
 
     Args:
@@ -65,7 +68,9 @@ def validate_profile_data(data: Any, source: str, path: str | Path | None = None
         path: the profile's file, against which a relative ``lookup_table`` path resolves.
     """
     if not isinstance(data, dict):
-        raise ProfileError(f"{source}: a hardware profile must be a mapping, got {type(data).__name__}")
+        raise ProfileError(
+            f"{source}: a hardware profile must be a mapping, got {type(data).__name__}"
+        )
     try:
         profile = HardwareProfile.model_validate(data)
     except ValidationError as exc:
@@ -101,7 +106,9 @@ def resolve_lookup_table(profile: HardwareProfile) -> tuple[LookupTable, str]:
     """
     ref = profile.lookup_table
     if ref is None:
-        raise ProfileError(f"profile {profile.name!r}: lookup_table: not set (the lut cost model needs a measured table)")
+        raise ProfileError(
+            f"profile {profile.name!r}: lookup_table: not set (the lut cost model needs a measured table)"
+        )
     if isinstance(ref, LookupTable):
         return ref, f"profile {profile.name!r} (inline lookup_table)"
     path = Path(ref)
