@@ -68,9 +68,7 @@ def share_own_cheapest(matrix: dict[str, dict[str, float]]) -> tuple[int, int]:
     return good, len(pairs)
 
 
-def share_best_use_of_budget(
-    configs: dict[str, CompressionConfig], fraction: float
-) -> tuple[int, int]:
+def share_best_use_of_budget(configs: dict[str, CompressionConfig], fraction: float) -> tuple[int, int]:
     """``(pairs where p's config misses q's budget on q or keeps no more BOPs than q's own, all pairs)``."""
     bops = build_cost_model("bops")
     good = total = 0
@@ -113,10 +111,7 @@ def plot(matrix: dict[str, dict[str, float]], title: str, path: Path) -> None:
 
 def markdown(matrix: dict[str, dict[str, float]]) -> str:
     names = list(matrix)
-    lines = [
-        "| searched for \\ priced on | " + " | ".join(names) + " |",
-        "|---|" + "---:|" * len(names),
-    ]
+    lines = ["| searched for \\ priced on | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for p in names:
         lines.append(f"| {p} | " + " | ".join(f"{matrix[p][q]:.2f}" for q in names) + " |")
     return "\n".join(lines)
@@ -127,11 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", nargs="+", default=None, help="default: every built-in profile")
     p.add_argument("--target", default="30%")
     p.add_argument("--model", default="small_cnn")
-    p.add_argument(
-        "--data",
-        default="digits",
-        help="digits, or cifar10-archive (the shared CIFAR-10 JPEG archive)",
-    )
+    p.add_argument("--data", default="digits", help="digits, or cifar10-archive (the shared CIFAR-10 JPEG archive)")
     p.add_argument("--subset", type=int, default=None)
     p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--search-epochs", type=int, default=10)
@@ -174,21 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         configs[name] = load_config(run_dir / "config.yaml")
-        print(
-            f"{name:12s} searched ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True
-        )
+        print(f"{name:12s} searched ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     matrix = price_matrix(configs)
     good, total = share_own_cheapest(matrix)
     best_use = share_best_use_of_budget(configs, fraction) if fraction else None
-    own_share = {
-        q: configs[q].cost(cost_model_for(q)) / configs[q].uniform(8).cost(cost_model_for(q))
-        for q in configs
-    }
+    own_share = {q: configs[q].cost(cost_model_for(q)) / configs[q].uniform(8).cost(cost_model_for(q)) for q in configs}
     report = {
         "machine": machine_info(),
-        "command": " ".join(
-            ["benchmarks/awareness.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": " ".join(["benchmarks/awareness.py", *(argv if argv is not None else sys.argv[1:])]),
         "target": args.target,
         "model": args.model,
         "data": args.data,
@@ -215,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.png),
     )
     print(report["markdown"])
-    print(
-        f"own configuration cheapest (or tied) in {good} of {total} pairs ({100 * good / max(total, 1):.0f}%)"
-    )
+    print(f"own configuration cheapest (or tied) in {good} of {total} pairs ({100 * good / max(total, 1):.0f}%)")
     if best_use:
         print(
             f"own configuration the best use of the budget in {best_use[0]} of {best_use[1]} pairs "
@@ -226,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def pretrain(
-    model_name: str, data: dict[str, Any], subset: int | None, seed: int, epochs: int, path: Path
-) -> None:
+def pretrain(model_name: str, data: dict[str, Any], subset: int | None, seed: int, epochs: int, path: Path) -> None:
     """One shared full-precision model (SGD, cosine, lr 0.05, as the pipeline trains)."""
     if path.is_file():
         return

@@ -67,11 +67,7 @@ def synthetic_lut_model(space: SearchSpace) -> CostModel:
     entries: dict[tuple, LutEntry] = {}
     pairs = [(w, a) for w in BITS for a in BITS] + [(32, 32)]
     for shape in space.shapes.values():
-        kins = (
-            (1,)
-            if shape.is_depthwise
-            else sorted({max(shape.in_channels // 2, 1), shape.in_channels})
-        )
+        kins = (1,) if shape.is_depthwise else sorted({max(shape.in_channels // 2, 1), shape.in_channels})
         kouts = sorted({max(shape.out_channels // 2, 1), shape.out_channels})
         for w, a in pairs:
             for kin in kins:
@@ -176,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "prunable_groups": len(space.groups),
         "batch": args.batch,
         "sbs_step_s": step,
-        "command": " ".join(
-            ["benchmarks/cost_eval.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": " ".join(["benchmarks/cost_eval.py", *(argv if argv is not None else sys.argv[1:])]),
         "cost_models": rows,
     }
     text = json.dumps(report, indent=2)

@@ -29,9 +29,7 @@ from hwsbs.lut.machine import describe_machine, machine_info
 from hwsbs.sbs.convert import convert_model
 
 
-def _round_robin(
-    variants: dict[str, Callable[[], object]], repeats: int, warmup: int
-) -> dict[str, dict[str, float]]:
+def _round_robin(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, dict[str, float]]:
     samples: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         for fn in variants.values():
@@ -54,17 +52,11 @@ def _search(model: str, batch: int, hw: str, out: Path) -> Path:
     from hwsbs.config import SearchConfig
     from hwsbs.pipeline import run_search
 
-    run_search(
-        SearchConfig(
-            hw=hw, model=model, data="digits", cost_batch=batch, out=str(out), progress=False
-        )
-    )
+    run_search(SearchConfig(hw=hw, model=model, data="digits", cost_batch=batch, out=str(out), progress=False))
     return out
 
 
-def bench_model(
-    name: str, batch: int, repeats: int, warmup: int, run_dir: Path | None, seed: int
-) -> dict[str, Any]:
+def bench_model(name: str, batch: int, repeats: int, warmup: int, run_dir: Path | None, seed: int) -> dict[str, Any]:
     spec = default_spec(name)
     space = convert_model(spec.build(), spec.example(), (2, 4, 8))
     configs = {
@@ -93,13 +85,9 @@ def bench_model(
             f"FP {acc['full_precision']:.3f})"
         )
         variants[label] = lambda ex=ex: ex(x)
-        layers[label] = (
-            f"{sum(r.path == 'int8' for r in ex.records)}/{len(ex.records)} int8; "
-            + ", ".join(
-                f"{d.w_bits}/{d.a_bits}"
-                + (f" keep {d.kept_out}/{d.shape.out_channels}" if d.pruned_channels else "")
-                for d in cfg.layers
-            )
+        layers[label] = f"{sum(r.path == 'int8' for r in ex.records)}/{len(ex.records)} int8; " + ", ".join(
+            f"{d.w_bits}/{d.a_bits}" + (f" keep {d.kept_out}/{d.shape.out_channels}" if d.pruned_channels else "")
+            for d in cfg.layers
         )
     timings = _round_robin(variants, repeats, warmup)
     base = timings["fp32 PyTorch model (NCHW)"]
@@ -132,23 +120,14 @@ def bench_gemm(repeats: int) -> list[dict[str, Any]]:
         ones, zp = torch.ones(n), torch.zeros(n, dtype=torch.long)
         variants = {
             "fp32 mm": lambda af=af, wf=wf: af @ wf,
-            "oneDNN u8s8 (fp32 out)": lambda a=a, p=packed, o=ones, z=zp: (
-                torch.ops.onednn.qlinear_pointwise(
-                    a, 1.0, 0, p, o, z, None, 1.0, 0, torch.float32, "none", [], ""
-                )
+            "oneDNN u8s8 (fp32 out)": lambda a=a, p=packed, o=ones, z=zp: torch.ops.onednn.qlinear_pointwise(
+                a, 1.0, 0, p, o, z, None, 1.0, 0, torch.float32, "none", [], ""
             ),
             "torch._int_mm": lambda a8=a8, w8=w8: torch._int_mm(a8, w8),
         }
         t = _round_robin(variants, repeats, 3)
         for name, v in t.items():
-            rows.append(
-                {
-                    "shape": f"{m}x{k}x{n}",
-                    "kernel": name,
-                    **v,
-                    "gops": 2 * m * k * n / v["median_s"] / 1e9,
-                }
-            )
+            rows.append({"shape": f"{m}x{k}x{n}", "kernel": name, **v, "gops": 2 * m * k * n / v["median_s"] / 1e9})
     return rows
 
 
@@ -160,9 +139,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--run", nargs="*", default=[], metavar="MODEL=RUN_DIR", help="searched runs to include"
-    )
+    p.add_argument("--run", nargs="*", default=[], metavar="MODEL=RUN_DIR", help="searched runs to include")
     p.add_argument(
         "--search",
         nargs="*",
@@ -188,9 +165,7 @@ def main() -> None:
                 run = runs.get(name)
                 if name in args.search:
                     run = _search(name, batch, args.hw, Path(tmp) / f"{name}-b{batch}")
-                results["models"].append(
-                    bench_model(name, batch, args.repeats, args.warmup, run, args.seed)
-                )
+                results["models"].append(bench_model(name, batch, args.repeats, args.warmup, run, args.seed))
                 _print(results["models"][-1])
     _print_gemm(results["gemm"])
     if args.json:
@@ -200,9 +175,7 @@ def main() -> None:
 
 def _print(r: dict[str, Any]) -> None:
     print(f"\n{r['model']['name']}, batch {r['batch']}")
-    print(
-        "| variant | median ms | IQR ms | speed-up vs FP32 (medians) | (first quartiles) | layers |"
-    )
+    print("| variant | median ms | IQR ms | speed-up vs FP32 (medians) | (first quartiles) | layers |")
     print("|---|---|---|---|---|---|")
     for v in r["variants"]:
         print(

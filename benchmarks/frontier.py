@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -85,10 +86,7 @@ def plan(methods: list[str], prune_fractions: list[float]) -> list[Job]:
         budgets = BUDGETS if m in ("sbs", "ilp") else ("u4",)
         jobs += [Job(f"{m}@{b}", m, b) for b in budgets]
         if m == "sbs":
-            jobs += [
-                Job(f"sbs@u2x0.75-mpf{f:g}", m, "u2x0.75", {"max_prune_fraction": f})
-                for f in prune_fractions
-            ]
+            jobs += [Job(f"sbs@u2x0.75-mpf{f:g}", m, "u2x0.75", {"max_prune_fraction": f}) for f in prune_fractions]
     return jobs
 
 
@@ -147,9 +145,7 @@ def budget_costs(fp: torch.nn.Module, example: torch.Tensor) -> dict[str, float]
         return CompressionConfig(
             [
                 LayerDecision(
-                    shapes[n],
-                    8 if n in (order[0], order[-1]) else bits,
-                    8 if n in (order[0], order[-1]) else bits,
+                    shapes[n], 8 if n in (order[0], order[-1]) else bits, 8 if n in (order[0], order[-1]) else bits
                 )
                 for n in order
             ]
@@ -174,21 +170,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def search(
-    job: Job, base: dict[str, Any], target: float | None, seed: int, run_dir: Path
-) -> dict[str, float]:
+def search(job: Job, base: dict[str, Any], target: float | None, seed: int, run_dir: Path) -> dict[str, float]:
     done = run_dir / "search.json"
     if done.is_file():
         return json.loads(done.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted search starts again
-    opts = {
-        **base,
-        **job.options,
-        "method": job.method,
-        "seed": seed,
-        "out": str(run_dir),
-        "finetune_epochs": 0,
-    }
+    opts = {**base, **job.options, "method": job.method, "seed": seed, "out": str(run_dir), "finetune_epochs": 0}
     if job.method == "uniform":
         opts["search_epochs"] = 0
     if target is not None:
@@ -209,6 +196,8 @@ def finetune(
     eval_dir: Path,
 ) -> tuple[float, float]:
     """The identical schedule for every configuration; returns (validation, test) accuracy."""
+    torch.manual_seed(seed)  # before building: calibration samples activations with the global RNG
+    random.seed(seed)
     bundle = build_dataset("imagefolder", search_dir, None, 0)
     test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
     fp = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size)
@@ -240,11 +229,7 @@ def finetune(
 
 
 def _row(
-    label: str,
-    method: str,
-    config: CompressionConfig,
-    accs: tuple[float, float],
-    stats: dict[str, float],
+    label: str, method: str, config: CompressionConfig, accs: tuple[float, float], stats: dict[str, float]
 ) -> dict[str, Any]:
     searchable = config.layers[1:-1]
     return {
@@ -257,8 +242,7 @@ def _row(
         "bismo_s": config.cost(cost_model_for("bismo")),
         "mean_w_bits": sum(d.w_bits for d in searchable) / len(searchable),
         "mean_a_bits": sum(d.a_bits for d in searchable) / len(searchable),
-        "kept_channel_share": sum(d.kept_out for d in config.layers)
-        / sum(d.shape.out_channels for d in config.layers),
+        "kept_channel_share": sum(d.kept_out for d in config.layers) / sum(d.shape.out_channels for d in config.layers),
         **stats,
     }
 
@@ -350,9 +334,7 @@ def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--methods", nargs="+", default=["uniform", "sbs", "ilp", "random", "optuna", "multipath"]
-    )
+    p.add_argument("--methods", nargs="+", default=["uniform", "sbs", "ilp", "random", "optuna", "multipath"])
     p.add_argument(
         "--prune-fractions",
         nargs="+",
@@ -412,34 +394,18 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for job in plan(args.methods, args.prune_fractions):
             run_dir = out / f"seed{seed}" / job.label
-            stats = search(
-                job, base, targets.get(job.budget) if job.budget else None, seed, run_dir
-            )
+            stats = search(job, base, targets.get(job.budget) if job.budget else None, seed, run_dir)
             config = load_config(run_dir / "config.yaml")
             variants = [(job.label, job.method, None)]
             if job.method == "sbs":
                 variants.append(
-                    (
-                        job.label.replace("sbs", "sbs-searched", 1),
-                        "sbs-searched",
-                        load_checkpoint(run_dir)["model"],
-                    )
+                    (job.label.replace("sbs", "sbs-searched", 1), "sbs-searched", load_checkpoint(run_dir)["model"])
                 )
             for label, method, init in variants:
                 cache = run_dir / f"finetune-{method}.json"
                 if not cache.is_file():
                     cache.write_text(
-                        json.dumps(
-                            finetune(
-                                fp_state,
-                                config,
-                                init,
-                                seed,
-                                args.finetune_epochs,
-                                search_dir,
-                                eval_dir,
-                            )
-                        )
+                        json.dumps(finetune(fp_state, config, init, seed, args.finetune_epochs, search_dir, eval_dir))
                     )
                 row = _row(label, method, config, tuple(json.loads(cache.read_text())), stats)
                 rows.append({**row, "seed": seed})
@@ -457,9 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = {
         "machine": machine_info(),
-        "command": " ".join(
-            ["benchmarks/frontier.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": " ".join(["benchmarks/frontier.py", *(argv if argv is not None else sys.argv[1:])]),
         "schedule": {
             k: getattr(args, k)
             for k in (

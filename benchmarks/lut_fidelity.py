@@ -48,9 +48,7 @@ def breakdown(spec, configs, batch: int, threads: int, repeats: int, hw: str) ->
             inside.setdefault(m.record.name, []).append(time.perf_counter() - m._t0)
 
         hooks = [
-            h
-            for m in ex.layers().values()
-            for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))
+            h for m in ex.layers().values() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))
         ]
         with torch.inference_mode():
             for _ in range(3):
@@ -72,9 +70,7 @@ def breakdown(spec, configs, batch: int, threads: int, repeats: int, hw: str) ->
     }
 
 
-def run(
-    model: str, hws: list[str], configs: int, seed: int, batch: int, threads: int, repeats: int
-) -> dict[str, Any]:
+def run(model: str, hws: list[str], configs: int, seed: int, batch: int, threads: int, repeats: int) -> dict[str, Any]:
     spec = default_spec(model)
     drawn = draw_configs(spec, configs, seed, (2, 4, 8), batch)
     measured = measure_configs(spec, drawn, batch=batch, threads=threads, repeats=repeats)
@@ -105,13 +101,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    out: dict[str, Any] = {
-        "machine": describe_machine(machine_info("cpu", args.threads)),
-        "runs": [],
-    }
-    print(
-        "| model | batch | profile | cost model | Spearman | MAPE | within +-10% | median pred/meas |"
-    )
+    out: dict[str, Any] = {"machine": describe_machine(machine_info("cpu", args.threads)), "runs": []}
+    print("| model | batch | profile | cost model | Spearman | MAPE | within +-10% | median pred/meas |")
     print("|---|---|---|---|---|---|---|---|")
     gaps = []
     for model in args.models:
@@ -125,14 +116,10 @@ def main() -> None:
                     flush=True,
                 )
             gaps.append((model, batch, report["gap"]))
-    print(
-        "\n| model | batch | table / layers timed inside the model | share of time outside the layers |"
-    )
+    print("\n| model | batch | table / layers timed inside the model | share of time outside the layers |")
     print("|---|---|---|---|")
     for model, batch, g in gaps:
-        print(
-            f"| {model} | {batch} | {g['table_over_in_model_layers']:.3f} | {100 * g['share_outside_layers']:.1f}% |"
-        )
+        print(f"| {model} | {batch} | {g['table_over_in_model_layers']:.3f} | {100 * g['share_outside_layers']:.1f}% |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))

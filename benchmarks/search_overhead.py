@@ -76,10 +76,7 @@ def machine_info() -> dict[str, object]:
 
 def _batch(batch: int, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    x, y = (
-        torch.randn(batch, 3, 32, 32, generator=gen),
-        torch.randint(0, 10, (batch,), generator=gen),
-    )
+    x, y = (torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
     return x.to(device), y.to(device)
 
 
@@ -161,10 +158,7 @@ def time_model(
                 fn()
             _sync(device)
             samples[c].append((time.perf_counter() - t0) / steps)
-    return {
-        c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
-        for c, v in samples.items()
-    }
+    return {c: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)} for c, v in samples.items()}
 
 
 def _status_kib(field: str) -> int:
@@ -174,9 +168,7 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def memory_probe(
-    model_name: str, config: str, batch: int, steps: int, device: str = "cpu"
-) -> dict[str, float | str]:
+def memory_probe(model_name: str, config: str, batch: int, steps: int, device: str = "cpu") -> dict[str, float | str]:
     """Peak RSS growth (MiB) over ``steps`` steps, after setup; run in a fresh process.
 
     Linux keeps the peak RSS (``VmHWM``) across fork and exec, so a child's ``ru_maxrss`` can
@@ -211,11 +203,7 @@ def memory_probe(
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(steps):
         fn()
-    after = (
-        _status_kib("VmHWM")
-        if method.startswith("VmHWM")
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    )
+    after = _status_kib("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "rss_after_setup_mib": rss / 1024,
         "step_peak_growth_mib": (after - before) / 1024,
@@ -224,9 +212,7 @@ def memory_probe(
     }
 
 
-def _memory(
-    model_name: str, batch: int, steps: int, device: str = "cpu"
-) -> dict[str, dict[str, float]]:
+def _memory(model_name: str, batch: int, steps: int, device: str = "cpu") -> dict[str, dict[str, float]]:
     out = {}
     for c in CONFIGS:
         cmd = [
@@ -249,9 +235,7 @@ def _memory(
     return out
 
 
-def profile_sbs(
-    model_name: str, batch: int, top: int = 12, device: str = "cpu"
-) -> dict[str, object]:
+def profile_sbs(model_name: str, batch: int, top: int = 12, device: str = "cpu") -> dict[str, object]:
     """Where the SBS step's time goes: top operators (torch.profiler, self CPU time) and the
     hwsbs functions that issue them (cProfile, cumulative time; this torch build records no
     Python stacks in the profiler). Shares are of the profiled step time."""
@@ -273,11 +257,7 @@ def profile_sbs(
     ops = prof.key_averages()
 
     def self_time(e: object) -> float:  # GPU kernel time on CUDA, CPU time otherwise
-        return (
-            float(getattr(e, "self_device_time_total", 0.0))
-            if cuda
-            else float(e.self_cpu_time_total)
-        )  # type: ignore[attr-defined]
+        return float(getattr(e, "self_device_time_total", 0.0)) if cuda else float(e.self_cpu_time_total)  # type: ignore[attr-defined]
 
     total = sum(self_time(e) for e in ops) or 1.0
     top_ops = sorted(ops, key=self_time, reverse=True)[:top]
@@ -295,10 +275,7 @@ def profile_sbs(
     ]
     funcs.sort(key=lambda kv: kv[1], reverse=True)
     return {
-        "ops": [
-            {"op": e.key, "self_share": self_time(e) / total, "calls_per_step": e.count / 3}
-            for e in top_ops
-        ],
+        "ops": [{"op": e.key, "self_share": self_time(e) / total, "calls_per_step": e.count / 3} for e in top_ops],
         "functions": [{"where": k, "cumulative_share": v / step_total} for k, v in funcs[:top]],
     }
 
@@ -320,11 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.probe:
-        print(
-            json.dumps(
-                memory_probe(args.probe[0], args.probe[1], args.batch, args.mem_steps, args.device)
-            )
-        )
+        print(json.dumps(memory_probe(args.probe[0], args.probe[1], args.batch, args.mem_steps, args.device)))
         return 0
     machine = machine_info()
     if torch.device(args.device).type == "cuda":
@@ -335,15 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "batch": args.batch,
         "image": [3, 32, 32],
-        "command": " ".join(
-            ["benchmarks/search_overhead.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": " ".join(["benchmarks/search_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
         "threads": torch.get_num_threads(),
         "models": {},
     }
-    mems = {
-        m: _memory(m, args.batch, args.mem_steps, args.device) for m in args.models
-    }  # while this process is small
+    mems = {m: _memory(m, args.batch, args.mem_steps, args.device) for m in args.models}  # while this process is small
     for m in args.models:
         mem = mems[m]
         times = time_model(m, args.batch, args.warmup, args.steps, args.repeats, args.device)

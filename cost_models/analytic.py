@@ -16,9 +16,7 @@ class BopsCostModel(CostModel):
     unit = "BOPs"
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
-        return float(
-            batch * shape.macs(state.kept_in, state.kept_out) * state.w_bits * state.a_bits
-        )
+        return float(batch * shape.macs(state.kept_in, state.kept_out) * state.w_bits * state.a_bits)
 
 
 @register_cost_model("size")

@@ -49,11 +49,7 @@ class LayerShape:
     @property
     def is_depthwise(self) -> bool:
         """True for a depthwise conv, whose channels are coupled one to one."""
-        return (
-            self.kind == "conv"
-            and self.groups > 1
-            and self.groups == self.in_channels == self.out_channels
-        )
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels == self.out_channels
 
     @property
     def signature(self) -> str:
@@ -64,10 +60,7 @@ class LayerShape:
         if self.kind == "linear":
             return f"linear_i{self.in_channels}_o{self.out_channels}_n{self.out_size[0]}"
         group_tag = "dw" if self.is_depthwise else f"g{self.groups}"
-        return (
-            f"conv_k{kh}x{kw}_s{sh}x{sw}_{group_tag}_i{self.in_channels}_o{self.out_channels}"
-            f"_h{ih}x{iw}"
-        )
+        return f"conv_k{kh}x{kw}_s{sh}x{sw}_{group_tag}_i{self.in_channels}_o{self.out_channels}_h{ih}x{iw}"
 
     def macs(self, kept_in: int | None = None, kept_out: int | None = None) -> int:
         """Multiply-accumulates per sample with the given kept channel counts."""
@@ -141,13 +134,9 @@ class CostModel(ABC):
             self.__dict__["_layer_cost_cache"] = cache
         return cache(shape, state, batch)
 
-    def model_cost(
-        self, shapes: list[LayerShape], states: list[LayerState], batch: int = 1
-    ) -> float:
+    def model_cost(self, shapes: list[LayerShape], states: list[LayerState], batch: int = 1) -> float:
         """Cost of a whole model: the sum of its layers' costs (override for cross-layer effects)."""
-        return float(
-            sum(self.cached_layer_cost(s, st, batch) for s, st in zip(shapes, states, strict=True))
-        )
+        return float(sum(self.cached_layer_cost(s, st, batch) for s, st in zip(shapes, states, strict=True)))
 
     def require_profile(self) -> HardwareProfile:
         """The profile this model was built with.
@@ -156,20 +145,14 @@ class CostModel(ABC):
             CostModelError: built without one (device-specific models need ``--hw``).
         """
         if self.profile is None:
-            raise CostModelError(
-                f"cost model {self.name!r} needs a hardware profile (--hw NAME or FILE)"
-            )
+            raise CostModelError(f"cost model {self.name!r} needs a hardware profile (--hw NAME or FILE)")
         return self.profile
 
     def profile_params(self, params_cls: type[_P]) -> _P:
         """This model's parameters: the profile's ``cost_model`` block when it names this model,
         else ``params_cls()`` defaults (the model was chosen with ``--cost`` over another default)."""
         block: Any = getattr(self.profile, "cost_model", None)
-        if (
-            block is not None
-            and getattr(block, "name", None) == self.name
-            and isinstance(block, params_cls)
-        ):
+        if block is not None and getattr(block, "name", None) == self.name and isinstance(block, params_cls):
             return block
         return params_cls()
 

@@ -13,6 +13,8 @@ layers run as max_bits fixed point). Compute-bound by construction, as in the pa
 
 from __future__ import annotations
 
+from typing import cast
+
 from cost_models.errors import CostModelError
 from cost_models.precision import ExecutedPrecision, executed_precision
 from hardware_profiles.cost_params import BitSerialParams
@@ -36,9 +38,7 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _gemm_dims(
-    shape: LayerShape, kept_in: int, kept_out: int, batch: int
-) -> tuple[int, int, int, int]:
+def _gemm_dims(shape: LayerShape, kept_in: int, kept_out: int, batch: int) -> tuple[int, int, int, int]:
     """(groups, M per group, K per group, N): the layer as ``groups`` GEMMs of M x K by K x N."""
     kh, kw = shape.kernel_size
     n = batch * shape.out_size[0] * shape.out_size[1]
@@ -48,16 +48,21 @@ def _gemm_dims(
     return g, _ceil(kept_out, g), _ceil(kept_in, g) * kh * kw, n
 
 
+# The array fields a variant reads are Optional in the schema; BitSerialCostModel checks that its
+# variant's REQUIRED_ARRAY_FIELDS are set, so they are read here as ints.
+
+
 def _cycles_stripes(array: ArraySpec, macs: int, w: int, a: int, is_linear: bool) -> int:
-    lanes = array.equivalent_macs_per_cycle * array.baseline_bits  # 1-bit activation x full weight
+    lanes = cast(int, array.equivalent_macs_per_cycle) * array.baseline_bits  # 1-bit activation x full weight
     return _ceil(macs * a, lanes)
 
 
 def _cycles_loom(array: ArraySpec, macs: int, w: int, a: int, is_linear: bool) -> int:
     p = array.baseline_bits
+    eq_macs = cast(int, array.equivalent_macs_per_cycle)
     if is_linear:  # fully connected: weights serial, activations parallel
-        return _ceil(macs * w, array.equivalent_macs_per_cycle * p)
-    return _ceil(macs * w * a, array.equivalent_macs_per_cycle * p * p)
+        return _ceil(macs * w, eq_macs * p)
+    return _ceil(macs * w * a, eq_macs * p * p)
 
 
 def layer_cycles(
@@ -71,23 +76,18 @@ def layer_cycles(
         return fn(array, macs, w, a, shape.kind == "linear")
     if variant == "bismo":
         groups, m, k, n = _gemm_dims(shape, kin, kout, batch)
-        return groups * w * a * _ceil(m, array.d_m) * _ceil(k, array.d_k) * _ceil(n, array.d_n)
+        d_m, d_k, d_n = cast(int, array.d_m), cast(int, array.d_k), cast(int, array.d_n)
+        return groups * w * a * _ceil(m, d_m) * _ceil(k, d_k) * _ceil(n, d_n)
     # bitfusion: fused 2-bit bricks give `perf` low-precision products per fusion unit per cycle
     lo, hi = array.min_bits, array.max_bits
+    d_m, d_k = cast(int, array.d_m), cast(int, array.d_k)
     perf = (hi // max(a, lo)) * (hi // max(w, lo))
     kh, kw = shape.kernel_size
     positions = shape.out_size[0] * shape.out_size[1]
     if shape.is_depthwise:  # output channels across the columns, one input channel each
-        return batch * _ceil(kout, array.d_m) * positions * kh * kw * _ceil(1, array.d_k * perf)
+        return batch * _ceil(kout, d_m) * positions * kh * kw * _ceil(1, d_k * perf)
     g = shape.groups
-    per_group = (
-        batch
-        * _ceil(_ceil(kout, g), array.d_m)
-        * positions
-        * kh
-        * kw
-        * _ceil(_ceil(kin, g), array.d_k * perf)
-    )
+    per_group = batch * _ceil(_ceil(kout, g), d_m) * positions * kh * kw * _ceil(_ceil(kin, g), d_k * perf)
     return g * per_group
 
 
@@ -115,9 +115,7 @@ class BitSerialCostModel(CostModel):
                 f"(needs {', '.join(REQUIRED_ARRAY_FIELDS[variant])})"
             )
         if prof.clock_hz is None:
-            raise CostModelError(
-                f"profile {prof.name!r}: clock_hz: required by the bit_serial model (cycles / clock)"
-            )
+            raise CostModelError(f"profile {prof.name!r}: clock_hz: required by the bit_serial model (cycles / clock)")
         self.array: ArraySpec = prof.array
         self.clock_hz: float = prof.clock_hz
         self._paths: dict[tuple[int, int], ExecutedPrecision] = {}
@@ -128,9 +126,7 @@ class BitSerialCostModel(CostModel):
         ex = self._paths.get(key)
         if ex is None:  # memoised per bit pair: the profile is immutable
             ex = self._paths[key] = executed_precision(self.require_profile(), *key)
-        return layer_cycles(
-            self.params.variant, self.array, shape, state, ex.w_bits, ex.a_bits, batch
-        )
+        return layer_cycles(self.params.variant, self.array, shape, state, ex.w_bits, ex.a_bits, batch)
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
         cycles = self.layer_cycles(shape, state, batch)

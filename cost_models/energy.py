@@ -68,12 +68,8 @@ class EnergyCostModel(CostModel):
         macs = batch * shape.macs(state.kept_in, state.kept_out)
         arithmetic = macs * mac_energy_pj(self.figures, ex.w_bits, ex.a_bits, ex.number_format)
         weight_bits = shape.weight_count(state.kept_in, state.kept_out) * ex.w_bits
-        act_bits = (
-            batch
-            * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out))
-            * ex.a_bits
+        act_bits = batch * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out)) * ex.a_bits
+        memory = weight_bits / 64.0 * self._access_pj(self.params.weights_from) + act_bits / 64.0 * self._access_pj(
+            self.params.activations_from
         )
-        memory = weight_bits / 64.0 * self._access_pj(
-            self.params.weights_from
-        ) + act_bits / 64.0 * self._access_pj(self.params.activations_from)
         return (arithmetic + memory) * _PJ

@@ -60,12 +60,7 @@ def _build_grid(sig: str, entries: list[LutEntry], depthwise: bool, where: str) 
     if depthwise:  # channels are coupled: the line over kept_out is the grid
         by_out = {e.kept_out: e for e in entries}
         kout = tuple(sorted(by_out))
-        return Grid(
-            (1,),
-            kout,
-            (tuple(by_out[k].mean_s for k in kout),),
-            (tuple(by_out[k].std_s for k in kout),),
-        )
+        return Grid((1,), kout, (tuple(by_out[k].mean_s for k in kout),), (tuple(by_out[k].std_s for k in kout),))
     cells = {(e.kept_in, e.kept_out): e for e in entries}
     kin = tuple(sorted({e.kept_in for e in entries}))
     kout = tuple(sorted({e.kept_out for e in entries}))
@@ -99,9 +94,7 @@ class LutCostModel(CostModel):
             self.table, self.where = resolve_lookup_table(prof)
         except ProfileError as exc:
             raise CostModelError(str(exc)) from None
-        self._index: dict[str, dict[tuple[int, int, int], list[LutEntry]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
+        self._index: dict[str, dict[tuple[int, int, int], list[LutEntry]]] = defaultdict(lambda: defaultdict(list))
         for e in self.table.entries:
             self._index[e.signature][(e.w_bits, e.a_bits, e.batch)].append(e)
         self._grids: dict[tuple[str, int, int, int, bool], Grid] = {}
@@ -140,15 +133,11 @@ class LutCostModel(CostModel):
         key = (sig, w, a, measured_batch, shape.is_depthwise)
         grid = self._grids.get(key)
         if grid is None:
-            grid = _build_grid(
-                sig, self._index[sig][(w, a, measured_batch)], shape.is_depthwise, self.where
-            )
+            grid = _build_grid(sig, self._index[sig][(w, a, measured_batch)], shape.is_depthwise, self.where)
             self._grids[key] = grid
         return grid, measured_batch
 
-    def layer_cost_spread(
-        self, shape: LayerShape, state: LayerState, batch: int = 1
-    ) -> tuple[float, float]:
+    def layer_cost_spread(self, shape: LayerShape, state: LayerState, batch: int = 1) -> tuple[float, float]:
         """(mean, std) latency in seconds of ``shape`` in ``state``.
 
         Raises:

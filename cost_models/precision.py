@@ -77,16 +77,10 @@ def executed_precision(profile: HardwareProfile, w_bits: int, a_bits: int) -> Ex
                 f"profile {profile.name!r}: {w_bits}/{a_bits}-bit layers are not executed (executed: {executed}) "
                 "and fallback is 'error'"
             )
-        covering = [
-            e
-            for e in entries
-            if e.w_bits >= w_bits and e.a_bits >= a_bits and e.number_format == "int"
-        ]
+        covering = [e for e in entries if e.w_bits >= w_bits and e.a_bits >= a_bits and e.number_format == "int"]
         covering = covering or [e for e in entries if e.w_bits >= w_bits and e.a_bits >= a_bits]
         if covering:
-            best = min(
-                covering, key=lambda e: (e.w_bits * e.a_bits, e.w_bits + e.a_bits, -e.ops_per_s)
-            )
+            best = min(covering, key=lambda e: (e.w_bits * e.a_bits, e.w_bits + e.a_bits, -e.ops_per_s))
             return _from_entry(profile, best, native=False)
         return _from_entry(profile, _widest(entries), native=False)
     if profile.array is not None:
@@ -101,9 +95,7 @@ def executed_precision(profile: HardwareProfile, w_bits: int, a_bits: int) -> Ex
     )
 
 
-def candidate_precisions(
-    profile: HardwareProfile, w_bits: int, a_bits: int
-) -> list[ExecutedPrecision]:
+def candidate_precisions(profile: HardwareProfile, w_bits: int, a_bits: int) -> list[ExecutedPrecision]:
     """Every path that can run a ``w_bits``/``a_bits`` layer; a deployment picks the fastest.
 
     Usually the fastest is :func:`executed_precision`'s next wider path, but channel padding can

@@ -13,13 +13,7 @@ from .errors import CostModelError
 if TYPE_CHECKING:
     from hardware_profiles.schema import HardwareProfile
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "register_cost_model",
-    "get_cost_model_class",
-    "list_cost_models",
-    "build_cost_model",
-]
+__all__ = ["ENTRY_POINT_GROUP", "register_cost_model", "get_cost_model_class", "list_cost_models", "build_cost_model"]
 
 #: Other installed packages add cost models by declaring entry points in this group.
 ENTRY_POINT_GROUP = "hwsbs.cost_models"
@@ -37,9 +31,7 @@ def register_cost_model(name: str) -> Callable[[type[CostModel]], type[CostModel
 
     def decorator(cls: type[CostModel]) -> type[CostModel]:
         if not (isinstance(cls, type) and issubclass(cls, CostModel)):
-            raise TypeError(
-                f"@register_cost_model({name!r}) needs a CostModel subclass, got {cls!r}"
-            )
+            raise TypeError(f"@register_cost_model({name!r}) needs a CostModel subclass, got {cls!r}")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             warnings.warn(
                 f"cost model {name!r} is registered again: {cls.__module__}.{cls.__qualname__} "
@@ -63,9 +55,7 @@ def _load_entry_points() -> None:
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the built-ins
-            warnings.warn(
-                f"cost model plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2
-            )
+            warnings.warn(f"cost model plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
             continue
         if isinstance(obj, type) and issubclass(obj, CostModel) and ep.name not in _REGISTRY:
             register_cost_model(ep.name)(obj)

@@ -23,9 +23,7 @@ from .registry import register_cost_model
 __all__ = ["RooflineCostModel", "layer_bytes"]
 
 
-def layer_bytes(
-    shape: LayerShape, kept_in: int, kept_out: int, w_bits: int, a_bits: int, batch: int
-) -> float:
+def layer_bytes(shape: LayerShape, kept_in: int, kept_out: int, w_bits: int, a_bits: int, batch: int) -> float:
     """Bytes a layer moves: its weights once, and per sample its inputs and outputs.
 
     Outputs are written at the activation width (requantised for the next layer, whose width is
@@ -75,13 +73,9 @@ class RooflineCostModel(CostModel):
         # Execution paths per requested (w_bits, a_bits); the profile is immutable.
         self._paths: dict[tuple[int, int], list[ExecutedPrecision]] = {}
 
-    def _terms(
-        self, ex: ExecutedPrecision, shape: LayerShape, state: LayerState, batch: int
-    ) -> tuple[float, float]:
+    def _terms(self, ex: ExecutedPrecision, shape: LayerShape, state: LayerState, batch: int) -> tuple[float, float]:
         assert ex.ops_per_s is not None  # precisions entries always carry a throughput
-        macs = batch * shape.macs(
-            round_up(state.kept_in, ex.channel_tile), round_up(state.kept_out, ex.channel_tile)
-        )
+        macs = batch * shape.macs(round_up(state.kept_in, ex.channel_tile), round_up(state.kept_out, ex.channel_tile))
         compute_s = 2.0 * macs / (ex.ops_per_s * self.compute_efficiency)
         if self.params.operands_at_executed_precision:
             w_bits, a_bits = ex.w_bits, ex.a_bits
@@ -91,9 +85,7 @@ class RooflineCostModel(CostModel):
         memory_s = moved / (self.memory.bandwidth_bytes_per_s * self.memory_efficiency)
         return compute_s, memory_s
 
-    def compute_and_memory_s(
-        self, shape: LayerShape, state: LayerState, batch: int = 1
-    ) -> tuple[float, float]:
+    def compute_and_memory_s(self, shape: LayerShape, state: LayerState, batch: int = 1) -> tuple[float, float]:
         """The two roofline terms (compute seconds, memory seconds) of the fastest executed path."""
         key = (state.w_bits, state.a_bits)
         paths = self._paths.get(key)

@@ -15,13 +15,7 @@ from .loader import (
     validate_profile_data,
 )
 from .lut_table import LookupTable, LutEntry, load_lookup_table, save_lookup_table
-from .schema import (
-    FLOAT_BITS,
-    SCHEMA_VERSION,
-    HardwareProfile,
-    profile_json_schema,
-    write_json_schema,
-)
+from .schema import FLOAT_BITS, SCHEMA_VERSION, HardwareProfile, profile_json_schema, write_json_schema
 
 __all__ = [
     "FLOAT_BITS",

@@ -61,9 +61,7 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def _check_stat(
-    st: os.stat_result, path: Path, label: str, what: str, limit: int, error: type[HwsbsError]
-) -> None:
+def _check_stat(st: os.stat_result, path: Path, label: str, what: str, limit: int, error: type[HwsbsError]) -> None:
     """Raise ``error`` unless ``st`` is a regular file of at most ``limit`` bytes."""
     if not stat.S_ISREG(st.st_mode):
         target = os.path.realpath(path)
@@ -103,9 +101,7 @@ def checked_file(
     except FileNotFoundError:
         raise error(f"{label}: {what} not found") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        raise error(
-            f"{label}: cannot read {what}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
+        raise error(f"{label}: cannot read {what}: {getattr(exc, 'strerror', None) or exc}") from None
     _check_stat(st, p, label, what, limit, error)
     return p
 
@@ -244,11 +240,7 @@ def write_atomic(
 
 
 def write_text_atomic(
-    path: str | Path,
-    text: str,
-    what: str = "file",
-    error: type[HwsbsError] = ConfigError,
-    label: str | None = None,
+    path: str | Path, text: str, what: str = "file", error: type[HwsbsError] = ConfigError, label: str | None = None
 ) -> Path:
     """:func:`write_atomic` of UTF-8 text."""
     data = text.encode("utf-8")

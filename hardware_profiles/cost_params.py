@@ -49,21 +49,15 @@ class SizeParams(StrictModel):
 class RooflineParams(StrictModel):
     """Latency = max(compute time, memory time) + a fixed per-layer overhead."""
 
-    name: Literal["roofline"] = Field(
-        default="roofline", description="Cost model: roofline latency in seconds."
-    )
+    name: Literal["roofline"] = Field(default="roofline", description="Cost model: roofline latency in seconds.")
     per_layer_overhead_s: float = Field(
-        default=0.0,
-        ge=0,
-        description="Fixed time added to every layer (kernel launch, synchronisation), in seconds.",
+        default=0.0, ge=0, description="Fixed time added to every layer (kernel launch, synchronisation), in seconds."
     )
     compute_efficiency: Fraction | None = Field(
-        default=None,
-        description="Achieved/peak compute for this model; null uses the profile's efficiency.compute.",
+        default=None, description="Achieved/peak compute for this model; null uses the profile's efficiency.compute."
     )
     memory_efficiency: Fraction | None = Field(
-        default=None,
-        description="Achieved/peak bandwidth for this model; null uses the profile's efficiency.memory.",
+        default=None, description="Achieved/peak bandwidth for this model; null uses the profile's efficiency.memory."
     )
     memory_level: str | None = Field(
         default=None,
@@ -81,9 +75,7 @@ class RooflineParams(StrictModel):
 class BitSerialParams(StrictModel):
     """Cycle models of bit-serial and bit-fusion accelerators: latency = cycles / clock_hz."""
 
-    name: Literal["bit_serial"] = Field(
-        default="bit_serial", description="Cost model: bit-serial cycle latency."
-    )
+    name: Literal["bit_serial"] = Field(default="bit_serial", description="Cost model: bit-serial cycle latency.")
     variant: Literal["stripes", "loom", "bismo", "bitfusion"] = Field(
         default="bismo",
         description=(
@@ -92,9 +84,7 @@ class BitSerialParams(StrictModel):
         ),
     )
     per_layer_overhead_s: float = Field(
-        default=0.0,
-        ge=0,
-        description="Fixed time added to every layer (configuration, draining), in seconds.",
+        default=0.0, ge=0, description="Fixed time added to every layer (configuration, draining), in seconds."
     )
 
 
@@ -113,9 +103,7 @@ class EnergyParams(StrictModel):
 class LutParams(StrictModel):
     """Measured latency table (the profile's lookup_table), interpolated over kept channels."""
 
-    name: Literal["lut"] = Field(
-        default="lut", description="Cost model: measured latency lookup table."
-    )
+    name: Literal["lut"] = Field(default="lut", description="Cost model: measured latency lookup table.")
     outside_grid: Literal["proportional", "clamp"] = Field(
         default="proportional",
         description=(
@@ -126,16 +114,8 @@ class LutParams(StrictModel):
 
 
 CostModelParams = Annotated[
-    BopsParams | SizeParams | RooflineParams | BitSerialParams | EnergyParams | LutParams,
-    Field(discriminator="name"),
+    BopsParams | SizeParams | RooflineParams | BitSerialParams | EnergyParams | LutParams, Field(discriminator="name")
 ]
 
 #: Cost model names a profile's ``cost_model.name`` may take (plugins are chosen with --cost).
-BUILTIN_COST_MODEL_NAMES: tuple[str, ...] = (
-    "bops",
-    "size",
-    "roofline",
-    "bit_serial",
-    "energy",
-    "lut",
-)
+BUILTIN_COST_MODEL_NAMES: tuple[str, ...] = ("bops", "size", "roofline", "bit_serial", "energy", "lut")

@@ -9,10 +9,7 @@ from pydantic import ValidationError
 __all__ = ["format_loc", "format_validation_error"]
 
 # Messages pydantic words for programmers, reworded for someone editing a YAML file.
-_REWORDED = {
-    "extra_forbidden": "unknown field (misspelled?)",
-    "missing": "required field is missing",
-}
+_REWORDED = {"extra_forbidden": "unknown field (misspelled?)", "missing": "required field is missing"}
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:

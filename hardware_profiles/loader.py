@@ -47,9 +47,7 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     builtin = BUILTIN_DIR / f"{text}.yaml"
     if builtin.is_file():
         return builtin
-    raise ProfileError(
-        f"unknown hardware profile {text!r}; known: {', '.join(builtin_profile_names())}"
-    )
+    raise ProfileError(f"unknown hardware profile {text!r}; known: {', '.join(builtin_profile_names())}")
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
@@ -57,9 +55,7 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     return format_validation_error(source, exc)
 
 
-def validate_profile_data(
-    data: Any, source: str, path: str | Path | None = None
-) -> HardwareProfile:
+def validate_profile_data(data: Any, source: str, path: str | Path | None = None) -> HardwareProfile:
     """Validate already-parsed YAML as a profile; errors name ``source`` and the field.
 
     Args:
@@ -68,9 +64,7 @@ def validate_profile_data(
         path: the profile's file, against which a relative ``lookup_table`` path resolves.
     """
     if not isinstance(data, dict):
-        raise ProfileError(
-            f"{source}: a hardware profile must be a mapping, got {type(data).__name__}"
-        )
+        raise ProfileError(f"{source}: a hardware profile must be a mapping, got {type(data).__name__}")
     try:
         profile = HardwareProfile.model_validate(data)
     except ValidationError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
@@ -24,7 +24,7 @@ from .yaml_io import dump_yaml, load_yaml
 __all__ = ["LUT_FORMAT", "LutEntry", "LookupTable", "load_lookup_table", "save_lookup_table"]
 
 #: Format tag written at the top of every table file.
-LUT_FORMAT = "hwsbs-lut/1"
+LUT_FORMAT: Final = "hwsbs-lut/1"
 #: Largest channel count or batch a table entry may name (2**24).
 MAX_COUNT = 1 << 24
 
@@ -36,30 +36,20 @@ class LutEntry(StrictModel):
 
     signature: str = Field(min_length=1, description="LayerShape.signature of the measured layer.")
     w_bits: int = Field(ge=1, le=32, description="Weight bits the layer ran at (32 = float).")
-    a_bits: int = Field(
-        ge=1, le=32, description="Input-activation bits the layer ran at (32 = float)."
-    )
+    a_bits: int = Field(ge=1, le=32, description="Input-activation bits the layer ran at (32 = float).")
     kept_in: int = Field(gt=0, le=MAX_COUNT, description="Input channels the measured layer had.")
     kept_out: int = Field(gt=0, le=MAX_COUNT, description="Output channels the measured layer had.")
     batch: int = Field(default=1, gt=0, le=MAX_COUNT, description="Batch size of the measurement.")
     mean_s: float = Field(gt=0, description="Mean (or median) latency in seconds.")
-    std_s: float = Field(
-        default=0.0, ge=0, description="Spread of the latency (standard deviation) in seconds."
-    )
+    std_s: float = Field(default=0.0, ge=0, description="Spread of the latency (standard deviation) in seconds.")
 
 
 class LookupTable(StrictModel):
     """A device's measured layer latencies."""
 
-    format: Literal["hwsbs-lut/1"] = Field(
-        default=LUT_FORMAT, description="Table format and version."
-    )
-    device: str = Field(
-        default="", description="What was measured (device, driver, library versions)."
-    )
-    method: str = Field(
-        default="", description="How it was measured (warm-up, repetitions, threads, statistic)."
-    )
+    format: Literal["hwsbs-lut/1"] = Field(default=LUT_FORMAT, description="Table format and version.")
+    device: str = Field(default="", description="What was measured (device, driver, library versions).")
+    method: str = Field(default="", description="How it was measured (warm-up, repetitions, threads, statistic).")
     fallback: Literal["next_wider", "error"] = Field(
         default="error",
         description=(

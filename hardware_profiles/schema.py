@@ -13,16 +13,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    ConfigDict,
-    Discriminator,
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    PrivateAttr,
-    Tag,
-    model_validator,
-)
+from pydantic import ConfigDict, Discriminator, Field, PositiveFloat, PositiveInt, PrivateAttr, Tag, model_validator
 
 from .cost_params import (
     BitSerialParams,
@@ -83,8 +74,7 @@ class PrecisionEntry(_FiniteModel):
         description="Peak dense throughput in operations per second; one multiply-accumulate = 2 operations, as datasheets count."
     )
     number_format: Literal["int", "float"] = Field(
-        default="int",
-        description="int: fixed point; float: a floating-point path (FP16, BF16, FP32).",
+        default="int", description="int: fixed point; float: a floating-point path (FP16, BF16, FP32)."
     )
     label: str = Field(default="", description="What the path is called, e.g. 'INT8 tensor core'.")
     channel_tile: PositiveInt | None = Field(
@@ -98,9 +88,7 @@ class MemoryLevel(_FiniteModel):
 
     name: str = Field(min_length=1, description="Short name, e.g. 'hbm3' or 'dram'.")
     bandwidth_bytes_per_s: PositiveFloat = Field(description="Peak bandwidth in bytes per second.")
-    size_bytes: PositiveInt | None = Field(
-        default=None, description="Capacity in bytes (informational)."
-    )
+    size_bytes: PositiveInt | None = Field(default=None, description="Capacity in bytes (informational).")
 
 
 class BufferSpec(_FiniteModel):
@@ -121,38 +109,28 @@ class ArraySpec(_FiniteModel):
     """A bit-serial or bit-fusion accelerator's compute array (each model reads the fields it needs)."""
 
     d_m: PositiveInt | None = Field(
-        default=None,
-        description="Output channels in parallel (BISMO D_m; Bit Fusion M, the array's columns).",
+        default=None, description="Output channels in parallel (BISMO D_m; Bit Fusion M, the array's columns)."
     )
     d_k: PositiveInt | None = Field(
-        default=None,
-        description="Reduction terms in parallel (BISMO D_k; Bit Fusion N, the array's rows).",
+        default=None, description="Reduction terms in parallel (BISMO D_k; Bit Fusion N, the array's rows)."
     )
-    d_n: PositiveInt | None = Field(
-        default=None, description="Output positions in parallel (BISMO D_n)."
-    )
+    d_n: PositiveInt | None = Field(default=None, description="Output positions in parallel (BISMO D_n).")
     equivalent_macs_per_cycle: PositiveInt | None = Field(
         default=None,
         description="Stripes/Loom: bit-parallel MACs per cycle at baseline_bits the array matches in peak throughput.",
     )
-    baseline_bits: Bits = Field(
-        default=16, description="Precision of that bit-parallel equivalent (Stripes/Loom: 16)."
-    )
+    baseline_bits: Bits = Field(default=16, description="Precision of that bit-parallel equivalent (Stripes/Loom: 16).")
     min_bits: Bits = Field(
-        default=1,
-        description="Narrowest precision; narrower operands run at this (Bit Fusion: 2-bit bricks).",
+        default=1, description="Narrowest precision; narrower operands run at this (Bit Fusion: 2-bit bricks)."
     )
     max_bits: Bits = Field(
-        default=16,
-        description="Widest precision; wider operands, float included, run at this (fixed point).",
+        default=16, description="Widest precision; wider operands, float included, run at this (fixed point)."
     )
 
     @model_validator(mode="after")
     def _bits_order(self) -> ArraySpec:
         if self.min_bits > self.max_bits:
-            raise ValueError(
-                f"min_bits ({self.min_bits}) must not exceed max_bits ({self.max_bits})"
-            )
+            raise ValueError(f"min_bits ({self.min_bits}) must not exceed max_bits ({self.max_bits})")
         return self
 
 
@@ -167,9 +145,7 @@ class EnergyFigures(_FiniteModel):
     fp16_mult_pj: PositiveFloat = Field(description="16-bit float multiply.")
     fp32_add_pj: PositiveFloat = Field(description="32-bit float add.")
     fp32_mult_pj: PositiveFloat = Field(description="32-bit float multiply.")
-    sram_read_64b_pj: PositiveFloat = Field(
-        description="64-bit read from the on-chip SRAM buffers."
-    )
+    sram_read_64b_pj: PositiveFloat = Field(description="64-bit read from the on-chip SRAM buffers.")
     dram_read_64b_pj: PositiveFloat = Field(description="64-bit read from DRAM.")
 
 
@@ -179,33 +155,21 @@ def _table_tag(value: Any) -> str:
 
 # A table file path (relative to the profile file) or the table itself.
 LookupTableRef = Annotated[
-    Annotated[str, Tag("path")] | Annotated[LookupTable, Tag("inline")],
-    Discriminator(_table_tag),
+    Annotated[str, Tag("path")] | Annotated[LookupTable, Tag("inline")], Discriminator(_table_tag)
 ]
 
 
 class HardwareProfile(_FiniteModel):
     """What a device is, which precisions it executes at what speed, and how to cost a layer on it."""
 
-    schema_version: Literal[1] = Field(
-        description="Profile schema version; bump on breaking changes."
-    )
-    name: str = Field(
-        min_length=1,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="Short name used with --hw.",
-    )
+    schema_version: Literal[1] = Field(description="Profile schema version; bump on breaking changes.")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Short name used with --hw.")
     description: str = Field(default="", description="One line on the device.")
     kind: Literal["gpu", "cpu", "accelerator"] = Field(description="Device class.")
-    cost_model: CostModelParams = Field(
-        description="Default cost model and its parameters (override with --cost)."
-    )
-    clock_hz: PositiveFloat | None = Field(
-        default=None, description="Clock of the compute array, in hertz."
-    )
+    cost_model: CostModelParams = Field(description="Default cost model and its parameters (override with --cost).")
+    clock_hz: PositiveFloat | None = Field(default=None, description="Clock of the compute array, in hertz.")
     precisions: list[PrecisionEntry] = Field(
-        default_factory=list,
-        description="(w_bits, a_bits) pairs the device executes natively, with their throughput.",
+        default_factory=list, description="(w_bits, a_bits) pairs the device executes natively, with their throughput."
     )
     fallback: Literal["next_wider", "error"] = Field(
         default="next_wider",
@@ -215,29 +179,21 @@ class HardwareProfile(_FiniteModel):
         ),
     )
     channel_tile: PositiveInt = Field(
-        default=1,
-        description="Channel counts are rounded up to a multiple of this (1 = no rounding).",
+        default=1, description="Channel counts are rounded up to a multiple of this (1 = no rounding)."
     )
     memory: list[MemoryLevel] = Field(
-        default_factory=list,
-        description="Memories feeding the layers; the first is the default for the roofline.",
+        default_factory=list, description="Memories feeding the layers; the first is the default for the roofline."
     )
     buffers: list[BufferSpec] = Field(
-        default_factory=list,
-        description="On-chip buffers of an accelerator (informational for the built-in models).",
+        default_factory=list, description="On-chip buffers of an accelerator (informational for the built-in models)."
     )
     array: ArraySpec | None = Field(
         default=None, description="Compute array of a bit-serial or bit-fusion accelerator."
     )
-    energy: EnergyFigures | None = Field(
-        default=None, description="Energy per operation and per access."
-    )
-    efficiency: Efficiency = Field(
-        default_factory=Efficiency, description="Achievable fractions of the peaks."
-    )
+    energy: EnergyFigures | None = Field(default=None, description="Energy per operation and per access.")
+    efficiency: Efficiency = Field(default_factory=Efficiency, description="Achievable fractions of the peaks.")
     lookup_table: LookupTableRef | None = Field(
-        default=None,
-        description="Measured latencies: a table file path relative to this profile, or the table inline.",
+        default=None, description="Measured latencies: a table file path relative to this profile, or the table inline."
     )
     extensions: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -276,10 +232,7 @@ class HardwareProfile(_FiniteModel):
 def profile_json_schema() -> dict[str, Any]:
     """The JSON Schema of a hardware profile file (what ``hwsbs profiles schema`` prints)."""
     schema = HardwareProfile.model_json_schema(mode="validation")
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        **schema,
-    }
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def json_schema_text() -> str:

@@ -30,15 +30,7 @@ from yaml.constructor import ConstructorError
 from hardware_profiles.checked_io import TEXT_LIMIT, read_checked_text
 from hardware_profiles.errors import ConfigError, HwsbsError
 
-__all__ = [
-    "MAX_DEPTH",
-    "MAX_ALIASES",
-    "MAX_ALIAS_NODES",
-    "MAX_INT_CHARS",
-    "load_yaml",
-    "load_yaml_text",
-    "dump_yaml",
-]
+__all__ = ["MAX_DEPTH", "MAX_ALIASES", "MAX_ALIAS_NODES", "MAX_INT_CHARS", "load_yaml", "load_yaml_text", "dump_yaml"]
 
 #: Deepest nesting of lists and mappings (hwsbs's files need 5).
 MAX_DEPTH = 64
@@ -59,9 +51,7 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         self._aliases = 0
         self._alias_nodes = 0
         self._open_anchors: set[str] = set()
-        self._extent: dict[
-            int, tuple[int, int]
-        ] = {}  # id(node) -> (nodes, depth), aliases expanded
+        self._extent: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth), aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         """Compose one node, enforcing the depth and alias limits."""
@@ -69,9 +59,7 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             return self._compose_alias(parent, index, event)
         if self._depth >= MAX_DEPTH:
-            raise ComposerError(
-                None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark
-            )
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
         anchor = getattr(event, "anchor", None)
         self._depth += 1
         if anchor is not None:
@@ -82,34 +70,22 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
             self._depth -= 1
             self._open_anchors.discard(anchor)
 
-    def _compose_alias(
-        self, parent: yaml.Node | None, index: Any, event: yaml.AliasEvent
-    ) -> yaml.Node:
+    def _compose_alias(self, parent: yaml.Node | None, index: Any, event: yaml.AliasEvent) -> yaml.Node:
         if event.anchor in self._open_anchors:
             raise ComposerError(
-                None,
-                None,
-                f"alias *{event.anchor} is used inside the node it names (recursive)",
-                event.start_mark,
+                None, None, f"alias *{event.anchor} is used inside the node it names (recursive)", event.start_mark
             )
-        node = super().compose_node(
-            parent, index
-        )  # consumes the event; undefined aliases fail here
+        node = super().compose_node(parent, index)  # consumes the event; undefined aliases fail here
         nodes, depth = self._node_extent(node)
         self._aliases += 1
         self._alias_nodes += nodes
         if self._aliases > MAX_ALIASES:
             raise ComposerError(None, None, f"more than {MAX_ALIASES} aliases", event.start_mark)
         if self._alias_nodes > MAX_ALIAS_NODES:
-            raise ComposerError(
-                None, None, f"aliases expand to more than {MAX_ALIAS_NODES} nodes", event.start_mark
-            )
+            raise ComposerError(None, None, f"aliases expand to more than {MAX_ALIAS_NODES} nodes", event.start_mark)
         if self._depth + depth > MAX_DEPTH:
             raise ComposerError(
-                None,
-                None,
-                f"nested deeper than {MAX_DEPTH} levels (through alias *{event.anchor})",
-                event.start_mark,
+                None, None, f"nested deeper than {MAX_DEPTH} levels (through alias *{event.anchor})", event.start_mark
             )
         return node
 
@@ -136,33 +112,22 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         except (ValueError, TypeError, AttributeError, OverflowError, IndexError) as exc:
             shown = str(node.value)[:40] if isinstance(node, yaml.ScalarNode) else node.id
             raise ConstructorError(
-                None,
-                None,
-                f"{shown!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({exc})",
-                node.start_mark,
+                None, None, f"{shown!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({exc})", node.start_mark
             ) from None
 
 
-def _construct_unique_mapping(
-    loader: _UniqueKeySafeLoader, node: yaml.MappingNode, deep: bool = False
-) -> dict:
+def _construct_unique_mapping(loader: _UniqueKeySafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     loader.flatten_mapping(node)
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             raise ConstructorError(
-                None,
-                None,
-                f"a mapping key must be a plain value, not a {key_node.id}",
-                key_node.start_mark,
+                None, None, f"a mapping key must be a plain value, not a {key_node.id}", key_node.start_mark
             )
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first at line {seen[key] + 1})",
-                key_node.start_mark,
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark
             )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
@@ -172,17 +137,12 @@ def _construct_bounded_int(loader: _UniqueKeySafeLoader, node: yaml.ScalarNode) 
     text = str(node.value)
     if len(text) > MAX_INT_CHARS:
         raise ConstructorError(
-            None,
-            None,
-            f"integer of {len(text)} characters (at most {MAX_INT_CHARS})",
-            node.start_mark,
+            None, None, f"integer of {len(text)} characters (at most {MAX_INT_CHARS})", node.start_mark
         )
     return loader.construct_yaml_int(node)
 
 
-_UniqueKeySafeLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
+_UniqueKeySafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 _UniqueKeySafeLoader.add_constructor("tag:yaml.org,2002:int", _construct_bounded_int)
 
 
@@ -212,11 +172,7 @@ def load_yaml_text(text: str, source: str = "<string>") -> Any:
 
 
 def load_yaml(
-    path: str | Path,
-    *,
-    what: str = "file",
-    limit: int = TEXT_LIMIT,
-    error: type[HwsbsError] = ConfigError,
+    path: str | Path, *, what: str = "file", limit: int = TEXT_LIMIT, error: type[HwsbsError] = ConfigError
 ) -> Any:
     """Read (a regular file of at most ``limit`` bytes) and parse a YAML file safely.
 

@@ -16,11 +16,7 @@ __all__ = ["search"]
 
 
 def search(
-    model: nn.Module,
-    train_data: DataLoader | Dataset,
-    val_data: DataLoader | Dataset,
-    hw: str = "a100",
-    **options: Any,
+    model: nn.Module, train_data: DataLoader | Dataset, val_data: DataLoader | Dataset, hw: str = "a100", **options: Any
 ) -> SearchResult:
     """Search per-layer bits and pruning for ``model`` on the hardware profile ``hw``.
 

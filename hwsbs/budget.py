@@ -8,17 +8,22 @@ space allows (lowest bits, maximal pruning), which says whether a budget is reac
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
+
+import torch
+from torch import nn
 
 from cost_models.base import CostModel
 from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig
 from hwsbs.errors import ConfigError
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
-from hwsbs.sbs.convert import SearchSpace
+from hwsbs.sbs.convert import SearchSpace, trace_layer_shapes
 
 __all__ = [
     "BUDGET_SLACK",
     "check_target",
+    "check_costable",
     "uniform_cost",
     "resolve_target",
     "floor_config",
@@ -46,14 +51,12 @@ def check_target(target: float | None, uniform_8bit: float, unit: str) -> None:
 
 def uniform_cost(space: SearchSpace, cm: CostModel, bits: int, batch: int) -> float:
     """Cost of every layer at ``bits`` (pinned layers too: the reference "uniform 8-bit")."""
-    return CompressionConfig(
-        [LayerDecision(space.shapes[n], bits, bits) for n in space.layer_names], batch=batch
-    ).cost(cm)
+    return CompressionConfig([LayerDecision(space.shapes[n], bits, bits) for n in space.layer_names], batch=batch).cost(
+        cm
+    )
 
 
-def resolve_target(
-    cfg: SearchConfig, space: SearchSpace, cm: CostModel, primary: bool = True
-) -> float | None:
+def resolve_target(cfg: SearchConfig, space: SearchSpace, cm: CostModel, primary: bool = True) -> float | None:
     """The absolute budget on ``cm``: ``--target`` (primary objective only) or its share of uniform 8-bit."""
     if cfg.target is not None:
         return cfg.target if primary else None
@@ -69,17 +72,13 @@ def _largest_groups(space: SearchSpace, producer: str) -> list[int]:
     return sorted(order[: space.max_pruned_groups(producer)])
 
 
-def floor_config(
-    space: SearchSpace, bits: tuple[int, ...] | list[int], batch: int
-) -> CompressionConfig:
+def floor_config(space: SearchSpace, bits: tuple[int, ...] | list[int], batch: int) -> CompressionConfig:
     """The cheapest configuration of ``space``: lowest bits everywhere, every producer at its cap."""
     lowest = min(bits)
     return CompressionConfig(
         space.decisions(
             {n: (lowest, lowest) for n in space.layer_names},
-            {
-                g.producer: _largest_groups(space, g.producer) for g in space.groups
-            },  # none unless the method prunes
+            {g.producer: _largest_groups(space, g.producer) for g in space.groups},  # none unless the method prunes
         ),
         batch=batch,
     )
@@ -102,3 +101,19 @@ def budget_report(
         "met": cost <= target * slack,
         "reachable": floor <= target * slack,
     }
+
+
+def check_costable(
+    model: nn.Module, example: torch.Tensor, cost_models: Sequence[CostModel], batch: int, target: float | None = None
+) -> None:
+    """Every cost model must price this model (a lookup table: every layer signature), and an
+    absolute ``target`` must be a cost the primary one can approach, before anything is written."""
+    param = next(model.parameters(), None)
+    order, shapes = trace_layer_shapes(model, example if param is None else example.to(param.device))
+    plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=batch)
+    for cm in cost_models:
+        plain.cost(cm)
+        plain.full_precision().cost(cm)
+    if target is not None:  # the primary objective's budget
+        cm = cost_models[0]
+        check_target(target, plain.cost(cm), cm.unit)

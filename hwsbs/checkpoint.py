@@ -33,7 +33,7 @@ from hwsbs.errors import CheckpointError, ConfigError, HwsbsError
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; runs are not locked there
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the module is optional: None where there is none
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -58,12 +58,7 @@ LOCK_NAME = ".hwsbs.lock"
 RUN_PHASES = ("pretrain", "search", "finetune", "done")
 
 # Lines of torch's weights-only error that say nothing about the file.
-_BOILERPLATE = (
-    "Weights only load failed",
-    "Please file an issue",
-    "Check the documentation",
-    "Re-running",
-)
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation", "Re-running")
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
@@ -78,12 +73,8 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
     def write(fh: Any) -> None:
         try:
             torch.save(state, fh)
-        except (
-            RuntimeError
-        ) as exc:  # torch's stream writer reports a failed write(2) as RuntimeError
-            detail = next(
-                (ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__
-            )
+        except RuntimeError as exc:  # torch's stream writer reports a failed write(2) as RuntimeError
+            detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             raise OSError(errno.EIO, f"torch.save: {detail[:200]}") from None
 
     return write_atomic(path, write, "checkpoint", CheckpointError)
@@ -95,18 +86,12 @@ def _load_problem(exc: BaseException) -> str:
     refused = re.search(r"GLOBAL ([\w.]+)", text)
     if refused:
         return f"refusing to load global {refused.group(1)} (a checkpoint may hold only tensors and plain data)"
-    lines = [
-        ln.strip()
-        for ln in text.splitlines()
-        if ln.strip() and not ln.strip().startswith(_BOILERPLATE)
-    ]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(_BOILERPLATE)]
     detail = lines[0][:200] if lines else "truncated or corrupt file"
     return f"{type(exc).__name__}: {detail}"
 
 
-def load_torch_file(
-    path: str | Path, label: str | None = None, problem: str = "cannot read checkpoint"
-) -> Any:
+def load_torch_file(path: str | Path, label: str | None = None, problem: str = "cannot read checkpoint") -> Any:
     """Unpickle a checkpoint with ``weights_only=True`` after checking it is a regular file.
 
     Args:
@@ -126,9 +111,7 @@ def load_torch_file(
             with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
                 warnings.simplefilter("ignore")
                 return torch.load(fh, map_location="cpu", weights_only=True)
-        except (
-            Exception
-        ) as exc:  # unpickling garbage raises many types (EOFError, UnpicklingError, ...)
+        except Exception as exc:  # unpickling garbage raises many types (EOFError, UnpicklingError, ...)
             raise CheckpointError(f"{label}: {problem} ({_load_problem(exc)})") from None
 
 
@@ -149,9 +132,7 @@ def check_state_dict(
         if tensor.is_floating_point() or tensor.is_complex():
             bad = int((~torch.isfinite(tensor)).sum())
             if bad:
-                raise CheckpointError(
-                    f"{label}: tensor {name!r} holds {bad} non-finite value(s) (NaN or infinity)"
-                )
+                raise CheckpointError(f"{label}: tensor {name!r} holds {bad} non-finite value(s) (NaN or infinity)")
     return dict(state)
 
 
@@ -166,13 +147,7 @@ def _first_non_finite(obj: Any, where: str, depth: int = 0) -> tuple[str, int] |
         return None
     if depth > 32:
         return None
-    items = (
-        obj.items()
-        if isinstance(obj, Mapping)
-        else enumerate(obj)
-        if isinstance(obj, list | tuple)
-        else ()
-    )
+    items = obj.items() if isinstance(obj, Mapping) else enumerate(obj) if isinstance(obj, list | tuple) else ()
     for key, value in items:
         found = _first_non_finite(value, f"{where}.{key}", depth + 1)
         if found is not None:
@@ -184,9 +159,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_json_text(
-    state: dict[str, Any], key: str, label: str, types: tuple[type, ...], what: str
-) -> None:
+def _check_json_text(state: dict[str, Any], key: str, label: str, types: tuple[type, ...], what: str) -> None:
     """``state[key]``, when present, is JSON text of one of ``types`` (how the pipeline stores it)."""
     if key not in state:
         return
@@ -202,16 +175,13 @@ def _check_phase_and_model(state: Any, label: str, keys: tuple[str, ...]) -> dic
     """A mapping with ``keys``, a known phase and finite model weights."""
     if not isinstance(state, dict):
         raise CheckpointError(
-            f"{label}: expected a run checkpoint (a mapping with {', '.join(keys)}), "
-            f"got {type(state).__name__}"
+            f"{label}: expected a run checkpoint (a mapping with {', '.join(keys)}), got {type(state).__name__}"
         )
     missing = [key for key in keys if key not in state]
     if missing:
         raise CheckpointError(f"{label}: not a run checkpoint: missing {', '.join(missing)}")
     if state["phase"] not in RUN_PHASES:
-        raise CheckpointError(
-            f"{label}: phase: expected one of {', '.join(RUN_PHASES)}, got {state['phase']!r}"
-        )
+        raise CheckpointError(f"{label}: phase: expected one of {', '.join(RUN_PHASES)}, got {state['phase']!r}")
     check_state_dict(state["model"], f"{label}: model")
     return state
 
@@ -219,18 +189,13 @@ def _check_phase_and_model(state: Any, label: str, keys: tuple[str, ...]) -> dic
 def _check_run_checkpoint(state: Any, label: str) -> dict[str, Any]:
     """The full layout ``hwsbs.pipeline`` writes and reads back when resuming."""
     _check_phase_and_model(state, label, ("phase", "epoch", "model", "optim"))
-    if (
-        not isinstance(state["epoch"], int)
-        or isinstance(state["epoch"], bool)
-        or state["epoch"] < 0
-    ):
+    if not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool) or state["epoch"] < 0:
         raise CheckpointError(f"{label}: epoch: expected an integer >= 0, got {state['epoch']!r}")
     optim = state["optim"]
     needs = ("optimizer", "scheduler") if state["phase"] in ("pretrain", "finetune") else ()
     if not isinstance(optim, dict) or not all(isinstance(optim.get(k), dict) for k in needs):
         raise CheckpointError(
-            f"{label}: optim: expected a mapping"
-            + (" with optimizer and scheduler" if needs else "")
+            f"{label}: optim: expected a mapping" + (" with optimizer and scheduler" if needs else "")
         )
     found = _first_non_finite(optim, "optim")
     if found is not None:
@@ -244,9 +209,7 @@ def _check_run_checkpoint(state: Any, label: str) -> dict[str, Any]:
         if state.get(key) is not None and not _is_number(state[key]):
             raise CheckpointError(f"{label}: {key}: expected a finite number, got {state[key]!r}")
     if state["phase"] == "done" and state.get("compressed_accuracy") is None:
-        raise CheckpointError(
-            f"{label}: compressed_accuracy: missing in a finished run's checkpoint"
-        )
+        raise CheckpointError(f"{label}: compressed_accuracy: missing in a finished run's checkpoint")
     return state
 
 
@@ -288,13 +251,9 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(data, dict) and "phase" in data:
         _check_phase_and_model(data, label, ("phase", "model"))
         if data["phase"] != "done":
-            raise CheckpointError(
-                f"{label}: the run stopped in phase {data['phase']!r}; finish it (--resume) first"
-            )
+            raise CheckpointError(f"{label}: the run stopped in phase {data['phase']!r}; finish it (--resume) first")
         data = data["model"]
-    elif isinstance(data, dict) and isinstance(
-        data.get("model"), dict
-    ):  # {"model": state_dict, ...}
+    elif isinstance(data, dict) and isinstance(data.get("model"), dict):  # {"model": state_dict, ...}
         data = data["model"]
     return check_state_dict(data, label, "a run checkpoint or a state_dict")
 
@@ -369,9 +328,7 @@ class RunDirLock:
         try:
             fd = os.open(self.run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as exc:
-            raise ConfigError(
-                f"--out {self.run_dir}: cannot open the run directory ({exc.strerror or exc})"
-            ) from None
+            raise ConfigError(f"--out {self.run_dir}: cannot open the run directory ({exc.strerror or exc})") from None
         if self._try_lock(fd):
             return
         try:

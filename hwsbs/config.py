@@ -8,23 +8,11 @@ from typing import Any
 
 import torch
 
-from hwsbs.defaults import (
-    DEFAULT_BITS,
-    DEFAULT_GROUP_SIZE,
-    DEFAULT_MAX_PRUNE_FRACTION,
-    DEFAULT_PIN_BITS,
-)
+from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, DEFAULT_PIN_BITS
 from hwsbs.errors import ConfigError
 from hwsbs.quant.quantizer import validate_bit_candidates
 
-__all__ = [
-    "SearchConfig",
-    "parse_target",
-    "check_device",
-    "check_seed",
-    "MAX_SEED",
-    "MIN_TARGET_FRACTION",
-]
+__all__ = ["SearchConfig", "parse_target", "check_device", "check_seed", "MAX_SEED", "MIN_TARGET_FRACTION"]
 
 #: Seeds must fit every generator they feed (numpy and Optuna's samplers take 0..2**32-1).
 MAX_SEED = 2**32 - 1
@@ -49,9 +37,7 @@ def _parse_device(device: Any, flag: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(
-            f"{flag} {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)"
-        ) from None
+        raise ConfigError(f"{flag} {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
     if dev.type == "meta":
         raise ConfigError(f"{flag} {device!r}: the meta device holds no data; use cpu or cuda")
     return dev
@@ -67,17 +53,11 @@ def check_device(device: Any, flag: str = "--device") -> torch.device:
     dev = _parse_device(device, flag)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            why = (
-                "this torch is built without CUDA"
-                if torch.version.cuda is None
-                else "no GPU is visible to it"
-            )
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible to it"
             raise ConfigError(f"{flag} {device}: no CUDA device is available ({why})")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise ConfigError(
-                f"{flag} {device}: there is no CUDA device {dev.index} (this machine has {count})"
-            )
+            raise ConfigError(f"{flag} {device}: there is no CUDA device {dev.index} (this machine has {count})")
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise ConfigError(f"{flag} {device}: no MPS device is available")
@@ -106,21 +86,15 @@ class SearchConfig:
     method: str = "sbs"  # search method: sbs (baselines register other names)
     # --- the search space
     bits: tuple[int, ...] = DEFAULT_BITS  # candidate bit widths; each must double the previous
-    uniform_bits: int | None = (
-        None  # for the uniform baseline: every searchable layer at this width
-    )
+    uniform_bits: int | None = None  # for the uniform baseline: every searchable layer at this width
     pin_first_last: bool = True  # first and last layers stay at pin_bits (paper convention)
     pin_bits: int = DEFAULT_PIN_BITS  # bits of the pinned layers
     prune: bool = True  # search 0-bit channel groups on prunable pairs
     group_size: int = DEFAULT_GROUP_SIZE  # output channels per pruning gate (paper: 4 on CIFAR)
-    max_prune_fraction: float = (
-        DEFAULT_MAX_PRUNE_FRACTION  # at most this share of a layer's groups can be pruned
-    )
+    max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION  # at most this share of a layer's groups can be pruned
     # --- the objective
     lam: float = 0.3  # lambda: weight of the log-cost; also how fast cost-driven gates move
-    target: float | None = (
-        None  # absolute cost budget (budget form of the loss) in the model's unit
-    )
+    target: float | None = None  # absolute cost budget (budget form of the loss) in the model's unit
     target_fraction: float | None = None  # budget as a fraction of the uniform 8-bit cost
     temperature: float = 1.0  # gate surrogate temperature tau (paper: 1)
     cost_batch: int = 1  # batch size the cost model prices (deployment batch)
@@ -149,37 +123,25 @@ class SearchConfig:
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}"
-                )
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
         for name in ("pretrain_epochs", "search_epochs", "finetune_epochs", "workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')}: expected an integer >= 0, got {value!r}"
-                )
+                raise ConfigError(f"--{name.replace('_', '-')}: expected an integer >= 0, got {value!r}")
         for name in ("lr", "search_lr", "threshold_lr", "temperature"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(
-                    f"--{name.replace('_', '-')}: expected a positive number, got {value!r}"
-                )
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a positive number, got {value!r}")
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise ConfigError(f"--lambda: expected a number >= 0, got {self.lam!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"--weight-decay: expected a number >= 0, got {self.weight_decay!r}")
         if not 0.0 <= self.max_prune_fraction < 1.0:
-            raise ConfigError(
-                f"--max-prune-fraction: expected 0 <= f < 1, got {self.max_prune_fraction!r}"
-            )
+            raise ConfigError(f"--max-prune-fraction: expected 0 <= f < 1, got {self.max_prune_fraction!r}")
         if self.target is not None and not (math.isfinite(self.target) and self.target > 0):
             raise ConfigError(f"--target: expected a positive cost, got {self.target!r}")
-        if self.target_fraction is not None and not (
-            math.isfinite(self.target_fraction) and 0 < self.target_fraction
-        ):
-            raise ConfigError(
-                f"--target: expected a positive percentage, got {self.target_fraction!r}"
-            )
+        if self.target_fraction is not None and not (math.isfinite(self.target_fraction) and 0 < self.target_fraction):
+            raise ConfigError(f"--target: expected a positive percentage, got {self.target_fraction!r}")
         if self.target_fraction is not None and self.target_fraction < MIN_TARGET_FRACTION:
             raise ConfigError(
                 f"--target {100 * self.target_fraction:g}%: below {MIN_TARGET_FRACTION:g} of the uniform "

@@ -7,13 +7,7 @@ same thing in every other.
 
 from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_BITS",
-    "DEFAULT_GROUP_SIZE",
-    "DEFAULT_MAX_PRUNE_FRACTION",
-    "DEFAULT_PIN_BITS",
-    "FINETUNE_LR_FACTOR",
-]
+__all__ = ["DEFAULT_BITS", "DEFAULT_GROUP_SIZE", "DEFAULT_MAX_PRUNE_FRACTION", "DEFAULT_PIN_BITS", "FINETUNE_LR_FACTOR"]
 
 #: Candidate bit widths, for weights and activations alike (each must double the previous).
 DEFAULT_BITS: tuple[int, ...] = (2, 4, 8)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import random
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -26,14 +25,8 @@ from cost_models import build_cost_model
 from cost_models.base import CostModel
 from hardware_profiles import HardwareProfile, load_profile
 from hardware_profiles.checked_io import write_text_atomic
-from hwsbs.budget import budget_report, check_target, resolve_target
-from hwsbs.checkpoint import (
-    CHECKPOINT_NAME,
-    RunDirLock,
-    load_checkpoint,
-    load_state_dict_file,
-    save_checkpoint,
-)
+from hwsbs.budget import budget_report, check_costable, resolve_target
+from hwsbs.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, load_state_dict_file, save_checkpoint
 from hwsbs.config import SearchConfig, check_device
 from hwsbs.data import build_dataset, make_loader
 from hwsbs.defaults import FINETUNE_LR_FACTOR
@@ -43,10 +36,11 @@ from hwsbs.models import build_model
 from hwsbs.progress import PhaseProgress
 from hwsbs.result import SearchResult, cost_summary, write_outputs
 from hwsbs.run_options import OPTIONS_NAME, check_resume_options
-from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
-from hwsbs.sbs.convert import SearchSpace, convert_model, trace_layer_shapes
+from hwsbs.sbs.config_io import CompressionConfig, load_config, save_config
+from hwsbs.sbs.convert import SearchSpace, convert_model
 from hwsbs.sbs.derive import apply_config
 from hwsbs.sbs.engine import CostObjective
+from hwsbs.seeding import epoch_seed, seed_all, seed_phase
 from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
 
 __all__ = [
@@ -58,8 +52,6 @@ __all__ = [
     "load_weights_into",
 ]
 
-PHASES = ("pretrain", "search", "finetune", "done")
-
 
 @dataclass
 class Objective:
@@ -70,9 +62,7 @@ class Objective:
     weight: float = 1.0  # weight of its log-cost in the loss
 
 
-def resolve_cost_model(
-    hw: str | HardwareProfile, cost: str | None = None
-) -> tuple[HardwareProfile, CostModel]:
+def resolve_cost_model(hw: str | HardwareProfile, cost: str | None = None) -> tuple[HardwareProfile, CostModel]:
     """Load a profile and build its default cost model (or ``cost`` instead)."""
     profile = hw if isinstance(hw, HardwareProfile) else load_profile(hw)
     return profile, build_cost_model(cost or profile.cost_model.name, profile)
@@ -82,49 +72,10 @@ def default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _epoch_seed(seed: int, phase: str, epoch: int) -> int:
-    return (seed * 1_000_003 + PHASES.index(phase) * 10_007 + epoch) % (2**31)
-
-
-def _seed_phase(seed: int, phase: str) -> None:
-    """Reseed torch and python at the start of ``phase``: whatever ran before (the previous phase
-    in this process, or nothing in a resumed one), the phase sees the same random numbers."""
-    _seed_all(zlib.crc32(f"hwsbs:{seed}:{phase}".encode()))
-
-
-def _as_loader(
-    data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed: int, workers: int
-) -> DataLoader:
+def _as_loader(data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
     return make_loader(data, batch_size, shuffle, seed, workers)
-
-
-def _check_costable(
-    model: nn.Module,
-    example: torch.Tensor,
-    objectives: Sequence[tuple[Objective, HardwareProfile, CostModel]],
-    batch: int,
-    target: float | None = None,
-) -> None:
-    """Every cost model must price this model (a lookup table: every layer signature), and an
-    absolute ``target`` must be a cost the primary one can approach, before anything is written."""
-    param = next(model.parameters(), None)
-    order, shapes = trace_layer_shapes(
-        model, example if param is None else example.to(param.device)
-    )
-    plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=batch)
-    for _, _, cm in objectives:
-        plain.cost(cm)
-        plain.full_precision().cost(cm)
-    if target is not None:  # the primary objective's budget
-        cm = objectives[0][2]
-        check_target(target, plain.cost(cm), cm.unit)
 
 
 class _Run:
@@ -140,7 +91,7 @@ class _Run:
     ) -> None:
         self.cfg = config
         self.device = check_device(config.device)
-        _seed_all(config.seed)
+        seed_all(config.seed)
         objs = list(objectives) if objectives else [Objective(config.hw, config.cost, 1.0)]
         self.objectives: list[tuple[Objective, HardwareProfile, CostModel]] = []
         for o in objs:
@@ -152,34 +103,28 @@ class _Run:
             train_data, val_data = bundle.train, bundle.val
             self.model_name = config.model
             if model is None:
-                model = build_model(
-                    config.model, bundle.num_classes, bundle.in_channels, bundle.image_size
-                )
+                model = build_model(config.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
         else:
             self.model_name = config.model if model is None else type(model).__name__
             if model is None:
-                raise ConfigError(
-                    "hwsbs.search: a model is needed when train_data/val_data are given"
-                )
+                raise ConfigError("hwsbs.search: a model is needed when train_data/val_data are given")
         self.model_builder_state = model
         self.fp_state = None
         if config.checkpoint is not None:  # validated before anything is written
             self.fp_state = load_state_dict_file(config.checkpoint)
             load_weights_into(model, self.fp_state, f"--checkpoint {config.checkpoint}")
         self.train_data, self.val_data = train_data, val_data
-        self.val_loader = _as_loader(
-            val_data, max(config.batch_size, 256), False, config.seed, config.workers
-        )
+        self.val_loader = _as_loader(val_data, max(config.batch_size, 256), False, config.seed, config.workers)
         first = next(iter(self.loader("pretrain", 0)))
         self.example = first[0].to(self.device)
-        _check_costable(model, first[0], self.objectives, config.cost_batch, config.target)
+        check_costable(model, first[0], [cm for _, _, cm in self.objectives], config.cost_batch, config.target)
         self.run_dir = Path(config.out) if config.out else default_run_dir()
         self.history: list[dict[str, Any]] = []
         self.fp_accuracy: float | None = None
 
     def loader(self, phase: str, epoch: int) -> DataLoader:
         """The training loader for one epoch; every random source restarts from (seed, phase, epoch)."""
-        seed = _epoch_seed(self.cfg.seed, phase, epoch)
+        seed = epoch_seed(self.cfg.seed, phase, epoch)
         torch.manual_seed(seed)
         random.seed(seed)
         base = self.train_data.dataset if isinstance(self.train_data, Subset) else self.train_data
@@ -208,13 +153,7 @@ _PHASE_WHAT = {"pretrain": "full-precision training", "finetune": "fine-tuning"}
 
 
 def _train_phase(
-    run: _Run,
-    phase: str,
-    model: nn.Module,
-    epochs: int,
-    lr: float,
-    ckpt: dict | None,
-    progress: PhaseProgress,
+    run: _Run, phase: str, model: nn.Module, epochs: int, lr: float, ckpt: dict | None, progress: PhaseProgress
 ) -> None:
     """Cross-entropy training (SGD, cosine schedule) with a checkpoint after every epoch."""
     optimizer = make_sgd(*split_decay(model), lr, run.cfg.weight_decay)
@@ -238,10 +177,7 @@ def _train_phase(
         )
         run.history.append({"phase": phase, "epoch": epoch + 1, "loss": loss})
         run.checkpoint(
-            phase,
-            epoch + 1,
-            model,
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            phase, epoch + 1, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         )
 
 
@@ -260,19 +196,14 @@ def _convert(run: _Run, fp_model: nn.Module) -> SearchSpace:
     )
 
 
-def _run_method(
-    run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress
-) -> CompressionConfig:
+def _run_method(run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:
     cfg = run.cfg
     objectives = [
-        CostObjective(cm, o.weight, resolve_target(cfg, space, cm, cm is run.cost_model))
-        for o, _, cm in run.objectives
+        CostObjective(cm, o.weight, resolve_target(cfg, space, cm, cm is run.cost_model)) for o, _, cm in run.objectives
     ]
     resuming = ckpt is not None and ckpt["phase"] == "search"
 
-    def save_state(
-        epochs_done: int, state: dict[str, Any], metrics: dict[str, float] | None = None
-    ) -> None:
+    def save_state(epochs_done: int, state: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         run.history.append({"phase": "search", "epoch": epochs_done, **(metrics or {})})
         run.checkpoint("search", epochs_done, space.model, state)
 
@@ -285,8 +216,8 @@ def _run_method(
         device=run.device,
         progress=progress,
         save_state=save_state,
-        resume_state=ckpt["optim"] if resuming else None,
-        resume_epoch=int(ckpt["epoch"]) if resuming else 0,
+        resume_state=cast(dict, ckpt)["optim"] if resuming else None,  # resuming: ckpt is set
+        resume_epoch=int(cast(dict, ckpt)["epoch"]) if resuming else 0,
         model_name=run.model_name,
         dataset=cfg.data,
         extra=dict(cfg.extra),
@@ -337,9 +268,7 @@ def run_search(
 
 def _refuse_existing_run(run_dir: Path) -> None:
     if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / "result.json").exists():
-        raise ConfigError(
-            f"--out {run_dir}: already holds a run; pass --resume to continue it or choose another --out"
-        )
+        raise ConfigError(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose another --out")
 
 
 def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
@@ -353,9 +282,7 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
     else:
         _refuse_existing_run(run_dir)  # again: another process may have started one meanwhile
     lock.record_pid()
-    write_text_atomic(
-        run_dir / OPTIONS_NAME, json.dumps(cfg.to_dict(), indent=2, default=str), "run options"
-    )
+    write_text_atomic(run_dir / OPTIONS_NAME, json.dumps(cfg.to_dict(), indent=2, default=str), "run options")
     if ckpt is not None:
         run.history = json.loads(ckpt.get("history", "[]"))
         run.fp_accuracy = ckpt.get("fp_accuracy")
@@ -366,7 +293,7 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
     phase = ckpt["phase"] if ckpt is not None else "pretrain"
     with PhaseProgress(cfg.progress) as progress:
         if phase == "pretrain":
-            _seed_phase(cfg.seed, "pretrain")
+            seed_phase(cfg.seed, "pretrain")
             if ckpt is not None:
                 load_weights_into(fp_model, ckpt["model"], f"{run_dir}/checkpoint.pt")
             elif run.fp_state is not None:
@@ -376,7 +303,7 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
             run.fp_accuracy = evaluate(fp_model, run.val_loader, run.device)
             progress.log(f"full precision: accuracy {run.fp_accuracy:.4f}")
             ckpt = None
-        _seed_phase(cfg.seed, "search")
+        seed_phase(cfg.seed, "search")
         space = _convert(run, fp_model)
         config_path = run_dir / "config.yaml"
         if phase in ("pretrain", "search"):
@@ -392,19 +319,13 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
             progress.log(
                 f"budget {budget['target']:.4g} {run.cost_model.unit} not met: the configuration costs "
                 f"{budget['cost']:.4g}"
-                + (
-                    ""
-                    if budget["reachable"]
-                    else f"; the cheapest this search space allows is {budget['floor']:.4g}"
-                )
+                + ("" if budget["reachable"] else f"; the cheapest this search space allows is {budget['floor']:.4g}")
             )
-        _seed_phase(cfg.seed, "finetune")
+        seed_phase(cfg.seed, "finetune")
         model = apply_config(space, found, str(config_path))
         if ckpt is not None and ckpt["phase"] == "finetune":
             load_weights_into(model, ckpt["model"], f"{run_dir}/checkpoint.pt")
-        _train_phase(
-            run, "finetune", model, cfg.finetune_epochs, cfg.lr * FINETUNE_LR_FACTOR, ckpt, progress
-        )
+        _train_phase(run, "finetune", model, cfg.finetune_epochs, cfg.lr * FINETUNE_LR_FACTOR, ckpt, progress)
     return _finish(run, None, (model, found), budget)
 
 
@@ -437,19 +358,17 @@ def _finish(
         compressed_acc = float(done_ckpt["compressed_accuracy"])
         budget = json.loads(done_ckpt.get("budget", "null"))
     costs, layers = cost_summary(found, run.cost_model)
-    extra = {}
+    extra: dict[str, dict[str, Any]] = {}
     for _, profile, cm in run.objectives[1:]:
         c, _ = cost_summary(found, cm)
-        extra[f"{profile.name}:{cm.name}"] = {**c, "unit": cm.unit, "metric": cm.metric}  # type: ignore[dict-item]
+        extra[f"{profile.name}:{cm.name}"] = {**c, "unit": cm.unit, "metric": cm.metric}
     result = SearchResult(
         hardware=run.profile.name,
         cost_model=run.cost_model.name,
         metric=run.cost_model.metric,
         unit=run.cost_model.unit,
         accuracy={
-            "full_precision": float(run.fp_accuracy)
-            if run.fp_accuracy is not None
-            else float("nan"),
+            "full_precision": float(run.fp_accuracy) if run.fp_accuracy is not None else float("nan"),
             "compressed": compressed_acc,
         },
         cost=costs,

@@ -10,6 +10,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -27,7 +28,7 @@ class PhaseProgress(AbstractContextManager):
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._progress: Progress | None = None
-        self._task: int | None = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> PhaseProgress:
         if self.enabled:
@@ -45,10 +46,7 @@ class PhaseProgress(AbstractContextManager):
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._progress is not None:
             self._progress.__exit__(exc_type, exc, tb)
@@ -56,9 +54,7 @@ class PhaseProgress(AbstractContextManager):
 
     def start(self, phase: str, total_steps: int, completed: int = 0) -> None:
         if self._progress is not None:
-            self._task = self._progress.add_task(
-                phase, total=total_steps, completed=completed, status=""
-            )
+            self._task = self._progress.add_task(phase, total=total_steps, completed=completed, status="")
 
     def update(self, advance: int = 1, **status: float | str) -> None:
         if self._progress is None or self._task is None:

@@ -31,12 +31,10 @@ class SearchResult:
     run_dir: Path | None = None  # where the artefacts are
     model: nn.Module | None = field(default=None, repr=False)  # the fine-tuned compressed model
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
-    extra_costs: dict[str, dict[str, float]] = field(
+    extra_costs: dict[str, dict[str, Any]] = field(
         default_factory=dict
-    )  # other objectives' costs
-    budget: dict[str, Any] | None = (
-        None  # {"target", "floor", "met", "reachable"} when a --target was set
-    )
+    )  # other objectives' costs (as ``cost``, plus their "unit" and "metric")
+    budget: dict[str, Any] | None = None  # {"target", "floor", "met", "reachable"} when a --target was set
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -65,9 +63,7 @@ class SearchResult:
         return out
 
 
-def cost_summary(
-    config: CompressionConfig, cost_model: CostModel
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def cost_summary(config: CompressionConfig, cost_model: CostModel) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Full precision, uniform 8-bit and compressed cost, plus the per-layer table."""
     layer_costs = config.layer_costs(cost_model)
     layers = [
@@ -99,22 +95,10 @@ def plot_layers(result: SearchResult, path: Path) -> None:
 
     names = [layer["name"] for layer in result.layers]
     idx = range(len(names))
-    fig, (ax1, ax2) = plt.subplots(
-        2, 1, figsize=(max(6.0, 0.35 * len(names) + 2), 5.5), sharex=True
-    )
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(names) + 2), 5.5), sharex=True)
     width = 0.4
-    ax1.bar(
-        [i - width / 2 for i in idx],
-        [layer["w_bits"] for layer in result.layers],
-        width,
-        label="weights",
-    )
-    ax1.bar(
-        [i + width / 2 for i in idx],
-        [layer["a_bits"] for layer in result.layers],
-        width,
-        label="activations",
-    )
+    ax1.bar([i - width / 2 for i in idx], [layer["w_bits"] for layer in result.layers], width, label="weights")
+    ax1.bar([i + width / 2 for i in idx], [layer["a_bits"] for layer in result.layers], width, label="activations")
     ax1.set_ylabel("bits")
     ax1.set_yscale("log", base=2)
     ax1.legend(loc="upper right")

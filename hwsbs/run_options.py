@@ -30,9 +30,7 @@ def check_resume_options(run_dir: Path, cfg: SearchConfig) -> None:
         )
     saved = read_checked_json(path, "run options file")
     if not isinstance(saved, dict):
-        raise ConfigError(
-            f"{path}: expected a JSON object (the run's options), got {type(saved).__name__}"
-        )
+        raise ConfigError(f"{path}: expected a JSON object (the run's options), got {type(saved).__name__}")
     now = cfg.to_dict()
     defaults = SearchConfig().to_dict()
     for key, value in now.items():
@@ -45,6 +43,4 @@ def check_resume_options(run_dir: Path, cfg: SearchConfig) -> None:
                     f"default {defaults[key]!r}), now {value!r}"
                 )
         elif saved[key] != value:
-            raise ConfigError(
-                f"--resume {run_dir}: option {key} was {saved[key]!r} in that run, now {value!r}"
-            )
+            raise ConfigError(f"--resume {run_dir}: option {key} was {saved[key]!r} in that run, now {value!r}")

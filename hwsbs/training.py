@@ -18,16 +18,11 @@ __all__ = ["make_sgd", "train_epoch", "evaluate", "check_finite"]
 def check_finite(loss: torch.Tensor, where: str) -> None:
     """Stop on a NaN/inf loss instead of training on garbage."""
     if not torch.isfinite(loss):
-        raise SearchDivergedError(
-            f"loss became {float(loss)} during {where}; lower the learning rate or lambda"
-        )
+        raise SearchDivergedError(f"loss became {float(loss)} during {where}; lower the learning rate or lambda")
 
 
 def make_sgd(
-    params_decay: list[nn.Parameter],
-    params_no_decay: list[nn.Parameter],
-    lr: float,
-    weight_decay: float,
+    params_decay: list[nn.Parameter], params_no_decay: list[nn.Parameter], lr: float, weight_decay: float
 ) -> torch.optim.SGD:
     """SGD with Nesterov momentum 0.9 (the paper's optimiser); decay only on weights."""
     groups = [{"params": params_decay, "weight_decay": weight_decay}]
@@ -36,12 +31,11 @@ def make_sgd(
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
 
 
-def split_decay(
-    model: nn.Module, exclude: set[int] | None = None
-) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+def split_decay(model: nn.Module, exclude: set[int] | None = None) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Weights of Conv/Linear get weight decay; biases, norms, clipping values do not."""
     exclude = exclude or set()
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if id(p) in exclude or not p.requires_grad:
             continue

@@ -59,9 +59,7 @@ def postgres_url() -> str:
     if URL_VAR in known and _unreachable(known[URL_VAR]) is None:
         return known[URL_VAR]
     try:
-        proc = subprocess.run(
-            ["bash", str(REPO / ".ci" / "postgres.sh")], capture_output=True, text=True, timeout=900
-        )
+        proc = subprocess.run(["bash", str(REPO / ".ci" / "postgres.sh")], capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"PostgreSQL: .ci/postgres.sh did not run ({exc})")
     known = _env_file()

@@ -26,9 +26,7 @@ def _trained() -> nn.Module:
     train, _ = digits_loaders()
     opt = make_sgd(*split_decay(model), 0.05, 5e-4)
     for _ in range(4):
-        train_epoch(
-            model, train, opt, None, torch.device("cpu"), PhaseProgress(False), "test pretraining"
-        )
+        train_epoch(model, train, opt, None, torch.device("cpu"), PhaseProgress(False), "test pretraining")
     return model
 
 

@@ -30,8 +30,7 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("package", "forbidden"),
-    [("hardware_profiles", ("hwsbs", "cost_models")), ("cost_models", ("hwsbs",))],
+    ("package", "forbidden"), [("hardware_profiles", ("hwsbs", "cost_models")), ("cost_models", ("hwsbs",))]
 )
 def test_lower_layers_import_nothing_above_them(package, forbidden):
     offenders = [
@@ -60,9 +59,7 @@ def test_default_candidate_bits_are_written_once():
         for pkg in PACKAGES
         for p in _sources(pkg)
         for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-        if pattern.search(line.split("#")[0])
-        and "group_size" not in line
-        and "expected bit widths" not in line
+        if pattern.search(line.split("#")[0]) and "group_size" not in line and "expected bit widths" not in line
     ]
     assert places == ["hwsbs/defaults.py:13"], places
 
@@ -72,7 +69,5 @@ def test_importing_cost_models_does_not_import_hwsbs():
     import sys
 
     code = "import cost_models, hardware_profiles, sys; print(sorted(m for m in sys.modules if m.split('.')[0] == 'hwsbs'))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

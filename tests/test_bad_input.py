@@ -34,17 +34,7 @@ from hwsbs.sbs.derive import check_config_matches
 from hwsbs.tuning import storage as storage_module
 from hwsbs.tuning.storage import open_storage, resolve_storage_url
 
-TINY = [
-    "--subset",
-    "64",
-    "--pretrain-epochs",
-    "1",
-    "--search-epochs",
-    "1",
-    "--finetune-epochs",
-    "0",
-    "--no-progress",
-]
+TINY = ["--subset", "64", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "0", "--no-progress"]
 PROFILE = {
     "schema_version": 1,
     "name": "toy",
@@ -73,9 +63,7 @@ TABLE = {
 
 
 #: A "billion laughs" document: nine levels of nine aliases each, 9**9 strings once expanded.
-LAUGHS = "".join(
-    f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ["lol"] * 9) + "]\n" for i in range(9)
-)
+LAUGHS = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ["lol"] * 9) + "]\n" for i in range(9))
 #: the line of LAUGHS whose aliases first exceed the expansion limit
 LAUGHS_LINE = 5
 #: the first line after PROFILE's YAML, where the cases below append their bad line
@@ -115,33 +103,15 @@ def _write_security_inputs(root: Path) -> None:
     profile_text = yaml.safe_dump(PROFILE, sort_keys=False)
     (root / "laughs.yaml").write_text(LAUGHS + profile_text, encoding="utf-8")
     (root / "list_key.yaml").write_text(profile_text + "? [a, b]\n: 1\n", encoding="utf-8")
-    (root / "deep.yaml").write_text(
-        profile_text + "extensions: " + "[" * 500 + "]" * 500 + "\n", encoding="utf-8"
-    )
-    (root / "huge_int.yaml").write_text(
-        profile_text + "clock_hz: " + "9" * 5000 + "\n", encoding="utf-8"
-    )
-    dump(
-        "inf_rate.yaml",
-        {**PROFILE, "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": float("inf")}]},
-    )
-    (root / "e400_bandwidth.yaml").write_text(
-        profile_text.replace("10000000000.0", "1.0e+400"), encoding="utf-8"
-    )
-    dump(
-        "inf_overhead.yaml",
-        {**PROFILE, "cost_model": {"name": "roofline", "per_layer_overhead_s": float("inf")}},
-    )
+    (root / "deep.yaml").write_text(profile_text + "extensions: " + "[" * 500 + "]" * 500 + "\n", encoding="utf-8")
+    (root / "huge_int.yaml").write_text(profile_text + "clock_hz: " + "9" * 5000 + "\n", encoding="utf-8")
+    dump("inf_rate.yaml", {**PROFILE, "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": float("inf")}]})
+    (root / "e400_bandwidth.yaml").write_text(profile_text.replace("10000000000.0", "1.0e+400"), encoding="utf-8")
+    dump("inf_overhead.yaml", {**PROFILE, "cost_model": {"name": "roofline", "per_layer_overhead_s": float("inf")}})
     os.symlink("/dev/zero", root / "tables" / "zero.json")
-    dump(
-        "lut_zero.yaml",
-        {**PROFILE, "cost_model": {"name": "lut"}, "lookup_table": "tables/zero.json"},
-    )
+    dump("lut_zero.yaml", {**PROFILE, "cost_model": {"name": "lut"}, "lookup_table": "tables/zero.json"})
     os.mkfifo(root / "tables" / "fifo.json")
-    dump(
-        "lut_fifo.yaml",
-        {**PROFILE, "cost_model": {"name": "lut"}, "lookup_table": "tables/fifo.json"},
-    )
+    dump("lut_fifo.yaml", {**PROFILE, "cost_model": {"name": "lut"}, "lookup_table": "tables/fifo.json"})
     os.mkfifo(root / "fifo_profile.yaml")
     os.mkfifo(root / "fifo_config.yaml")
     os.mkfifo(root / "fifo.pt")
@@ -163,9 +133,7 @@ class _System:
 
 
 #: options.json of the run directories below: what the cases' search options (TINY) record
-RUN_OPTIONS = SearchConfig(
-    hw="a100", subset=64, pretrain_epochs=1, search_epochs=1, finetune_epochs=0
-).to_dict()
+RUN_OPTIONS = SearchConfig(hw="a100", subset=64, pretrain_epochs=1, search_epochs=1, finetune_epochs=0).to_dict()
 
 
 def _write_checkpoints(root: Path) -> None:
@@ -175,11 +143,7 @@ def _write_checkpoints(root: Path) -> None:
     state["conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, root / "nan.pt")
     (root / "evil.pt").write_bytes(pickle.dumps({"w": _System()}, protocol=2))
-    for name, ckpt in (
-        ("run_empty", None),
-        ("run_list", [1]),
-        ("run_nophase", {"epoch": 0, "model": {}}),
-    ):
+    for name, ckpt in (("run_empty", None), ("run_list", [1]), ("run_nophase", {"epoch": 0, "model": {}})):
         run = root / name
         run.mkdir()
         (run / "config.yaml").write_bytes((root / "config.yaml").read_bytes())
@@ -199,38 +163,23 @@ def _png_header(width: int, height: int) -> bytes:
     before any pixel is decoded, so the file can stay a few bytes (like a real bomb's)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def _cifar_batch(images: int, labels: list) -> bytes:
-    return pickle.dumps(
-        {b"data": np.zeros((images, 3072), dtype=np.uint8), b"labels": labels}, protocol=4
-    )
+    return pickle.dumps({b"data": np.zeros((images, 3072), dtype=np.uint8), b"labels": labels}, protocol=4)
 
 
 def _write_data_inputs(root: Path) -> None:
     """Image folders holding decompression bombs; CIFAR releases with an empty batch or fractional labels."""
-    for name, size in (
-        ("bomb", (20000, 20000)),
-        ("bomb_warn", (10000, 10000)),
-    ):  # 4e8 and 1e8 pixels
+    for name, size in (("bomb", (20000, 20000)), ("bomb_warn", (10000, 10000))):  # 4e8 and 1e8 pixels
         for split in ("train", "val"):
             (root / name / split / "a").mkdir(parents=True)
             (root / name / split / "a" / "x.png").write_bytes(_png_header(*size))
-    for name, first in (
-        ("cifar_empty", _cifar_batch(0, [])),
-        ("cifar_fractional", _cifar_batch(2, [0, 1.5])),
-    ):
+    for name, first in (("cifar_empty", _cifar_batch(0, [])), ("cifar_fractional", _cifar_batch(2, [0, 1.5]))):
         release = root / name / "cifar-10-batches-py"
         release.mkdir(parents=True)
         (release / "data_batch_1").write_bytes(first)
@@ -246,46 +195,24 @@ def _write_inputs(root: Path) -> None:
 
     (root / "malformed.yaml").write_text("name: [unclosed\nkind: gpu\n", encoding="utf-8")
     dump("misspelled.yaml", {**PROFILE, "precisons": PROFILE["precisions"]})
-    (root / "duplicate.yaml").write_text(
-        yaml.safe_dump(PROFILE, sort_keys=False) + "kind: cpu\n", encoding="utf-8"
-    )
+    (root / "duplicate.yaml").write_text(yaml.safe_dump(PROFILE, sort_keys=False) + "kind: cpu\n", encoding="utf-8")
     dump("wrongtype.yaml", {**PROFILE, "clock_hz": "fast"})
     dump("zero_rate.yaml", {**PROFILE, "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": 0}]})
     dump("units.yaml", {**PROFILE, "memory": [{"name": "dram", "bandwidth_bytes_per_s": "2 TB/s"}]})
-    dump(
-        "negative.yaml", {**PROFILE, "memory": [{"name": "dram", "bandwidth_bytes_per_s": -1.0e9}]}
-    )
+    dump("negative.yaml", {**PROFILE, "memory": [{"name": "dram", "bandwidth_bytes_per_s": -1.0e9}]})
     (root / "tables").mkdir()
     dump("tables/toy.yaml", TABLE)
-    dump(
-        "lut.yaml",
-        {
-            **PROFILE,
-            "name": "toy-lut",
-            "cost_model": {"name": "lut"},
-            "lookup_table": "tables/toy.yaml",
-        },
-    )
-    dump(
-        "no_table.yaml",
-        {**PROFILE, "cost_model": {"name": "lut"}, "lookup_table": "tables/none.yaml"},
-    )
+    dump("lut.yaml", {**PROFILE, "name": "toy-lut", "cost_model": {"name": "lut"}, "lookup_table": "tables/toy.yaml"})
+    dump("no_table.yaml", {**PROFILE, "cost_model": {"name": "lut"}, "lookup_table": "tables/none.yaml"})
     stem = LayerShape("stem", "conv", 3, 32, (3, 3), (1, 1), 1, (32, 32), (32, 32))
     head = LayerShape("head", "linear", 32, 10)
     save_config(
-        CompressionConfig([LayerDecision(stem, 4, 4), LayerDecision(head, 8, 8)], model="toy"),
-        root / "config.yaml",
+        CompressionConfig([LayerDecision(stem, 4, 4), LayerDecision(head, 8, 8)], model="toy"), root / "config.yaml"
     )
-    (root / "garbled_config.yaml").write_text(
-        "format: hwsbs-config/1\nlayers: [{\n", encoding="utf-8"
-    )
-    (root / "incomplete_config.yaml").write_text(
-        "format: hwsbs-config/1\nlayers:\n  - {name: x}\n", encoding="utf-8"
-    )
+    (root / "garbled_config.yaml").write_text("format: hwsbs-config/1\nlayers: [{\n", encoding="utf-8")
+    (root / "incomplete_config.yaml").write_text("format: hwsbs-config/1\nlayers:\n  - {name: x}\n", encoding="utf-8")
     text = (root / "config.yaml").read_text(encoding="utf-8")
-    (root / "bits_config.yaml").write_text(
-        text.replace("w_bits: 4", "w_bits: 64", 1), encoding="utf-8"
-    )
+    (root / "bits_config.yaml").write_text(text.replace("w_bits: 4", "w_bits: 64", 1), encoding="utf-8")
     torch.save({"fc.weight": torch.zeros(3, 3)}, root / "other_model.pt")
     (root / "garbled.pt").write_bytes(b"not a checkpoint")
     cifar = root / "cifar" / "cifar-10-batches-py"
@@ -324,12 +251,8 @@ class Case(NamedTuple):
 S = ["search", "--hw"]
 CASES: dict[str, Case] = {
     # hwsbs search: profiles
-    "search-malformed-yaml": Case(
-        [*S, "{t}/malformed.yaml"], "{t}/malformed.yaml: line 2: invalid YAML"
-    ),
-    "search-misspelled-field": Case(
-        [*S, "{t}/misspelled.yaml"], "{t}/misspelled.yaml: precisons: unknown field"
-    ),
+    "search-malformed-yaml": Case([*S, "{t}/malformed.yaml"], "{t}/malformed.yaml: line 2: invalid YAML"),
+    "search-misspelled-field": Case([*S, "{t}/misspelled.yaml"], "{t}/misspelled.yaml: precisons: unknown field"),
     "search-duplicate-key": Case([*S, "{t}/duplicate.yaml"], "duplicate key 'kind'"),
     "search-wrong-type": Case(
         [*S, "{t}/wrongtype.yaml"], "{t}/wrongtype.yaml: clock_hz: input should be a valid number"
@@ -338,36 +261,23 @@ CASES: dict[str, Case] = {
         [*S, "{t}/zero_rate.yaml"], "precisions[0].ops_per_s: input should be greater than 0, got 0"
     ),
     "search-wrong-unit": Case(
-        [*S, "{t}/units.yaml"],
-        "{t}/units.yaml: memory[0].bandwidth_bytes_per_s: input should be a valid number",
+        [*S, "{t}/units.yaml"], "{t}/units.yaml: memory[0].bandwidth_bytes_per_s: input should be a valid number"
     ),
-    "search-unknown-profile": Case(
-        [*S, "nosuchgpu"], "unknown hardware profile 'nosuchgpu'; known: a100"
-    ),
-    "search-lut-table-missing": Case(
-        [*S, "{t}/no_table.yaml"], "{t}/tables/none.yaml: lookup table file not found"
-    ),
+    "search-unknown-profile": Case([*S, "nosuchgpu"], "unknown hardware profile 'nosuchgpu'; known: a100"),
+    "search-lut-table-missing": Case([*S, "{t}/no_table.yaml"], "{t}/tables/none.yaml: lookup table file not found"),
     "search-lut-without-entry": Case(
         [*S, "{t}/lut.yaml"],
         "{t}/tables/toy.yaml: no entry for layer 'conv1' (signature conv_k3x3_s1x1_g1_i1_o32_h8x8)",
     ),
     # hwsbs search: names
-    "search-unknown-model": Case(
-        [*S, "a100", "--model", "nosuchnet"], "unknown model 'nosuchnet'; known: "
-    ),
+    "search-unknown-model": Case([*S, "a100", "--model", "nosuchnet"], "unknown model 'nosuchnet'; known: "),
     "search-unknown-dataset": Case(
         [*S, "a100", "--data", "nosuchdata"], "unknown dataset 'nosuchdata'; known: cifar10"
     ),
-    "search-unknown-method": Case(
-        [*S, "a100", "--method", "magic"], "--method: unknown method 'magic'; known: "
-    ),
-    "search-unknown-cost-model": Case(
-        [*S, "a100", "--cost", "nosuchcost"], "unknown cost model 'nosuchcost'; known: "
-    ),
+    "search-unknown-method": Case([*S, "a100", "--method", "magic"], "--method: unknown method 'magic'; known: "),
+    "search-unknown-cost-model": Case([*S, "a100", "--cost", "nosuchcost"], "unknown cost model 'nosuchcost'; known: "),
     # hwsbs search: options, data, checkpoints, paths
-    "search-bits-not-doubling": Case(
-        [*S, "a100", "--bits", "2,3,8"], "--bits 2,3,8: each bit width must double"
-    ),
+    "search-bits-not-doubling": Case([*S, "a100", "--bits", "2,3,8"], "--bits 2,3,8: each bit width must double"),
     "search-bits-not-integers": Case(
         [*S, "a100", "--bits", "two"], "argument --bits: expected comma-separated integers"
     ),
@@ -375,20 +285,17 @@ CASES: dict[str, Case] = {
         [*S, "a100", "--threshold-lr", "0"], "--threshold-lr: expected a positive number, got 0"
     ),
     "search-missing-data-dir": Case(
-        [*S, "a100", "--data", "cifar10", "--data-dir", "{t}/nope"],
-        "--data-dir {t}/nope: does not exist",
+        [*S, "a100", "--data", "cifar10", "--data-dir", "{t}/nope"], "--data-dir {t}/nope: does not exist"
     ),
     "search-garbled-data-dir": Case(
-        [*S, "a100", "--data", "cifar10", "--data-dir", "{t}/cifar"],
-        "batches.meta: not a readable pickle",
+        [*S, "a100", "--data", "cifar10", "--data-dir", "{t}/cifar"], "batches.meta: not a readable pickle"
     ),
     "search-checkpoint-other-model": Case(
         [*S, "a100", "--checkpoint", "{t}/other_model.pt"],
         "--checkpoint {t}/other_model.pt does not match the model: Missing key(s)",
     ),
     "search-garbled-checkpoint": Case(
-        [*S, "a100", "--checkpoint", "{t}/garbled.pt"],
-        "--checkpoint {t}/garbled.pt: not a loadable state_dict",
+        [*S, "a100", "--checkpoint", "{t}/garbled.pt"], "--checkpoint {t}/garbled.pt: not a loadable state_dict"
     ),
     "search-out-is-a-file": Case([*S, "a100", "--out", "{t}/a_file"], "{t}/a_file: File exists"),
     # hwsbs profiles validate (its lines start with the file, no command prefix)
@@ -407,8 +314,7 @@ CASES: dict[str, Case] = {
     ),
     # hwsbs cost
     "cost-garbled-config": Case(
-        ["cost", "--config", "{t}/garbled_config.yaml", "--hw", "a100"],
-        "{t}/garbled_config.yaml: line 3: invalid YAML",
+        ["cost", "--config", "{t}/garbled_config.yaml", "--hw", "a100"], "{t}/garbled_config.yaml: line 3: invalid YAML"
     ),
     "cost-incomplete-config": Case(
         ["cost", "--config", "{t}/incomplete_config.yaml", "--hw", "a100"],
@@ -418,9 +324,7 @@ CASES: dict[str, Case] = {
         ["cost", "--config", "{t}/bits_config.yaml", "--hw", "a100"],
         "{t}/bits_config.yaml: layers[0] (stem).w_bits: expected 1..32, got 64",
     ),
-    "cost-missing-config": Case(
-        ["cost", "--config", "{t}/nope.yaml", "--hw", "a100"], "{t}/nope.yaml: file not found"
-    ),
+    "cost-missing-config": Case(["cost", "--config", "{t}/nope.yaml", "--hw", "a100"], "{t}/nope.yaml: file not found"),
     "cost-lut-without-entry": Case(
         ["cost", "--config", "{t}/config.yaml", "--hw", "{t}/lut.yaml"],
         "{t}/tables/toy.yaml: no entry for layer 'stem' (signature conv_k3x3_s1x1_g1_i3_o32_h32x32)",
@@ -439,30 +343,16 @@ CASES: dict[str, Case] = {
         "{t}/tables/toy.yaml: no entry for layer 'conv1' (signature conv_k3x3_s1x1_g1_i1_o32_h8x8)",
     ),
     "tune-missing-data-dir": Case(
-        [
-            "tune",
-            "--hw",
-            "a100",
-            "--trials",
-            "2",
-            "--data",
-            "imagefolder",
-            "--data-dir",
-            "{t}/nope",
-        ],
+        ["tune", "--hw", "a100", "--trials", "2", "--data", "imagefolder", "--data-dir", "{t}/nope"],
         "--data-dir {t}/nope: does not exist",
     ),
     "tune-checkpoint-other-model": Case(
-        ["tune", "--hw", "a100", "--trials", "2", "--checkpoint", "{t}/other_model.pt"],
-        "does not match the model",
+        ["tune", "--hw", "a100", "--trials", "2", "--checkpoint", "{t}/other_model.pt"], "does not match the model"
     ),
     "tune-space-bits-not-doubling": Case(
-        ["tune", "--hw", "a100", "--trials", "2", "--space", "{t}/space.yaml"],
-        "{t}/space.yaml: bits: choice '2,3'",
+        ["tune", "--hw", "a100", "--trials", "2", "--space", "{t}/space.yaml"], "{t}/space.yaml: bits: choice '2,3'"
     ),
-    "tune-zero-trials": Case(
-        ["tune", "--hw", "a100", "--trials", "0"], "--trials: expected a positive integer, got 0"
-    ),
+    "tune-zero-trials": Case(["tune", "--hw", "a100", "--trials", "0"], "--trials: expected a positive integer, got 0"),
     "tune-empty-journal-path": Case(
         ["tune", "--hw", "a100", "--trials", "2", "--storage", "journal:"],
         "--storage journal:PATH: the journal file path is missing",
@@ -477,24 +367,18 @@ CASES: dict[str, Case] = {
         "unknown cost model 'nosuchcost'; known: ",
     ),
     "pareto-missing-profile": Case(
-        ["pareto", "--hw", "{t}/gone.yaml:size", "--trials", "2"],
-        "{t}/gone.yaml: hardware profile file not found",
+        ["pareto", "--hw", "{t}/gone.yaml:size", "--trials", "2"], "{t}/gone.yaml: hardware profile file not found"
     ),
     # hwsbs report
-    "report-missing-storage": Case(
-        ["report", "--storage", "{t}/gone.db"], "--storage {t}/gone.db: no such file"
-    ),
+    "report-missing-storage": Case(["report", "--storage", "{t}/gone.db"], "--storage {t}/gone.db: no such file"),
     "report-unknown-study": Case(
         ["report", "--storage", "{t}/foreign.db", "--study-name", "nope"],
         "--study-name nope: no such study in {t}/foreign.db (it has: foreign)",
     ),
     "report-foreign-study": Case(
-        ["report", "--storage", "{t}/foreign.db"],
-        "study foreign was not created by hwsbs tune/pareto",
+        ["report", "--storage", "{t}/foreign.db"], "study foreign was not created by hwsbs tune/pareto"
     ),
-    "report-not-a-storage": Case(
-        ["report", "--storage", "{t}/study.txt"], "expected an Optuna storage URL"
-    ),
+    "report-not-a-storage": Case(["report", "--storage", "{t}/study.txt"], "expected an Optuna storage URL"),
     # a run directory is data: it cannot choose code to import (--model must come from the user)
     "export-run-names-code": Case(
         ["export", "--run", "{t}/run_code"],
@@ -503,15 +387,10 @@ CASES: dict[str, Case] = {
     ),
     # --model MOD:ATTR: only nn.Module classes and Python functions outside the standard library
     "search-model-builtins-exit": Case(
-        [*S, "a100", "--model", "builtins:exit"],
-        "--model 'builtins:exit': 'builtins' is part of Python or hwsbs",
+        [*S, "a100", "--model", "builtins:exit"], "--model 'builtins:exit': 'builtins' is part of Python or hwsbs"
     ),
-    "search-model-os-fork": Case(
-        [*S, "a100", "--model", "os:fork"], "--model 'os:fork': 'os' is part of Python"
-    ),
-    "search-model-input": Case(
-        [*S, "a100", "--model", "builtins:input"], "--model 'builtins:input': 'builtins' is"
-    ),
+    "search-model-os-fork": Case([*S, "a100", "--model", "os:fork"], "--model 'os:fork': 'os' is part of Python"),
+    "search-model-input": Case([*S, "a100", "--model", "builtins:input"], "--model 'builtins:input': 'builtins' is"),
     # YAML that is cheap to write and expensive to load
     "validate-billion-laughs": Case(
         ["profiles", "validate", "{t}/laughs.yaml"],
@@ -521,9 +400,7 @@ CASES: dict[str, Case] = {
         ["profiles", "show", "--json", "{t}/laughs.yaml"],
         f"{{t}}/laughs.yaml: line {LAUGHS_LINE}: invalid YAML: aliases expand to more than",
     ),
-    "search-billion-laughs": Case(
-        [*S, "{t}/laughs.yaml"], "{t}/laughs.yaml: line 5: invalid YAML: aliases expand"
-    ),
+    "search-billion-laughs": Case([*S, "{t}/laughs.yaml"], "{t}/laughs.yaml: line 5: invalid YAML: aliases expand"),
     "validate-list-key": Case(
         ["profiles", "validate", "{t}/list_key.yaml"],
         f"{{t}}/list_key.yaml: line {AFTER}: invalid YAML: a mapping key must be a plain value, not a sequence",
@@ -547,8 +424,7 @@ CASES: dict[str, Case] = {
     ),
     "validate-inf-overhead": Case(
         ["profiles", "validate", "{t}/inf_overhead.yaml"],
-        "{t}/inf_overhead.yaml: cost_model.roofline.per_layer_overhead_s: input should be a "
-        "finite number, got inf",
+        "{t}/inf_overhead.yaml: cost_model.roofline.per_layer_overhead_s: input should be a finite number, got inf",
     ),
     # files that are not regular files, or too large: no hang, no MemoryError
     "validate-table-is-dev-zero": Case(
@@ -594,16 +470,13 @@ CASES: dict[str, Case] = {
     ),
     "search-pickle-global": Case(
         [*S, "a100", "--checkpoint", "{t}/evil.pt"],
-        f"--checkpoint {{t}}/evil.pt: not a loadable state_dict (refusing to load global "
-        f"{os.system.__module__}.system",
+        f"--checkpoint {{t}}/evil.pt: not a loadable state_dict (refusing to load global {os.system.__module__}.system",
     ),
     "export-empty-checkpoint": Case(
-        ["export", "--run", "{t}/run_empty"],
-        "{t}/run_empty/checkpoint.pt: cannot read checkpoint (the file is empty)",
+        ["export", "--run", "{t}/run_empty"], "{t}/run_empty/checkpoint.pt: cannot read checkpoint (the file is empty)"
     ),
     "export-list-checkpoint": Case(
-        ["export", "--run", "{t}/run_list"],
-        "{t}/run_list/checkpoint.pt: expected a run checkpoint or a state_dict",
+        ["export", "--run", "{t}/run_list"], "{t}/run_list/checkpoint.pt: expected a run checkpoint or a state_dict"
     ),
     "resume-checkpoint-without-phase": Case(
         [*S, "a100", "--out", "{t}/run_nophase", "--resume"],
@@ -655,29 +528,22 @@ CASES: dict[str, Case] = {
         "layers[0] (stem).shape.stride[1]: expected an integer, got '2'",
     ),
     # seeds every generator can take; export's counts
-    "search-negative-seed": Case(
-        [*S, "a100", "--seed", "-1"], "--seed: expected an integer 0..4294967295, got -1"
-    ),
+    "search-negative-seed": Case([*S, "a100", "--seed", "-1"], "--seed: expected an integer 0..4294967295, got -1"),
     "search-seed-over-32-bits": Case(
-        [*S, "a100", "--seed", str(2**32)],
-        "--seed: expected an integer 0..4294967295, got 4294967296",
+        [*S, "a100", "--seed", str(2**32)], "--seed: expected an integer 0..4294967295, got 4294967296"
     ),
     "tune-negative-seed": Case(
-        ["tune", "--hw", "a100", "--trials", "2", "--seed", "-1"],
-        "--seed: expected an integer 0..4294967295, got -1",
+        ["tune", "--hw", "a100", "--trials", "2", "--seed", "-1"], "--seed: expected an integer 0..4294967295, got -1"
     ),
     "export-threads-zero": Case(
-        ["export", "--run", "{t}/run_empty", "--threads", "0"],
-        "--threads: expected a positive integer, got 0",
+        ["export", "--run", "{t}/run_empty", "--threads", "0"], "--threads: expected a positive integer, got 0"
     ),
     "export-num-classes-zero": Case(
-        ["export", "--run", "{t}/run_empty", "--num-classes", "0"],
-        "--num-classes: expected a positive integer, got 0",
+        ["export", "--run", "{t}/run_empty", "--num-classes", "0"], "--num-classes: expected a positive integer, got 0"
     ),
     # export --out: checked before any work
     "export-out-is-a-directory": Case(
-        ["export", "--run", "{t}/run_empty", "--out", "{t}/cifar"],
-        "--out {t}/cifar: is a directory; give a file name",
+        ["export", "--run", "{t}/run_empty", "--out", "{t}/cifar"], "--out {t}/cifar: is a directory; give a file name"
     ),
     "export-out-under-a-file": Case(
         ["export", "--run", "{t}/run_empty", "--out", "{t}/a_file/m.pt"],
@@ -685,12 +551,10 @@ CASES: dict[str, Case] = {
     ),
     # a budget no configuration can approach (it would overflow the budget loss, blamed on the lr)
     "search-target-1e-300": Case(
-        [*S, "a100", "--cost", "bops", "--target", "1e-300"],
-        "--target 1e-300: below 1e-30 of the uniform 8-bit cost (",
+        [*S, "a100", "--cost", "bops", "--target", "1e-300"], "--target 1e-300: below 1e-30 of the uniform 8-bit cost ("
     ),
     "search-target-1e-300-percent": Case(
-        [*S, "a100", "--target", "1e-300%"],
-        "--target 1e-300%: below 1e-30 of the uniform 8-bit cost",
+        [*S, "a100", "--target", "1e-300%"], "--target 1e-300%: below 1e-30 of the uniform 8-bit cost"
     ),
     "tune-target-1e-300": Case(
         ["tune", "--hw", "a100", "--cost", "bops", "--trials", "2", "--target", "1e-300"],
@@ -698,15 +562,7 @@ CASES: dict[str, Case] = {
     ),
     # a storage URL without a driver gets the installed one, and the message names it (password masked)
     "tune-postgres-unreachable": Case(
-        [
-            "tune",
-            "--hw",
-            "a100",
-            "--trials",
-            "2",
-            "--storage",
-            "postgresql://hwsbs:secret@127.0.0.1:1/optuna",
-        ],
+        ["tune", "--hw", "a100", "--trials", "2", "--storage", "postgresql://hwsbs:secret@127.0.0.1:1/optuna"],
         "--storage postgresql://hwsbs:***@127.0.0.1:1/optuna: cannot open with driver psycopg2 (",
     ),
     # datasets: decompression bombs, an empty batch, fractional labels
@@ -740,9 +596,7 @@ def _params():
 
 
 @pytest.mark.parametrize(("name", "case"), list(_params()))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(
-    name, case, inputs, tmp_path, monkeypatch, capsys
-):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, case, inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the working directory: default outputs (runs/...) would land here
     for var, value in case.env.items():
         monkeypatch.setenv(var, value)
@@ -780,22 +634,14 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
         env=env,
     )
     assert proc.returncode == 1
-    assert (
-        proc.stderr.startswith("Traceback")
-        and "hwsbs.errors.ProfileError: unknown hardware profile" in proc.stderr
-    )
+    assert proc.stderr.startswith("Traceback") and "hwsbs.errors.ProfileError: unknown hardware profile" in proc.stderr
 
 
 def test_config_for_another_model_raises_model_error(inputs):
     model = build_model("small_cnn", 10, 1, (8, 8))
-    with pytest.raises(
-        ModelError, match=r"config.yaml does not match the model \(layers missing from it: conv1"
-    ):
+    with pytest.raises(ModelError, match=r"config.yaml does not match the model \(layers missing from it: conv1"):
         build_compressed_model(
-            model,
-            load_config(inputs / "config.yaml"),
-            torch.randn(2, 1, 8, 8),
-            source=str(inputs / "config.yaml"),
+            model, load_config(inputs / "config.yaml"), torch.randn(2, 1, 8, 8), source=str(inputs / "config.yaml")
         )
 
 
@@ -858,15 +704,11 @@ def test_a_study_name_cannot_escape_runs(tmp_path, monkeypatch):
         "0",
         "--no-progress",
     ]
-    assert (
-        main(["tune", "--hw", "a100", "--trials", "1", "--study-name", "../../x", *schedule]) == 0
-    )
+    assert main(["tune", "--hw", "a100", "--trials", "1", "--study-name", "../../x", *schedule]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and sorted(
         p.name for p in (tmp_path / "a").iterdir()
     ) == ["b"]
-    assert (cwd / "runs" / "x" / "study.db").is_file() and (
-        cwd / "runs" / "x" / "trials" / "trial-0"
-    ).is_dir()
+    assert (cwd / "runs" / "x" / "study.db").is_file() and (cwd / "runs" / "x" / "trials" / "trial-0").is_dir()
     assert [p.name for p in (cwd / "runs").iterdir()] == ["x"]
 
 
@@ -897,9 +739,7 @@ def _one_line_exit_2(argv: list[str], capsys) -> str:
         ["lut", "build", "--model", "small_cnn", "--out", "prof.yaml"],
     ],
 )
-def test_device_cuda_without_cuda_is_one_line_and_writes_nothing(
-    command, inputs, tmp_path, monkeypatch, capsys
-):
+def test_device_cuda_without_cuda_is_one_line_and_writes_nothing(command, inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv = [a.replace("{t}", str(inputs)) for a in command] + ["--device", "cuda"]
@@ -921,9 +761,7 @@ def test_lut_seed_and_threads_are_checked_by_the_parser(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     line = _one_line_exit_2(["lut", "check", "--hw", "a100", "--seed", "-1"], capsys)
     assert "argument --seed: expected an integer 0..4294967295, got '-1'" in line
-    line = _one_line_exit_2(
-        ["lut", "build", "--model", "small_cnn", "--out", "p.yaml", "--threads", "0"], capsys
-    )
+    line = _one_line_exit_2(["lut", "build", "--model", "small_cnn", "--out", "p.yaml", "--threads", "0"], capsys)
     assert "argument --threads: expected a positive integer, got '0'" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -936,11 +774,7 @@ def _finished_run(root: Path) -> Path:
     run = root / "run_ok"
     run.mkdir()
     space = convert_model(
-        build_model("small_cnn", 10, 1, (8, 8)),
-        torch.randn(4, 1, 8, 8),
-        (2, 4, 8),
-        group_size=4,
-        prune=True,
+        build_model("small_cnn", 10, 1, (8, 8)), torch.randn(4, 1, 8, 8), (2, 4, 8), group_size=4, prune=True
     )
     config = derive_config(space, "small_cnn", "digits", [2, 4, 8], 4, 1)
     save_config(config, run / "config.yaml")
@@ -958,24 +792,18 @@ def _finished_run(root: Path) -> Path:
         },
         run,
     )
-    (run / "options.json").write_text(
-        json.dumps({"model": "small_cnn", "data": "digits"}), encoding="utf-8"
-    )
+    (run / "options.json").write_text(json.dumps({"model": "small_cnn", "data": "digits"}), encoding="utf-8")
     return run
 
 
-def test_export_out_on_a_read_only_path_is_one_line_and_writes_nothing(
-    tmp_path, monkeypatch, capsys
-):
+def test_export_out_on_a_read_only_path_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run = _finished_run(tmp_path)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        if os.access(
-            locked, os.W_OK
-        ):  # root: permissions do not stop it; sysfs refuses new files even to root
+        if os.access(locked, os.W_OK):  # root: permissions do not stop it; sysfs refuses new files even to root
             locked = Path("/sys")
             try:
                 open(locked / "hwsbs-probe.pt", "wb").close()
@@ -985,9 +813,7 @@ def test_export_out_on_a_read_only_path_is_one_line_and_writes_nothing(
         before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
         out = locked / "m.pt"
         line = _one_line_exit_2(["export", "--run", str(run), "--out", str(out)], capsys)
-        assert line.startswith(
-            f"hwsbs export: error: --out {out}: not writable"
-        ) or line.startswith(
+        assert line.startswith(f"hwsbs export: error: --out {out}: not writable") or line.startswith(
             f"hwsbs export: error: {out}: cannot write the export (Permission denied)"
         ), line
         assert not os.path.lexists(out) and not list(locked.glob("m.pt*"))
@@ -1001,33 +827,18 @@ def test_export_out_on_a_read_only_path_is_one_line_and_writes_nothing(
 
 
 def test_a_config_that_differs_in_groups_names_the_field():
-    space = convert_model(
-        build_model("small_cnn", 10, 1, (8, 8)), torch.randn(2, 1, 8, 8), (2, 4, 8), group_size=4
-    )
-    name = next(
-        n
-        for n in space.layer_names
-        if space.shapes[n].kind == "conv" and space.shapes[n].in_channels % 2 == 0
-    )
+    space = convert_model(build_model("small_cnn", 10, 1, (8, 8)), torch.randn(2, 1, 8, 8), (2, 4, 8), group_size=4)
+    name = next(n for n in space.layer_names if space.shapes[n].kind == "conv" and space.shapes[n].in_channels % 2 == 0)
     layers = [
-        LayerDecision(
-            dataclasses.replace(space.shapes[n], groups=2) if n == name else space.shapes[n], 8, 8
-        )
+        LayerDecision(dataclasses.replace(space.shapes[n], groups=2) if n == name else space.shapes[n], 8, 8)
         for n in space.layer_names
     ]
     with pytest.raises(ModelError) as info:
         check_config_matches(space, CompressionConfig(layers), "c.yaml")
-    assert (
-        str(info.value)
-        == f"c.yaml: layer {name} does not match the model: groups 2 there but 1 in the model"
-    )
+    assert str(info.value) == f"c.yaml: layer {name} does not match the model: groups 2 there but 1 in the model"
     layers = [
         LayerDecision(
-            dataclasses.replace(s, kernel_size=(1, 1), out_channels=s.out_channels * 2)
-            if n == name
-            else s,
-            8,
-            8,
+            dataclasses.replace(s, kernel_size=(1, 1), out_channels=s.out_channels * 2) if n == name else s, 8, 8
         )
         for n, s in ((n, space.shapes[n]) for n in space.layer_names)
     ]
@@ -1036,17 +847,12 @@ def test_a_config_that_differs_in_groups_names_the_field():
 
 
 def test_storage_urls_name_the_driver_they_use(monkeypatch):
-    assert resolve_storage_url("postgresql://u:p@h/db") == (
-        "postgresql+psycopg2://u:p@h/db",
-        "psycopg2",
-    )
+    assert resolve_storage_url("postgresql://u:p@h/db") == ("postgresql+psycopg2://u:p@h/db", "psycopg2")
     assert resolve_storage_url("postgres://h/db") == ("postgresql+psycopg2://h/db", "psycopg2")
     assert resolve_storage_url("sqlite:///x.db") == ("sqlite:///x.db", None)
     with pytest.raises(ConfigError) as info:
         open_storage("postgresql://hwsbs:secret@127.0.0.1:1/optuna")
-    assert "cannot open with driver psycopg2 (" in str(info.value) and "secret" not in str(
-        info.value
-    )
+    assert "cannot open with driver psycopg2 (" in str(info.value) and "secret" not in str(info.value)
     monkeypatch.setattr(storage_module, "_installed", lambda module: False)
     with pytest.raises(
         ConfigError,
@@ -1055,7 +861,6 @@ def test_storage_urls_name_the_driver_they_use(monkeypatch):
     ):
         resolve_storage_url("postgresql://hwsbs:secret@h/db")
     with pytest.raises(
-        ConfigError,
-        match=r"the database driver module pymysql is not installed \(pip install PyMySQL\)",
+        ConfigError, match=r"the database driver module pymysql is not installed \(pip install PyMySQL\)"
     ):
         resolve_storage_url("mysql+pymysql://h/db")

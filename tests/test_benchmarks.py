@@ -23,13 +23,9 @@ def test_every_overhead_configuration_is_a_real_training_step(config):
     x, y = search_overhead._batch(4)
     step = search_overhead.make_step("resnet20", config, x, y)
     step()  # the first step calibrates; compare parameters across the second
-    before = {
-        n: p.detach().clone() for n, p in step.model.named_parameters() if n.endswith("weight")
-    }
+    before = {n: p.detach().clone() for n, p in step.model.named_parameters() if n.endswith("weight")}
     step()
-    changed = [
-        n for n, p in step.model.named_parameters() if n in before and not torch.equal(p, before[n])
-    ]
+    changed = [n for n, p in step.model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert changed, f"{config}: a step must update the weights"
 
 
@@ -50,9 +46,7 @@ def test_frontier_plan_puts_every_method_at_the_same_budgets():
         "random@u4",
     ]
     assert all(j.budget is None for j in jobs if j.method == "uniform")
-    assert next(j for j in jobs if j.label == "sbs@u2x0.75-mpf0.75").options == {
-        "max_prune_fraction": 0.75
-    }
+    assert next(j for j in jobs if j.label == "sbs@u2x0.75-mpf0.75").options == {"max_prune_fraction": 0.75}
 
 
 def test_frontier_budgets_are_uniform_costs_and_the_split_is_disjoint(tmp_path):
@@ -68,9 +62,7 @@ def test_frontier_budgets_are_uniform_costs_and_the_split_is_disjoint(tmp_path):
     search, ev = frontier.prepare_splits(root, tmp_path / "out", 3, 2, 0)
     train = {p.name for p in (search / "train" / "a").iterdir()}
     val = {p.name for p in (search / "val" / "a").iterdir()}
-    assert (
-        len(train) == 3 and len(val) == 2 and not train & val
-    )  # validation held out from training
+    assert len(train) == 3 and len(val) == 2 and not train & val  # validation held out from training
     assert len(list((ev / "test" / "a").iterdir())) == 3  # the whole test split
 
 

@@ -28,12 +28,7 @@ GOOD = {
 
 # (name, YAML text, field the error must name, words of the problem)
 BAD_PROFILES = [
-    (
-        "misspelled",
-        yaml.safe_dump({**GOOD, "precisons": GOOD["precisions"]}),
-        "precisons",
-        "unknown field",
-    ),
+    ("misspelled", yaml.safe_dump({**GOOD, "precisons": GOOD["precisions"]}), "precisons", "unknown field"),
     ("duplicate", "schema_version: 1\nname: toy\nkind: gpu\nkind: cpu\n", "kind", "duplicate key"),
     ("wrongtype", yaml.safe_dump({**GOOD, "clock_hz": "fast"}), "clock_hz", "valid number"),
     (
@@ -88,9 +83,7 @@ def test_profiles_validate_builtins(capsys):
     assert all(line.startswith("ok ") for line in out.splitlines())
 
 
-@pytest.mark.parametrize(
-    ("name", "text", "field", "problem"), BAD_PROFILES, ids=[b[0] for b in BAD_PROFILES]
-)
+@pytest.mark.parametrize(("name", "text", "field", "problem"), BAD_PROFILES, ids=[b[0] for b in BAD_PROFILES])
 def test_profiles_validate_bad_file_one_line(tmp_path, capsys, name, text, field, problem):
     path = tmp_path / f"{name}.yaml"
     path.write_text(text, encoding="utf-8")
@@ -116,30 +109,20 @@ def test_profiles_validate_subprocess(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"{path}: {field}: input should be greater than 0, got -1000000000.0"
-    ]
+    assert proc.stderr.strip().splitlines() == [f"{path}: {field}: input should be greater than 0, got -1000000000.0"]
 
 
 def test_profiles_validate_semantic_problems(tmp_path, capsys):
     no_array = tmp_path / "noarray.yaml"
-    no_array.write_text(
-        yaml.safe_dump({**GOOD, "cost_model": {"name": "bit_serial"}}), encoding="utf-8"
-    )
+    no_array.write_text(yaml.safe_dump({**GOOD, "cost_model": {"name": "bit_serial"}}), encoding="utf-8")
     missing_table = tmp_path / "notable.yaml"
-    missing_table.write_text(
-        yaml.safe_dump({**GOOD, "lookup_table": "tables/none.yaml"}), encoding="utf-8"
-    )
+    missing_table.write_text(yaml.safe_dump({**GOOD, "lookup_table": "tables/none.yaml"}), encoding="utf-8")
     code, out, err = run(capsys, "profiles", "validate", str(no_array), str(missing_table))
     assert code == 2 and out == ""
     lines = err.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{no_array}: ") and "array" in lines[0]
-    assert (
-        lines[1].startswith(f"{missing_table}: ")
-        and "none.yaml" in lines[1]
-        and "not found" in lines[1]
-    )
+    assert lines[1].startswith(f"{missing_table}: ") and "none.yaml" in lines[1] and "not found" in lines[1]
 
 
 def test_profiles_schema(capsys, tmp_path):
@@ -147,9 +130,7 @@ def test_profiles_schema(capsys, tmp_path):
     assert code == 0 and out == json_schema_text()
     target = tmp_path / "schema.json"
     run(capsys, "profiles", "schema", "-o", str(target))
-    assert target.read_text(encoding="utf-8") == (BUILTIN_DIR / "schema.json").read_text(
-        encoding="utf-8"
-    )
+    assert target.read_text(encoding="utf-8") == (BUILTIN_DIR / "schema.json").read_text(encoding="utf-8")
 
 
 def make_config(tmp_path: Path) -> Path:
@@ -198,43 +179,21 @@ def test_cost_override_and_tables(tmp_path, capsys):
     path = make_config(tmp_path)
     config = load_config(path)
     code, out, _ = run(
-        capsys,
-        "cost",
-        "--config",
-        str(path),
-        "--hw",
-        "a100",
-        "--cost",
-        "bops",
-        "--json",
-        "--batch",
-        "1",
+        capsys, "cost", "--config", str(path), "--hw", "a100", "--cost", "bops", "--json", "--batch", "1"
     )
     assert code == 0
     result = json.loads(out)["results"][0]
     config.batch = 1
     assert result["cost_model"] == "bops" and result["unit"] == "BOPs"
     assert result["cost"] == config.cost(build_cost_model("bops"))
-    code, out, _ = run(
-        capsys,
-        "cost",
-        "--config",
-        str(path),
-        "--hw",
-        "a100",
-        "--hw",
-        "profiles/bismo.yaml",
-        "--layers",
-    )
+    code, out, _ = run(capsys, "cost", "--config", str(path), "--hw", "a100", "--hw", "profiles/bismo.yaml", "--layers")
     assert code == 0
     assert "a100" in out and "bismo" in out and "per layer" in out and "head" in out
 
 
 def test_cost_errors_are_one_line(tmp_path, capsys):
     path = make_config(tmp_path)
-    code, _, err = run(
-        capsys, "cost", "--config", str(path), "--hw", "h100", "--cost", "bit_serial"
-    )
+    code, _, err = run(capsys, "cost", "--config", str(path), "--hw", "h100", "--cost", "bit_serial")
     assert code == 2 and len(err.splitlines()) == 1 and "array" in err
     code, _, err = run(capsys, "cost", "--config", str(tmp_path / "missing.yaml"), "--hw", "a100")
     assert code == 2 and "missing.yaml" in err and len(err.splitlines()) == 1

@@ -10,17 +10,7 @@ import pytest
 from hwsbs.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--subset",
-    "256",
-    "--pretrain-epochs",
-    "1",
-    "--search-epochs",
-    "1",
-    "--finetune-epochs",
-    "1",
-    "--no-progress",
-]
+TINY = ["--subset", "256", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "1", "--no-progress"]
 
 
 @pytest.mark.parametrize("hw", ["a100", "hardware_profiles/a100.yaml", "profiles/a100.yaml"])
@@ -54,10 +44,7 @@ def test_json_flag_prints_result_json(tmp_path, capsys):
         (["--hw", "a100", "--data", "nosuchdata"], "unknown dataset 'nosuchdata'; known: "),
         (["--hw", "a100", "--target", "cheap"], "--target: expected a positive cost"),
         (["--hw", "a100", "--cost", "nosuchcost"], "unknown cost model 'nosuchcost'; known: "),
-        (
-            ["--hw", "a100", "--checkpoint", "/nonexistent/fp.pt"],
-            "--checkpoint /nonexistent/fp.pt: file not found",
-        ),
+        (["--hw", "a100", "--checkpoint", "/nonexistent/fp.pt"], "--checkpoint /nonexistent/fp.pt: file not found"),
         (["--hw", "a100", "--group-size", "0"], "--group-size: expected a positive integer"),
         (["--hw", "a100", "--method", "magic"], "--method: unknown method 'magic'"),
     ],

@@ -33,14 +33,7 @@ def full(shape: LayerShape, w: int, a: int | None = None) -> LayerState:
     return LayerState(w, w if a is None else a, shape.in_channels, shape.out_channels)
 
 
-def cost(
-    hw: str,
-    shape: LayerShape,
-    w: int,
-    a: int | None = None,
-    name: str | None = None,
-    batch: int = 1,
-) -> float:
+def cost(hw: str, shape: LayerShape, w: int, a: int | None = None, name: str | None = None, batch: int = 1) -> float:
     return cost_model_for(hw, name).layer_cost(shape, full(shape, w, a), batch)
 
 
@@ -54,9 +47,7 @@ def test_two_bit_conv_costs_a_sixteenth_of_eight_bit(hw):
 
 
 def test_stripes_scales_with_activation_bits_only():
-    assert (
-        cost("stripes", CONV, 2, 8) == cost("stripes", CONV, 8, 8) == cost("stripes", CONV, 16, 8)
-    )
+    assert cost("stripes", CONV, 2, 8) == cost("stripes", CONV, 8, 8) == cost("stripes", CONV, 16, 8)
     assert cost("stripes", CONV, 8, 4) == pytest.approx(cost("stripes", CONV, 8, 8) / 2, rel=1e-3)
     assert cost("stripes", CONV, 8, 2) == pytest.approx(cost("stripes", CONV, 8, 8) / 4, rel=1e-3)
 
@@ -87,9 +78,7 @@ def test_h100_runs_four_bit_at_int8_cost():
     for shape in (CONV, FC):
         assert cost("h100", shape, 4) == cost("h100", shape, 8)
         assert cost("h100", shape, 2) == cost("h100", shape, 8)
-        assert cost("h100", shape, 32) > cost(
-            "h100", shape, 8
-        )  # float runs on FP16, half the INT8 rate
+        assert cost("h100", shape, 32) > cost("h100", shape, 8)  # float runs on FP16, half the INT8 rate
 
 
 def test_a100_four_bit_is_cheaper_than_eight_bit():
@@ -302,9 +291,7 @@ def test_lut_interpolates_over_kept_channels():
     assert model.layer_cost(PRUNED, LayerState(8, 8, 64, 64)) == pytest.approx(4e-6)
     assert model.layer_cost(PRUNED, LayerState(8, 8, 32, 32)) == pytest.approx(2.5e-6)
     # between grid points: bilinear = exact for this plane
-    assert model.layer_cost(PRUNED, LayerState(8, 8, 48, 40)) == pytest.approx(
-        (1 + 48 / 64 + 80 / 64) * 1e-6
-    )
+    assert model.layer_cost(PRUNED, LayerState(8, 8, 48, 40)) == pytest.approx((1 + 48 / 64 + 80 / 64) * 1e-6)
     mean, std = model.layer_cost_spread(PRUNED, LayerState(8, 8, 48, 40))
     assert std == pytest.approx(1e-8)
 
@@ -320,14 +307,7 @@ def test_lut_outside_grid_proportional_or_clamped():
 
 def test_lut_depthwise_line_and_batch_scaling():
     entries = [
-        {
-            "signature": DW.signature,
-            "w_bits": 8,
-            "a_bits": 8,
-            "kept_in": k,
-            "kept_out": k,
-            "mean_s": k * 1e-7,
-        }
+        {"signature": DW.signature, "w_bits": 8, "a_bits": 8, "kept_in": k, "kept_out": k, "mean_s": k * 1e-7}
         for k in (32, 64)
     ]
     model = build_cost_model("lut", lut_profile(entries))
@@ -349,18 +329,14 @@ def test_lut_bit_pair_fallback():
     with pytest.raises(CostModelError, match=r"no 4/4-bit entry .*measured: 8/8, 32/32"):
         strict.layer_cost(PRUNED, LayerState(4, 4, 64, 64))
     wider = build_cost_model("lut", lut_profile(entries, fallback="next_wider"))
-    assert wider.layer_cost(PRUNED, LayerState(4, 4, 64, 64)) == wider.layer_cost(
-        PRUNED, LayerState(8, 8, 64, 64)
-    )
+    assert wider.layer_cost(PRUNED, LayerState(4, 4, 64, 64)) == wider.layer_cost(PRUNED, LayerState(8, 8, 64, 64))
     assert wider.layer_cost(PRUNED, LayerState(16, 16, 64, 64)) == pytest.approx(12e-6)
 
 
 def test_lut_incomplete_grid_is_an_error():
     entries = grid_entries(PRUNED, 8, 8)[:3]
     model = build_cost_model("lut", lut_profile(entries))
-    with pytest.raises(
-        CostModelError, match="kept_in x kept_out grid: missing kept_in=64, kept_out=64"
-    ):
+    with pytest.raises(CostModelError, match="kept_in x kept_out grid: missing kept_in=64, kept_out=64"):
         model.layer_cost(PRUNED, LayerState(8, 8, 64, 64))
 
 

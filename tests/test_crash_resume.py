@@ -58,9 +58,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     subprocess.run(_cli(reference), check=True, env=_env(), capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cli(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(_cli(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoint.pt"
     deadline = time.time() + 300
     # Kill once the run is inside the search (past at least one search checkpoint).
@@ -77,8 +75,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     proc.wait(timeout=60)
     assert not (killed / "result.json").exists(), "the run finished before it could be killed"
 
-    done = subprocess.run(
-        _cli(killed, "--resume"), env=_env(), capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run(_cli(killed, "--resume"), env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert _comparable(killed / "result.json") == _comparable(reference / "result.json")

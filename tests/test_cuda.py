@@ -25,9 +25,7 @@ from hwsbs.sbs.engine import CostObjective, SearchEngine
 from tests.helpers import digits_loaders, pretrained_small_cnn
 from tests.test_export import TINY_SPEC, _tiny_configured
 
-pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device (none here)"
-)
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
 CUDA = torch.device("cuda")
 
 
@@ -48,9 +46,7 @@ def test_cost_term_value_and_gradients_match_the_cpu():
         space.model(x)
         term = CostTerm(space, build_cost_model("bops"))
         total = term()
-        thetas = [
-            p for _, layer in space.layers() for p in (layer.w_theta, layer.a_theta, layer.p_theta)
-        ]
+        thetas = [p for _, layer in space.layers() for p in (layer.w_theta, layer.a_theta, layer.p_theta)]
         grads = torch.autograd.grad(torch.log(total), thetas, allow_unused=True)
         results[device.type] = (
             float(total.detach()),
@@ -71,23 +67,14 @@ def test_cost_term_value_and_gradients_match_the_cpu():
 def test_search_steps_on_cuda_move_thresholds_and_stay_on_the_device():
     space, x, y = _space(CUDA)
     engine = SearchEngine(
-        space,
-        [CostObjective(build_cost_model("bops"))],
-        lam=5.0,
-        weight_lr=0.01,
-        threshold_lr=0.1,
-        weight_decay=5e-4,
+        space, [CostObjective(build_cost_model("bops"))], lam=5.0, weight_lr=0.01, threshold_lr=0.1, weight_decay=5e-4
     )
     before = {n: layer.w_theta.detach().clone() for n, layer in space.layers()}
     for _ in range(6):
         out = engine.step(x, y)
     assert all(p.device == CUDA or p.device.type == CUDA.type for p in space.model.parameters())
     assert out["cost"] > 0 and out["loss"] == out["loss"]
-    moved = [
-        n
-        for n, layer in space.layers()
-        if not layer.pinned and not torch.equal(layer.w_theta, before[n])
-    ]
+    moved = [n for n, layer in space.layers() if not layer.pinned and not torch.equal(layer.w_theta, before[n])]
     assert moved, "a strong lambda must move the weight thresholds of searchable layers"
     assert all(float(layer.w_theta.detach().min()) >= 0 for _, layer in space.layers())
 
@@ -123,9 +110,7 @@ def test_integer_export_on_cuda_matches_fake_quantisation():
     reference = copy.deepcopy(model).to(CUDA)
     exported = export_model(model, TINY_SPEC.example(), device=CUDA)
     assert exported.backend == "intmm"
-    stats = verify_export(
-        reference, exported, [TINY_SPEC.example(128, seed=s) for s in range(2)], device=CUDA
-    )
+    stats = verify_export(reference, exported, [TINY_SPEC.example(128, seed=s) for s in range(2)], device=CUDA)
     assert stats["passed"], stats
     assert stats["median_rel"] < 1e-5
     assert len(sbs_layers(reference)) == len(exported.records)

@@ -58,21 +58,8 @@ def _write_cifar10(root: Path, per_batch: int = 4) -> Path:
     for i in range(1, 6):
         _dump_like_release(_batch(per_batch, b"labels", 10, i), rel / f"data_batch_{i}")
     _dump_like_release(_batch(3, b"labels", 10, 99), rel / "test_batch")
-    names = [
-        b"airplane",
-        b"automobile",
-        b"bird",
-        b"cat",
-        b"deer",
-        b"dog",
-        b"frog",
-        b"horse",
-        b"ship",
-        b"truck",
-    ]
-    _dump_like_release(
-        {b"label_names": names, b"num_cases_per_batch": per_batch}, rel / "batches.meta"
-    )
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    _dump_like_release({b"label_names": names, b"num_cases_per_batch": per_batch}, rel / "batches.meta")
     return rel
 
 
@@ -104,9 +91,7 @@ def test_cifar10_from_release_dir_and_parent(tmp_path: Path) -> None:
     x, y = val[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 99 % 10
     # Evaluation only normalises: channel 0 pixel 0 of test image 0 is 99 % 251.
-    assert x[0, 0, 0].item() == pytest.approx(
-        (99 / 255 - CIFAR10.mean[0]) / CIFAR10.std[0], abs=1e-5
-    )
+    assert x[0, 0, 0].item() == pytest.approx((99 / 255 - CIFAR10.mean[0]) / CIFAR10.std[0], abs=1e-5)
 
 
 def test_cifar100_fine_labels(tmp_path: Path) -> None:
@@ -252,12 +237,7 @@ def test_imagefolder_unknown_val_class_and_bad_image(tmp_path: Path) -> None:
 
 
 def test_crop_flip_shapes_and_flip() -> None:
-    x = (
-        torch.arange(3 * 32 * 32, dtype=torch.int64)
-        .remainder(256)
-        .to(torch.uint8)
-        .reshape(3, 32, 32)
-    )
+    x = torch.arange(3 * 32 * 32, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(3, 32, 32)
     gen = torch.Generator().manual_seed(0)
     assert PadRandomCrop(32, 4)(x, gen).shape == (3, 32, 32)
     assert torch.equal(RandomHorizontalFlip(p=1.0)(x, gen), x.flip(-1))
@@ -276,9 +256,7 @@ def test_normalize_values() -> None:
 
 
 def test_transforms_deterministic_from_seed() -> None:
-    x = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(1)).to(
-        torch.uint8
-    )
+    x = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
     tf = small_image_transform(32, True, (0.5,) * 3, (0.25,) * 3)
 
     def run(seed: int) -> list[torch.Tensor]:
@@ -301,16 +279,12 @@ def test_dataset_augmentation_reproducible(tmp_path: Path) -> None:
 
 def test_loader_workers_reproducible_and_independent() -> None:
     # 40 copies of one image: any difference between samples comes from augmentation alone.
-    image = torch.randint(0, 256, (1, 3, 32, 32), generator=torch.Generator().manual_seed(0)).to(
-        torch.uint8
-    )
+    image = torch.randint(0, 256, (1, 3, 32, 32), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     tf = small_image_transform(32, True, (0.5,) * 3, (0.25,) * 3)
 
     def epochs(workers: int) -> list[list[torch.Tensor]]:
         # A fresh dataset per run: in the main process its stream continues across loaders.
-        train = CifarDataset(
-            image.repeat(40, 1, 1, 1), torch.zeros(40, dtype=torch.long), tf, seed=4
-        )
+        train = CifarDataset(image.repeat(40, 1, 1, 1), torch.zeros(40, dtype=torch.long), tf, seed=4)
         loader = make_loader(train, batch_size=20, shuffle=False, seed=4, workers=workers)
         return [[x for x, _ in loader] for _ in range(2)]
 
@@ -321,13 +295,7 @@ def test_loader_workers_reproducible_and_independent() -> None:
     # Batch 0 comes from worker 0 and batch 1 from worker 1: their streams must differ.
     assert not torch.equal(epochs(2)[0][0], epochs(2)[0][1])
     with pytest.raises(DataError, match="--workers"):
-        make_loader(
-            CifarDataset(image, torch.zeros(1), None),
-            batch_size=4,
-            shuffle=False,
-            seed=0,
-            workers=-1,
-        )
+        make_loader(CifarDataset(image, torch.zeros(1), None), batch_size=4, shuffle=False, seed=0, workers=-1)
 
 
 # --------------------------------------------------------------------------- archive helpers
@@ -339,10 +307,7 @@ def _write_fake_archive(path: Path) -> Path:
     Image.new("RGB", (32, 32), (10, 20, 30)).save(buf, format="JPEG")
     jpeg = buf.getvalue()
     names = [
-        f"{split}/{cls}/{i:04d}.jpg"
-        for split in ("train", "test")
-        for cls in ("cat", "dog")
-        for i in (3, 0, 2, 1)
+        f"{split}/{cls}/{i:04d}.jpg" for split in ("train", "test") for cls in ("cat", "dog") for i in (3, 0, 2, 1)
     ]
     names += ["../escape.jpg", "/abs/x.jpg", "train/cat/../../up.jpg", "README"]
     with tarfile.open(path, "w:gz") as tar:
@@ -385,9 +350,7 @@ def test_cifar10_jpeg_archive_subset(tmp_path: Path) -> None:
         pytest.skip(f"shared CIFAR-10 JPEG archive not found at {ARCHIVE}")
     root = extract_cifar10_subset(ARCHIVE, tmp_path / "c10", per_class_train=26, per_class_test=4)
     bundle = build_dataset("imagefolder", root, subset=256, seed=0)
-    assert (
-        bundle.classes is not None and len(bundle.classes) == 10 and bundle.classes[0] == "airplane"
-    )
+    assert bundle.classes is not None and len(bundle.classes) == 10 and bundle.classes[0] == "airplane"
     assert (len(bundle.train), len(bundle.val), bundle.image_size) == (256, 40, (32, 32))
     seen = 0
     for x, y in make_loader(bundle.train, batch_size=64, shuffle=True, seed=0):

@@ -68,9 +68,7 @@ def tiny_net(num_classes: int = 10, in_channels: int = 3, image_size=(8, 8)) -> 
     return model
 
 
-def _mixed_config(
-    space, bits: dict[str, tuple[int, int]], prune: dict[str, list[int]]
-) -> CompressionConfig:
+def _mixed_config(space, bits: dict[str, tuple[int, int]], prune: dict[str, list[int]]) -> CompressionConfig:
     source = space.kept_in_source()
     passthrough = {p for g in space.groups for p in g.passthrough}
     layers = []
@@ -119,11 +117,7 @@ def test_input_levels_are_bit_identical_to_the_fake_quantiser():
         levels = input_codes(x, clip, bits, bool(layer.act_signed))
         step = 1.0 / (2**bits - 1)
         expected = layer.quantized_input(x).detach()
-        rebuilt = (
-            clip * (2.0 * (step * levels) - 1.0)
-            if bool(layer.act_signed)
-            else clip * (step * levels)
-        )
+        rebuilt = clip * (2.0 * (step * levels) - 1.0) if bool(layer.act_signed) else clip * (step * levels)
         assert torch.equal(rebuilt, expected)
 
 
@@ -176,10 +170,7 @@ def test_exported_structure_has_kept_channels_and_integer_weights():
     exported = export_model(model, TINY_SPEC.example(), backend=BACKENDS[0], spec=TINY_SPEC)
     rows = {r["name"]: r for r in exported.layer_table()}
     for d in config.layers:
-        assert (rows[d.shape.name]["in"], rows[d.shape.name]["out"]) == (
-            d.state.kept_in,
-            d.kept_out,
-        )
+        assert (rows[d.shape.name]["in"], rows[d.shape.name]["out"]) == (d.state.kept_in, d.kept_out)
     assert rows["expand"]["out"] == 12 and rows["dw"]["out"] == 12 and rows["project"]["in"] == 12
     for rec in exported.records:
         assert rec.weight.dtype == (torch.int8 if rec.w_bits <= 8 else torch.float32)
@@ -254,9 +245,7 @@ def _run_dir(tmp_path):
     run.mkdir()
     save_config(config, run / "config.yaml")
     save_checkpoint({"phase": "done", "epoch": 0, "model": model.state_dict(), "optim": {}}, run)
-    (run / "options.json").write_text(
-        json.dumps({"model": "small_cnn", "data": "digits", "data_dir": None})
-    )
+    (run / "options.json").write_text(json.dumps({"model": "small_cnn", "data": "digits", "data_dir": None}))
     return run, model
 
 
@@ -306,20 +295,10 @@ def test_cli_export_bad_input_is_one_line(args, needle, capsys):
 
 def test_cli_export_rejects_a_checkpoint_of_another_config(tmp_path, capsys):
     run, _ = _run_dir(tmp_path)
-    unpruned = CompressionConfig(
-        [LayerDecision(d.shape, 8, 8) for d in load_config(run / "config.yaml").layers]
-    )
+    unpruned = CompressionConfig([LayerDecision(d.shape, 8, 8) for d in load_config(run / "config.yaml").layers])
     other = compressed_model(ModelSpec("small_cnn", 10, 1, (8, 8)), unpruned)
     torch.save(other.state_dict(), tmp_path / "other.pt")
     code = main(
-        [
-            "export",
-            "--run",
-            str(run),
-            "--checkpoint",
-            str(tmp_path / "other.pt"),
-            "--out",
-            str(tmp_path / "x.pt"),
-        ]
+        ["export", "--run", str(run), "--checkpoint", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x.pt")]
     )
     assert code == 2 and "does not match" in capsys.readouterr().err

@@ -95,9 +95,7 @@ SCALARS = st.one_of(
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
 #: Text-level damage the YAML loader must survive.
@@ -110,10 +108,7 @@ TEXT_DAMAGE = [
     lambda t, i: (
         t
         + "\n"
-        + "".join(
-            f"l{k}: &l{k} [" + ", ".join([f"*l{k - 1}"] * 9 if k else ["x"] * 9) + "]\n"
-            for k in range(9)
-        )
+        + "".join(f"l{k}: &l{k} [" + ", ".join([f"*l{k - 1}"] * 9 if k else ["x"] * 9) + "]\n" for k in range(9))
     ),
     lambda t, i: t + "\nloop: &loop [*loop]\n",
     lambda t, i: t + "\n? [a, b]\n: 1\n",
@@ -144,10 +139,7 @@ def _get(doc: Any, path: tuple) -> Any:
 def _mutate(doc: Any, data: st.DataObject) -> Any:
     """One structural mutation: replace, delete, add a key, duplicate or wrap a value, empty a container."""
     path = data.draw(st.sampled_from(_paths(doc)), label="path")
-    op = data.draw(
-        st.sampled_from(["replace", "delete", "add", "duplicate", "wrap", "empty", "negate"]),
-        label="op",
-    )
+    op = data.draw(st.sampled_from(["replace", "delete", "add", "duplicate", "wrap", "empty", "negate"]), label="op")
     if not path:
         return data.draw(VALUES, label="root") if op == "replace" else doc
     parent, key = _get(doc, path[:-1]), path[-1]
@@ -157,9 +149,7 @@ def _mutate(doc: Any, data: st.DataObject) -> Any:
     elif op == "delete":
         del parent[key]
     elif op == "add" and isinstance(value, dict):
-        value[data.draw(st.text(min_size=1, max_size=10), label="new key")] = data.draw(
-            VALUES, label="new value"
-        )
+        value[data.draw(st.text(min_size=1, max_size=10), label="new key")] = data.draw(VALUES, label="new value")
     elif op == "duplicate" and isinstance(value, list) and value:
         value.append(copy.deepcopy(value[0]))
     elif op == "wrap":
@@ -214,12 +204,8 @@ def _cli(argv: list[str], *names: str) -> None:
 
 def _config(path: Path) -> Path:
     layers = [
-        LayerDecision(
-            LayerShape("stem", "conv", 3, 32, (3, 3), (1, 1), 1, (32, 32), (32, 32)), 4, 4, [0, 1]
-        ),
-        LayerDecision(
-            LayerShape("dw", "conv", 32, 32, (3, 3), (2, 2), 32, (32, 32), (16, 16)), 8, 4, [], 30
-        ),
+        LayerDecision(LayerShape("stem", "conv", 3, 32, (3, 3), (1, 1), 1, (32, 32), (32, 32)), 4, 4, [0, 1]),
+        LayerDecision(LayerShape("dw", "conv", 32, 32, (3, 3), (2, 2), 32, (32, 32), (16, 16)), 8, 4, [], 30),
         LayerDecision(LayerShape("head", "linear", 32, 10), 8, 8),
     ]
     save_config(CompressionConfig(layers, model="toy", batch=2), path)
@@ -235,10 +221,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def profile_seeds() -> dict[str, Any]:
-    return {
-        name: yaml.safe_load((BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
-        for name in SEEDS
-    }
+    return {name: yaml.safe_load((BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8")) for name in SEEDS}
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +241,7 @@ def _check_profile(workdir: Path, text: str) -> None:
             if cm is not None:
                 _ok_or_one_line(lambda c=cm: config.cost(c), *names)
     _cli(["profiles", "validate", str(path)], str(path))
-    _cli(
-        ["cost", "--config", str(workdir / "good_config.yaml"), "--hw", str(path), "--json"], *names
-    )
+    _cli(["cost", "--config", str(workdir / "good_config.yaml"), "--hw", str(path), "--json"], *names)
 
 
 def _check_config(workdir: Path, text: str) -> None:
@@ -269,10 +250,7 @@ def _check_config(workdir: Path, text: str) -> None:
     config = _ok_or_one_line(lambda: load_config(path), str(path))
     if config is not None:
         assert config.cost(build_cost_model("bops")) >= 0
-    _cli(
-        ["cost", "--config", str(path), "--hw", "a100", "--hw", "bismo", "--layers", "--json"],
-        str(path),
-    )
+    _cli(["cost", "--config", str(path), "--hw", "a100", "--hw", "bismo", "--layers", "--json"], str(path))
 
 
 def _profile_property(workdir: Path, profile_seeds: dict[str, Any], data: st.DataObject) -> None:

@@ -54,9 +54,7 @@ def test_raising_lambda_raises_thresholds_and_lowers_bits():
     weak, strong = _search(0.0), _search(1.0)
 
     def mean_theta(space):
-        return torch.cat(
-            [torch.cat([m.w_theta, m.a_theta]) for _, m in space.layers() if not m.pinned]
-        ).mean()
+        return torch.cat([torch.cat([m.w_theta, m.a_theta]) for _, m in space.layers() if not m.pinned]).mean()
 
     def mean_bits(space):
         return sum(sum(m.current_bits()) for _, m in space.layers()) / len(space.layer_names)
@@ -78,9 +76,7 @@ def test_with_lambda_zero_open_gates_are_exactly_those_above_threshold():
         from hwsbs.quant.quantizer import bit_sharing_terms
 
         _, residuals = bit_sharing_terms(layer._normalise_weight(w_std), layer.bits)
-        for gate, res, scale, theta in zip(
-            layer.last_w_gates, residuals, layer.w_scale, layer.w_theta
-        ):
+        for gate, res, scale, theta in zip(layer.last_w_gates, residuals, layer.w_scale, layer.w_theta):
             above = float(res.detach().abs().mean() / scale) > float(theta.detach())
             assert bool(gate > 0.5) == above
             if above:

@@ -35,9 +35,7 @@ def searched(tmp_path_factory):
 def test_h100_and_bismo_find_different_configurations_each_cheaper_at_home(searched):
     h100, bismo = searched["h100"], searched["bismo"]
     key = [(layer["w_bits"], layer["a_bits"], layer["kept_out_channels"]) for layer in h100.layers]
-    assert key != [
-        (layer["w_bits"], layer["a_bits"], layer["kept_out_channels"]) for layer in bismo.layers
-    ]
+    assert key != [(layer["w_bits"], layer["a_bits"], layer["kept_out_channels"]) for layer in bismo.layers]
     on_h100, on_bismo = cost_model_for("h100"), cost_model_for("bismo")
     assert h100.config.cost(on_h100) < bismo.config.cost(on_h100)
     assert bismo.config.cost(on_bismo) < h100.config.cost(on_bismo)
@@ -49,9 +47,7 @@ def test_h100_and_bismo_find_different_configurations_each_cheaper_at_home(searc
 @pytest.mark.parametrize("hw", ["h100", "bismo"])
 def test_hwsbs_cost_reproduces_the_searchs_own_cost(searched, hw, capsys):
     result = searched[hw]
-    assert (
-        main(["cost", "--config", str(result.run_dir / "config.yaml"), "--hw", hw, "--json"]) == 0
-    )
+    assert main(["cost", "--config", str(result.run_dir / "config.yaml"), "--hw", hw, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     (row,) = printed["results"]
     saved = json.loads((result.run_dir / "result.json").read_text())

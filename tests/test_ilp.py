@@ -37,10 +37,7 @@ BITS = ((4, 4), (8, 8))
 # ---------------------------------------------------------------------------------------- toy problems
 def _independent(rng: random.Random) -> Problem:
     """Three layers, two bit candidates each, no pruning."""
-    layers = [
-        LayerChoices(n, [Option(b, rng.uniform(1, 10), rng.uniform(0, 1)) for b in BITS])
-        for n in "abc"
-    ]
+    layers = [LayerChoices(n, [Option(b, rng.uniform(1, 10), rng.uniform(0, 1)) for b in BITS]) for n in "abc"]
     return Problem(layers)
 
 
@@ -50,9 +47,7 @@ def _coupled(rng: random.Random) -> Problem:
     def opts(own: int | None, src: int | None) -> list[Option]:
         return [
             Option(b, rng.uniform(1, 10), rng.uniform(0, 1), ko, ki)
-            for b, ko, ki in itertools.product(
-                BITS, range(own) if own else [None], range(src) if src else [None]
-            )
+            for b, ko, ki in itertools.product(BITS, range(own) if own else [None], range(src) if src else [None])
         ]
 
     layers = [
@@ -60,9 +55,7 @@ def _coupled(rng: random.Random) -> Problem:
         LayerChoices("b", opts(2, 3), own="b", source="a"),
         LayerChoices("c", opts(None, 2), source="b"),
     ]
-    return Problem(
-        layers, {"a": [0.0, rng.uniform(0, 1), rng.uniform(1, 2)], "b": [0.0, rng.uniform(0, 1)]}
-    )
+    return Problem(layers, {"a": [0.0, rng.uniform(0, 1), rng.uniform(1, 2)], "b": [0.0, rng.uniform(0, 1)]})
 
 
 def _brute_force(problem: Problem) -> float | None:
@@ -73,16 +66,13 @@ def _brute_force(problem: Problem) -> float | None:
         lv = dict(zip(producers, levels))
         for picks in itertools.product(*(lay.options for lay in problem.layers)):
             if any(
-                (lay.own and o.own_level != lv[lay.own])
-                or (lay.source and o.in_level != lv[lay.source])
+                (lay.own and o.own_level != lv[lay.own]) or (lay.source and o.in_level != lv[lay.source])
                 for lay, o in zip(problem.layers, picks)
             ):
                 continue
             if sum(o.cost for o in picks) > problem.budget:
                 continue
-            sens = sum(o.sensitivity for o in picks) + sum(
-                problem.levels[p][k] for p, k in lv.items()
-            )
+            sens = sum(o.sensitivity for o in picks) + sum(problem.levels[p][k] for p, k in lv.items())
             best = sens if best is None else min(best, sens)
     return best
 
@@ -104,10 +94,7 @@ def _check_choice(problem: Problem, choice: Choice) -> None:
 def test_solver_equals_brute_force(make, seed):
     rng = random.Random(seed)
     problem = make(rng)
-    costs = [
-        sum(o.cost for o in picks)
-        for picks in itertools.product(*(lay.options for lay in problem.layers))
-    ]
+    costs = [sum(o.cost for o in picks) for picks in itertools.product(*(lay.options for lay in problem.layers))]
     lo, hi = min(costs), max(costs)
     for share in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
         problem.budget = lo + share * (hi - lo)
@@ -132,9 +119,7 @@ def test_prune_levels():
     assert prune_levels(0) == [0]
     assert prune_levels(7) == list(range(8))
     levels = prune_levels(32)
-    assert (
-        len(levels) == 8 and levels[0] == 0 and levels[-1] == 32 and levels == sorted(set(levels))
-    )
+    assert len(levels) == 8 and levels[0] == 0 and levels[-1] == 32 and levels == sorted(set(levels))
 
 
 # ---------------------------------------------------------------------------------------- sensitivity
@@ -158,14 +143,10 @@ def test_sensitivity_ordering_and_no_side_effects(space):
         assert w[2] > 0.0
     for g in space.groups:
         imp = sens.channels[g.producer]
-        assert (
-            len(imp) == space.shapes[g.producer].out_channels and min(imp) >= 0.0 and max(imp) > 0.0
-        )
+        assert len(imp) == space.shapes[g.producer].out_channels and min(imp) >= 0.0 and max(imp) > 0.0
     after = space.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert modes == [
-        (layer.mode, layer.fixed_w_bits, layer.fixed_a_bits) for _, layer in space.layers()
-    ]
+    assert modes == [(layer.mode, layer.fixed_w_bits, layer.fixed_a_bits) for _, layer in space.layers()]
 
 
 def test_no_batches_is_an_error(space):

@@ -25,21 +25,7 @@ TINY_BUILD = ["--repeats", "2", "--warmup", "0", "--grid", "2", "--threads", "1"
 def tiny_profile(tmp_path_factory):
     """A profile measured for small_cnn with very few repeats (seconds)."""
     out = tmp_path_factory.mktemp("hw") / "tiny-cpu.yaml"
-    assert (
-        main(
-            [
-                "lut",
-                "build",
-                "--model",
-                "small_cnn",
-                "--conformance-shapes",
-                "--out",
-                str(out),
-                *TINY_BUILD,
-            ]
-        )
-        == 0
-    )
+    assert main(["lut", "build", "--model", "small_cnn", "--conformance-shapes", "--out", str(out), *TINY_BUILD]) == 0
     return out
 
 
@@ -59,11 +45,7 @@ def test_plan_covers_every_signature_with_grids_where_pruning_reaches():
         "conv_k3x3_s2x2_g1_i64_o64_h8x8",
         "linear_i64_o10_n1",
     }
-    assert sorted(jobs["conv_k3x3_s1x1_g1_i32_o64_h8x8"].kout) == [
-        32,
-        48,
-        64,
-    ]  # conv2 prunes its outputs
+    assert sorted(jobs["conv_k3x3_s1x1_g1_i32_o64_h8x8"].kout) == [32, 48, 64]  # conv2 prunes its outputs
     assert sorted(jobs["conv_k3x3_s2x2_g1_i64_o64_h8x8"].kin) == [32, 48, 64]  # conv3 reads them
     assert jobs["conv_k3x3_s1x1_g1_i1_o32_h8x8"].act_signed  # the image is signed
 
@@ -82,9 +64,7 @@ def test_executed_pairs_name_the_kernels():
         from hwsbs.export import onednn_saturates
 
         pairs = [(w, a) for w, a, _ in executed_pairs("onednn")]
-        assert pairs == (
-            [(8, 7), (6, 8), (8, 8), (32, 32)] if onednn_saturates() else [(8, 8), (32, 32)]
-        )
+        assert pairs == ([(8, 7), (6, 8), (8, 8), (32, 32)] if onednn_saturates() else [(8, 8), (32, 32)])
 
 
 def test_random_configs_respect_pinning_and_pruning_caps():
@@ -99,12 +79,8 @@ def test_random_configs_respect_pinning_and_pruning_caps():
         for g in space.groups:
             pruned = by_name[g.producer].pruned_channels
             assert len(pruned) <= space.shapes[g.producer].out_channels // 2
-            assert by_name[g.consumer].state.kept_in == space.shapes[g.consumer].in_channels - len(
-                pruned
-            )
-        apply_config(
-            convert_model(spec.build(), spec.example(), (2, 4, 8)), config
-        )  # a valid config
+            assert by_name[g.consumer].state.kept_in == space.shapes[g.consumer].in_channels - len(pruned)
+        apply_config(convert_model(spec.build(), spec.example(), (2, 4, 8)), config)  # a valid config
 
 
 def test_summary_metrics():
@@ -156,9 +132,7 @@ def test_search_accepts_the_measured_profile(tiny_profile, tmp_path):
         == 0
     )
     result = json.loads((out / "result.json").read_text())
-    assert (
-        result["hardware"] == "tiny-cpu" and result["cost_model"] == "lut" and result["unit"] == "s"
-    )
+    assert result["hardware"] == "tiny-cpu" and result["cost_model"] == "lut" and result["unit"] == "s"
 
 
 def test_lut_check_reports_measured_against_predicted(tiny_profile, capsys):

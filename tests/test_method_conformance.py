@@ -23,13 +23,9 @@ def test_a_method_that_breaks_its_promise_is_caught(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def liar(ctx):
-        return ctx.make_config(
-            [LayerDecision(ctx.space.shapes[n], 8, 8) for n in ctx.space.layer_names]
-        )
+        return ctx.make_config([LayerDecision(ctx.space.shapes[n], 8, 8) for n in ctx.space.layer_names])
 
-    register_method(
-        "test-liar", prunes=False, description="claims budgets, ignores them", meets_target=True
-    )(liar)
+    register_method("test-liar", prunes=False, description="claims budgets, ignores them", meets_target=True)(liar)
     try:
         with pytest.raises(ConformanceError, match="over the reachable target"):
             check_search_method("test-liar", tmp_path)

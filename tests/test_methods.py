@@ -16,15 +16,7 @@ from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.engine import CostObjective
 from tests.helpers import digits_loaders, pretrained_small_cnn
 
-TINY = dict(
-    subset=256,
-    pretrain_epochs=1,
-    search_epochs=1,
-    finetune_epochs=1,
-    progress=False,
-    hw="a100",
-    cost="bops",
-)
+TINY = dict(subset=256, pretrain_epochs=1, search_epochs=1, finetune_epochs=1, progress=False, hw="a100", cost="bops")
 BASELINES = ("random", "optuna", "multipath")
 
 
@@ -72,9 +64,7 @@ def test_default_budget_is_uniform_4bit(results, method):
 @pytest.mark.parametrize("method", ["random", "optuna"])
 def test_explicit_target_is_respected(tmp_path, method):
     target = 2.0e7  # BOPs; uniform 4-bit of this model costs about 2.95e7
-    result = _run(
-        tmp_path, method, method=method, target=target, extra={"candidates": 3, "trials": 3}
-    )
+    result = _run(tmp_path, method, method=method, target=target, extra={"candidates": 3, "trials": 3})
     assert result.cost["compressed"] <= target
 
 
@@ -128,14 +118,10 @@ def _randomise_logits(search: MultiPathSearch, seed: int = 0) -> None:
 
 def test_searched_layers_are_multipath_and_state_dict_keys_unchanged():
     search = _multipath()
-    assert search.searched and all(
-        isinstance(search.space.layer(n), MultiPathConv2d) for n in search.searched
-    )
+    assert search.searched and all(isinstance(search.space.layer(n), MultiPathConv2d) for n in search.searched)
     train, _ = digits_loaders(batch_size=32, subset=128)
     x, _ = next(iter(train))
-    sbs_keys = set(
-        convert_model(pretrained_small_cnn(), x, (2, 4, 8), prune=False).model.state_dict()
-    )
+    sbs_keys = set(convert_model(pretrained_small_cnn(), x, (2, 4, 8), prune=False).model.state_dict())
     assert set(search.space.model.state_dict()) == sbs_keys  # pipeline checkpoints stay loadable
 
 
@@ -170,9 +156,7 @@ def test_expected_cost_at_one_hot_logits_is_the_config_cost():
             p.beta_a.mul_(1e4)
     decisions = search.derive()
     expected = search.expected_costs()[0].item()
-    assert expected == pytest.approx(
-        CompressionConfig(decisions).cost(build_cost_model("bops")), rel=1e-9
-    )
+    assert expected == pytest.approx(CompressionConfig(decisions).cost(build_cost_model("bops")), rel=1e-9)
 
 
 def test_derived_bits_are_the_argmax():
@@ -185,9 +169,7 @@ def test_derived_bits_are_the_argmax():
         assert decisions[name].w_bits == bits[int(p.beta_w.argmax())]
         assert decisions[name].a_bits == bits[int(p.beta_a.argmax())]
         layer = search.space.layer(name)
-        assert (
-            layer.weight_clip.item() == p.w_clips[int(p.beta_w.argmax())].item()
-        )  # chosen path's clip kept
+        assert layer.weight_clip.item() == p.w_clips[int(p.beta_w.argmax())].item()  # chosen path's clip kept
 
 
 def test_multipath_step_moves_logits_towards_cheaper_paths():
@@ -210,9 +192,7 @@ def test_multipath_state_round_trips_through_a_fresh_space():
     second.space.model.load_state_dict(first.space.model.state_dict())
     second.load_state_dict(first.state_dict())
     assert second.expected_costs()[0].item() == first.expected_costs()[0].item()
-    assert [(d.w_bits, d.a_bits) for d in second.derive()] == [
-        (d.w_bits, d.a_bits) for d in first.derive()
-    ]
+    assert [(d.w_bits, d.a_bits) for d in second.derive()] == [(d.w_bits, d.a_bits) for d in first.derive()]
     x, _ = next(iter(train))
     first.space.model.eval()
     second.space.model.eval()

@@ -40,9 +40,7 @@ def test_all_builtins_listed() -> None:
 def test_builds_runs_and_traces(name: str) -> None:
     num_classes, side, (lo, hi) = CASES[name]
     torch.manual_seed(0)
-    model = build_model(
-        name, num_classes=num_classes, in_channels=3, image_size=(side, side)
-    ).eval()
+    model = build_model(name, num_classes=num_classes, in_channels=3, image_size=(side, side)).eval()
     assert lo <= _params(model) <= hi
     x = torch.randn(2, 3, side, side)
     with torch.no_grad():
@@ -58,9 +56,7 @@ def test_every_conv_feeds_exactly_one_batchnorm(name: str) -> None:
     model = build_model(name, num_classes, 3, (side, side))
     graph = fx.symbolic_trace(model).graph
     modules = dict(model.named_modules())
-    convs = [
-        n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)
-    ]
+    convs = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.Conv2d)]
     assert convs
     for node in convs:
         users = list(node.users)
@@ -96,9 +92,7 @@ def _resnet_blocks(model: nn.Module) -> list[str]:
         ("resnet50", 16, 64, [("conv1", "conv2"), ("conv2", "conv3")]),
     ],
 )
-def test_resnet_naming_and_prunable_producers(
-    name: str, blocks: int, side: int, pairs: list[tuple[str, str]]
-) -> None:
+def test_resnet_naming_and_prunable_producers(name: str, blocks: int, side: int, pairs: list[tuple[str, str]]) -> None:
     model = build_model(name, 10, 3, (side, side))
     modules = dict(model.named_modules())
     graph = fx.symbolic_trace(model).graph
@@ -108,9 +102,7 @@ def test_resnet_naming_and_prunable_producers(
         for producer, consumer in pairs:
             assert _reaches_one_conv(graph, modules, f"{block}.{producer}") == f"{block}.{consumer}"
         last = "conv3" if name == "resnet50" else "conv2"
-        assert (
-            _reaches_one_conv(graph, modules, f"{block}.{last}") is None
-        )  # feeds the residual add
+        assert _reaches_one_conv(graph, modules, f"{block}.{last}") is None  # feeds the residual add
     adds = [n for n in graph.nodes if n.op == "call_function" and n.target is operator.add]
     assert len(adds) == blocks
     down = modules["layer2.0.shortcut.0"]
@@ -123,33 +115,24 @@ def test_mobilenetv2_naming_and_prunable_producers() -> None:
     model = build_model("mobilenetv2", 10, 3, (32, 32))
     modules = dict(model.named_modules())
     graph = fx.symbolic_trace(model).graph
-    assert "features.1.expand" not in modules and isinstance(
-        modules["features.1.depthwise"], nn.Conv2d
-    )
+    assert "features.1.expand" not in modules and isinstance(modules["features.1.depthwise"], nn.Conv2d)
     expands = [f"features.{i}.expand" for i in range(2, 18)]
     for name in expands:
         block = name.rsplit(".", 1)[0]
         dw = modules[f"{block}.depthwise"]
-        assert (
-            isinstance(dw, nn.Conv2d) and dw.groups == dw.in_channels == modules[name].out_channels
-        )
+        assert isinstance(dw, nn.Conv2d) and dw.groups == dw.in_channels == modules[name].out_channels
         assert _reaches_one_conv(graph, modules, name) == f"{block}.depthwise"
         assert _reaches_one_conv(graph, modules, f"{block}.depthwise") == f"{block}.project"
     adds = [n for n in graph.nodes if n.op == "call_function" and n.target is operator.add]
     assert len(adds) == 10  # stride-1 blocks with equal widths: 1 + 2 + 3 + 2 + 2 (24..160 stages)
-    assert isinstance(modules["features.0.conv"], nn.Conv2d) and isinstance(
-        modules["features.18.conv"], nn.Conv2d
-    )
+    assert isinstance(modules["features.0.conv"], nn.Conv2d) and isinstance(modules["features.18.conv"], nn.Conv2d)
 
 
 def test_mobilenetv2_stem_depends_on_image_size() -> None:
     small = build_model("mobilenetv2", 10, 3, (32, 32))
     large = build_model("mobilenetv2", 1000, 3, (224, 224))
     assert small.features[0].conv.stride == (1, 1) and large.features[0].conv.stride == (2, 2)
-    assert small.features[2].depthwise.stride == (1, 1) and large.features[2].depthwise.stride == (
-        2,
-        2,
-    )
+    assert small.features[2].depthwise.stride == (1, 1) and large.features[2].depthwise.stride == (2, 2)
     assert _params(large) == 3_504_872  # the reference MobileNetV2 1.0 at 1000 classes
     with torch.no_grad():
         assert small.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
@@ -162,13 +145,8 @@ def test_imagenet_reference_sizes() -> None:
 
 def test_resnets_accept_other_input_channels_and_sizes() -> None:
     with torch.no_grad():
-        assert build_model("resnet20", 100, 1, (28, 28)).eval()(
-            torch.randn(2, 1, 28, 28)
-        ).shape == (2, 100)
-        assert build_model("resnet18", 10, 3, (32, 32)).eval()(torch.randn(2, 3, 32, 32)).shape == (
-            2,
-            10,
-        )
+        assert build_model("resnet20", 100, 1, (28, 28)).eval()(torch.randn(2, 1, 28, 28)).shape == (2, 100)
+        assert build_model("resnet18", 10, 3, (32, 32)).eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_kaiming_init() -> None:

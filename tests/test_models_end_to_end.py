@@ -16,24 +16,14 @@ from hwsbs.models import build_model
 from hwsbs.pipeline import run_search
 
 MODELS = ["small_cnn", "resnet20", "resnet32", "resnet56", "mobilenetv2", "resnet18", "resnet50"]
-ONE_EPOCH = dict(
-    pretrain_epochs=1,
-    search_epochs=1,
-    finetune_epochs=1,
-    lam=1.0,
-    progress=False,
-    hw="a100",
-    cost="bops",
-)
+ONE_EPOCH = dict(pretrain_epochs=1, search_epochs=1, finetune_epochs=1, lam=1.0, progress=False, hw="a100", cost="bops")
 
 
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory):
     archive = find_cifar10_archive()
     if archive is None:
-        pytest.skip(
-            "CIFAR-10 archive not found (set HWSBS_CIFAR10_ARCHIVE or put shared/data beside the checkout)"
-        )
+        pytest.skip("CIFAR-10 archive not found (set HWSBS_CIFAR10_ARCHIVE or put shared/data beside the checkout)")
     # 26 train images per class -> 260, capped to 256 by --subset; 4 test images per class.
     return extract_cifar10_subset(archive, tmp_path_factory.mktemp("cifar"), 26, 4)
 
@@ -75,9 +65,7 @@ def test_builtin_models_on_synthetic_tensors(name, tmp_path):
         finetune_epochs=1,
         out=str(tmp_path / "run"),
     )
-    assert len(result.layers) == sum(
-        isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules()
-    )
+    assert len(result.layers) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
 
 
 def test_user_model_as_module_factory_end_to_end(tmp_path, monkeypatch, capsys):

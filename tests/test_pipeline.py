@@ -51,24 +51,17 @@ def test_result_json_is_consistent(weak_and_strong):
         assert key in data
     assert set(data["accuracy"]) >= {"full_precision", "compressed"}
     assert set(data["cost"]) >= {"full_precision", "uniform_8bit", "compressed"}
-    assert sum(layer["cost"] for layer in data["layers"]) == pytest.approx(
-        data["cost"]["compressed"], rel=1e-12
-    )
+    assert sum(layer["cost"] for layer in data["layers"]) == pytest.approx(data["cost"]["compressed"], rel=1e-12)
     config = load_config(result.run_dir / "config.yaml")
     bops = build_cost_model("bops")
     all8 = sum(
-        bops.layer_cost(d.shape, LayerState(8, 8, d.shape.in_channels, d.shape.out_channels))
-        for d in config.layers
+        bops.layer_cost(d.shape, LayerState(8, 8, d.shape.in_channels, d.shape.out_channels)) for d in config.layers
     )
     assert data["cost"]["uniform_8bit"] == pytest.approx(all8, rel=1e-12)
-    assert data["cost"]["full_precision"] == pytest.approx(
-        all8 * 16, rel=1e-12
-    )  # 32x32 vs 8x8 bits
+    assert data["cost"]["full_precision"] == pytest.approx(all8 * 16, rel=1e-12)  # 32x32 vs 8x8 bits
     for layer in data["layers"]:
         assert layer["w_bits"] in (2, 4, 8) and layer["a_bits"] in (2, 4, 8)
-        assert isinstance(layer["kept_out_channels"], int) and isinstance(
-            layer["out_channels"], int
-        )
+        assert isinstance(layer["kept_out_channels"], int) and isinstance(layer["out_channels"], int)
     assert (result.run_dir / "layers.png").stat().st_size > 1000
 
 
@@ -149,17 +142,13 @@ def test_python_api_on_user_model_and_loaders(tmp_path):
     )
     assert isinstance(result, hwsbs.SearchResult)
     assert result.to_dict()["cost"]["compressed"] == result.cost["compressed"]
-    assert all(
-        torch.equal(before[k], v) for k, v in model.state_dict().items()
-    )  # the user's model is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model is untouched
     assert result.accuracy["full_precision"] > 0.8
 
 
 def test_budget_form_meets_a_reachable_target(tmp_path):
     result = run_search(
-        SearchConfig(
-            **{**TINY, "search_epochs": 4}, lam=1.0, target_fraction=0.3, out=str(tmp_path / "b")
-        )
+        SearchConfig(**{**TINY, "search_epochs": 4}, lam=1.0, target_fraction=0.3, out=str(tmp_path / "b"))
     )
     assert result.cost["compressed"] <= 0.3 * result.cost["uniform_8bit"] * 1.05
 

@@ -28,9 +28,7 @@ def plugin_site(tmp_path_factory) -> Path:
     """The example installed with pip into a --target directory (no network, no build isolation)."""
     root = tmp_path_factory.mktemp("plugin")
     source = root / "src"
-    shutil.copytree(
-        EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    )
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = root / "site"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
     proc = subprocess.run(
@@ -58,21 +56,12 @@ def plugin_site(tmp_path_factory) -> Path:
 
 
 def run_python(site: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-    }
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
-    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
 def test_entry_point_discovery(plugin_site):
-    proc = run_python(
-        plugin_site,
-        "-c",
-        "import json, cost_models; print(json.dumps(cost_models.list_cost_models()))",
-    )
+    proc = run_python(plugin_site, "-c", "import json, cost_models; print(json.dumps(cost_models.list_cost_models()))")
     assert proc.returncode == 0, proc.stderr
     names = json.loads(proc.stdout)
     assert "dram_traffic" in names and "roofline" in names
@@ -80,11 +69,7 @@ def test_entry_point_discovery(plugin_site):
 
 def test_not_found_without_the_plugin():
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import cost_models; print('dram_traffic' in cost_models.list_cost_models())",
-        ],
+        [sys.executable, "-c", "import cost_models; print('dram_traffic' in cost_models.list_cost_models())"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -95,9 +80,7 @@ def test_not_found_without_the_plugin():
 def test_hwsbs_cost_uses_the_plugin(plugin_site, tmp_path):
     conv = LayerShape("conv", "conv", 16, 32, (3, 3), (1, 1), 1, (8, 8), (8, 8))
     head = LayerShape("head", "linear", 32, 10)
-    config = CompressionConfig(
-        layers=[LayerDecision(conv, 4, 4, pruned_channels=[0, 1]), LayerDecision(head, 8, 8)]
-    )
+    config = CompressionConfig(layers=[LayerDecision(conv, 4, 4, pruned_channels=[0, 1]), LayerDecision(head, 8, 8)])
     path = tmp_path / "config.yaml"
     save_config(config, path)
     proc = run_python(
@@ -115,11 +98,7 @@ def test_hwsbs_cost_uses_the_plugin(plugin_site, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)["results"][0]
-    assert (result["cost_model"], result["metric"], result["unit"]) == (
-        "dram_traffic",
-        "dram_traffic",
-        "B",
-    )
+    assert (result["cost_model"], result["metric"], result["unit"]) == ("dram_traffic", "dram_traffic", "B")
     h100 = load_profile("h100")
     expected = 0.0
     for d in config.layers:  # the plugin's formula: executed widths (4-bit runs as INT8 on H100)
@@ -129,11 +108,7 @@ def test_hwsbs_cost_uses_the_plugin(plugin_site, tmp_path):
 
 
 def test_plugin_passes_conformance_in_its_own_tests(plugin_site):
-    copy = (
-        plugin_site.parent / "src"
-    )  # run the copy's tests: nothing is written into the repository
-    proc = run_python(
-        plugin_site, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(copy / "tests"), cwd=copy
-    )
+    copy = plugin_site.parent / "src"  # run the copy's tests: nothing is written into the repository
+    proc = run_python(plugin_site, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(copy / "tests"), cwd=copy)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert " passed" in proc.stdout

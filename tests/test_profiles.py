@@ -68,9 +68,7 @@ def test_builtin_loads_through_the_profiles_symlink():
 
 def test_schema_json_is_current():
     committed = (BUILTIN_DIR / "schema.json").read_text(encoding="utf-8")
-    assert committed == json_schema_text(), (
-        "regenerate with: hwsbs profiles schema -o hardware_profiles/schema.json"
-    )
+    assert committed == json_schema_text(), "regenerate with: hwsbs profiles schema -o hardware_profiles/schema.json"
     assert json.loads(committed)["additionalProperties"] is False
 
 
@@ -150,10 +148,7 @@ def test_executed_precision_fallback_rules():
 
 def test_executed_precision_on_bit_serial_arrays_clamps():
     fusion = load_profile("bitfusion")
-    assert (executed_precision(fusion, 1, 3).w_bits, executed_precision(fusion, 1, 3).a_bits) == (
-        2,
-        3,
-    )
+    assert (executed_precision(fusion, 1, 3).w_bits, executed_precision(fusion, 1, 3).a_bits) == (2, 3)
     assert executed_precision(fusion, 32, 32).w_bits == 8
     assert executed_precision(load_profile("bismo"), 32, 32).w_bits == 16
 
@@ -169,17 +164,8 @@ def test_fallback_error_and_no_execution_path():
 
 def test_candidate_precisions_include_every_covering_path():
     a100 = load_profile("a100")
-    assert {(c.w_bits, c.a_bits) for c in candidate_precisions(a100, 2, 2)} == {
-        (4, 4),
-        (8, 8),
-        (16, 16),
-    }
-    assert {(c.w_bits, c.a_bits) for c in candidate_precisions(a100, 1, 1)} == {
-        (1, 1),
-        (4, 4),
-        (8, 8),
-        (16, 16),
-    }
+    assert {(c.w_bits, c.a_bits) for c in candidate_precisions(a100, 2, 2)} == {(4, 4), (8, 8), (16, 16)}
+    assert {(c.w_bits, c.a_bits) for c in candidate_precisions(a100, 1, 1)} == {(1, 1), (4, 4), (8, 8), (16, 16)}
 
 
 def test_round_up():
@@ -201,7 +187,7 @@ def table_data() -> dict:
                 "kept_out": 8,
                 "mean_s": 1e-5,
                 "std_s": 1e-7,
-            },
+            }
         ],
     }
 
@@ -229,9 +215,7 @@ def test_lookup_table_errors_name_file_and_field(tmp_path):
     bad["entries"][0]["mean_s"] = -1.0
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad), encoding="utf-8")
-    with pytest.raises(
-        ProfileError, match=r"bad\.yaml: entries\[0\]\.mean_s: input should be greater than 0"
-    ):
+    with pytest.raises(ProfileError, match=r"bad\.yaml: entries\[0\]\.mean_s: input should be greater than 0"):
         load_lookup_table(path)
     dup = table_data()
     dup["entries"] = dup["entries"] * 2
@@ -245,9 +229,7 @@ def test_lookup_table_errors_name_file_and_field(tmp_path):
 
 
 def test_lookup_table_round_trip(tmp_path):
-    table = LookupTable(
-        entries=[LutEntry(signature="s", w_bits=4, a_bits=4, kept_in=2, kept_out=3, mean_s=2e-6)]
-    )
+    table = LookupTable(entries=[LutEntry(signature="s", w_bits=4, a_bits=4, kept_in=2, kept_out=3, mean_s=2e-6)])
     for name in ("t.yaml", "t.json"):
         save_lookup_table(table, tmp_path / name)
         assert load_lookup_table(tmp_path / name) == table

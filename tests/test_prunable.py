@@ -28,18 +28,11 @@ def test_cifar_resnets_prune_the_first_conv_of_every_block(name, blocks):
 
 
 def test_resnet18_prunes_the_first_conv_of_every_block():
-    assert _producers("resnet18", 64) == [
-        f"layer{s}.{b}.conv1" for s in (1, 2, 3, 4) for b in (0, 1)
-    ]
+    assert _producers("resnet18", 64) == [f"layer{s}.{b}.conv1" for s in (1, 2, 3, 4) for b in (0, 1)]
 
 
 def test_resnet50_prunes_conv1_and_conv2_of_every_bottleneck():
-    expected = [
-        f"layer{s}.{b}.conv{c}"
-        for s, n in ((1, 3), (2, 4), (3, 6), (4, 3))
-        for b in range(n)
-        for c in (1, 2)
-    ]
+    expected = [f"layer{s}.{b}.conv{c}" for s, n in ((1, 3), (2, 4), (3, 6), (4, 3)) for b in range(n) for c in (1, 2)]
     assert _producers("resnet50", 64) == expected
 
 
@@ -48,9 +41,7 @@ def test_mobilenetv2_prunes_expansions_through_their_depthwise_conv():
     by_producer = {g.producer: g for g in groups}
     for n in range(2, 18):
         g = by_producer[f"features.{n}.expand"]
-        assert (
-            g.passthrough == [f"features.{n}.depthwise"] and g.consumer == f"features.{n}.project"
-        )
+        assert g.passthrough == [f"features.{n}.depthwise"] and g.consumer == f"features.{n}.project"
     # Besides the expansions, the rule also admits the stem (its output feeds block 1 only) and two
     # projections whose block has no residual add: features.1 (32 -> 16 channels) and features.17.
     extra = set(by_producer) - {f"features.{n}.expand" for n in range(2, 18)}

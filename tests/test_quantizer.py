@@ -6,21 +6,12 @@ import pytest
 import torch
 
 from hwsbs.errors import ConfigError
-from hwsbs.quant.quantizer import (
-    bit_sharing_terms,
-    compose,
-    quantize,
-    step_size,
-    validate_bit_candidates,
-)
+from hwsbs.quant.quantizer import bit_sharing_terms, compose, quantize, step_size, validate_bit_candidates
 
 
 def _edge_inputs(bits: tuple[int, ...]) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    parts = [
-        torch.rand(10_000, generator=g, dtype=torch.float64),
-        torch.tensor([0.0, 1.0], dtype=torch.float64),
-    ]
+    parts = [torch.rand(10_000, generator=g, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)]
     for b in bits:  # exact grid points and exact ties (midpoints) of every grid
         n = 2**b - 1
         grid = torch.arange(n + 1, dtype=torch.float64) / n
@@ -60,9 +51,7 @@ def test_compose_with_gates_selects_bitwidth():
     z = torch.rand(1000, dtype=torch.float64)
     terms, _ = bit_sharing_terms(z, (2, 4, 8))
     one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
-    assert torch.allclose(
-        compose(terms, [zero, one]), quantize(z, step_size(2))
-    )  # closed g2 drops all above
+    assert torch.allclose(compose(terms, [zero, one]), quantize(z, step_size(2)))  # closed g2 drops all above
     assert torch.allclose(compose(terms, [one, zero]), terms[0] + terms[1])
     assert torch.allclose(compose(terms, [one, one]), terms[0] + terms[1] + terms[2])
 
@@ -75,8 +64,7 @@ def test_straight_through_gradient_is_identity_when_all_gates_open():
 
 
 @pytest.mark.parametrize(
-    "bits,needle",
-    [((2, 3, 8), "double"), ((0, 2), ">= 1"), ((), "at least one"), ((8, 16, 32), "at most 16")],
+    "bits,needle", [((2, 3, 8), "double"), ((0, 2), ">= 1"), ((), "at least one"), ((8, 16, 32), "at most 16")]
 )
 def test_bit_sets_that_do_not_double_are_rejected(bits, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -117,9 +105,7 @@ def test_sampled_activation_statistics_estimate_the_full_ones():
     gen = torch.Generator().manual_seed(3)
     small = torch.rand(4, 8, 16, 16, generator=gen)
     assert small.numel() <= ACT_STAT_SAMPLES
-    assert torch.equal(
-        sampled_residuals(small, (2, 4, 8)), lower_grid_residuals(small, (2, 4, 8))[0]
-    )
+    assert torch.equal(sampled_residuals(small, (2, 4, 8)), lower_grid_residuals(small, (2, 4, 8))[0])
     large = torch.rand(64, 16, 32, 32, generator=gen) ** 2  # skewed, like post-ReLU activations
     full = lower_grid_residuals(large, (2, 4, 8))[0]
     est = sampled_residuals(large, (2, 4, 8))

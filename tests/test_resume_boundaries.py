@@ -65,10 +65,7 @@ class Killed(BaseException):
 
 def _comparable(run_dir: Path) -> dict:
     data = json.loads((run_dir / "result.json").read_text())
-    return {
-        **{k: data[k] for k in ("accuracy", "cost", "layers")},
-        "config": (run_dir / "config.yaml").read_text(),
-    }
+    return {**{k: data[k] for k in ("accuracy", "cost", "layers")}, "config": (run_dir / "config.yaml").read_text()}
 
 
 def _kill_after_checkpoint(monkeypatch, phase: str, epoch: int) -> None:
@@ -99,31 +96,17 @@ def reference(tmp_path_factory) -> dict:
 
 # (how the run is killed, the checkpoint it leaves)
 BOUNDARIES = {
-    "pretrain-to-search, after the last pretraining checkpoint": (
-        ("checkpoint", "pretrain", 2),
-        ("pretrain", 2),
-    ),
+    "pretrain-to-search, after the last pretraining checkpoint": (("checkpoint", "pretrain", 2), ("pretrain", 2)),
     "pretrain-to-search, while converting for the search": (("call", "_convert"), ("pretrain", 2)),
-    "search-to-finetune, after the last search checkpoint": (
-        ("checkpoint", "search", 2),
-        ("search", 2),
-    ),
-    "search-to-finetune, before the configuration is applied": (
-        ("call", "apply_config"),
-        ("search", 2),
-    ),
-    "finetune-to-done, after the last fine-tuning checkpoint": (
-        ("checkpoint", "finetune", 1),
-        ("finetune", 1),
-    ),
+    "search-to-finetune, after the last search checkpoint": (("checkpoint", "search", 2), ("search", 2)),
+    "search-to-finetune, before the configuration is applied": (("call", "apply_config"), ("search", 2)),
+    "finetune-to-done, after the last fine-tuning checkpoint": (("checkpoint", "finetune", 1), ("finetune", 1)),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", list(BOUNDARIES))
-def test_a_run_killed_at_a_phase_boundary_resumes_to_the_same_result(
-    where, reference, tmp_path, monkeypatch
-):
+def test_a_run_killed_at_a_phase_boundary_resumes_to_the_same_result(where, reference, tmp_path, monkeypatch):
     kill, left = BOUNDARIES[where]
     with monkeypatch.context() as m:
         if kill[0] == "checkpoint":
@@ -135,9 +118,7 @@ def test_a_run_killed_at_a_phase_boundary_resumes_to_the_same_result(
     ckpt = load_checkpoint(tmp_path)
     assert (ckpt["phase"], ckpt["epoch"]) == left
     assert not (tmp_path / "result.json").exists() and not (tmp_path / PID_NAME).exists()
-    torch.manual_seed(
-        12345
-    )  # whatever state the process is in, the resumed run must not depend on it
+    torch.manual_seed(12345)  # whatever state the process is in, the resumed run must not depend on it
     run_search(SearchConfig(**TINY, out=str(tmp_path), resume=True))
     assert _comparable(tmp_path) == reference
 
@@ -199,10 +180,7 @@ def test_a_no_prune_run_does_not_resume_as_a_pruning_one(tmp_path, monkeypatch, 
     del options["prune"]
     (run / "options.json").write_text(json.dumps(options), encoding="utf-8")
     line = _refused([*CLI, "--out", str(run), "--resume", "--no-prune"], capsys)
-    assert (
-        f"option prune is not recorded in {run}/options.json (that run used the default True), now False"
-        in line
-    )
+    assert f"option prune is not recorded in {run}/options.json (that run used the default True), now False" in line
     options["prune"] = False
     (run / "options.json").write_text(json.dumps(options), encoding="utf-8")
     assert main([*CLI, "--out", str(run), "--resume", "--no-prune"]) == 0
@@ -218,16 +196,13 @@ def test_run_dir_lock_is_exclusive_and_leaves_nothing(tmp_path):
     before = _snapshot(tmp_path)
     with RunDirLock(tmp_path):
         assert _snapshot(tmp_path) == before  # taking the lock writes nothing
-        with pytest.raises(
-            ConfigError, match=r"in use by another hwsbs process \(pid not recorded yet\)"
-        ):
+        with pytest.raises(ConfigError, match=r"in use by another hwsbs process \(pid not recorded yet\)"):
             RunDirLock(tmp_path).acquire()
     with RunDirLock(tmp_path) as lock:  # released: free again
         lock.record_pid()
         assert (tmp_path / PID_NAME).read_text() == f"{os.getpid()}\n"
         with pytest.raises(
-            ConfigError,
-            match=rf"--out {tmp_path}: in use by another hwsbs process \(pid {os.getpid()}\)",
+            ConfigError, match=rf"--out {tmp_path}: in use by another hwsbs process \(pid {os.getpid()}\)"
         ):
             RunDirLock(tmp_path).acquire()
     assert not (tmp_path / PID_NAME).exists()
@@ -254,10 +229,7 @@ def test_a_second_process_cannot_resume_a_run_in_use(tmp_path, monkeypatch, caps
         before = _snapshot(tmp_path)
         for extra in (["--resume"], []):  # resuming, or starting a run in a directory in use
             line = _refused([*CLI, "--out", str(run), *extra], capsys)
-            assert (
-                f"--out {run}: in use by another hwsbs process (pid {holder.pid}); wait for it to finish"
-                in line
-            )
+            assert f"--out {run}: in use by another hwsbs process (pid {holder.pid}); wait for it to finish" in line
         assert _snapshot(tmp_path) == before
     finally:
         holder.kill()
@@ -274,20 +246,14 @@ def _enospc_after_writing(obj, fh, *args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_old_one(
-    tmp_path, monkeypatch
-):
+def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     save_checkpoint(
-        {"phase": "pretrain", "epoch": 1, "model": {}, "optim": {"optimizer": {}, "scheduler": {}}},
-        tmp_path,
+        {"phase": "pretrain", "epoch": 1, "model": {}, "optim": {"optimizer": {}, "scheduler": {}}}, tmp_path
     )
     monkeypatch.setattr(torch, "save", _enospc_after_writing)
     with pytest.raises(CheckpointError) as info:
         save_checkpoint({"phase": "pretrain", "epoch": 2, "model": {}, "optim": {}}, tmp_path)
-    assert (
-        str(info.value)
-        == f"{tmp_path}/checkpoint.pt: cannot write checkpoint (No space left on device)"
-    )
+    assert str(info.value) == f"{tmp_path}/checkpoint.pt: cannot write checkpoint (No space left on device)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no .tmp
     monkeypatch.undo()
     assert load_checkpoint(tmp_path)["epoch"] == 1  # the previous checkpoint is intact
@@ -300,8 +266,7 @@ def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_old_one(
 
     monkeypatch.setattr(torch, "save", stream_writer_fails)
     with pytest.raises(
-        CheckpointError,
-        match=r"checkpoint.pt: cannot write checkpoint \(torch.save: .*file write failed\)",
+        CheckpointError, match=r"checkpoint.pt: cannot write checkpoint \(torch.save: .*file write failed\)"
     ):
         save_checkpoint({"phase": "pretrain", "epoch": 2, "model": {}, "optim": {}}, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
@@ -312,13 +277,8 @@ def test_a_full_disk_during_a_search_is_one_line(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     monkeypatch.setattr(torch, "save", _enospc_after_writing)
     line = _refused([*CLI, "--out", str(run)], capsys)
-    assert (
-        line
-        == f"hwsbs search: error: {run}/checkpoint.pt: cannot write checkpoint (No space left on device)"
-    )
-    assert sorted(p.name for p in run.iterdir()) == [
-        "options.json"
-    ]  # no .tmp, no pid file, no checkpoint
+    assert line == f"hwsbs search: error: {run}/checkpoint.pt: cannot write checkpoint (No space left on device)"
+    assert sorted(p.name for p in run.iterdir()) == ["options.json"]  # no .tmp, no pid file, no checkpoint
 
 
 def test_options_json_is_written_atomically(tmp_path, monkeypatch, capsys):
@@ -330,16 +290,10 @@ def test_options_json_is_written_atomically(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(os, "fsync", no_space)
     line = _refused([*CLI, "--out", str(run)], capsys)
-    assert (
-        line
-        == f"hwsbs search: error: {run}/options.json: cannot write run options (No space left on device)"
-    )
+    assert line == f"hwsbs search: error: {run}/options.json: cannot write run options (No space left on device)"
     assert list(run.iterdir()) == []
     path = tmp_path / "kept.json"
     path.write_text('{"old": true}')
     with pytest.raises(ConfigError, match="kept.json: cannot write file"):
         write_text_atomic(path, '{"new": true}')
-    assert path.read_text() == '{"old": true}' and sorted(p.name for p in tmp_path.iterdir()) == [
-        "kept.json",
-        "run",
-    ]
+    assert path.read_text() == '{"old": true}' and sorted(p.name for p in tmp_path.iterdir()) == ["kept.json", "run"]

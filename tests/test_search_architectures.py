@@ -19,26 +19,17 @@ def _narrow_mobilenetv2() -> nn.Module:
     return MobileNetV2(num_classes=10, in_channels=3, small_input=True, width_mult=0.25)
 
 
-@pytest.mark.parametrize(
-    "name,size,bits", [("resnet20", 16, (2, 4, 8)), ("mobilenetv2", 16, (1, 2, 4, 8))]
-)
+@pytest.mark.parametrize("name,size,bits", [("resnet20", 16, (2, 4, 8)), ("mobilenetv2", 16, (1, 2, 4, 8))])
 def test_search_then_prune_physically(name, size, bits):
     torch.manual_seed(0)
     # a quarter-width MobileNetV2 has the same structure (expand -> depthwise -> project) at a
     # fraction of the cost: the default test run stays fast
-    model = (
-        _narrow_mobilenetv2() if name == "mobilenetv2" else build_model(name, 10, 3, (size, size))
-    )
+    model = _narrow_mobilenetv2() if name == "mobilenetv2" else build_model(name, 10, 3, (size, size))
     x = torch.randn(8, 3, size, size)
     y = torch.randint(0, 10, (8,))
     space = convert_model(model, x, bits, max_prune_fraction=0.5)
     engine = SearchEngine(
-        space,
-        [CostObjective(build_cost_model("bops"))],
-        lam=50.0,
-        weight_lr=0.01,
-        threshold_lr=0.5,
-        weight_decay=0.0,
+        space, [CostObjective(build_cost_model("bops"))], lam=50.0, weight_lr=0.01, threshold_lr=0.5, weight_decay=0.0
     )
     for _ in range(6):
         stats = engine.step(x, y)

@@ -35,9 +35,7 @@ def test_a_pruned_channel_is_exactly_zero_where_the_consumer_reads_it():
     pruned = producer.pruned_channels()
     assert 0 < len(pruned) < producer.weight.shape[0]
     seen = {}
-    consumer.register_forward_hook(
-        lambda m, inp, out: seen.setdefault("x", m.quantized_input(inp[0]))
-    )
+    consumer.register_forward_hook(lambda m, inp, out: seen.setdefault("x", m.quantized_input(inp[0])))
     space.model.train()
     space.model(x)
     read = seen["x"]
@@ -90,11 +88,7 @@ class MaxPrecisionTable(CostModel):
     speed = {2: 1.0, 4: 2.0, 8: 4.0, 32: 16.0}
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
-        return (
-            shape.macs(state.kept_in, state.kept_out)
-            * self.speed[max(state.w_bits, state.a_bits)]
-            * 1e-12
-        )
+        return shape.macs(state.kept_in, state.kept_out) * self.speed[max(state.w_bits, state.a_bits)] * 1e-12
 
 
 def _closed_form_w4to8(cost, p_w, p_a) -> float:
@@ -114,9 +108,9 @@ def test_expected_flip_difference_equals_its_closed_form():
     got = expected_flip_difference(cost, (2, 4, 8), "w", 1, p_w, p_a, 8, 8)
     assert got == pytest.approx(_closed_form_w4to8(cost, p_w, p_a), rel=1e-12)
     # probabilities at 0/1 reduce it to the hard flip difference
-    assert expected_flip_difference(
-        cost, (2, 4, 8), "w", 1, [1.0, 0.5], [1.0, 0.0], 8, 8
-    ) == pytest.approx(cost(8, 4) - cost(4, 4))
+    assert expected_flip_difference(cost, (2, 4, 8), "w", 1, [1.0, 0.5], [1.0, 0.0], 8, 8) == pytest.approx(
+        cost(8, 4) - cost(4, 4)
+    )
 
 
 def test_flat_corner_gets_the_expected_flip_difference_in_the_cost_term():
@@ -151,10 +145,7 @@ def test_steady_choice_is_the_most_frequent_within_budget_and_fit_to_budget_land
     bops = build_cost_model("bops")
     names = space.layer_names
     full = (tuple((n, 8, 8) for n in names), (("conv2", ()),))
-    half = (
-        tuple((n, 8, 8) if n in (names[0], names[-1]) else (n, 4, 4) for n in names),
-        (("conv2", ()),),
-    )
+    half = (tuple((n, 8, 8) if n in (names[0], names[-1]) else (n, 4, 4) for n in names), (("conv2", ()),))
     rec = ChoiceRecorder()
     rec.start_epoch(0)
     for c in [full] * 5 + [half] * 2:

@@ -18,20 +18,9 @@ import torch
 from torch import nn
 
 from hardware_profiles import load_profile
-from hardware_profiles.checked_io import (
-    checked_file,
-    open_checked,
-    read_checked_bytes,
-    read_checked_json,
-)
+from hardware_profiles.checked_io import checked_file, open_checked, read_checked_bytes, read_checked_json
 from hardware_profiles.yaml_io import MAX_ALIASES, MAX_DEPTH, load_yaml, load_yaml_text
-from hwsbs.checkpoint import (
-    load_checkpoint,
-    load_model_state,
-    load_state_dict_file,
-    load_torch_file,
-    save_checkpoint,
-)
+from hwsbs.checkpoint import load_checkpoint, load_model_state, load_state_dict_file, load_torch_file, save_checkpoint
 from hwsbs.cli.main import main
 from hwsbs.errors import CheckpointError, ConfigError, ModelError, ProfileError
 from hwsbs.export import EXPORT_FORMAT, load_exported, load_run
@@ -68,9 +57,7 @@ def sentinel_module(tmp_path, monkeypatch) -> tuple[str, Path]:
 def _code_run_dir(root: Path, model: str) -> Path:
     run = root / "run"
     run.mkdir()
-    (run / "options.json").write_text(
-        json.dumps({"model": model, "data": "digits"}), encoding="utf-8"
-    )
+    (run / "options.json").write_text(json.dumps({"model": model, "data": "digits"}), encoding="utf-8")
     (run / "config.yaml").write_text(
         "format: hwsbs-config/1\nlayers:\n- name: '1'\n  w_bits: 8\n  a_bits: 8\n  shape: {kind: linear, "
         "in_channels: 64, out_channels: 10, kernel_size: [1, 1], stride: [1, 1], groups: 1, in_size: [1, 1], "
@@ -102,14 +89,11 @@ def test_load_run_does_not_import_what_options_json_names(sentinel_module, tmp_p
     name, marker = sentinel_module
     run = _code_run_dir(tmp_path, f"{name}:build")
     with pytest.raises(
-        ConfigError,
-        match=rf"options.json: model '{name}:build' is code to import, which a run directory",
+        ConfigError, match=rf"options.json: model '{name}:build' is code to import, which a run directory"
     ):
         load_run(run)
     assert not marker.exists() and name not in sys.modules
-    with pytest.raises(
-        (CheckpointError, ModelError)
-    ):  # named by the caller: imported (this run does not fit it)
+    with pytest.raises((CheckpointError, ModelError)):  # named by the caller: imported (this run does not fit it)
         load_run(run, model=f"{name}:build")
     assert marker.exists()
 
@@ -119,17 +103,13 @@ def test_load_run_reads_weights_like_every_checkpoint(tmp_path):
     state = build_model("small_cnn", *GEOMETRY).state_dict()
     state["fc.bias"][0] = float("nan")
     torch.save(state, run / "checkpoint.pt")
-    with pytest.raises(
-        CheckpointError, match=r"checkpoint.pt: tensor 'fc.bias' holds 1 non-finite value"
-    ):
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: tensor 'fc.bias' holds 1 non-finite value"):
         load_run(run)
     save_checkpoint(_state(), run)
     with pytest.raises(CheckpointError, match="the run stopped in phase 'search'; finish it"):
         load_run(run)
     (run / "checkpoint.pt").write_bytes(pickle.dumps({"w": _Gadget()}, protocol=2))
-    with pytest.raises(
-        CheckpointError, match=rf"refusing to load global {os.system.__module__}\.system"
-    ):
+    with pytest.raises(CheckpointError, match=rf"refusing to load global {os.system.__module__}\.system"):
         load_run(run)
 
 
@@ -148,14 +128,11 @@ def _export_file(path: Path, **overrides) -> Path:
     return path
 
 
-def test_load_exported_reads_with_weights_only_and_imports_nothing_it_names(
-    sentinel_module, tmp_path
-):
+def test_load_exported_reads_with_weights_only_and_imports_nothing_it_names(sentinel_module, tmp_path):
     name, marker = sentinel_module
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"w": _Gadget()}, protocol=2))
     with pytest.raises(
-        CheckpointError,
-        match=rf"evil.pt: cannot read export \(refusing to load global {os.system.__module__}",
+        CheckpointError, match=rf"evil.pt: cannot read export \(refusing to load global {os.system.__module__}"
     ):
         load_exported(tmp_path / "evil.pt")
     spec = {"name": f"{name}:build", "num_classes": 10, "in_channels": 1, "image_size": [8, 8]}
@@ -171,14 +148,10 @@ def test_load_exported_reads_with_weights_only_and_imports_nothing_it_names(
     data = torch.load(path, weights_only=True)
     del data["norms"], data["state"]
     torch.save(data, path)
-    with pytest.raises(
-        CheckpointError, match="partial.pt: not a complete hwsbs export: missing norms, state"
-    ):
+    with pytest.raises(CheckpointError, match="partial.pt: not a complete hwsbs export: missing norms, state"):
         load_exported(path)
     bad = {"w": torch.tensor([1.0, float("inf")])}
-    with pytest.raises(
-        CheckpointError, match=r"nan.pt: state: tensor 'w' holds 1 non-finite value"
-    ):
+    with pytest.raises(CheckpointError, match=r"nan.pt: state: tensor 'w' holds 1 non-finite value"):
         load_exported(_export_file(tmp_path / "nan.pt", state=bad))
 
 
@@ -189,15 +162,10 @@ def test_a_run_directory_may_name_a_built_in_model_or_nothing_unknown(tmp_path, 
     assert "options.json: model: unknown model 'nosuchnet'; known: " in err and err.count("\n") == 1
     (run / "options.json").write_text(json.dumps({"model": ["small_cnn"]}), encoding="utf-8")
     assert main(["export", "--run", str(run)]) == 2
-    assert (
-        "options.json: model: expected a model name, got ['small_cnn']" in capsys.readouterr().err
-    )
+    assert "options.json: model: expected a model name, got ['small_cnn']" in capsys.readouterr().err
     (run / "options.json").write_text("[1, 2]", encoding="utf-8")
     assert main(["export", "--run", str(run)]) == 2
-    assert (
-        "options.json: expected a JSON object (the run's options), got list"
-        in capsys.readouterr().err
-    )
+    assert "options.json: expected a JSON object (the run's options), got list" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,9 +189,7 @@ def test_a_run_directory_may_name_a_built_in_model_or_nothing_unknown(tmp_path, 
     ],
 )
 def test_standard_library_and_hwsbs_callables_are_refused_before_anything_runs(spec, monkeypatch):
-    monkeypatch.setattr(
-        "sys.stdin", None
-    )  # builtins:input would fail differently if it were called
+    monkeypatch.setattr("sys.stdin", None)  # builtins:input would fail differently if it were called
     imported = set(sys.modules)
     with pytest.raises(ModelError, match=r"is part of Python or hwsbs, not a module of models"):
         build_model(spec, *GEOMETRY)
@@ -309,10 +275,7 @@ def factories(tmp_path, monkeypatch) -> str:
         ("rmtree", "'rmtree' is a function of 'shutil', not a model factory"),
         ("NotAModule", "'NotAModule' is the class NotAModule, not an nn.Module subclass"),
         ("instance", "'instance' is an object of type Instance; a factory must be"),
-        (
-            "needs_more",
-            "the factory needs a parameter 'depth'; hwsbs passes only num_classes, in_channels, image_size",
-        ),
+        ("needs_more", "the factory needs a parameter 'depth'; hwsbs passes only num_classes, in_channels, image_size"),
         ("exits", "the factory raised SystemExit"),
         ("raises_base", "the factory raised BaseException: odd"),
         ("raises_value", "the factory raised ValueError: bad width second line"),
@@ -338,9 +301,7 @@ def test_model_factories_get_the_geometry_they_name(factories):
         build_model(f"{factories}:interrupted", *GEOMETRY)
 
 
-def test_a_factory_calling_sys_exit_does_not_end_the_command_silently(
-    factories, tmp_path, monkeypatch, capsys
-):
+def test_a_factory_calling_sys_exit_does_not_end_the_command_silently(factories, tmp_path, monkeypatch, capsys):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -378,8 +339,7 @@ def test_a_factory_calling_sys_exit_does_not_end_the_command_silently(
     )
     err = capsys.readouterr().err
     assert code == 2 and err == (
-        "hwsbs search: error: user code (a --model or a cost-model plugin) called "
-        "sys.exit(0) during the command\n"
+        "hwsbs search: error: user code (a --model or a cost-model plugin) called sys.exit(0) during the command\n"
     )
 
 
@@ -390,17 +350,12 @@ def test_a_factory_calling_sys_exit_does_not_end_the_command_silently(
 def test_a_few_aliases_are_fine_but_not_more_than_the_limit():
     doc = "base: &b {x: 1}\n" + "".join(f"k{i}: *b\n" for i in range(MAX_ALIASES))
     assert load_yaml_text(doc)["k0"] == {"x": 1}
-    with pytest.raises(
-        ConfigError, match=f"line {MAX_ALIASES + 2}: invalid YAML: more than {MAX_ALIASES} aliases"
-    ):
+    with pytest.raises(ConfigError, match=f"line {MAX_ALIASES + 2}: invalid YAML: more than {MAX_ALIASES} aliases"):
         load_yaml_text(doc + "one_more: *b\n")
 
 
 def test_aliases_expanding_to_many_nodes_are_refused_cheaply():
-    doc = "".join(
-        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ["lol"] * 9) + "]\n"
-        for i in range(9)
-    )
+    doc = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ["lol"] * 9) + "]\n" for i in range(9))
     with pytest.raises(ConfigError, match="aliases expand to more than 10000 nodes"):
         load_yaml_text(doc, "laughs.yaml")
     with pytest.raises(ConfigError, match="recursive"):
@@ -434,9 +389,7 @@ def test_nesting_is_bounded_also_through_aliases():
 def test_yaml_that_pyyaml_would_crash_on_or_misread_is_one_line(text, needle):
     with pytest.raises(ConfigError) as info:
         load_yaml_text(text, "f.yaml")
-    assert str(info.value).startswith("f.yaml: line 1: invalid YAML: ") and needle in str(
-        info.value
-    )
+    assert str(info.value).startswith("f.yaml: line 1: invalid YAML: ") and needle in str(info.value)
     assert "\n" not in str(info.value)
 
 
@@ -448,8 +401,7 @@ def test_special_files_are_refused_without_blocking(tmp_path):
     os.symlink("/dev/zero", tmp_path / "zero.json")
     os.mkfifo(tmp_path / "pipe.yaml")
     with pytest.raises(
-        ConfigError,
-        match=r"zero.json: file is a character device, not a regular file \(.* -> /dev/zero\)",
+        ConfigError, match=r"zero.json: file is a character device, not a regular file \(.* -> /dev/zero\)"
     ):
         read_checked_json(tmp_path / "zero.json")
     done = threading.Event()
@@ -473,9 +425,7 @@ def test_size_limits(tmp_path):
     path = tmp_path / "big.yaml"
     path.write_bytes(b"a: 1\n" * 100)
     assert read_checked_bytes(path, limit=500) == b"a: 1\n" * 100
-    with pytest.raises(
-        ConfigError, match=r"big.yaml: file is too large \(500 bytes; at most 499 are read\)"
-    ):
+    with pytest.raises(ConfigError, match=r"big.yaml: file is too large \(500 bytes; at most 499 are read\)"):
         read_checked_bytes(path, limit=499)
     with open_checked(path, limit=500) as fh:
         assert fh.read(4) == b"a: 1"
@@ -498,22 +448,13 @@ def test_a_refused_pickle_global_is_named_in_full(tmp_path):
         load_state_dict_file(tmp_path / "evil.pt")
     assert f"refusing to load global {os.system.__module__}.system (" in str(info.value)
     torch.save({"w": _Gadget()}, tmp_path / "evil2.pt")
-    with pytest.raises(
-        CheckpointError, match=rf"refusing to load global {os.system.__module__}\.system"
-    ):
+    with pytest.raises(CheckpointError, match=rf"refusing to load global {os.system.__module__}\.system"):
         load_torch_file(tmp_path / "evil2.pt")
 
 
 def _state(**overrides) -> dict:
     model = build_model("small_cnn", *GEOMETRY).state_dict()
-    return {
-        "phase": "search",
-        "epoch": 1,
-        "model": model,
-        "optim": {},
-        "history": "[]",
-        **overrides,
-    }
+    return {"phase": "search", "epoch": 1, "model": model, "optim": {}, "history": "[]", **overrides}
 
 
 @pytest.mark.parametrize(
@@ -521,10 +462,7 @@ def _state(**overrides) -> dict:
     [
         ([1, 2], "expected a run checkpoint (a mapping with phase, epoch, model, optim), got list"),
         ({"epoch": 0, "model": {}}, "not a run checkpoint: missing phase, optim"),
-        (
-            _state(phase="warmup"),
-            "phase: expected one of pretrain, search, finetune, done, got 'warmup'",
-        ),
+        (_state(phase="warmup"), "phase: expected one of pretrain, search, finetune, done, got 'warmup'"),
         (_state(epoch=-1), "epoch: expected an integer >= 0, got -1"),
         (_state(model=[1]), "model: expected a state_dict"),
         (_state(phase="finetune"), "optim: expected a mapping with optimizer and scheduler"),
@@ -539,9 +477,7 @@ def _state(**overrides) -> dict:
             _state(
                 optim={
                     "engine": {
-                        "weight_optimizer": {
-                            "state": {0: {"momentum_buffer": torch.tensor([float("inf"), 1.0])}}
-                        }
+                        "weight_optimizer": {"state": {0: {"momentum_buffer": torch.tensor([float("inf"), 1.0])}}}
                     }
                 }
             ),
@@ -554,9 +490,7 @@ def test_run_checkpoints_with_the_wrong_layout(tmp_path, state, needle):
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(tmp_path)
-    assert str(info.value).startswith(f"{tmp_path / 'checkpoint.pt'}: ") and needle in str(
-        info.value
-    )
+    assert str(info.value).startswith(f"{tmp_path / 'checkpoint.pt'}: ") and needle in str(info.value)
 
 
 def test_run_checkpoints_that_are_fine_or_absent(tmp_path):
@@ -564,9 +498,7 @@ def test_run_checkpoints_that_are_fine_or_absent(tmp_path):
     save_checkpoint(_state(), tmp_path)
     assert load_checkpoint(tmp_path)["phase"] == "search"
     (tmp_path / "checkpoint.pt").write_bytes(b"")
-    with pytest.raises(
-        CheckpointError, match="checkpoint.pt: cannot read checkpoint \\(the file is empty\\)"
-    ):
+    with pytest.raises(CheckpointError, match="checkpoint.pt: cannot read checkpoint \\(the file is empty\\)"):
         load_checkpoint(tmp_path)
 
 
@@ -574,14 +506,10 @@ def test_non_finite_weights_are_named(tmp_path):
     state = build_model("small_cnn", *GEOMETRY).state_dict()
     state["fc.bias"][1] = float("inf")
     torch.save(state, tmp_path / "w.pt")
-    with pytest.raises(
-        CheckpointError, match=r"--checkpoint .*w.pt: tensor 'fc.bias' holds 1 non-finite value"
-    ):
+    with pytest.raises(CheckpointError, match=r"--checkpoint .*w.pt: tensor 'fc.bias' holds 1 non-finite value"):
         load_state_dict_file(tmp_path / "w.pt")
     save_checkpoint(_state(phase="done", model=state, compressed_accuracy=0.5), tmp_path)
-    with pytest.raises(
-        CheckpointError, match=r"checkpoint.pt: model: tensor 'fc.bias' holds 1 non-finite"
-    ):
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: model: tensor 'fc.bias' holds 1 non-finite"):
         load_model_state(tmp_path / "checkpoint.pt")
 
 

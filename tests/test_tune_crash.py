@@ -21,17 +21,7 @@ from hwsbs.cli.main import main
 from hwsbs.tuning import load_study
 
 HEARTBEAT = {"HWSBS_HEARTBEAT_INTERVAL_S": "1", "HWSBS_HEARTBEAT_GRACE_S": "3"}
-TINY = [
-    "--subset",
-    "64",
-    "--pretrain-epochs",
-    "1",
-    "--search-epochs",
-    "1",
-    "--finetune-epochs",
-    "0",
-    "--no-progress",
-]
+TINY = ["--subset", "64", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "0", "--no-progress"]
 
 
 @pytest.fixture(autouse=True)
@@ -47,16 +37,10 @@ def _finished(t: FrozenTrial) -> tuple:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_rerun_fails_and_replaces_the_trials_of_dead_workers(
-    backend, request, tmp_path, monkeypatch, capsys
-):
+def test_rerun_fails_and_replaces_the_trials_of_dead_workers(backend, request, tmp_path, monkeypatch, capsys):
     for var, value in HEARTBEAT.items():
         monkeypatch.setenv(var, value)
-    storage = (
-        f"sqlite:///{tmp_path / 'study.db'}"
-        if backend == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     name = f"crash-{uuid.uuid4().hex[:10]}"
     args = [
         "tune",
@@ -77,9 +61,7 @@ def test_rerun_fails_and_replaces_the_trials_of_dead_workers(
     first = _finished(study.trials[0])
     # worker A died inside trial 1 (heartbeat written); worker B died before trial 2's first heartbeat
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", UserWarning
-        )  # heartbeats outside Study.optimize, on purpose
+        warnings.simplefilter("ignore", UserWarning)  # heartbeats outside Study.optimize, on purpose
         killed = study.ask()
         killed.set_user_attr("run_dir", str(tmp_path / "study" / "trials" / "trial-1"))
         study._storage.record_heartbeat(killed._trial_id)
@@ -101,10 +83,7 @@ def test_rerun_fails_and_replaces_the_trials_of_dead_workers(
     assert "no heartbeat for over 3 s" in study.user_attrs["lost:1"]
     assert "before the trial began" in study.user_attrs["lost:2"]
     assert "waiting for trial(s) 1, 2" in err
-    assert [line.split(":")[0] for line in err.splitlines() if ": accuracy" in line] == [
-        "trial 3",
-        "trial 4",
-    ]
+    assert [line.split(":")[0] for line in err.splitlines() if ": accuracy" in line] == ["trial 3", "trial 4"]
     if backend == "postgres":
         import optuna
 
@@ -152,9 +131,7 @@ def test_sigkill_mid_trial_then_rerun_completes_the_study(tmp_path):
     _wait_for(out / "trials" / "trial-1" / "options.json", proc)  # trial 0 done, trial 1 under way
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not (out / "trials" / "trial-1" / "result.json").exists(), (
-        "trial 1 finished before the kill"
-    )
+    assert not (out / "trials" / "trial-1" / "result.json").exists(), "trial 1 finished before the kill"
 
     storage = f"sqlite:///{out / 'study.db'}"
     before = load_study(storage).trials
@@ -168,12 +145,6 @@ def test_sigkill_mid_trial_then_rerun_completes_the_study(tmp_path):
     assert _finished(trials[0]) == _finished(before[0])  # the finished trial is untouched
     assert (out / "trials" / "trial-0" / "result.json").read_bytes() == result0
     assert trials[1].state == TrialState.FAIL and "no heartbeat" in study.user_attrs["lost:1"]
-    assert [t.state for t in trials[2:]] == [
-        TrialState.COMPLETE,
-        TrialState.COMPLETE,
-    ]  # only the missing two ran
-    assert [line.split(":")[0] for line in done.stderr.splitlines() if ": accuracy" in line] == [
-        "trial 2",
-        "trial 3",
-    ]
+    assert [t.state for t in trials[2:]] == [TrialState.COMPLETE, TrialState.COMPLETE]  # only the missing two ran
+    assert [line.split(":")[0] for line in done.stderr.splitlines() if ": accuracy" in line] == ["trial 2", "trial 3"]
     assert (out / "pareto.json").is_file()

@@ -18,22 +18,12 @@ import hwsbs.tuning.study as study_mod
 from hwsbs.config import SearchConfig
 from hwsbs.errors import ConfigError
 from hwsbs.pipeline import Objective
-from hwsbs.tuning import (
-    SearchSpace,
-    StudySettings,
-    collect,
-    hypervolume,
-    non_dominated,
-    run_study,
-    write_report,
-)
+from hwsbs.tuning import SearchSpace, StudySettings, collect, hypervolume, non_dominated, run_study, write_report
 from hwsbs.tuning.samplers import make_sampler
 from hwsbs.tuning.storage import load_study, open_storage
 from hwsbs.tuning.study import counted_trials
 
-TINY = dict(
-    subset=128, batch_size=64, pretrain_epochs=1, search_epochs=1, finetune_epochs=1, progress=False
-)
+TINY = dict(subset=128, batch_size=64, pretrain_epochs=1, search_epochs=1, finetune_epochs=1, progress=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,11 +47,7 @@ def test_default_space_samples_valid_search_options():
         cfg = SearchConfig(**sample.options)  # every sample is a valid configuration
         assert cfg.bits in ((2, 4, 8), (1, 2, 4, 8))
         assert cfg.group_size in (2, 4, 8)
-        assert (
-            0.01 <= cfg.lam <= 10
-            and 0.5 <= cfg.temperature <= 2
-            and 0.01 <= cfg.threshold_lr <= 0.5
-        )
+        assert 0.01 <= cfg.lam <= 10 and 0.5 <= cfg.temperature <= 2 and 0.01 <= cfg.threshold_lr <= 0.5
         assert sample.weights == [1.0]
         study.tell(trial, 0.0)
 
@@ -131,9 +117,7 @@ def test_non_dominated_matches_brute_force():
     rng = random.Random(1)
     vectors = [(rng.randint(0, 5), rng.randint(0, 5), rng.randint(0, 5)) for _ in range(40)]
     expected = [
-        i
-        for i, v in enumerate(vectors)
-        if not any(all(a <= b for a, b in zip(w, v)) and w != v for w in vectors)
+        i for i, v in enumerate(vectors) if not any(all(a <= b for a, b in zip(w, v)) and w != v for w in vectors)
     ]
     assert non_dominated(vectors) == expected
 
@@ -147,9 +131,7 @@ def test_hypervolume_exact_small_cases():
     box = [r - x for x, r in zip(a, ref)]
     box_b = [r - x for x, r in zip(b, ref)]
     inter = [r - max(x, y) for x, y, r in zip(a, b, ref)]
-    expected = (
-        box[0] * box[1] * box[2] + box_b[0] * box_b[1] * box_b[2] - inter[0] * inter[1] * inter[2]
-    )
+    expected = box[0] * box[1] * box[2] + box_b[0] * box_b[1] * box_b[2] - inter[0] * inter[1] * inter[2]
     assert hypervolume([a, b], ref) == pytest.approx(expected)
     assert hypervolume([(0.5, 0.5)], (0.0, 1.0)) == 0.0  # outside the reference box
     assert hypervolume([], (0.0, 1.0)) == 0.0
@@ -170,14 +152,9 @@ def test_hypervolume_agrees_with_optuna(dims):
 
 
 def test_open_storage_forms(tmp_path):
-    assert isinstance(
-        open_storage(f"journal:{tmp_path / 'j' / 'study.log'}"), optuna.storages.JournalStorage
-    )
+    assert isinstance(open_storage(f"journal:{tmp_path / 'j' / 'study.log'}"), optuna.storages.JournalStorage)
     storage = open_storage(str(tmp_path / "plain.db"))
-    assert (
-        isinstance(storage, optuna.storages.RDBStorage)
-        and storage.get_heartbeat_interval() is not None
-    )
+    assert isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
     with pytest.raises(ConfigError, match="expected an Optuna storage URL"):
         open_storage(str(tmp_path / "study.txt"))
     with pytest.raises(ConfigError, match="journal file path is missing"):
@@ -189,9 +166,7 @@ def test_open_storage_forms(tmp_path):
 @pytest.mark.parametrize("name", ["tpe", "nsga2", "random"])
 def test_samplers_are_seeded_per_trial_number(name):
     def draw(seed: int) -> list[float]:
-        study = optuna.create_study(
-            sampler=make_sampler(name, seed), directions=["maximize", "minimize"]
-        )
+        study = optuna.create_study(sampler=make_sampler(name, seed), directions=["maximize", "minimize"])
         out = []
         for _ in range(4):
             trial = study.ask()
@@ -216,9 +191,7 @@ def test_counted_trials_skip_surplus_and_lost():
         ({}, TrialState.FAIL),
     ):
         study.add_trial(
-            optuna.create_trial(
-                state=state, value=1.0 if state == TrialState.COMPLETE else None, user_attrs=attrs
-            )
+            optuna.create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None, user_attrs=attrs)
         )
     study.set_user_attr("lost:4", "worker stopped")
     assert counted_trials(study) == 2
@@ -237,11 +210,7 @@ def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch
         return real(cfg, **kwargs)
 
     monkeypatch.setattr(study_mod, "run_search", diverge_trial_1)
-    run = run_study(
-        StudySettings(
-            SearchConfig(**TINY), [Objective("a100", "bops")], n_trials=3, out=tmp_path / "s"
-        )
-    )
+    run = run_study(StudySettings(SearchConfig(**TINY), [Objective("a100", "bops")], n_trials=3, out=tmp_path / "s"))
     states = [t.state for t in run.study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     failed = run.study.trials[1]
@@ -270,22 +239,16 @@ def test_stale_running_trial_of_a_killed_worker_is_failed_and_replaced(tmp_path,
     monkeypatch.setattr(storage_mod, "HEARTBEAT_INTERVAL_S", 1)
     monkeypatch.setattr(storage_mod, "GRACE_PERIOD_S", 1)
     out = tmp_path / "s"
-    first = run_study(
-        StudySettings(SearchConfig(**TINY), [Objective("a100", "bops")], n_trials=1, out=out)
-    )
+    first = run_study(StudySettings(SearchConfig(**TINY), [Objective("a100", "bops")], n_trials=1, out=out))
     # a worker that started trial 1 and died: a RUNNING trial whose heartbeat stopped
     storage = open_storage(f"sqlite:///{out / 'study.db'}")
     study = optuna.load_study(
-        study_name=first.study.study_name,
-        storage=storage,
-        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name=first.study.study_name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0)
     )
     dead = study.ask()
     storage.record_heartbeat(dead._trial_id)
     time.sleep(2.5)
-    run = run_study(
-        StudySettings(SearchConfig(**TINY), [Objective("a100", "bops")], n_trials=2, out=out)
-    )
+    run = run_study(StudySettings(SearchConfig(**TINY), [Objective("a100", "bops")], n_trials=2, out=out))
     states = {t.number: t.state for t in run.study.trials}
     assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.COMPLETE}
     assert "no heartbeat" in run.study.user_attrs["lost:1"]
@@ -298,19 +261,12 @@ def test_continuing_with_other_options_is_refused(tmp_path):
     settings = StudySettings(base, [Objective("a100", "bops")], n_trials=1, out=tmp_path / "s")
     run_study(settings)
     changed = StudySettings(
-        SearchConfig(**{**TINY, "search_epochs": 2}),
-        [Objective("a100", "bops")],
-        n_trials=2,
-        out=tmp_path / "s",
+        SearchConfig(**{**TINY, "search_epochs": 2}), [Objective("a100", "bops")], n_trials=2, out=tmp_path / "s"
     )
     with pytest.raises(ConfigError, match="different base .*search_epochs: 1 -> 2"):
         run_study(changed)
     with pytest.raises(ConfigError, match="different target"):
-        run_study(
-            StudySettings(
-                base, [Objective("a100", "bops")], n_trials=2, out=tmp_path / "s", target="30%"
-            )
-        )
+        run_study(StudySettings(base, [Objective("a100", "bops")], n_trials=2, out=tmp_path / "s", target="30%"))
     assert len(list(itertools.chain((tmp_path / "s" / "trials").iterdir()))) == 1
     (tmp_path / "s" / "study.db").unlink()  # the storage is gone, the trial directories are not
     with pytest.raises(ConfigError, match="holds the trials of another study"):
@@ -320,27 +276,16 @@ def test_continuing_with_other_options_is_refused(tmp_path):
 def test_journal_trial_failed_by_hand_and_marked_lost_is_replaced(tmp_path):
     url = f"journal:{tmp_path / 'study.log'}"
     settings = StudySettings(
-        SearchConfig(**TINY),
-        [Objective("a100", "bops")],
-        n_trials=1,
-        storage=url,
-        study_name="j",
-        out=tmp_path / "s",
+        SearchConfig(**TINY), [Objective("a100", "bops")], n_trials=1, storage=url, study_name="j", out=tmp_path / "s"
     )
     run_study(settings)
     study = load_study(url, "j")
     dead = study.ask()  # a killed worker's trial: journal storages have no heartbeat
     study.tell(dead.number, state=TrialState.FAIL)
     study.set_user_attr(f"lost:{dead.number}", "worker killed")
-    run = run_study(
-        dataclasses.replace(settings, n_trials=2, out=None)
-    )  # the study remembers its directory
+    run = run_study(dataclasses.replace(settings, n_trials=2, out=None))  # the study remembers its directory
     assert run.out_dir == (tmp_path / "s").resolve()
-    assert [t.state for t in run.study.trials] == [
-        TrialState.COMPLETE,
-        TrialState.FAIL,
-        TrialState.COMPLETE,
-    ]
+    assert [t.state for t in run.study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     with pytest.raises(ConfigError, match="no such file"):
         load_study(f"journal:{tmp_path / 'missing.log'}")
     with pytest.raises(ConfigError, match="no such study"):

@@ -17,17 +17,7 @@ from hwsbs.cli.main import main
 from hwsbs.cli.pareto import parse_hw_spec
 from hwsbs.tuning import hypervolume
 
-TINY = [
-    "--subset",
-    "128",
-    "--pretrain-epochs",
-    "1",
-    "--search-epochs",
-    "1",
-    "--finetune-epochs",
-    "1",
-    "--no-progress",
-]
+TINY = ["--subset", "128", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "1", "--no-progress"]
 # enough search steps, and strong enough cost pressure, for trials to differ in cost and accuracy
 SHORT = [
     "--subset",
@@ -60,9 +50,7 @@ def one_thread():
 
 def _study(out: Path, name: str | None = None) -> optuna.Study:
     return optuna.load_study(
-        study_name=name,
-        storage=f"sqlite:///{out / 'study.db'}",
-        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name=name, storage=f"sqlite:///{out / 'study.db'}", sampler=optuna.samplers.RandomSampler(seed=0)
     )
 
 
@@ -75,9 +63,7 @@ def _brute_force_front(study: optuna.Study) -> set[int]:
     return {
         t.number
         for t in complete
-        if not any(
-            all(a <= b for a, b in zip(key(o), key(t))) and key(o) != key(t) for o in complete
-        )
+        if not any(all(a <= b for a, b in zip(key(o), key(t))) and key(o) != key(t) for o in complete)
     }
 
 
@@ -143,11 +129,7 @@ def test_pareto_json_holds_exactly_the_non_dominated_trials(pareto_run):
         assert entry["accuracy"]["compressed"] == pytest.approx(trial.values[0])
         assert Path(entry["config"]).is_file()
     points = [
-        (
-            -e["accuracy"]["compressed"],
-            e["cost_vs_uniform_8bit"]["a100:bops"],
-            e["cost_vs_uniform_8bit"]["a100:size"],
-        )
+        (-e["accuracy"]["compressed"], e["cost_vs_uniform_8bit"]["a100:bops"], e["cost_vs_uniform_8bit"]["a100:size"])
         for e in data["front"]
     ]
     assert data["hypervolume"]["value"] == pytest.approx(hypervolume(points, (0.0, 1.1, 1.1)))
@@ -202,15 +184,9 @@ def test_rerunning_tune_continues_the_same_study(tmp_path, capsys):
         (["tune", "--hw", "a100", "--trials", "0"], "--trials: expected a positive integer"),
         (["tune", "--hw", "no-such-profile", "--trials", "2"], "no-such-profile"),
         (["pareto", "--hw", "a100", "--hw", "a100", "--trials", "2"], "appears twice"),
-        (
-            ["tune", "--hw", "a100", "--trials", "2", "--storage", "study.txt"],
-            "expected an Optuna storage URL",
-        ),
+        (["tune", "--hw", "a100", "--trials", "2", "--storage", "study.txt"], "expected an Optuna storage URL"),
         (["tune", "--hw", "a100", "--trials", "2", "--target", "-3"], "--target"),
-        (
-            ["tune", "--hw", "a100", "--trials", "2", "--space", "missing.yaml"],
-            "missing.yaml: file not found",
-        ),
+        (["tune", "--hw", "a100", "--trials", "2", "--space", "missing.yaml"], "missing.yaml: file not found"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
@@ -223,10 +199,10 @@ def test_hw_specs():
     assert (parse_hw_spec("a100:size").hw, parse_hw_spec("a100:size").cost) == ("a100", "size")
     assert parse_hw_spec("a100", "bops").cost == "bops"
     assert parse_hw_spec("a100").cost is None
-    assert (
-        parse_hw_spec("profiles/my.yaml:energy").hw,
-        parse_hw_spec("profiles/my.yaml:energy").cost,
-    ) == ("profiles/my.yaml", "energy")
+    assert (parse_hw_spec("profiles/my.yaml:energy").hw, parse_hw_spec("profiles/my.yaml:energy").cost) == (
+        "profiles/my.yaml",
+        "energy",
+    )
     assert parse_hw_spec("profiles/my.yaml").hw == "profiles/my.yaml"
     assert parse_hw_spec(r"C:\hw\my.yaml").hw == r"C:\hw\my.yaml"
 
@@ -254,8 +230,7 @@ def test_two_workers_share_one_study(tmp_path, storage):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]
     outputs = [w.communicate(timeout=600) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
@@ -271,9 +246,7 @@ def test_two_workers_share_one_study(tmp_path, storage):
     trials = study.trials
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert sorted(t.number for t in trials) == list(range(6))
-    assert (
-        len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
-    )  # no duplicated configuration
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6  # no duplicated configuration
     assert len({t.user_attrs["run_dir"] for t in trials}) == 6
     ran = [sum(1 for line in err.splitlines() if line.startswith("trial ")) for _, err in outputs]
     assert sum(ran) == 6 and min(ran) >= 1  # both workers did part of the work

@@ -24,9 +24,7 @@ __all__ = ["add_parser", "cost_report"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``hwsbs cost``."""
     p = subparsers.add_parser("cost", help="cost of a found configuration on hardware profiles")
-    p.add_argument(
-        "--config", required=True, metavar="FILE", help="config.yaml written by a search"
-    )
+    p.add_argument("--config", required=True, metavar="FILE", help="config.yaml written by a search")
     p.add_argument(
         "--hw",
         action="append",
@@ -34,12 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="PROFILE",
         help="built-in profile name or profile file; repeat to compare devices",
     )
-    p.add_argument(
-        "--cost", default=None, metavar="NAME", help="cost model overriding each profile's default"
-    )
-    p.add_argument(
-        "--batch", type=int, default=None, help="batch size to price at (default: the config's)"
-    )
+    p.add_argument("--cost", default=None, metavar="NAME", help="cost model overriding each profile's default")
+    p.add_argument("--batch", type=int, default=None, help="batch size to price at (default: the config's)")
     p.add_argument("--layers", action="store_true", help="add a per-layer breakdown")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(handler=_run)
@@ -121,9 +115,7 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}x"
 
 
-def _print_tables(
-    config_path: str, config: CompressionConfig, results: list[dict[str, Any]], layers: bool
-) -> None:
+def _print_tables(config_path: str, config: CompressionConfig, results: list[dict[str, Any]], layers: bool) -> None:
     console = stdout_console()
     table = Table(title=f"{config_path}: {len(config.layers)} layers, batch {config.batch}")
     for column in (
@@ -135,9 +127,7 @@ def _print_tables(
         "8-bit / config",
         "FP / config",
     ):
-        table.add_column(
-            column, justify="right" if column not in ("profile", "cost model") else "left"
-        )
+        table.add_column(column, justify="right" if column not in ("profile", "cost model") else "left")
     for r in results:
         u = r["unit"]
         table.add_row(
@@ -180,12 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         config.batch = args.batch
     results = cost_report(config, list(args.hw), args.cost, args.layers)
     if args.json:
-        doc = {
-            "config": str(args.config),
-            "model": config.model,
-            "batch": config.batch,
-            "results": results,
-        }
+        doc = {"config": str(args.config), "model": config.model, "batch": config.batch, "results": results}
         print(json.dumps(doc, indent=2))
     else:
         _print_tables(str(args.config), config, results, args.layers)

@@ -29,9 +29,7 @@ __all__ = ["add_parser"]
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``hwsbs export``."""
-    p = subparsers.add_parser(
-        "export", help="export a found configuration to integer kernels (deployable .pt)"
-    )
+    p = subparsers.add_parser("export", help="export a found configuration to integer kernels (deployable .pt)")
     src = p.add_argument_group("what to export")
     src.add_argument(
         "--run",
@@ -39,27 +37,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="run directory of hwsbs search (config.yaml, checkpoint.pt, options.json)",
     )
-    src.add_argument(
-        "--config", metavar="FILE", default=None, help="config.yaml (overrides the run's)"
-    )
+    src.add_argument("--config", metavar="FILE", default=None, help="config.yaml (overrides the run's)")
     src.add_argument(
         "--checkpoint",
         metavar="FILE",
         default=None,
         help="fine-tuned compressed model: a run checkpoint.pt or a state_dict",
     )
-    src.add_argument(
-        "--model", default=None, help="model name or package.module:factory (default: the run's)"
-    )
-    src.add_argument(
-        "--num-classes", type=int, default=None, help="default: the config's last layer outputs"
-    )
-    src.add_argument(
-        "--in-channels", type=int, default=None, help="default: the config's first layer inputs"
-    )
-    src.add_argument(
-        "--image-size", type=int, default=None, help="default: the config's first layer input size"
-    )
+    src.add_argument("--model", default=None, help="model name or package.module:factory (default: the run's)")
+    src.add_argument("--num-classes", type=int, default=None, help="default: the config's last layer outputs")
+    src.add_argument("--in-channels", type=int, default=None, help="default: the config's first layer inputs")
+    src.add_argument("--image-size", type=int, default=None, help="default: the config's first layer input size")
     out = p.add_argument_group("export")
     out.add_argument(
         "--format",
@@ -75,10 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     out.add_argument("--device", default="cpu", help="where the export runs (default: cpu)")
     out.add_argument(
-        "--out",
-        metavar="FILE",
-        default=None,
-        help="output file (default: RUN_DIR/model_int8.pt or model_int8.pt)",
+        "--out", metavar="FILE", default=None, help="output file (default: RUN_DIR/model_int8.pt or model_int8.pt)"
     )
     chk = p.add_argument_group("checks")
     chk.add_argument(
@@ -90,22 +75,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(random inputs when it is not available)",
     )
     chk.add_argument(
-        "--time",
-        action="store_true",
-        help="measure latency against the float model (see --batch, --threads)",
+        "--time", action="store_true", help="measure latency against the float model (see --batch, --threads)"
     )
     chk.add_argument("--batch", type=int, default=1, help="batch size for --time (default: 1)")
-    chk.add_argument(
-        "--threads", type=int, default=None, help="torch threads for --time (default: torch's)"
-    )
+    chk.add_argument("--threads", type=int, default=None, help="torch threads for --time (default: torch's)")
     chk.add_argument("--repeats", type=int, default=30, help="timed calls for --time (default: 30)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(handler=_run)
 
 
-def _load_inputs(
-    args: argparse.Namespace,
-) -> tuple[ModelSpec, nn.Module, CompressionConfig, dict[str, Any]]:
+def _load_inputs(args: argparse.Namespace) -> tuple[ModelSpec, nn.Module, CompressionConfig, dict[str, Any]]:
     """The spec, the fine-tuned compressed model, its configuration and the run's options."""
     options = read_run_options(args.run)
     spec, model, config = load_run(
@@ -159,9 +138,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag in ("num_classes", "in_channels", "image_size", "threads"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
-            raise ConfigError(
-                f"--{flag.replace('_', '-')}: expected a positive integer, got {value}"
-            )
+            raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive integer, got {value}")
 
 
 def _out_path(args: argparse.Namespace) -> Path:
@@ -171,11 +148,7 @@ def _out_path(args: argparse.Namespace) -> Path:
         ConfigError: the path is a directory or another non-regular file, a parent is a file, or
             the nearest existing parent directory is not writable.
     """
-    out = (
-        Path(args.out)
-        if args.out
-        else (Path(args.run) if args.run else Path(".")) / f"model_{args.format}.pt"
-    )
+    out = Path(args.out) if args.out else (Path(args.run) if args.run else Path(".")) / f"model_{args.format}.pt"
     label = f"--out {out}" if args.out else f"{out} (the default --out)"
     try:
         st = os.stat(out)
@@ -184,9 +157,7 @@ def _out_path(args: argparse.Namespace) -> Path:
     except OSError as exc:
         raise ConfigError(f"{label}: cannot use this path ({exc.strerror or exc})") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise ConfigError(
-            f"{label}: is a directory; give a file name, e.g. {out / f'model_{args.format}.pt'}"
-        )
+        raise ConfigError(f"{label}: is a directory; give a file name, e.g. {out / f'model_{args.format}.pt'}")
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{label}: exists and is not a regular file")
     parent = out.absolute().parent
@@ -208,9 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     spec, model, config, options = _load_inputs(args)
     backend = "float" if args.format == "float" else args.kernel
     exported = export_model(model, spec.example(), backend=backend, device=args.device, spec=spec)
-    exported.info.update(
-        {"config": str(args.config or (Path(args.run) / "config.yaml" if args.run else ""))}
-    )
+    exported.info.update({"config": str(args.config or (Path(args.run) / "config.yaml" if args.run else ""))})
     exported.save(out)
     report: dict[str, Any] = {
         "out": str(out),
@@ -239,19 +208,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print(report: dict[str, Any]) -> None:
     console = stdout_console()
-    table = Table(
-        title=f"{report['model']['name']}: exported to {report['out']} ({report['bytes'] / 1024:.0f} KiB)"
-    )
+    table = Table(title=f"{report['model']['name']}: exported to {report['out']} ({report['bytes'] / 1024:.0f} KiB)")
     for col in ("layer", "w/a bits", "kept in->out", "runs on", "weights", "folded"):
         table.add_column(col)
     for r in report["layers"]:
-        where = (
-            r["kernel"]
-            if r["path"] == "int8"
-            else f"float32 ({r['reason']})"
-            if r["reason"]
-            else "float32"
-        )
+        where = r["kernel"] if r["path"] == "int8" else f"float32 ({r['reason']})" if r["reason"] else "float32"
         table.add_row(
             r["name"],
             f"{r['w_bits']}/{r['a_bits']}",

@@ -28,9 +28,7 @@ def _bits(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 2,4,8, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,4,8, got {text!r}") from None
 
 
 def _positive(text: str) -> int:
@@ -47,9 +45,7 @@ def _seed(text: str) -> int:
     try:
         return check_seed(int(text))
     except (ValueError, ConfigError):
-        raise argparse.ArgumentTypeError(
-            f"expected an integer 0..{MAX_SEED}, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected an integer 0..{MAX_SEED}, got {text!r}") from None
 
 
 def _geometry(p: argparse.ArgumentParser) -> None:
@@ -59,51 +55,24 @@ def _geometry(p: argparse.ArgumentParser) -> None:
         default=None,
         help="input side for models without an @SIZE suffix (default: each builder's, e.g. small_cnn 8, resnet20 32)",
     )
-    p.add_argument(
-        "--num-classes",
-        type=_positive,
-        default=None,
-        help="classifier outputs (default: each builder's)",
-    )
-    p.add_argument(
-        "--in-channels",
-        type=_positive,
-        default=None,
-        help="input channels (default: each builder's)",
-    )
+    p.add_argument("--num-classes", type=_positive, default=None, help="classifier outputs (default: each builder's)")
+    p.add_argument("--in-channels", type=_positive, default=None, help="input channels (default: each builder's)")
 
 
 def _timing(p: argparse.ArgumentParser, repeats: int) -> None:
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device to measure (default: cpu)")
     p.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="device to measure (default: cpu)"
+        "--threads", type=_positive, default=None, help="torch.set_num_threads for the measurement (default: torch's)"
     )
     p.add_argument(
-        "--threads",
-        type=_positive,
-        default=None,
-        help="torch.set_num_threads for the measurement (default: torch's)",
+        "--batch", type=_positive, action="append", default=None, help="batch size; repeat for several (default: 1)"
     )
     p.add_argument(
-        "--batch",
-        type=_positive,
-        action="append",
-        default=None,
-        help="batch size; repeat for several (default: 1)",
+        "--repeats", type=_positive, default=repeats, help="timed calls per measurement (default: %(default)s)"
     )
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default: %(default)s)")
     p.add_argument(
-        "--repeats",
-        type=_positive,
-        default=repeats,
-        help="timed calls per measurement (default: %(default)s)",
-    )
-    p.add_argument(
-        "--warmup", type=int, default=5, help="untimed calls first (default: %(default)s)"
-    )
-    p.add_argument(
-        "--kernel",
-        choices=("auto", "onednn", "intmm"),
-        default="auto",
-        help="integer kernels (default: auto)",
+        "--kernel", choices=("auto", "onednn", "intmm"), default="auto", help="integer kernels (default: auto)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -111,15 +80,12 @@ def _timing(p: argparse.ArgumentParser, repeats: int) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``hwsbs lut build`` and ``hwsbs lut check``."""
     p = subparsers.add_parser(
-        "lut",
-        help="measured lookup tables: build one for this device, check a profile against measurements",
+        "lut", help="measured lookup tables: build one for this device, check a profile against measurements"
     )
     sub = p.add_subparsers(dest="lut_command", metavar="ACTION", parser_class=type(p))
     sub.required = True
 
-    b = sub.add_parser(
-        "build", help="time every layer shape of the models and write a profile with its table"
-    )
+    b = sub.add_parser("build", help="time every layer shape of the models and write a profile with its table")
     b.add_argument(
         "--model",
         action="append",
@@ -140,23 +106,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="passes over the whole table, each with its share of the repeats (default: %(default)s)",
     )
     b.add_argument(
-        "--grid",
-        type=_positive,
-        default=3,
-        help="kept-channel counts per prunable dimension (default: %(default)s)",
+        "--grid", type=_positive, default=3, help="kept-channel counts per prunable dimension (default: %(default)s)"
     )
     b.add_argument(
-        "--bits",
-        type=_bits,
-        default=DEFAULT_BITS,
-        help="candidate bits of the searches to support (default: 2,4,8)",
+        "--bits", type=_bits, default=DEFAULT_BITS, help="candidate bits of the searches to support (default: 2,4,8)"
     )
-    b.add_argument(
-        "--group-size",
-        type=_positive,
-        default=4,
-        help="channels per pruning group (default: %(default)s)",
-    )
+    b.add_argument("--group-size", type=_positive, default=4, help="channels per pruning group (default: %(default)s)")
     b.add_argument(
         "--max-prune-fraction",
         type=float,
@@ -174,8 +129,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(handler=_build)
 
     c = sub.add_parser(
-        "check",
-        help="predicted (a profile's cost model) vs measured latency of random exported configurations",
+        "check", help="predicted (a profile's cost model) vs measured latency of random exported configurations"
     )
     c.add_argument(
         "--hw",
@@ -185,18 +139,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="profile name or file; repeat to compare several on the same measurements",
     )
     c.add_argument("--cost", default=None, help="cost model overriding each profile's default")
-    c.add_argument(
-        "--model", default="small_cnn", metavar="M[@SIZE]", help="model (default: %(default)s)"
-    )
-    c.add_argument(
-        "--configs", type=_positive, default=20, help="random configurations (default: %(default)s)"
-    )
-    c.add_argument(
-        "--seed", type=_seed, default=0, help="seed of the configurations (default: %(default)s)"
-    )
-    c.add_argument(
-        "--bits", type=_bits, default=DEFAULT_BITS, help="bit widths to draw from (default: 2,4,8)"
-    )
+    c.add_argument("--model", default="small_cnn", metavar="M[@SIZE]", help="model (default: %(default)s)")
+    c.add_argument("--configs", type=_positive, default=20, help="random configurations (default: %(default)s)")
+    c.add_argument("--seed", type=_seed, default=0, help="seed of the configurations (default: %(default)s)")
+    c.add_argument("--bits", type=_bits, default=DEFAULT_BITS, help="bit widths to draw from (default: 2,4,8)")
     c.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _geometry(c)
     _timing(c, repeats=30)
@@ -266,9 +212,7 @@ def _check_common(args: argparse.Namespace) -> list[int]:
 def _build(args: argparse.Namespace) -> int:
     batches = _check_common(args)
     if not 0.0 <= args.max_prune_fraction < 1.0:
-        raise ConfigError(
-            f"--max-prune-fraction: expected 0 <= f < 1, got {args.max_prune_fraction}"
-        )
+        raise ConfigError(f"--max-prune-fraction: expected 0 <= f < 1, got {args.max_prune_fraction}")
     specs = [parse_model(m, args) for m in args.model]
     for spec in specs:
         spec.build()  # unknown models fail here, before any measuring

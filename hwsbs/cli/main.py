@@ -6,22 +6,14 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from hwsbs.errors import HwsbsError
 
 __all__ = ["main", "build_parser", "OneLineArgumentParser"]
 
 #: Modules under ``hwsbs.cli`` that each define ``add_parser(subparsers)``; order = help order.
-COMMAND_MODULES: tuple[str, ...] = (
-    "search",
-    "profiles",
-    "cost",
-    "tune",
-    "pareto",
-    "report",
-    "export",
-    "lut",
-)
+COMMAND_MODULES: tuple[str, ...] = ("search", "profiles", "cost", "tune", "pareto", "report", "export", "lut")
 
 
 #: What Ctrl-C leaves behind, per command; a subparser may set its own with
@@ -36,7 +28,7 @@ ON_INTERRUPT: dict[str, str] = {
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; hwsbs prints only the error line, naming the argument."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -46,12 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hwsbs",
         description="Hardware-aware mixed-precision quantisation and pruning with Single-path Bit Sharing.",
     )
-    parser.add_argument(
-        "--debug", action="store_true", help="show full tracebacks (for developers)"
-    )
-    subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=OneLineArgumentParser
-    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks (for developers)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineArgumentParser)
     subparsers.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(f"hwsbs.cli.{name}").add_parser(subparsers)
@@ -66,10 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (
-        HwsbsError,
-        OSError,
-    ) as exc:  # OSError: an unusable path (--out is a file, no permission, ...)
+    except (HwsbsError, OSError) as exc:  # OSError: an unusable path (--out is a file, no permission, ...)
         if debug:
             raise
         print(f"hwsbs {args.command}: error: {_one_line(exc)}", file=sys.stderr)
@@ -78,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = getattr(args, "on_interrupt", None) or ON_INTERRUPT.get(args.command)
         print(f"hwsbs {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
-    except (
-        SystemExit
-    ) as exc:  # no handler exits: user code (a model's forward, a plugin) called sys.exit
+    except SystemExit as exc:  # no handler exits: user code (a model's forward, a plugin) called sys.exit
         if debug:
             raise
         print(
@@ -93,9 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
-        text = f"{exc.filename}: {exc.strerror or exc}" + (
-            f" ({exc.filename2})" if exc.filename2 else ""
-        )
+        text = f"{exc.filename}: {exc.strerror or exc}" + (f" ({exc.filename2})" if exc.filename2 else "")
     else:
         text = str(exc)
     return " ".join(line.strip() for line in text.splitlines() if line.strip())

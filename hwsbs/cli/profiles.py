@@ -46,9 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print the validated profile as JSON")
     q.set_defaults(handler=_show)
 
-    q = sub.add_parser(
-        "validate", help="check profile files; one line per file, exit 2 if any is bad"
-    )
+    q = sub.add_parser("validate", help="check profile files; one line per file, exit 2 if any is bad")
     q.add_argument("files", metavar="FILE", nargs="+", help="profile files (or built-in names)")
     q.set_defaults(handler=_validate)
 
@@ -121,13 +119,7 @@ def _show(args: argparse.Namespace) -> int:
             table.add_column(column)
         for e in profile.precisions:
             tile = e.channel_tile if e.channel_tile is not None else profile.channel_tile
-            table.add_row(
-                f"{e.w_bits}/{e.a_bits}",
-                e.number_format,
-                _fmt_number(e.ops_per_s),
-                str(tile),
-                e.label,
-            )
+            table.add_row(f"{e.w_bits}/{e.a_bits}", e.number_format, _fmt_number(e.ops_per_s), str(tile), e.label)
         console.print(table)
     for m in profile.memory:
         size = f", {_fmt_number(m.size_bytes / 1e9)} GB" if m.size_bytes else ""
@@ -136,16 +128,11 @@ def _show(args: argparse.Namespace) -> int:
         fields = profile.array.model_dump(exclude_none=True)
         console.print("array: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
     if profile.energy is not None:
-        console.print(
-            "energy figures: "
-            + ", ".join(f"{k}={v}" for k, v in profile.energy.model_dump().items())
-        )
+        console.print("energy figures: " + ", ".join(f"{k}={v}" for k, v in profile.energy.model_dump().items()))
     if profile.lookup_table is not None:
         ref = profile.lookup_table if isinstance(profile.lookup_table, str) else "inline"
         console.print(f"lookup table: {ref}")
-    console.print(
-        f"efficiency: compute {profile.efficiency.compute}, memory {profile.efficiency.memory}"
-    )
+    console.print(f"efficiency: compute {profile.efficiency.compute}, memory {profile.efficiency.memory}")
     console.print("sources:")
     for s in profile.sources:
         console.print(f"  - {s}", soft_wrap=True)
@@ -158,9 +145,7 @@ def _check_one(file: str) -> str:
     if isinstance(profile.lookup_table, str):
         resolve_lookup_table(profile)  # a referenced table must exist and validate too
     try:
-        model = cost_model_for(
-            profile
-        )  # the default model must be buildable from the device fields
+        model = cost_model_for(profile)  # the default model must be buildable from the device fields
     except CostModelError as exc:
         raise ProfileError(f"{file}: {exc}") from None
     return f"ok {file} ({profile.name}: {profile.kind}, {model.name} in {model.unit})"

@@ -23,20 +23,14 @@ def _bits(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 2,4,8, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 2,4,8, got {text!r}") from None
 
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``search`` and the Optuna commands (their inner searches)."""
     d = SearchConfig()
     g = p.add_argument_group("what and where")
-    g.add_argument(
-        "--model",
-        default=d.model,
-        help="built-in model or package.module:factory (default: %(default)s)",
-    )
+    g.add_argument("--model", default=d.model, help="built-in model or package.module:factory (default: %(default)s)")
     g.add_argument(
         "--data",
         default=d.data,
@@ -44,40 +38,20 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--data-dir", default=None, help="directory of a file-based dataset")
     g.add_argument("--subset", type=int, default=None, help="use at most N training samples")
-    g.add_argument(
-        "--workers", type=int, default=d.workers, help="DataLoader workers (default: %(default)s)"
-    )
-    g.add_argument(
-        "--checkpoint", default=None, help="trained full-precision state_dict; skips pretraining"
-    )
+    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers (default: %(default)s)")
+    g.add_argument("--checkpoint", default=None, help="trained full-precision state_dict; skips pretraining")
     g.add_argument("--cost", default=None, help="cost model overriding the profile's default")
     g = p.add_argument_group("search space and objective")
+    g.add_argument("--bits", type=_bits, default=d.bits, help="candidate bit widths, doubling (default: 2,4,8)")
     g.add_argument(
-        "--bits", type=_bits, default=d.bits, help="candidate bit widths, doubling (default: 2,4,8)"
+        "--lambda", dest="lam", type=float, default=d.lam, help="weight of log-cost in the loss (default: %(default)s)"
+    )
+    g.add_argument("--target", default=None, help="cost budget: absolute (2.5e9) or share of uniform 8-bit (30%%)")
+    g.add_argument(
+        "--temperature", type=float, default=d.temperature, help="gate surrogate temperature (default: %(default)s)"
     )
     g.add_argument(
-        "--lambda",
-        dest="lam",
-        type=float,
-        default=d.lam,
-        help="weight of log-cost in the loss (default: %(default)s)",
-    )
-    g.add_argument(
-        "--target",
-        default=None,
-        help="cost budget: absolute (2.5e9) or share of uniform 8-bit (30%%)",
-    )
-    g.add_argument(
-        "--temperature",
-        type=float,
-        default=d.temperature,
-        help="gate surrogate temperature (default: %(default)s)",
-    )
-    g.add_argument(
-        "--group-size",
-        type=int,
-        default=d.group_size,
-        help="channels per pruning group (default: %(default)s)",
+        "--group-size", type=int, default=d.group_size, help="channels per pruning group (default: %(default)s)"
     )
     g.add_argument(
         "--max-prune-fraction",
@@ -87,54 +61,28 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-prune", dest="prune", action="store_false", help="search bit widths only")
     g.add_argument(
-        "--no-pin-first-last",
-        dest="pin_first_last",
-        action="store_false",
-        help="search the first and last layers too",
+        "--no-pin-first-last", dest="pin_first_last", action="store_false", help="search the first and last layers too"
     )
     g.add_argument(
-        "--pin-bits",
-        type=int,
-        default=d.pin_bits,
-        help="bits of the pinned first/last layers (default: %(default)s)",
+        "--pin-bits", type=int, default=d.pin_bits, help="bits of the pinned first/last layers (default: %(default)s)"
     )
     g.add_argument(
-        "--cost-batch",
-        type=int,
-        default=d.cost_batch,
-        help="batch size the cost is priced at (default: %(default)s)",
+        "--cost-batch", type=int, default=d.cost_batch, help="batch size the cost is priced at (default: %(default)s)"
     )
     g = p.add_argument_group("schedule")
     g.add_argument(
-        "--pretrain-epochs",
-        type=int,
-        default=d.pretrain_epochs,
-        help="full-precision epochs (default: %(default)s)",
+        "--pretrain-epochs", type=int, default=d.pretrain_epochs, help="full-precision epochs (default: %(default)s)"
     )
+    g.add_argument("--search-epochs", type=int, default=d.search_epochs, help="search epochs (default: %(default)s)")
     g.add_argument(
-        "--search-epochs",
-        type=int,
-        default=d.search_epochs,
-        help="search epochs (default: %(default)s)",
-    )
-    g.add_argument(
-        "--finetune-epochs",
-        type=int,
-        default=d.finetune_epochs,
-        help="fine-tuning epochs (default: %(default)s)",
+        "--finetune-epochs", type=int, default=d.finetune_epochs, help="fine-tuning epochs (default: %(default)s)"
     )
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     g.add_argument(
-        "--lr",
-        type=float,
-        default=d.lr,
-        help="SGD lr for pretraining and fine-tuning (default: %(default)s)",
+        "--lr", type=float, default=d.lr, help="SGD lr for pretraining and fine-tuning (default: %(default)s)"
     )
     g.add_argument(
-        "--search-lr",
-        type=float,
-        default=d.search_lr,
-        help="SGD lr for weights in the search (default: %(default)s)",
+        "--search-lr", type=float, default=d.search_lr, help="SGD lr for weights in the search (default: %(default)s)"
     )
     g.add_argument(
         "--threshold-lr",
@@ -142,13 +90,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         default=d.threshold_lr,
         help="SGD lr for gate thresholds, in units of the cost gradient's RMS (default: %(default)s)",
     )
-    g.add_argument(
-        "--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)"
-    )
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     g = p.add_argument_group("run")
-    g.add_argument(
-        "--seed", type=int, default=d.seed, help="seeds every random source (default: %(default)s)"
-    )
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds every random source (default: %(default)s)")
     g.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -198,26 +142,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="search per-layer bits and pruning for a model on a device",
         description="Train full precision, search with SBS, fine-tune, evaluate.",
     )
+    p.add_argument("--hw", required=True, help="hardware profile: built-in name (a100) or YAML path")
+    p.add_argument("--method", default="sbs", help=f"search method: {', '.join(list_methods())} (default: %(default)s)")
     p.add_argument(
-        "--hw", required=True, help="hardware profile: built-in name (a100) or YAML path"
-    )
-    p.add_argument(
-        "--method",
-        default="sbs",
-        help=f"search method: {', '.join(list_methods())} (default: %(default)s)",
-    )
-    p.add_argument(
-        "--uniform-bits",
-        type=int,
-        default=None,
-        help="bit width for --method uniform (default: the widest of --bits)",
+        "--uniform-bits", type=int, default=None, help="bit width for --method uniform (default: the widest of --bits)"
     )
     p.add_argument("--out", default=None, help="run directory (default: runs/<timestamp>)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out (default: the newest in runs/)",
-    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest in runs/)")
     p.add_argument("--json", action="store_true", help="print result.json to stdout")
     add_search_options(p)
     p.set_defaults(handler=_handle)
@@ -225,8 +156,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _newest_run() -> str:
     runs = sorted(
-        (d for d in Path("runs").glob("*") if (d / "checkpoint.pt").exists()),
-        key=lambda d: d.stat().st_mtime,
+        (d for d in Path("runs").glob("*") if (d / "checkpoint.pt").exists()), key=lambda d: d.stat().st_mtime
     )
     if not runs:
         raise ConfigError("--resume: no run with a checkpoint in runs/; pass --out RUN_DIR")
@@ -235,9 +165,7 @@ def _newest_run() -> str:
 
 def print_summary(result: SearchResult) -> None:
     """The per-layer table and the headline numbers, on the terminal."""
-    table = Table(
-        title=f"{result.method} on {result.hardware} — cost model {result.cost_model} ({result.unit})"
-    )
+    table = Table(title=f"{result.method} on {result.hardware} — cost model {result.cost_model} ({result.unit})")
     for col in ("layer", "w bits", "a bits", "channels kept", "cost", "share"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     total = result.cost["compressed"] or 1.0
@@ -271,9 +199,7 @@ def _handle(args: argparse.Namespace) -> int:
     out = args.out
     if args.resume and out is None:
         out = _newest_run()
-    cfg = config_from_args(
-        args, method=args.method, uniform_bits=args.uniform_bits, out=out, resume=args.resume
-    )
+    cfg = config_from_args(args, method=args.method, uniform_bits=args.uniform_bits, out=out, resume=args.resume)
     started = time.perf_counter()
     result = run_search(cfg)
     print_summary(result)

@@ -33,25 +33,16 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
         help="total trials the study should hold; re-running or extra workers add up to it",
     )
     g.add_argument(
-        "--space",
-        default=None,
-        help="search-space YAML (default: lambda, temperature, threshold-lr, group size, bits)",
+        "--space", default=None, help="search-space YAML (default: lambda, temperature, threshold-lr, group size, bits)"
     )
     g.add_argument(
         "--storage",
         default=None,
         help="Optuna storage: sqlite:///f.db, postgresql://..., mysql://..., or journal:PATH (default: sqlite in --out)",
     )
+    g.add_argument("--study-name", default=None, help="study name (default: derived from the command and profiles)")
     g.add_argument(
-        "--study-name",
-        default=None,
-        help="study name (default: derived from the command and profiles)",
-    )
-    g.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default="tpe",
-        help="Optuna sampler, seeded by --seed (default: %(default)s)",
+        "--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler, seeded by --seed (default: %(default)s)"
     )
     g.add_argument("--out", default=None, help="study directory (default: runs/<study name>)")
     g.add_argument(
@@ -75,9 +66,7 @@ def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
                 if c.get("uniform_8bit")
             )
             budget = (
-                ""
-                if "constraint" not in ua
-                else (" within budget" if ua["constraint"][0] <= 0 else " OVER budget")
+                "" if "constraint" not in ua else (" within budget" if ua["constraint"][0] <= 0 else " OVER budget")
             )
             console.print(
                 f"trial {trial.number}: accuracy {ua['accuracy']['compressed']:.4f}, {costs}{budget} {elapsed}",
@@ -85,13 +74,10 @@ def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
             )
         elif trial.state.name == "FAIL":
             console.print(
-                f"trial {trial.number} failed: {ua.get('fail_reason', 'unknown error')} {elapsed}",
-                soft_wrap=True,
+                f"trial {trial.number} failed: {ua.get('fail_reason', 'unknown error')} {elapsed}", soft_wrap=True
             )
         elif ua.get("surplus"):
-            console.print(
-                f"trial {trial.number} skipped: the study already has its trials {elapsed}"
-            )
+            console.print(f"trial {trial.number} skipped: the study already has its trials {elapsed}")
 
     return show
 
@@ -104,18 +90,12 @@ def _show_wait(numbers: list[int], grace: int) -> None:
     )
 
 
-def run_and_report(
-    args: argparse.Namespace, objectives: list[Objective], multi_objective: bool
-) -> int:
+def run_and_report(args: argparse.Namespace, objectives: list[Objective], multi_objective: bool) -> int:
     """Build the settings from ``args``, run the study, write and print its report."""
     if not getattr(args, "debug", False):
-        optuna.logging.set_verbosity(
-            optuna.logging.ERROR
-        )  # trial lines and failures are printed here
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures are printed here
     space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
-    base = config_from_args(
-        args, hw=objectives[0].hw, cost=objectives[0].cost, target=None, target_fraction=None
-    )
+    base = config_from_args(args, hw=objectives[0].hw, cost=objectives[0].cost, target=None, target_fraction=None)
     settings = StudySettings(
         base=base,
         objectives=objectives,
@@ -154,9 +134,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "accuracy, --target is a cost budget (an Optuna constraint). The best feasible trial is copied to "
         "<out>/best/.",
     )
-    p.add_argument(
-        "--hw", required=True, help="hardware profile: built-in name (a100) or YAML path"
-    )
+    p.add_argument("--hw", required=True, help="hardware profile: built-in name (a100) or YAML path")
     add_study_options(p)
     add_search_options(p)
     p.set_defaults(handler=_handle)

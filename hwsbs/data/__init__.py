@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from . import cifar, imagefolder  # noqa: F401  (register cifar10, cifar100, imagefolder)
 from .archive import ensure_cifar10_jpeg, extract_cifar10_subset, find_cifar10_archive
-from .datasets import (
-    DatasetBundle,
-    build_dataset,
-    list_datasets,
-    make_loader,
-    register_dataset,
-    take_subset,
-)
+from .datasets import DatasetBundle, build_dataset, list_datasets, make_loader, register_dataset, take_subset
 
 __all__ = [
     "DatasetBundle",

@@ -19,12 +19,7 @@ from pathlib import Path
 
 from hwsbs.errors import DataError
 
-__all__ = [
-    "DEFAULT_CACHE_DIR",
-    "find_cifar10_archive",
-    "extract_cifar10_subset",
-    "ensure_cifar10_jpeg",
-]
+__all__ = ["DEFAULT_CACHE_DIR", "find_cifar10_archive", "extract_cifar10_subset", "ensure_cifar10_jpeg"]
 
 #: Where :func:`ensure_cifar10_jpeg` unpacks the archive unless told otherwise.
 DEFAULT_CACHE_DIR = Path("~/.cache/hwsbs/cifar10-jpeg")
@@ -59,9 +54,7 @@ def _iter_images(archive: Path) -> Iterator[tuple[str, str, str, tarfile.TarFile
                     yield match.group(1), match.group(2), match.group(3), tar, member
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         detail = " ".join(str(exc).split())
-        raise DataError(
-            f"{archive}: not a readable tar archive ({type(exc).__name__}: {detail})"
-        ) from None
+        raise DataError(f"{archive}: not a readable tar archive ({type(exc).__name__}: {detail})") from None
 
 
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -71,9 +64,7 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return fh.read()
 
 
-def extract_cifar10_subset(
-    archive: str | Path, dest: str | Path, per_class_train: int, per_class_test: int
-) -> Path:
+def extract_cifar10_subset(archive: str | Path, dest: str | Path, per_class_train: int, per_class_test: int) -> Path:
     """Write a small ImageFolder (``dest/train/<class>/``, ``dest/test/<class>/``) from the archive.
 
     The archive is read once as a stream, never unpacked as a whole. Per class the files with the
@@ -93,9 +84,7 @@ def extract_cifar10_subset(
         DataError: a missing or unreadable archive, a negative count, or no member in the layout.
     """
     if per_class_train < 0 or per_class_test < 0:
-        raise DataError(
-            f"per-class counts must be >= 0, got train={per_class_train} test={per_class_test}"
-        )
+        raise DataError(f"per-class counts must be >= 0, got train={per_class_train} test={per_class_test}")
     archive, dest = Path(archive), Path(dest)
     limit = {"train": per_class_train, "test": per_class_test}
     kept: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
@@ -107,9 +96,7 @@ def extract_cifar10_subset(
             bisect.insort(best, (fname, _read(tar, member)))
             del best[limit[split] :]
     if seen == 0:
-        raise DataError(
-            f"{archive}: no member matches train/<class>/<file>.jpg or test/<class>/<file>.jpg"
-        )
+        raise DataError(f"{archive}: no member matches train/<class>/<file>.jpg or test/<class>/<file>.jpg")
     for (split, cls), files in kept.items():
         folder = dest / split / cls
         folder.mkdir(parents=True, exist_ok=True)
@@ -131,9 +118,7 @@ def _is_complete(folder: Path, digest: str) -> bool:
     return marker.is_file() and marker.read_text().strip() == digest
 
 
-def ensure_cifar10_jpeg(
-    archive: str | Path | None = None, cache_dir: str | Path | None = None
-) -> Path:
+def ensure_cifar10_jpeg(archive: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
     """Unpack the whole archive into ``cache_dir`` once and return that ImageFolder root.
 
     A marker file records the archive's sha256 after a complete unpack; later calls with the
@@ -175,9 +160,7 @@ def ensure_cifar10_jpeg(
                 made.add(folder)
             (folder / fname).write_bytes(_read(tar, member))
         if not made:
-            raise DataError(
-                f"{archive}: no member matches train/<class>/<file>.jpg or test/<class>/<file>.jpg"
-            )
+            raise DataError(f"{archive}: no member matches train/<class>/<file>.jpg or test/<class>/<file>.jpg")
         (partial / _MARKER).write_text(digest + "\n")
         if _is_complete(cache, digest):  # a concurrent run finished first: keep its copy
             return cache

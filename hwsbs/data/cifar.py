@@ -20,14 +20,7 @@ from .safe_pickle import load_plain_pickle
 from .seeded import AugmentedDataset
 from .transforms import Transform, small_image_transform
 
-__all__ = [
-    "CifarRelease",
-    "CIFAR10",
-    "CIFAR100",
-    "CifarDataset",
-    "find_release_dir",
-    "load_cifar_split",
-]
+__all__ = ["CifarRelease", "CIFAR10", "CIFAR100", "CifarDataset", "find_release_dir", "load_cifar_split"]
 
 
 @dataclass(frozen=True)
@@ -99,20 +92,13 @@ def find_release_dir(data_dir: Path | None, release: CifarRelease) -> Path:
         if cand.is_dir() and all((cand / f).is_file() for f in required):
             return cand
     if not data_dir.exists():
-        raise DataError(
-            f"--data-dir {data_dir}: does not exist; expected {release.describe()} or its parent"
-        )
+        raise DataError(f"--data-dir {data_dir}: does not exist; expected {release.describe()} or its parent")
     # Report against the candidate that looks most like the release (the most batch files; on a
     # tie the release-named subdirectory, since its presence says where the user put the files).
-    best = max(
-        candidates[::-1],
-        key=lambda c: sum((c / f).is_file() for f in required) if c.is_dir() else -1,
-    )
+    best = max(candidates[::-1], key=lambda c: sum((c / f).is_file() for f in required) if c.is_dir() else -1)
     missing = next(f for f in required if not (best / f).is_file())
     where = "" if best == data_dir else f" in {best}"
-    raise DataError(
-        f"--data-dir {data_dir}: expected {release.describe()} or its parent; missing {missing}{where}"
-    )
+    raise DataError(f"--data-dir {data_dir}: expected {release.describe()} or its parent; missing {missing}{where}")
 
 
 def _get(batch: dict[Any, Any], key: str) -> Any:
@@ -131,19 +117,11 @@ def _labels(path: Path, lab: Any) -> np.ndarray:
     try:
         arr = np.asarray(lab)
     except (ValueError, TypeError) as exc:  # ragged nesting
-        raise DataError(
-            f"{path}: labels: expected a list of integers ({' '.join(str(exc).split())[:120]})"
-        ) from None
+        raise DataError(f"{path}: labels: expected a list of integers ({' '.join(str(exc).split())[:120]})") from None
     arr = arr.reshape(-1)
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
-        if (
-            arr.size
-        ):  # an empty list comes back as float64; other kinds are strings, objects, booleans
-            raise DataError(
-                f"{path}: labels: expected integers, got {arr.dtype} values (e.g. {arr.tolist()[0]!r})"
-            )
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        if arr.size:  # an empty list comes back as float64; other kinds are strings, objects, booleans
+            raise DataError(f"{path}: labels: expected integers, got {arr.dtype} values (e.g. {arr.tolist()[0]!r})")
     if np.issubdtype(arr.dtype, np.floating) and arr.size:
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
@@ -155,9 +133,7 @@ def _labels(path: Path, lab: Any) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def load_cifar_split(
-    release_dir: Path, files: Sequence[str], release: CifarRelease
-) -> tuple[Tensor, Tensor]:
+def load_cifar_split(release_dir: Path, files: Sequence[str], release: CifarRelease) -> tuple[Tensor, Tensor]:
     """Read and concatenate batch files.
 
     Returns:
@@ -184,9 +160,7 @@ def load_cifar_split(
             raise DataError(f"{path}: {expected}; the batch holds no images")
         lab_arr = _labels(path, lab)
         if lab_arr.shape[0] != data.shape[0]:
-            raise DataError(
-                f"{path}: {expected}; {data.shape[0]} images but {lab_arr.shape[0]} labels"
-            )
+            raise DataError(f"{path}: {expected}; {data.shape[0]} images but {lab_arr.shape[0]} labels")
         if lab_arr.size and (lab_arr.min() < 0 or lab_arr.max() >= release.num_classes):
             raise DataError(
                 f"{path}: labels must lie in 0..{release.num_classes - 1}, found {lab_arr.min()}..{lab_arr.max()}"
@@ -206,18 +180,14 @@ def _class_names(release_dir: Path, release: CifarRelease) -> list[str] | None:
     meta = load_plain_pickle(path)
     names = _get(meta, release.names_key) if isinstance(meta, dict) else None
     if not isinstance(names, list) or len(names) != release.num_classes:
-        raise DataError(
-            f"{path}: expected a dict with {release.names_key!r}, a list of {release.num_classes} names"
-        )
+        raise DataError(f"{path}: expected a dict with {release.names_key!r}, a list of {release.num_classes} names")
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 class CifarDataset(AugmentedDataset):
     """In-memory uint8 images with labels; ``transform`` receives a uint8 CHW tensor."""
 
-    def __init__(
-        self, images: Tensor, labels: Tensor, transform: Transform | None, seed: int = 0
-    ) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, transform: Transform | None, seed: int = 0) -> None:
         super().__init__(transform, seed)
         self.images = images
         self.labels = labels
@@ -229,9 +199,7 @@ class CifarDataset(AugmentedDataset):
         return self.images[index], int(self.labels[index])
 
 
-def build_cifar(
-    data_dir: Path | None, seed: int, release: CifarRelease, augment: bool = True
-) -> DatasetBundle:
+def build_cifar(data_dir: Path | None, seed: int, release: CifarRelease, augment: bool = True) -> DatasetBundle:
     """Both splits of a CIFAR release; training gets pad-4 random crop and flip unless ``augment`` is off."""
     root = find_release_dir(data_dir, release)
     classes = _class_names(root, release)

@@ -12,14 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from hwsbs.errors import DataError
 
-__all__ = [
-    "DatasetBundle",
-    "register_dataset",
-    "list_datasets",
-    "build_dataset",
-    "make_loader",
-    "take_subset",
-]
+__all__ = ["DatasetBundle", "register_dataset", "list_datasets", "build_dataset", "make_loader", "take_subset"]
 
 
 @dataclass
@@ -60,10 +53,10 @@ def list_datasets() -> list[str]:
 
 def take_subset(dataset: Dataset, n: int | None, seed: int) -> Dataset:
     """A deterministic random subset of ``n`` samples (all of them when n is None or larger)."""
-    if n is None or n >= len(dataset):  # type: ignore[arg-type]
+    if n is None or n >= len(dataset):  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours are sized
         return dataset
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(dataset), generator=gen)[:n].tolist()  # type: ignore[arg-type]
+    idx = torch.randperm(len(dataset), generator=gen)[:n].tolist()  # type: ignore[arg-type]  # as above
     return Subset(dataset, idx)
 
 
@@ -108,12 +101,8 @@ def build_dataset(
     if "augment" not in accepted:
         options.pop("augment", None)  # a dataset without augmentation is already un-augmented
     if "image_size" in options and "image_size" not in accepted:
-        raise DataError(
-            f"dataset {name!r} does not support --image-size: its images have a fixed size"
-        )
-    bundle = builder(
-        data_dir=Path(data_dir) if data_dir is not None else None, seed=seed, **options
-    )
+        raise DataError(f"dataset {name!r} does not support --image-size: its images have a fixed size")
+    bundle = builder(data_dir=Path(data_dir) if data_dir is not None else None, seed=seed, **options)
     if subset is not None:
         bundle.train = take_subset(bundle.train, subset, seed)
         bundle.val = take_subset(bundle.val, max(subset // 4, 1), seed + 1)
@@ -121,12 +110,7 @@ def build_dataset(
 
 
 def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    workers: int = 0,
-    drop_last: bool = False,
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int = 0, drop_last: bool = False
 ) -> DataLoader:
     """A DataLoader whose shuffling order is a function of ``seed`` alone.
 
@@ -160,8 +144,7 @@ def digits(data_dir: Path | None = None, seed: int = 0) -> DatasetBundle:
 
     def to_ds(xs, ys) -> TensorDataset:
         return TensorDataset(
-            torch.tensor(xs, dtype=torch.float32).reshape(-1, 1, 8, 8),
-            torch.tensor(ys, dtype=torch.long),
+            torch.tensor(xs, dtype=torch.float32).reshape(-1, 1, 8, 8), torch.tensor(ys, dtype=torch.long)
         )
 
     return DatasetBundle("digits", to_ds(x_tr, y_tr), to_ds(x_va, y_va), 10, 1, (8, 8))

@@ -34,26 +34,13 @@ __all__ = [
     "imagefolder",
 ]
 
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".ppm",
-    ".pgm",
-    ".tif",
-    ".tiff",
-)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Images whose sides are all at most this many pixels use the CIFAR recipe.
 SMALL_IMAGE_MAX = 64
 _DEFAULT_LARGE_SIZE = 224
-_EXPECTED = (
-    "a directory with train/ and val/ (or test/), each holding one folder of images per class"
-)
+_EXPECTED = "a directory with train/ and val/ (or test/), each holding one folder of images per class"
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -76,12 +63,7 @@ def _open_rgb(path: Path) -> Image.Image:
             f"{path}: image of {pixels} is over the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS); "
             "refusing a possible decompression bomb"
         ) from None
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-    ) as exc:  # SyntaxError: some PIL parsers
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # SyntaxError: some PIL parsers
         detail = " ".join(str(exc).split())
         raise DataError(f"{path}: cannot decode image ({detail})") from None
 
@@ -106,14 +88,10 @@ def find_splits(data_dir: Path | None) -> tuple[Path, Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def scan_split(
-    split_dir: Path, classes: list[str] | None = None
-) -> tuple[list[str], list[tuple[Path, int]]]:
+def scan_split(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
     """List ``(path, label)`` samples of one split, sorted by class then file name.
 
     Args:
@@ -125,9 +103,7 @@ def scan_split(
         DataError: no class folders, an empty training class, a class unknown to ``classes``,
             or a split with no images at all.
     """
-    folders = sorted(
-        p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    folders = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{split_dir}: expected one folder of images per class; found no folders")
     is_reference = classes is None  # the training split defines the classes: none may be empty
@@ -137,9 +113,7 @@ def scan_split(
     samples: list[tuple[Path, int]] = []
     for name in folders:
         if name not in index:
-            raise DataError(
-                f"{split_dir}: class folder {name!r} does not exist in the training split"
-            )
+            raise DataError(f"{split_dir}: class folder {name!r} does not exist in the training split")
         files = _images_in(split_dir / name)
         if not files and is_reference:
             exts = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS[:4])
@@ -153,9 +127,7 @@ def scan_split(
 class ImageFolderDataset(AugmentedDataset):
     """Images decoded on access; ``transform`` receives an RGB PIL image."""
 
-    def __init__(
-        self, samples: list[tuple[Path, int]], transform: Transform | None, seed: int = 0
-    ) -> None:
+    def __init__(self, samples: list[tuple[Path, int]], transform: Transform | None, seed: int = 0) -> None:
         super().__init__(transform, seed)
         self.samples = samples
 
@@ -190,9 +162,7 @@ def imagefolder(
         image_size = max(w, h) if max(w, h) <= SMALL_IMAGE_MAX else _DEFAULT_LARGE_SIZE
     if image_size <= SMALL_IMAGE_MAX:
         # resize=True is a no-op for images that already have the size, and makes odd ones fit.
-        train_tf = small_image_transform(
-            image_size, augment, IMAGENET_MEAN, IMAGENET_STD, resize=True
-        )
+        train_tf = small_image_transform(image_size, augment, IMAGENET_MEAN, IMAGENET_STD, resize=True)
         val_tf = small_image_transform(image_size, False, IMAGENET_MEAN, IMAGENET_STD, resize=True)
     else:
         train_tf = large_image_transform(image_size, augment, IMAGENET_MEAN, IMAGENET_STD)

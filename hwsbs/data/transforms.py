@@ -169,18 +169,13 @@ class RandomResizedCrop(Transform):
     """
 
     def __init__(
-        self,
-        size: int,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        self, size: int, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     ) -> None:
         self.size = size
         self.scale = scale
         self.ratio = ratio
 
-    def box(
-        self, width: int, height: int, gen: torch.Generator | None
-    ) -> tuple[int, int, int, int]:
+    def box(self, width: int, height: int, gen: torch.Generator | None) -> tuple[int, int, int, int]:
         """The ``(left, top, right, bottom)`` crop box for an image of the given size."""
         area = width * height
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
@@ -231,20 +226,13 @@ def small_image_transform(
         steps.append(Resize(size, exact=True))
     steps.append(ToUint8Tensor())
     if train:
-        steps += [
-            PadRandomCrop(size, size // 8 if padding is None else padding),
-            RandomHorizontalFlip(),
-        ]
+        steps += [PadRandomCrop(size, size // 8 if padding is None else padding), RandomHorizontalFlip()]
     steps.append(Normalize(mean, std))
     return Compose(steps)
 
 
 def large_image_transform(
-    size: int,
-    train: bool,
-    mean: Sequence[float],
-    std: Sequence[float],
-    crop_fraction: float = 0.875,
+    size: int, train: bool, mean: Sequence[float], std: Sequence[float], crop_fraction: float = 0.875
 ) -> Compose:
     """The ImageNet recipe for PIL images.
 

@@ -27,7 +27,7 @@ class _ExportedLeafTracer(fx.Tracer):
 
 def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     if node.op == "call_function":
-        return _RELU_FUNCTIONS.get(node.target)  # type: ignore[arg-type]
+        return _RELU_FUNCTIONS.get(node.target)  # type: ignore[arg-type]  # a call_function target is a callable (Target also allows str)
     if node.op == "call_method":
         return _RELU_METHODS.get(str(node.target))
     if node.op == "call_module":
@@ -71,7 +71,7 @@ def fuse_activations(net: nn.Module) -> nn.Module:
         if layer is None:
             continue
         layer.fuse_activation(kind)
-        node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
+        node.replace_all_uses_with(node.args[0])
         graph.erase_node(node)
         fused += 1
     if not fused:
@@ -80,9 +80,7 @@ def fuse_activations(net: nn.Module) -> nn.Module:
     return fx.GraphModule(net, graph, class_name=type(net).__name__)
 
 
-def activations_after(
-    model: nn.Module, leaf: type | tuple[type, ...] = (nn.Conv2d, nn.Linear)
-) -> dict[str, str]:
+def activations_after(model: nn.Module, leaf: type | tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> dict[str, str]:
     """``{layer name: "relu" | "relu6"}`` for layers whose only reader is (a batch-norm, then) that
     activation: what :func:`fuse_activations` will fuse after export. {} when untraceable."""
 

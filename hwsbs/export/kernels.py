@@ -45,8 +45,7 @@ def onednn_available() -> bool:
     """True when this PyTorch build has the oneDNN int8 ops with float output."""
     ops = torch.ops.onednn
     return torch.backends.mkldnn.is_available() and all(
-        hasattr(ops, name)
-        for name in ("qconv_pointwise", "qconv_prepack", "qlinear_pointwise", "qlinear_prepack")
+        hasattr(ops, name) for name in ("qconv_pointwise", "qconv_prepack", "qlinear_pointwise", "qlinear_prepack")
     )
 
 
@@ -66,23 +65,7 @@ def onednn_saturates() -> bool:
     zero = torch.zeros(1, dtype=torch.long)
     packed = torch.ops.onednn.qconv_prepack(w, one, 1.0, 0, [1, 1], [0, 0], [1, 1], 1, None)
     out = torch.ops.onednn.qconv_pointwise(
-        u,
-        1.0,
-        0,
-        packed,
-        one,
-        zero,
-        None,
-        [1, 1],
-        [0, 0],
-        [1, 1],
-        1,
-        1.0,
-        0,
-        torch.float32,
-        "none",
-        [],
-        "",
+        u, 1.0, 0, packed, one, zero, None, [1, 1], [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], ""
     )
     return float(out.flatten()[0]) != -255.0 * 128.0 * 16.0
 
@@ -140,9 +123,9 @@ class IntKernel:
 class OneDNNKernel(IntKernel):
     """oneDNN u8 x s8 convolution / linear with a float32 output."""
 
-    def __init__(
-        self, codes: Tensor, doubled: bool, gamma: Tensor, beta: Tensor, **geometry
-    ) -> None:
+    scalars: list[float]  # the post-op's scalars (hardtanh bounds)
+
+    def __init__(self, codes: Tensor, doubled: bool, gamma: Tensor, beta: Tensor, **geometry) -> None:
         super().__init__(codes, doubled, gamma, beta, **geometry)
         self.w_scale = (self.gamma * (2.0 if doubled else 1.0)).contiguous()
         self.w_zp = torch.zeros(codes.shape[0], dtype=torch.long)
@@ -187,13 +170,7 @@ class OneDNNKernel(IntKernel):
         if self.groups == 1:
             u = u.sum(1, keepdim=True)
         return F.conv2d(
-            u,
-            self.box_weight,
-            None,
-            self.stride,
-            self.padding,
-            self.dilation,
-            1 if self.groups == 1 else self.groups,
+            u, self.box_weight, None, self.stride, self.padding, self.dilation, 1 if self.groups == 1 else self.groups
         )
 
     def __call__(self, u: Tensor) -> Tensor:
@@ -236,9 +213,7 @@ class OneDNNKernel(IntKernel):
                 "",
             )
         if self.doubled:
-            return out.addcmul_(
-                self.gamma_view, self._receptive_sum(u)
-            )  # the kernel output is fresh
+            return out.addcmul_(self.gamma_view, self._receptive_sum(u))  # the kernel output is fresh
         return out
 
 
@@ -266,9 +241,7 @@ def pad_for_int_mm(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 class IntMMKernel(IntKernel):
     """``torch._int_mm`` (int8 x int8 -> int32), convolutions via im2col; groups must be 1."""
 
-    def __init__(
-        self, codes: Tensor, doubled: bool, gamma: Tensor, beta: Tensor, **geometry
-    ) -> None:
+    def __init__(self, codes: Tensor, doubled: bool, gamma: Tensor, beta: Tensor, **geometry) -> None:
         super().__init__(codes, doubled, gamma, beta, **geometry)
         if self.groups != 1:
             raise ValueError("the intmm kernel has no grouped convolution")
@@ -293,15 +266,16 @@ class IntMMKernel(IntKernel):
         if self.conv:
             batch = u.shape[0]
             h, w = u.shape[-2:]
+            # unfold takes int lists at runtime; its stub asks for tuples
             cols = F.unfold(
-                u, self.kernel_size, self.dilation, self.padding, self.stride
+                u,
+                self.kernel_size,
+                self.dilation,  # type: ignore[arg-type]  # a list[int], see above
+                self.padding,  # type: ignore[arg-type]  # a list[int], see above
+                self.stride,  # type: ignore[arg-type]  # a list[int], see above
             )  # B x K x L
-            oh = (
-                h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1
-            ) // self.stride[0] + 1
-            ow = (
-                w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1
-            ) // self.stride[1] + 1
+            oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+            ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
             a_f = cols.transpose(1, 2).reshape(-1, self.k)
         else:
             a_f = u
@@ -318,9 +292,7 @@ class IntMMKernel(IntKernel):
         return y
 
 
-def build_kernel(
-    backend: str, codes: Tensor, doubled: bool, gamma: Tensor, beta: Tensor, **geometry
-) -> IntKernel:
+def build_kernel(backend: str, codes: Tensor, doubled: bool, gamma: Tensor, beta: Tensor, **geometry) -> IntKernel:
     """The kernel object for ``backend`` (``onednn`` or ``intmm``)."""
     if backend == "onednn":
         return OneDNNKernel(codes, doubled, gamma, beta, **geometry)

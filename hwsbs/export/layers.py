@@ -9,7 +9,7 @@ that directly follows a convolution is folded into its per-channel output scale 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -83,9 +83,7 @@ class LayerRecord:
 class ExportedLayer(nn.Module):
     """A Conv2d/Linear rebuilt from a :class:`LayerRecord` (no state_dict entries of its own)."""
 
-    def __init__(
-        self, record: LayerRecord, backend: str, device: torch.device | str = "cpu"
-    ) -> None:
+    def __init__(self, record: LayerRecord, backend: str, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.record = record
         self.backend = backend if record.path == "int8" else "float"
@@ -109,7 +107,7 @@ class ExportedLayer(nn.Module):
             if record.kind == "conv" and dev.type == "cpu":  # mkldnn convolutions run NHWC fastest
                 self.weight = self.weight.contiguous(memory_format=torch.channels_last)
             if record.kind == "conv" and record.padding_mode != "zeros":
-                ph, pw = record.padding  # type: ignore[misc]
+                ph, pw = cast("tuple[int, int]", record.padding)  # unpacked as a pair, as before
                 self._pad = (pw, pw, ph, ph)
 
     # ---------------------------------------------------------------- integer path
@@ -123,19 +121,16 @@ class ExportedLayer(nn.Module):
             # x_q = s_a (2u - L) off the padding: 2 g S - g L sum(n over the window); the
             # full-window part is a per-channel constant, the rest is added near the borders.
             beta = beta - g * levels * n.flatten(1).sum(1).to(torch.float32)
-            padded = r.kind == "conv" and any(p > 0 for p in r.padding)  # type: ignore[union-attr]
+            # the int8 path is planned for pair paddings only (plan_path)
+            padded = r.kind == "conv" and any(p > 0 for p in cast("tuple[int, int]", r.padding))
             if padded:
                 self.border_scale = (g * levels).to(dev)
                 self._n64 = n.to(torch.float64)
             g = 2.0 * g
         geometry: dict[str, Any] = {"a_bits": r.a_bits}
         if r.kind == "conv":
-            geometry.update(
-                stride=r.stride, padding=r.padding, dilation=r.dilation, groups=r.groups
-            )
-        self.kernel = build_kernel(
-            self.backend, r.weight.to(dev), r.doubled, g.to(dev), beta.to(dev), **geometry
-        )
+            geometry.update(stride=r.stride, padding=r.padding, dilation=r.dilation, groups=r.groups)
+        self.kernel = build_kernel(self.backend, r.weight.to(dev), r.doubled, g.to(dev), beta.to(dev), **geometry)
 
     def _border(self, h: int, w: int, like: Tensor) -> Tensor:
         """``g L (sum(n) - sum(n over the non-padded window))`` per channel and output position."""
@@ -147,9 +142,7 @@ class ExportedLayer(nn.Module):
             inside = F.conv2d(ones, self._n64, None, r.stride, r.padding, r.dilation, r.groups)
             full = self._n64.flatten(1).sum(1).view(1, -1, 1, 1)
             assert self.border_scale is not None
-            term = (full - inside).to(torch.float32).to(like.device) * self.border_scale.view(
-                1, -1, 1, 1
-            )
+            term = (full - inside).to(torch.float32).to(like.device) * self.border_scale.view(1, -1, 1, 1)
             self._border_cache[key] = term
         return term
 
@@ -159,9 +152,7 @@ class ExportedLayer(nn.Module):
             raise ValueError(f"cannot fuse activation {kind!r}")
         self.activation = kind
         in_kernel = (
-            isinstance(self.kernel, OneDNNKernel)
-            and self.border_scale is None
-            and self.kernel.fuse_post_op(kind)
+            isinstance(self.kernel, OneDNNKernel) and self.border_scale is None and self.kernel.fuse_post_op(kind)
         )
         self._clamp_output = not in_kernel
 

@@ -14,7 +14,7 @@ import copy
 import errno
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, fx, nn
@@ -33,21 +33,12 @@ from .kernels import onednn_saturates, resolve_backend
 from .layers import ExportedLayer, LayerRecord
 from .source import ModelSpec
 
-__all__ = [
-    "EXPORT_FORMAT",
-    "ExportedModel",
-    "export_model",
-    "load_exported",
-    "plan_path",
-    "foldable_norms",
-]
+__all__ = ["EXPORT_FORMAT", "ExportedModel", "export_model", "load_exported", "plan_path", "foldable_norms"]
 
 EXPORT_FORMAT = "hwsbs-export/1"
 
 
-def plan_path(
-    w_bits: int, a_bits: int, groups: int, padding: Any, padding_mode: str, backend: str
-) -> tuple[str, str]:
+def plan_path(w_bits: int, a_bits: int, groups: int, padding: Any, padding_mode: str, backend: str) -> tuple[str, str]:
     """``("int8" | "float", reason)``: where a layer runs with ``backend``."""
     if backend == "float":
         return "float", "float export"
@@ -87,20 +78,18 @@ def foldable_norms(model: nn.Module) -> dict[str, str]:
         if len(users) != 1 or users[0].op != "call_module" or uses[str(node.target)] != 1:
             continue
         bn = modules.get(str(users[0].target))
-        if (
-            isinstance(bn, nn.BatchNorm2d)
-            and bn.track_running_stats
-            and uses[str(users[0].target)] == 1
-        ):
+        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and uses[str(users[0].target)] == 1:
             pairs[str(node.target)] = str(users[0].target)
     return pairs
 
 
 def _norm_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Eval-mode batch-norm as ``y * scale + shift``."""
-    inv = torch.rsqrt(bn.running_var.float() + bn.eps)
+    # foldable norms track running statistics, so these are tensors (typed Optional)
+    running_mean, running_var = cast(Tensor, bn.running_mean), cast(Tensor, bn.running_var)
+    inv = torch.rsqrt(running_var.float() + bn.eps)
     scale = bn.weight.float() * inv if bn.affine else inv
-    shift = (bn.bias.float() if bn.affine else 0.0) - bn.running_mean.float() * scale
+    shift = (bn.bias.float() if bn.affine else 0.0) - running_mean.float() * scale
     return scale.detach(), shift.detach()
 
 
@@ -112,9 +101,11 @@ def _capture_clips(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
     for name, layer in sbs_layers(model):
 
         def pre(mod: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
-            clips.setdefault(name, mod._act_clip(inputs[0]).detach().clone().reshape(()).float())  # type: ignore[operator]
+            sbs = cast(SBSLayerMixin, mod)  # the hook is registered on SBS layers only
+            clips.setdefault(name, sbs._act_clip(inputs[0]).detach().clone().reshape(()).float())
 
-        hooks.append(layer.register_forward_pre_hook(pre))  # type: ignore[union-attr]
+        module = cast(nn.Module, layer)  # every SBS layer is an nn.Module
+        hooks.append(module.register_forward_pre_hook(pre))
     try:
         model(example)
     finally:
@@ -124,25 +115,24 @@ def _capture_clips(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
 
 
 def _record(
-    name: str,
-    layer: SBSLayerMixin,
-    clip: Tensor | None,
-    norm: tuple[str, nn.BatchNorm2d] | None,
-    backend: str,
+    name: str, layer: SBSLayerMixin, clip: Tensor | None, norm: tuple[str, nn.BatchNorm2d] | None, backend: str
 ) -> LayerRecord:
     conv = isinstance(layer, nn.Conv2d)
     w_bits, a_bits = int(layer.fixed_w_bits), int(layer.fixed_a_bits)
     out_ch = int(layer.weight.shape[0])
+    geom: dict[str, Any]
     if conv:
+        c = cast(nn.Conv2d, layer)  # narrowed by the isinstance above
         geom = dict(
-            kernel_size=tuple(layer.kernel_size),
-            stride=tuple(layer.stride),
-            dilation=tuple(layer.dilation),
-            groups=int(layer.groups),
-            padding_mode=str(layer.padding_mode),
-            in_channels=int(layer.in_channels),
+            kernel_size=tuple(c.kernel_size),
+            stride=tuple(c.stride),
+            dilation=tuple(c.dilation),
+            groups=int(c.groups),
+            padding_mode=str(c.padding_mode),
+            in_channels=int(c.in_channels),
         )
-        padding = layer.padding if isinstance(layer.padding, str) else tuple(layer.padding)
+        # a Conv2d's padding is a mode string or a pair (typed tuple[int, ...])
+        padding = c.padding if isinstance(c.padding, str) else cast("tuple[int, int]", tuple(c.padding))
     else:
         geom = dict(
             kernel_size=(1, 1),
@@ -158,12 +148,7 @@ def _record(
         codes = weight_codes(layer, w_bits)
         weight, w_scale, doubled = codes.codes, codes.scale, codes.doubled
     else:
-        weight = (
-            (layer.quantized_weight() if w_bits < FLOAT_BITS else layer.weight)
-            .detach()
-            .float()
-            .clone()
-        )
+        weight = (layer.quantized_weight() if w_bits < FLOAT_BITS else layer.weight).detach().float().clone()
         w_scale, doubled = torch.ones(()), False
     bias = layer.bias.detach().float().clone() if layer.bias is not None else torch.zeros(out_ch)
     scale = torch.ones(out_ch)
@@ -187,7 +172,7 @@ def _record(
         out_scale=scale.contiguous(),
         out_bias=bias.contiguous(),
         folded_norm=norm[0] if norm is not None else None,
-        **geom,  # type: ignore[arg-type]
+        **geom,
     )
 
 
@@ -244,13 +229,9 @@ class ExportedModel(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write the export (tensors + plain metadata) to ``path``."""
         if self.spec is None:
-            raise ModelError(
-                "this export has no model spec (name and input geometry): it cannot be rebuilt on load"
-            )
+            raise ModelError("this export has no model spec (name and input geometry): it cannot be rebuilt on load")
         norms = {
-            n: _norm_meta(m)
-            for n, m in self.net.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            n: _norm_meta(m) for n, m in self.net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         }
         payload = {
             "format": EXPORT_FORMAT,
@@ -271,21 +252,17 @@ class ExportedModel(nn.Module):
         def write(fh: Any) -> None:
             try:
                 torch.save(payload, fh)
-            except (
-                RuntimeError
-            ) as exc:  # torch's stream writer reports a failed write(2) as RuntimeError
-                raise OSError(
-                    errno.EIO, f"torch.save: {str(exc).strip().splitlines()[0][:200]}"
-                ) from None
+            except RuntimeError as exc:  # torch's stream writer reports a failed write(2) as RuntimeError
+                raise OSError(errno.EIO, f"torch.save: {str(exc).strip().splitlines()[0][:200]}") from None
 
         return write_atomic(p, write, "the export", ConfigError)
 
 
-def _norm_meta(m: nn.Module) -> dict[str, Any]:
+def _norm_meta(m: nn.modules.batchnorm._BatchNorm) -> dict[str, Any]:
     return {
         "type": type(m).__name__,
         "num_features": int(m.num_features),
-        "eps": float(m.eps),  # type: ignore[arg-type]
+        "eps": float(m.eps),
         "affine": bool(m.affine),
         "track_running_stats": bool(m.track_running_stats),
     }
@@ -316,14 +293,10 @@ def export_model(
     """
     layers = sbs_layers(model)
     if not layers:
-        raise ModelError(
-            f"{type(model).__name__} has no SBS layer: export needs a converted, configured model"
-        )
+        raise ModelError(f"{type(model).__name__} has no SBS layer: export needs a converted, configured model")
     searching = [n for n, m in layers if m.mode != "fixed"]
     if searching:
-        raise ModelError(
-            f"layer {searching[0]} is in search mode: apply a configuration (apply_config) before export"
-        )
+        raise ModelError(f"layer {searching[0]} is in search mode: apply a configuration (apply_config) before export")
     chosen = resolve_backend(backend, device)
     was_training = model.training
     model.eval()
@@ -336,8 +309,9 @@ def export_model(
     records = []
     for name, layer in sbs_layers(net):
         norm_name = pairs.get(name)
-        norm = (norm_name, net.get_submodule(norm_name)) if norm_name else None
-        records.append(_record(name, layer, clips.get(name), norm, chosen))  # type: ignore[arg-type]
+        # foldable_norms pairs layers with BatchNorm2d modules only
+        norm = (norm_name, cast(nn.BatchNorm2d, net.get_submodule(norm_name))) if norm_name else None
+        records.append(_record(name, layer, clips.get(name), norm, chosen))
     return _assemble(net, records, chosen, device, spec, {"from": "sbs model"})
 
 
@@ -357,10 +331,7 @@ def _assemble(
 
 
 def load_exported(
-    path: str | Path,
-    device: torch.device | str = "cpu",
-    backend: str | None = None,
-    model: str | None = None,
+    path: str | Path, device: torch.device | str = "cpu", backend: str | None = None, model: str | None = None
 ) -> ExportedModel:
     """Rebuild an exported model saved by :meth:`ExportedModel.save`.
 
@@ -388,9 +359,7 @@ def load_exported(
     try:
         spec = ModelSpec.from_dict(data["spec"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{p}: spec: expected name, num_classes, in_channels and image_size ({exc!r})"
-        ) from None
+        raise CheckpointError(f"{p}: spec: expected name, num_classes, in_channels and image_size ({exc!r})") from None
     module = spec.name.partition(":")[0]
     if spec.name not in list_models() and spec.name != model and module not in sys.modules:
         raise ModelError(
@@ -415,9 +384,7 @@ def load_exported(
     records = [LayerRecord.from_dict(d) for d in data["layers"]]
     if chosen != data["backend"]:  # a different kernel may execute other bit pairs exactly
         for r in records:
-            r.path, r.reason = plan_path(
-                r.w_bits, r.a_bits, r.groups, r.padding, r.padding_mode, chosen
-            )
+            r.path, r.reason = plan_path(r.w_bits, r.a_bits, r.groups, r.padding, r.padding_mode, chosen)
     for r in records:
         set_submodule(net, r.name, ExportedLayer(r, chosen, device))
         if r.folded_norm:
@@ -427,7 +394,5 @@ def load_exported(
         net.load_state_dict(data["state"], strict=True)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        raise CheckpointError(
-            f"{p}: saved state does not fit the rebuilt {spec.name}: {lines[-1][:200]}"
-        ) from None
+        raise CheckpointError(f"{p}: saved state does not fit the rebuilt {spec.name}: {lines[-1][:200]}") from None
     return ExportedModel(net.to(device), records, chosen, device, spec, data.get("info"))

@@ -58,12 +58,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        return cls(
-            str(data["name"]),
-            int(data["num_classes"]),
-            int(data["in_channels"]),
-            tuple(data["image_size"]),
-        )  # type: ignore[arg-type]
+        return cls(str(data["name"]), int(data["num_classes"]), int(data["in_channels"]), tuple(data["image_size"]))
 
     def describe(self) -> str:
         h, w = self.image_size
@@ -136,9 +131,7 @@ def compressed_model(
         ModelError: the configuration does not fit the model.
         CheckpointError: ``state`` does not fit the configured model.
     """
-    space = convert_model(
-        spec.build(), spec.example(), config.bits, group_size=config.group_size, prune=True
-    )
+    space = convert_model(spec.build(), spec.example(), config.bits, group_size=config.group_size, prune=True)
     model = apply_config(space, config, source)
     if state is not None:
         try:
@@ -163,9 +156,7 @@ def read_run_options(run_dir: str | Path | None) -> dict[str, Any]:
     path = Path(run_dir) / "options.json"
     options = read_checked_json(path)
     if not isinstance(options, dict):
-        raise ConfigError(
-            f"{path}: expected a JSON object (the run's options), got {type(options).__name__}"
-        )
+        raise ConfigError(f"{path}: expected a JSON object (the run's options), got {type(options).__name__}")
     return options
 
 
@@ -190,9 +181,7 @@ def run_model_name(run_dir: str | Path, options: dict[str, Any]) -> str | None:
             f"{where}: model {name!r} is code to import, which a run directory cannot choose; "
             f"if you trust it, pass --model {name} yourself"
         )
-    raise ConfigError(
-        f"{where}: model: unknown model {name!r}; known: {', '.join(list_models())} (or pass --model)"
-    )
+    raise ConfigError(f"{where}: model: unknown model {name!r}; known: {', '.join(list_models())} (or pass --model)")
 
 
 def load_run(

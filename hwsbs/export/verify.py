@@ -75,7 +75,5 @@ def verify_export(
         y = torch.cat(labels)
         stats["accuracy_fake_quant"] = float((ref.argmax(1) == y).float().mean())
         stats["accuracy_export"] = float((out.argmax(1) == y).float().mean())
-    stats["passed"] = (
-        stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] <= REL_TOL
-    )
+    stats["passed"] = stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] <= REL_TOL
     return stats

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -29,14 +30,7 @@ from hwsbs.sbs.convert import convert_model
 from .configs import kept_channels
 from .timing import sample_times, summarise_times
 
-__all__ = [
-    "LayerJob",
-    "MeasureSettings",
-    "plan_jobs",
-    "executed_pairs",
-    "grid_points",
-    "measure_jobs",
-]
+__all__ = ["LayerJob", "MeasureSettings", "plan_jobs", "executed_pairs", "grid_points", "measure_jobs"]
 
 _FLOAT = 32
 
@@ -57,9 +51,7 @@ class LayerJob:
     bias: bool
     in_size: tuple[int, int]  # input H x W (linear: positions x 1)
     act_signed: bool  # the model feeds it signed inputs (decides the input quantiser)
-    activations: list[str | None] = field(
-        default_factory=list
-    )  # fused ReLU/ReLU6 per layer (None: none)
+    activations: list[str | None] = field(default_factory=list)  # fused ReLU/ReLU6 per layer (None: none)
     kin: set[int] = field(default_factory=set)
     kout: set[int] = field(default_factory=set)
     layers: list[str] = field(default_factory=list)  # "model:layer" names with this signature
@@ -74,11 +66,7 @@ class LayerJob:
 
     @property
     def depthwise(self) -> bool:
-        return (
-            self.kind == "conv"
-            and self.groups > 1
-            and self.groups == self.in_channels == self.out_channels
-        )
+        return self.kind == "conv" and self.groups > 1 and self.groups == self.in_channels == self.out_channels
 
     def points(self) -> list[tuple[int, int]]:
         """(kept_in, kept_out) to measure: a full grid, a line for depthwise layers."""
@@ -125,8 +113,8 @@ def _shape_job(shape: LayerShape) -> LayerJob:
         out_channels=shape.out_channels,
         kernel_size=shape.kernel_size,
         stride=shape.stride,
-        padding=pads if shape.kind == "conv" else (0, 0),
-        dilation=(1, 1),  # type: ignore[arg-type]
+        padding=cast("tuple[int, int]", pads) if shape.kind == "conv" else (0, 0),  # one per side
+        dilation=(1, 1),
         groups=shape.groups,
         bias=False,
         in_size=shape.in_size,
@@ -155,12 +143,7 @@ def plan_jobs(
         fp = spec.build()
         fused = activations_after(fp)
         space = convert_model(
-            fp,
-            spec.example(),
-            bits,
-            group_size=group_size,
-            max_prune_fraction=max_prune_fraction,
-            prune=True,
+            fp, spec.example(), bits, group_size=group_size, max_prune_fraction=max_prune_fraction, prune=True
         )
         producers = {g.producer for g in space.groups}
         source = space.kept_in_source()
@@ -176,6 +159,7 @@ def plan_jobs(
             job = jobs.get(sig)
             if job is None:
                 conv = shape.kind == "conv"
+                geometry = cast(nn.Conv2d, mod)  # read only for a conv, an SBSConv2d
                 job = jobs[sig] = LayerJob(
                     signature=sig,
                     kind=shape.kind,
@@ -183,8 +167,8 @@ def plan_jobs(
                     out_channels=shape.out_channels,
                     kernel_size=shape.kernel_size,
                     stride=shape.stride,
-                    padding=tuple(mod.padding) if conv else (0, 0),  # type: ignore[arg-type]
-                    dilation=tuple(mod.dilation) if conv else (1, 1),  # type: ignore[arg-type]
+                    padding=cast("tuple[int, int]", tuple(geometry.padding)) if conv else (0, 0),
+                    dilation=cast("tuple[int, int]", tuple(geometry.dilation)) if conv else (1, 1),
                     groups=shape.groups,
                     bias=mod.bias is not None,
                     in_size=shape.in_size,
@@ -193,13 +177,9 @@ def plan_jobs(
             job.layers.append(f"{spec.name}:{name}")
             job.activations.append(fused.get(name))
             if shape.is_depthwise:
-                job.kout.update(
-                    options(shape.out_channels) if name in source else [shape.out_channels]
-                )
+                job.kout.update(options(shape.out_channels) if name in source else [shape.out_channels])
                 continue
-            job.kout.update(
-                options(shape.out_channels) if name in producers else [shape.out_channels]
-            )
+            job.kout.update(options(shape.out_channels) if name in producers else [shape.out_channels])
             job.kin.update(options(shape.in_channels) if name in source else [shape.in_channels])
     for shape in extra_shapes:
         if shape.signature not in jobs:
@@ -214,14 +194,9 @@ def executed_pairs(backend: str) -> list[tuple[int, int, str]]:
     is not in that region (it then runs in float32 on fake-quantised values), and 32/32.
     """
     inside = [
-        (w, a)
-        for w in range(1, 9)
-        for a in range(1, 9)
-        if plan_path(w, a, 1, (0, 0), "zeros", backend)[0] == "int8"
+        (w, a) for w in range(1, 9) for a in range(1, 9) if plan_path(w, a, 1, (0, 0), "zeros", backend)[0] == "int8"
     ]
-    widest = [
-        p for p in inside if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in inside)
-    ]
+    widest = [p for p in inside if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in inside)]
     pairs = [(w, a, f"int8 {backend}") for w, a in sorted(widest, reverse=True)]
     if (8, 8) not in inside:
         pairs.append((8, 8, f"float32 ({plan_path(8, 8, 1, (0, 0), 'zeros', backend)[1]})"))
@@ -259,27 +234,21 @@ def _exported(
     job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings
 ) -> ExportedLayer:
     cls = SBSConv2d if job.kind == "conv" else SBSLinear
-    layer = cls.from_module(base, DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, 1.0)  # type: ignore[arg-type]
+    layer = cls.from_module(base, DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, 1.0)  # type: ignore[arg-type]  # base is a Conv2d for a conv job, else a Linear
     layer._maybe_calibrate(example)
     layer.act_signed.fill_(job.act_signed)
     layer.set_fixed(w, a)
     exported = export_model(
-        nn.Sequential(layer),
-        example[:2],
-        backend=settings.backend,
-        device=settings.device,
-        fold_norms=False,
+        nn.Sequential(layer), example[:2], backend=settings.backend, device=settings.device, fold_norms=False
     )
-    out: ExportedLayer = exported.net[0]  # type: ignore[assignment]
+    out = cast(ExportedLayer, cast(nn.Sequential, exported.net)[0])  # the Sequential's one layer
     if job.activation is not None:  # as inside the exported model
         out.fuse_activation(job.activation)
     return out
 
 
 def measure_jobs(
-    jobs: Sequence[LayerJob],
-    settings: MeasureSettings,
-    on_step: Callable[[str], None] | None = None,
+    jobs: Sequence[LayerJob], settings: MeasureSettings, on_step: Callable[[str], None] | None = None
 ) -> list[LutEntry]:
     """Time every job at every executed pair, grid point and batch; one entry per measurement.
 
@@ -301,9 +270,7 @@ def measure_jobs(
             example = _input(job, kin, 2, gen)
             for batch in settings.batches:
                 for w, a, _ in pairs:
-                    tasks.append(
-                        (job, kin, kout, batch, w, a, _exported(job, base, w, a, example, settings))
-                    )
+                    tasks.append((job, kin, kout, batch, w, a, _exported(job, base, w, a, example, settings)))
     rounds = max(1, settings.rounds)
     per_round = -(-settings.repeats // rounds)
     samples: list[list[float]] = [[] for _ in tasks]
@@ -313,7 +280,7 @@ def measure_jobs(
             if x.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
                 x = x.contiguous(memory_format=torch.channels_last)
             samples[i] += sample_times(
-                lambda layer=layer, x=x: layer(x),
+                lambda layer=layer, x=x: layer(x),  # type: ignore[misc]  # mypy cannot infer lambdas with default-bound arguments
                 warmup=settings.warmup,
                 repeats=per_round,
                 device=dev,

@@ -17,9 +17,7 @@ def kept_channels(channels: int, group_size: int, max_prune_fraction: float) -> 
     groups = -(-channels // group_size)
     max_pruned = min(int(max_prune_fraction * groups + 1e-9), groups - 1)
     # The last group may be smaller; pruning the largest groups removes the most channels.
-    sizes = sorted(
-        (min(group_size, channels - g * group_size) for g in range(groups)), reverse=True
-    )
+    sizes = sorted((min(group_size, channels - g * group_size) for g in range(groups)), reverse=True)
     return channels - sum(sizes[:max_pruned]), channels
 
 
@@ -32,9 +30,7 @@ def uniform_config(
         b = pinned_bits if (pinned_bits is not None and layer.pinned) else bits
         decisions.append(LayerDecision(space.shapes[n], b, b))
     first = space.layer(space.layer_names[0])
-    return CompressionConfig(
-        decisions, name, bits=list(first.bits), group_size=first.group_size, batch=batch
-    )
+    return CompressionConfig(decisions, name, bits=list(first.bits), group_size=first.group_size, batch=batch)
 
 
 def random_config(
@@ -63,9 +59,7 @@ def random_config(
         max_pruned = min(int(max_prune_fraction * groups + 1e-9), groups - 1)
         count = sum(rng.random() < intensity for _ in range(max_pruned))
         chosen = sorted(rng.sample(range(groups), count))
-        pruned[g.producer] = [
-            c for k in chosen for c in range(k * group_size, min((k + 1) * group_size, channels))
-        ]
+        pruned[g.producer] = [c for k in chosen for c in range(k * group_size, min((k + 1) * group_size, channels))]
     source = space.kept_in_source()
     passthrough = {p for g in space.groups for p in g.passthrough}
     decisions = []

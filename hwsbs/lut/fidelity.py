@@ -26,15 +26,7 @@ from hwsbs.sbs.convert import convert_model
 from .configs import random_config
 from .timing import fixed_threads, sample_times, summarise_times
 
-__all__ = [
-    "Measured",
-    "ProfileFit",
-    "draw_configs",
-    "measure_configs",
-    "fit_profile",
-    "summarise",
-    "report_dict",
-]
+__all__ = ["Measured", "ProfileFit", "draw_configs", "measure_configs", "fit_profile", "summarise", "report_dict"]
 
 
 @dataclass
@@ -74,23 +66,12 @@ def draw_configs(
 ) -> list[CompressionConfig]:
     """``n`` random configurations (bits and pruning) of ``spec``'s model, reproducible by ``seed``."""
     space = convert_model(
-        spec.build(),
-        spec.example(),
-        bits,
-        group_size=group_size,
-        max_prune_fraction=max_prune_fraction,
-        prune=True,
+        spec.build(), spec.example(), bits, group_size=group_size, max_prune_fraction=max_prune_fraction, prune=True
     )
     rng = random.Random(seed)
     return [
         random_config(
-            space,
-            rng,
-            bits,
-            name=spec.name,
-            group_size=group_size,
-            max_prune_fraction=max_prune_fraction,
-            batch=batch,
+            space, rng, bits, name=spec.name, group_size=group_size, max_prune_fraction=max_prune_fraction, batch=batch
         )
         for _ in range(n)
     ]
@@ -125,18 +106,16 @@ def measure_configs(
         exported = []
         for config in configs:
             exported.append(
-                export_model(
-                    compressed_model(spec, config), spec.example(), backend=backend, device=device
-                )
+                export_model(compressed_model(spec, config), spec.example(), backend=backend, device=device)
             )
             if on_step is not None:
                 on_step()
         samples: list[list[float]] = [[] for _ in configs]
         for m in exported:
-            sample_times(lambda m=m: m(x), warmup=warmup, repeats=0, device=dev)
+            sample_times(lambda m=m: m(x), warmup=warmup, repeats=0, device=dev)  # type: ignore[misc]  # mypy cannot infer lambdas with default-bound arguments
         for _ in range(max(repeats, 1)):
             for i, m in enumerate(exported):
-                samples[i] += sample_times(lambda m=m: m(x), warmup=0, repeats=1, device=dev)
+                samples[i] += sample_times(lambda m=m: m(x), warmup=0, repeats=1, device=dev)  # type: ignore[misc]  # mypy cannot infer lambdas with default-bound arguments
             if on_step is not None:
                 on_step()
     results = []
@@ -145,13 +124,7 @@ def measure_configs(
         frac, mean_bits = _mac_stats(config)
         results.append(
             Measured(
-                i,
-                config,
-                timing.median_s,
-                timing.std_s,
-                sum(r.path == "int8" for r in m.records),
-                frac,
-                mean_bits,
+                i, config, timing.median_s, timing.std_s, sum(r.path == "int8" for r in m.records), frac, mean_bits
             )
         )
     return results
@@ -176,9 +149,7 @@ def summarise(predicted: Sequence[float], measured: Sequence[float]) -> dict[str
     return out
 
 
-def fit_profile(
-    hw: str, measured: Sequence[Measured], batch: int, cost: str | None = None
-) -> ProfileFit:
+def fit_profile(hw: str, measured: Sequence[Measured], batch: int, cost: str | None = None) -> ProfileFit:
     """Predict every measured configuration with ``hw``'s cost model (or ``cost``) at ``batch``."""
     profile = load_profile(hw)
     model = cost_model_for(profile, cost)
@@ -201,10 +172,7 @@ def fit_profile(
 
 
 def report_dict(
-    spec: ModelSpec,
-    measured: Sequence[Measured],
-    fits: Sequence[ProfileFit],
-    settings: dict[str, Any],
+    spec: ModelSpec, measured: Sequence[Measured], fits: Sequence[ProfileFit], settings: dict[str, Any]
 ) -> dict[str, Any]:
     """Everything as plain JSON data."""
     return {
@@ -224,13 +192,6 @@ def report_dict(
             for i, m in enumerate(measured)
         ],
         "profiles": [
-            {
-                "hw": f.hw,
-                "profile": f.profile,
-                "cost_model": f.cost_model,
-                "unit": f.unit,
-                **f.summary,
-            }
-            for f in fits
+            {"hw": f.hw, "profile": f.profile, "cost_model": f.cost_model, "unit": f.unit, **f.summary} for f in fits
         ],
     }

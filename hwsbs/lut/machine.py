@@ -11,16 +11,7 @@ import torch
 
 __all__ = ["machine_info", "describe_machine"]
 
-_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "amx_int8",
-)
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -74,11 +65,7 @@ def describe_machine(info: dict[str, Any]) -> str:
         return f"{info['gpu']} (CUDA {info.get('cuda')}), torch {info['torch']}"
     isa = ", ".join(info["isa"]) or "no AVX2"
     vnni = "VNNI" if any("vnni" in f for f in info["isa"]) else "no VNNI"
-    sat = (
-        "int8 pair sums saturate int16"
-        if info["int16_pair_saturation"]
-        else "int8 accumulates in int32"
-    )
+    sat = "int8 pair sums saturate int16" if info["int16_pair_saturation"] else "int8 accumulates in int32"
     threads = f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}"
     return (
         f"{info['cpu']} (family {info['cpu_family']} model {info['cpu_model']}), {info['cores']} cores "

@@ -49,9 +49,7 @@ def profile_name_for(path: str | Path) -> str:
     """A profile name from its file name (``hardware_profiles/epyc-2c.yaml`` -> ``epyc-2c``)."""
     stem = Path(path).stem
     if not stem or not (stem[0].isalnum() and all(c.isalnum() or c in "_.-" for c in stem)):
-        raise ConfigError(
-            f"--out {path}: the file name must be a profile name (letters, digits, _ . -)"
-        )
+        raise ConfigError(f"--out {path}: the file name must be a profile name (letters, digits, _ . -)")
     return stem
 
 

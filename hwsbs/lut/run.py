@@ -8,14 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cost_models.base import LayerShape
 from hardware_profiles.schema import HardwareProfile
@@ -46,9 +39,7 @@ class BuildResult:
 
 
 def _count(jobs, settings: MeasureSettings, pairs: int) -> int:
-    return (
-        sum(len(j.points()) for j in jobs) * len(settings.batches) * pairs * max(1, settings.rounds)
-    )
+    return sum(len(j.points()) for j in jobs) * len(settings.batches) * pairs * max(1, settings.rounds)
 
 
 def build_profile(
@@ -104,9 +95,7 @@ def build_profile(
             disable=not progress,
         ) as bar:
             task = bar.add_task("lut", total=total, what="")
-            entries = measure_jobs(
-                jobs, settings, lambda what: bar.update(task, advance=1, what=what)
-            )
+            entries = measure_jobs(jobs, settings, lambda what: bar.update(task, advance=1, what=what))
     elapsed = time.perf_counter() - start
     device_line = describe_machine(machine)
     paths = "; ".join(f"{w}/{a}: {label}" for w, a, label in pairs)
@@ -122,9 +111,7 @@ def build_profile(
     date = time.strftime("%Y-%m-%d")
     models = ", ".join(s.describe() for s in specs)
     if extra_shapes:
-        models += (
-            f" and {len(extra_shapes)} extra shapes ({', '.join(s.name for s in extra_shapes)})"
-        )
+        models += f" and {len(extra_shapes)} extra shapes ({', '.join(s.name for s in extra_shapes)})"
     header = [
         f"Measured by hwsbs lut build on {date}; regenerate with the command below, do not edit by hand.",
         f"command: {command}" if command else "command: (API call)",

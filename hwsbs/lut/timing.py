@@ -98,6 +98,4 @@ def time_callable(
     min_time_s: float = 0.0,
 ) -> Timing:
     """:func:`sample_times` summarised."""
-    return summarise_times(
-        sample_times(fn, warmup=warmup, repeats=repeats, device=device, min_time_s=min_time_s)
-    )
+    return summarise_times(sample_times(fn, warmup=warmup, repeats=repeats, device=device, min_time_s=min_time_s))

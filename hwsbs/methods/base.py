@@ -23,14 +23,7 @@ from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import SearchSpace
 from hwsbs.sbs.engine import CostObjective
 
-__all__ = [
-    "MethodContext",
-    "SearchMethod",
-    "register_method",
-    "get_method",
-    "list_methods",
-    "run_search_epochs",
-]
+__all__ = ["MethodContext", "SearchMethod", "register_method", "get_method", "list_methods", "run_search_epochs"]
 
 
 @dataclass
@@ -75,9 +68,7 @@ _METHODS: dict[str, SearchMethod] = {}
 
 def register_method(
     name: str, *, prunes: bool, description: str, meets_target: bool = False
-) -> Callable[
-    [Callable[[MethodContext], CompressionConfig]], Callable[[MethodContext], CompressionConfig]
-]:
+) -> Callable[[Callable[[MethodContext], CompressionConfig]], Callable[[MethodContext], CompressionConfig]]:
     """Decorator registering ``fn(ctx) -> CompressionConfig`` as search method ``name``.
 
     Args:
@@ -88,14 +79,9 @@ def register_method(
             (:func:`hwsbs.testing.check_search_method` holds it to that).
     """
 
-    def decorator(
-        fn: Callable[[MethodContext], CompressionConfig],
-    ) -> Callable[[MethodContext], CompressionConfig]:
+    def decorator(fn: Callable[[MethodContext], CompressionConfig]) -> Callable[[MethodContext], CompressionConfig]:
         if name in _METHODS and _METHODS[name].run is not fn:
-            warnings.warn(
-                f"search method {name!r} is registered again; the new one replaces the old",
-                stacklevel=2,
-            )
+            warnings.warn(f"search method {name!r} is registered again; the new one replaces the old", stacklevel=2)
         _METHODS[name] = SearchMethod(name, fn, prunes, description, meets_target)
         return fn
 
@@ -144,7 +130,5 @@ def run_search_epochs(
         stats: dict[str, float] = {}
         for x, y in ctx.train_loader("search", epoch):
             stats = step(x.to(ctx.device), y.to(ctx.device), f"{what} epoch {epoch + 1}")
-            ctx.progress.update(
-                loss=stats["loss"], acc=stats["acc"], cost=f"{stats['cost']:.3g} {unit}"
-            )
+            ctx.progress.update(loss=stats["loss"], acc=stats["acc"], cost=f"{stats['cost']:.3g} {unit}")
         ctx.save_state(epoch + 1, state(), stats)

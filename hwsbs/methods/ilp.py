@@ -32,17 +32,13 @@ Options (``SearchConfig.extra``): ``sensitivity_batches`` (4), ``ilp_time_limit`
 
 from __future__ import annotations
 
-import copy
 import itertools
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
-from torch import Tensor, nn
 
 from cost_models.base import FLOAT_BITS, LayerState
 from hwsbs.errors import ConfigError
@@ -50,13 +46,11 @@ from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import SearchSpace
 
 from .base import MethodContext, register_method
-from .random_search import (
-    Candidate,
-    candidate_config,
-    check_budget_reachable,
-    max_pruned_groups,
-    resolve_budget,
-)
+from .random_search import Candidate, candidate_config, check_budget_reachable, max_pruned_groups, resolve_budget
+from .sensitivity import Sensitivity, estimate_sensitivity
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = [
     "Option",
@@ -116,10 +110,9 @@ class Choice:
     sensitivity: float
 
 
-def _constraint_rows(
-    problem: Problem, n_x: int, y_index: dict[tuple[str, int], int]
-) -> tuple[coo_matrix, list]:
+def _constraint_rows(problem: Problem, n_x: int, y_index: dict[tuple[str, int], int]) -> tuple[coo_matrix, list]:
     """One-hot rows (= 1) and level-consistency rows (= 0): a sparse matrix and its right-hand sides."""
+    lb: list[float]
     rows, cols, vals, lb = [], [], [], []
 
     def add_row(entries: list[tuple[int, float]], rhs: float) -> None:
@@ -151,10 +144,7 @@ def _decode(problem: Problem, x: np.ndarray, y_index: dict[tuple[str, int], int]
     for layer in problem.layers:
         options[layer.name] = int(np.argmax(x[start : start + len(layer.options)]))
         start += len(layer.options)
-    levels = {
-        p: int(np.argmax([x[y_index[p, k]] for k in range(len(s))]))
-        for p, s in problem.levels.items()
-    }
+    levels = {p: int(np.argmax([x[y_index[p, k]] for k in range(len(s))])) for p, s in problem.levels.items()}
     chosen = [lay.options[options[lay.name]] for lay in problem.layers]
     sens = sum(o.sensitivity for o in chosen) + sum(problem.levels[p][k] for p, k in levels.items())
     return Choice(options, levels, float(sum(o.cost for o in chosen)), float(sens))
@@ -170,203 +160,28 @@ def solve_assignment(problem: Problem, time_limit: float | None = None) -> Choic
     keys = [(p, k) for p, s in problem.levels.items() for k in range(len(s))]
     y_cols = {key: n_x + i for i, key in enumerate(keys)}
     c = np.asarray(
-        [o.sensitivity for lay in problem.layers for o in lay.options]
-        + [problem.levels[p][k] for p, k in keys],
+        [o.sensitivity for lay in problem.layers for o in lay.options] + [problem.levels[p][k] for p, k in keys],
         dtype=float,
     )
-    c /= max(
-        float(np.abs(c).max(initial=0.0)), 1e-300
-    )  # O(1) coefficients for the solver's tolerances
+    c /= max(float(np.abs(c).max(initial=0.0)), 1e-300)  # O(1) coefficients for the solver's tolerances
     budget = float(problem.budget)
     costs = np.asarray([o.cost for lay in problem.layers for o in lay.options] + [0.0] * len(keys))
     scale = budget if budget > 0 and np.isfinite(budget) else 1.0
     a_eq, rhs_eq = _constraint_rows(problem, n_x, y_cols)
-    options = (
-        {"mip_rel_gap": 1e-9, "time_limit": time_limit} if time_limit else {"mip_rel_gap": 1e-9}
-    )
+    options = {"mip_rel_gap": 1e-9, "time_limit": time_limit} if time_limit else {"mip_rel_gap": 1e-9}
     rhs = budget / scale
-    for attempt in range(
-        4
-    ):  # the solver's feasibility tolerance may let a choice overshoot slightly
-        cons = [
-            LinearConstraint(a_eq, rhs_eq, rhs_eq),
-            LinearConstraint(costs[None, :] / scale, -np.inf, rhs),
-        ]
-        res = milp(
-            c, integrality=np.ones(len(c)), bounds=Bounds(0, 1), constraints=cons, options=options
-        )
+    for attempt in range(4):  # the solver's feasibility tolerance may let a choice overshoot slightly
+        cons = [LinearConstraint(a_eq, rhs_eq, rhs_eq), LinearConstraint(costs[None, :] / scale, -np.inf, rhs)]
+        res = milp(c, integrality=np.ones(len(c)), bounds=Bounds(0, 1), constraints=cons, options=options)
         if res.x is None:
-            raise ConfigError(
-                f"ilp: no assignment fits the budget {budget:.4g} ({' '.join(res.message.split())})"
-            )
+            raise ConfigError(f"ilp: no assignment fits the budget {budget:.4g} ({' '.join(res.message.split())})")
         choice = _decode(problem, res.x, y_cols)
         if choice.cost <= budget:
             return choice
         rhs -= (choice.cost - budget) / scale + 1e-7 * 10**attempt
-    raise ConfigError(
-        f"ilp: the solver's choices keep exceeding the budget {budget:.4g} (last {choice.cost:.4g})"
-    )
+    raise ConfigError(f"ilp: the solver's choices keep exceeding the budget {budget:.4g} (last {choice.cost:.4g})")
 
 
-# ---------------------------------------------------------------------------------------- sensitivity
-@dataclass
-class Sensitivity:
-    """Second-order loss-increase estimates (see the module docstring)."""
-
-    weight: dict[str, dict[int, float]]  # layer -> weight bits -> S_w
-    act: dict[str, dict[int, float]]  # layer -> activation bits -> S_a
-    channels: dict[str, list[float]]  # producer -> importance of each output channel
-
-    def groups(self, producer: str, sizes: Sequence[int]) -> list[float]:
-        """Importance per pruning group of ``producer`` (groups of ``sizes`` channels)."""
-        imp, out, start = self.channels[producer], [], 0
-        for size in sizes:
-            out.append(float(sum(imp[start : start + size])))
-            start += size
-        return out
-
-
-def _capture_inputs(store: dict[str, list[Tensor]], name: str) -> Callable:
-    """A pre-hook giving the layer its own copy of the input, one that autograd can differentiate."""
-
-    def hook(module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        x = x.clone() if x.requires_grad else x.detach().clone().requires_grad_(True)
-        store.setdefault(name, []).append(x)
-        return (x, *args[1:])
-
-    return hook
-
-
-def _channel_sums(t: Tensor, linear: bool) -> Tensor:
-    """Sum over everything but the channel dimension (last for Linear, 1 for Conv2d)."""
-    dim = t.dim() - 1 if linear else 1
-    return t.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1)
-
-
-@torch.no_grad()
-def _add_batch(
-    layers: dict[str, nn.Module],
-    inputs: dict[str, list[Tensor]],
-    grads: dict[str, list[Tensor]],
-    bits: Sequence[int],
-    n: int,
-    consumers: dict[str, str],
-    act: dict,
-    chan: dict,
-) -> None:
-    """Accumulate one batch's activation sensitivities and channel importances."""
-    for name, layer in layers.items():
-        for x, g in zip(inputs.get(name, []), grads.get(name, [])):
-            g2 = g.pow(2)
-            for b in bits:
-                layer.set_fixed(_FP, b)
-                act[name][b] += 0.5 * n * float((g2 * (layer.quantized_input(x) - x).pow(2)).sum())
-            layer.set_fixed(_FP, _FP)
-            if name in consumers:
-                chan[consumers[name]] += (
-                    0.5 * n * _channel_sums((g * x).pow(2), isinstance(layer, nn.Linear))
-                )
-
-
-def _backward(
-    model: nn.Module,
-    layers: dict[str, nn.Module],
-    inputs: dict[str, list[Tensor]],
-    x: Tensor,
-    y: Tensor,
-) -> tuple[list[Tensor | None], dict[str, list[Tensor]]]:
-    """One batch's CE gradients w.r.t. every layer's weight and every captured layer input."""
-    inputs.clear()
-    loss = F.cross_entropy(model(x), y)
-    names = [n for n in layers if n in inputs]
-    flat = [t for n in names for t in inputs[n]]
-    got = torch.autograd.grad(loss, [layers[n].weight for n in layers] + flat, allow_unused=True)
-    rest = iter(got[len(layers) :])
-    grads = {
-        n: [torch.zeros_like(t) if (g := next(rest)) is None else g for t in inputs[n]]
-        for n in names
-    }
-    return list(got[: len(layers)]), grads
-
-
-def estimate_sensitivity(
-    space: SearchSpace,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    bits: Sequence[int],
-    device: torch.device,
-    on_batch: Callable[[], None] | None = None,
-) -> Sensitivity:
-    """Fisher-Taylor sensitivities of every layer and channel importances of every producer.
-
-    Computed on a deep copy in eval mode (batch-norm running statistics, no dropout), every
-    layer at full precision.
-
-    Args:
-        space: the converted model (deep-copied; never modified).
-        batches: (inputs, labels) training batches.
-        bits: candidate bit widths.
-        device: where to compute.
-        on_batch: called after each batch (progress).
-
-    Raises:
-        ConfigError: ``batches`` is empty.
-    """
-    model = copy.deepcopy(space.model).to(device).eval()
-    layers = {n: model.get_submodule(n) for n in space.layer_names}
-    for layer in layers.values():
-        layer.set_fixed(_FP, _FP)
-    consumers = {g.consumer: g.producer for g in space.groups}
-    fisher = [torch.zeros_like(lay.weight) for lay in layers.values()]
-    act = {n: {b: 0.0 for b in bits} for n in layers}
-    chan = {
-        g.producer: torch.zeros(space.shapes[g.producer].out_channels, device=device)
-        for g in space.groups
-    }
-    inputs: dict[str, list[Tensor]] = {}
-    hooks = [lay.register_forward_pre_hook(_capture_inputs(inputs, n)) for n, lay in layers.items()]
-    count = 0
-    try:
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            w_grads, x_grads = _backward(model, layers, inputs, x, y)
-            for f, g in zip(fisher, w_grads):
-                if g is not None:
-                    f += len(y) * g.detach().pow(2)
-            detached = {n: [t.detach() for t in inputs[n]] for n in x_grads}
-            _add_batch(layers, detached, x_grads, bits, len(y), consumers, act, chan)
-            count += 1
-            if on_batch is not None:
-                on_batch()
-    finally:
-        for h in hooks:
-            h.remove()
-    if count == 0:
-        raise ConfigError("ilp: no training batch to estimate sensitivities on")
-    weight = _weight_sensitivity(layers, dict(zip(layers, fisher)), bits, count)
-    return Sensitivity(
-        weight,
-        {n: {b: v / count for b, v in d.items()} for n, d in act.items()},
-        {p: (c / count).tolist() for p, c in chan.items()},
-    )
-
-
-@torch.no_grad()
-def _weight_sensitivity(
-    layers: dict[str, nn.Module], fisher: dict[str, Tensor], bits: Sequence[int], count: int
-) -> dict:
-    out: dict[str, dict[int, float]] = {}
-    for name, layer in layers.items():
-        f = fisher[name] / count
-        out[name] = {}
-        for b in bits:
-            layer.set_fixed(b, _FP)
-            out[name][b] = 0.5 * float((f * (layer.quantized_weight() - layer.weight).pow(2)).sum())
-        layer.set_fixed(_FP, _FP)
-    return out
-
-
-# ---------------------------------------------------------------------------------------- the method
 def prune_levels(max_k: int, limit: int = _MAX_LEVELS) -> list[int]:
     """Numbers of pruned groups to offer: all of ``0..max_k``, or ``limit`` evenly spaced ones."""
     if max_k + 1 <= limit:
@@ -384,9 +199,7 @@ class _Plan:
 
     def candidate(self, problem: Problem, choice: Choice, pinned: set[str]) -> Candidate:
         bits = {
-            lay.name: lay.options[choice.options[lay.name]].bits
-            for lay in problem.layers
-            if lay.name not in pinned
+            lay.name: lay.options[choice.options[lay.name]].bits for lay in problem.layers if lay.name not in pinned
         }
         pruned = {p: sorted(self.order[p][: self.ks[p][k]]) for p, k in choice.levels.items()}
         return Candidate(bits, pruned)
@@ -401,9 +214,7 @@ def _plan(space: SearchSpace, sens: Sensitivity) -> tuple[_Plan, dict[str, list[
         order = sorted(range(len(sizes)), key=lambda i: (imp[i], i))
         ks = prune_levels(max_pruned_groups(layer))
         plan.ks[g.producer], plan.order[g.producer] = ks, order
-        plan.kept[g.producer] = [
-            space.shapes[g.producer].out_channels - sum(sizes[i] for i in order[:k]) for k in ks
-        ]
+        plan.kept[g.producer] = [space.shapes[g.producer].out_channels - sum(sizes[i] for i in order[:k]) for k in ks]
         levels[g.producer] = [float(sum(imp[i] for i in order[:k])) for k in ks]
     return plan, levels
 
@@ -426,15 +237,12 @@ def build_problem(ctx: MethodContext, sens: Sensitivity, budget: float) -> tuple
         )
         options = []
         for (w, a), ko, ki in itertools.product(
-            pairs,
-            range(len(plan.ks[own])) if own else [None],
-            range(len(plan.ks[src])) if src else [None],
+            pairs, range(len(plan.ks[own])) if own else [None], range(len(plan.ks[src])) if src else [None]
         ):
-            kept_in = plan.kept[src][ki] if src else shape.in_channels
+            # ko / ki are None exactly when there is no own / source producer
+            kept_in = plan.kept[src][cast(int, ki)] if src else shape.in_channels
             kept_out = (
-                plan.kept[own][ko]
-                if own
-                else (kept_in if name in passthrough else shape.out_channels)
+                plan.kept[own][cast(int, ko)] if own else (kept_in if name in passthrough else shape.out_channels)
             )
             cost = cm.cached_layer_cost(shape, LayerState(w, a, kept_in, kept_out), batch)
             s = 0.0 if layer.pinned else sens.weight[name][w] + sens.act[name][a]
@@ -479,13 +287,9 @@ def ilp_search(ctx: MethodContext) -> CompressionConfig:
             break
         problem.budget -= cost - budget
     else:
-        raise ConfigError(
-            f"ilp: the chosen configuration costs {cost:.4g} {cm.unit}, over the budget {budget:.4g}"
-        )
+        raise ConfigError(f"ilp: the chosen configuration costs {cost:.4g} {cm.unit}, over the budget {budget:.4g}")
     ctx.progress.update(cost=f"{cost:.3g} {cm.unit}", sensitivity=choice.sensitivity)
     ctx.save_state(
-        ctx.config.search_epochs,
-        {"ilp": cand.to_state()},
-        {"cost": cost, "sensitivity": choice.sensitivity},
+        ctx.config.search_epochs, {"ilp": cand.to_state()}, {"cost": cost, "sensitivity": choice.sensitivity}
     )
     return config

@@ -17,6 +17,7 @@ the quantisation work and keep K sets of quantised tensors for the backward pass
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +34,7 @@ from hwsbs.training import check_finite, make_sgd, split_decay
 
 from .base import MethodContext, register_method, run_search_epochs
 
-__all__ = [
-    "MULTIPATH_MODE",
-    "PathParameters",
-    "MultiPathConv2d",
-    "MultiPathLinear",
-    "MultiPathSearch",
-    "multipath",
-]
+__all__ = ["MULTIPATH_MODE", "PathParameters", "MultiPathConv2d", "MultiPathLinear", "MultiPathSearch", "multipath"]
 
 MULTIPATH_MODE = "multipath"
 
@@ -62,16 +56,19 @@ def _grad_scale(x: Tensor, scale: float) -> Tensor:
     return (x - scaled).detach() + scaled
 
 
-class _MultiPathMixin:
+if TYPE_CHECKING:  # the mixin is only ever combined with an SBS layer: type it as one
+    _SBSLayerBase = SBSLayerMixin
+else:
+    _SBSLayerBase = object
+
+
+class _MultiPathMixin(_SBSLayerBase):
     """Multi-path forward for an SBS layer; in every other mode the SBS layer's own forward runs.
 
     The path parameters are kept out of the module's registered parameters on purpose: the
     model's state_dict then stays that of the SBS model, so the pipeline's checkpoints and resume
     work unchanged, and the search checkpoints the path parameters itself.
     """
-
-    weight: nn.Parameter
-    bits: tuple[int, ...]
 
     @property
     def paths(self) -> PathParameters:
@@ -82,16 +79,14 @@ class _MultiPathMixin:
         self.mode = MULTIPATH_MODE
 
     def _multipath_active(self) -> bool:
-        return self.mode == MULTIPATH_MODE and not self.pinned  # type: ignore[attr-defined]
+        return self.mode == MULTIPATH_MODE and not self.pinned
 
     def multipath_weight(self) -> Tensor:
-        w_std, std = self._standardise(self.weight)  # type: ignore[attr-defined]
+        w_std, std = self._standardise(self.weight)
         probs = F.softmax(self.paths.beta_w, 0)
         mixed = torch.zeros_like(w_std)
         for i, b in enumerate(self.bits):
-            v = _grad_scale(
-                self.paths.w_clips[i], 1.0 / math.sqrt(self.weight.numel() * (2**b - 1))
-            )
+            v = _grad_scale(self.paths.w_clips[i], 1.0 / math.sqrt(self.weight.numel() * (2**b - 1)))
             z = (torch.clamp(w_std / v, -1.0, 1.0) + 1.0) / 2.0
             mixed = mixed + probs[i] * v * (2.0 * quantize(z, step_size(b)) - 1.0)
         return std * mixed
@@ -102,39 +97,37 @@ class _MultiPathMixin:
         mixed = torch.zeros_like(x)
         for i, b in enumerate(self.bits):
             v = _grad_scale(self.paths.a_clips[i], 1.0 / math.sqrt(per_sample * (2**b - 1)))
-            z = self._normalise_act(x, v)  # type: ignore[attr-defined]
-            mixed = mixed + probs[i] * self._denormalise_act(quantize(z, step_size(b)), v)  # type: ignore[attr-defined]
+            z = self._normalise_act(x, v)
+            mixed = mixed + probs[i] * self._denormalise_act(quantize(z, step_size(b)), v)
         return mixed
 
     def chosen_bits(self) -> tuple[int, int]:
         """The argmax path for weights and for activations."""
-        return self.bits[int(self.paths.beta_w.argmax())], self.bits[
-            int(self.paths.beta_a.argmax())
-        ]
+        return self.bits[int(self.paths.beta_w.argmax())], self.bits[int(self.paths.beta_a.argmax())]
 
     @torch.no_grad()
     def commit(self) -> tuple[int, int]:
         """Keep the argmax paths' clipping values for fixed-mode fine-tuning; returns their bits."""
         i, j = int(self.paths.beta_w.argmax()), int(self.paths.beta_a.argmax())
-        self.weight_clip.copy_(self.paths.w_clips[i])  # type: ignore[attr-defined]
-        self.act_clip.copy_(self.paths.a_clips[j])  # type: ignore[attr-defined]
+        self.weight_clip.copy_(self.paths.w_clips[i])
+        self.act_clip.copy_(self.paths.a_clips[j])
         return self.bits[i], self.bits[j]
 
 
 class MultiPathConv2d(_MultiPathMixin, SBSConv2d):
     """An SBS Conv2d that, in ``multipath`` mode, mixes one quantised path per bit width."""
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         if not self._multipath_active():
             return super().forward(x)
         self._maybe_calibrate(x)
         return self._conv_forward(self.multipath_input(x), self.multipath_weight(), self.bias)
 
 
-class MultiPathLinear(_MultiPathMixin, SBSLinear):
+class MultiPathLinear(_MultiPathMixin, SBSLinear):  # type: ignore[misc]  # Linear.bias typed Parameter, may be None
     """An SBS Linear that, in ``multipath`` mode, mixes one quantised path per bit width."""
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         if not self._multipath_active():
             return super().forward(x)
         self._maybe_calibrate(x)
@@ -144,21 +137,17 @@ class MultiPathLinear(_MultiPathMixin, SBSLinear):
 def to_multipath(layer: SBSLayerMixin) -> MultiPathConv2d | MultiPathLinear:
     """A multi-path copy of an SBS layer (same weights, clipping values and calibration)."""
     cls = MultiPathConv2d if isinstance(layer, SBSConv2d) else MultiPathLinear
-    new = cls.from_module(layer, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau)  # type: ignore[arg-type]
-    new.load_state_dict(layer.state_dict())  # type: ignore[attr-defined]
-    for attr in (
-        "mode",
-        "fixed_w_bits",
-        "fixed_a_bits",
-        "pinned",
-        "prunable",
-        "search_weight_bits",
-    ):
+    new = cast(  # from_module builds an instance of cls
+        "MultiPathConv2d | MultiPathLinear",
+        cls.from_module(layer, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau),  # type: ignore[arg-type]  # an SBSConv2d is a Conv2d, an SBSLinear a Linear
+    )
+    new.load_state_dict(cast(nn.Module, layer).state_dict())  # an SBS layer is an nn.Module
+    for attr in ("mode", "fixed_w_bits", "fixed_a_bits", "pinned", "prunable", "search_weight_bits"):
         setattr(new, attr, getattr(layer, attr))
     new.attach_paths(
-        PathParameters(
-            len(layer.bits), float(layer.weight_clip.detach()), float(layer.act_clip.detach())
-        ).to(layer.weight.device)
+        PathParameters(len(layer.bits), float(layer.weight_clip.detach()), float(layer.act_clip.detach())).to(
+            layer.weight.device
+        )
     )
     return new
 
@@ -196,23 +185,15 @@ class MultiPathSearch:
             for name, layer in space.layers():
                 shape = space.shapes[name]
                 if name in self.searched:
-                    tabs.append(
-                        term.cost_table(
-                            name, shape.in_channels, shape.out_channels, layer.bits, layer.bits
-                        )
-                    )
+                    tabs.append(term.cost_table(name, shape.in_channels, shape.out_channels, layer.bits, layer.bits))
                 else:
-                    state = LayerState(
-                        layer.fixed_w_bits,
-                        layer.fixed_a_bits,
-                        shape.in_channels,
-                        shape.out_channels,
-                    )
+                    state = LayerState(layer.fixed_w_bits, layer.fixed_a_bits, shape.in_channels, shape.out_channels)
                     const += float(obj.cost_model.layer_cost(shape, state, cost_batch))
             self.tables.append(tabs)
             self.constants.append(const)
-        arch = [p for m in self.paths.values() for p in (m.beta_w, m.beta_a)]
-        clips = [p for m in self.paths.values() for p in (m.w_clips, m.a_clips)]
+        path_modules = [cast(PathParameters, m) for m in self.paths.values()]  # all it holds
+        arch = [p for m in path_modules for p in (m.beta_w, m.beta_a)]
+        clips = [p for m in path_modules for p in (m.w_clips, m.a_clips)]
         decay, no_decay = split_decay(space.model)
         self.weight_optimizer = make_sgd(decay, no_decay + clips, weight_lr, weight_decay)
         self.arch_optimizer = torch.optim.Adam(arch, lr=arch_lr, betas=(0.9, 0.999))
@@ -224,7 +205,7 @@ class MultiPathSearch:
         for tabs, const in zip(self.tables, self.constants):
             total = torch.tensor(const, dtype=torch.float64)
             for name, table in zip(self.searched, tabs):
-                p = self.paths[_key(name)]
+                p = cast(PathParameters, self.paths[_key(name)])
                 p_w = F.softmax(p.beta_w.double(), 0).cpu()
                 p_a = F.softmax(p.beta_a.double(), 0).cpu()
                 total = total + p_w @ table @ p_a
@@ -251,8 +232,9 @@ class MultiPathSearch:
         self.arch_optimizer.step()
         with torch.no_grad():
             for m in self.paths.values():
-                m.w_clips.clamp_(min=1e-3)
-                m.a_clips.clamp_(min=1e-3)
+                path = cast(PathParameters, m)
+                path.w_clips.clamp_(min=1e-3)
+                path.a_clips.clamp_(min=1e-3)
         self.step_count += 1
         acc = float((logits.argmax(1) == y).float().mean())
         return {
@@ -267,7 +249,8 @@ class MultiPathSearch:
         decisions = []
         for name, layer in self.space.layers():
             if name in self.searched:
-                w, a = layer.commit()  # type: ignore[attr-defined]
+                searched = cast("MultiPathConv2d | MultiPathLinear", layer)  # wrapped in __init__
+                w, a = searched.commit()
             else:
                 w, a = layer.fixed_w_bits, layer.fixed_a_bits
             decisions.append(LayerDecision(self.space.shapes[name], w, a))
@@ -293,9 +276,7 @@ def _key(name: str) -> str:
 
 
 @register_method(
-    "multipath",
-    prunes=False,
-    description="DNAS/EdMIPS: softmax over one quantised path per bit width, expected cost",
+    "multipath", prunes=False, description="DNAS/EdMIPS: softmax over one quantised path per bit width, expected cost"
 )
 def multipath(ctx: MethodContext) -> CompressionConfig:
     """Train weights and path logits jointly for ``--search-epochs``, then take each argmax."""
@@ -306,7 +287,5 @@ def multipath(ctx: MethodContext) -> CompressionConfig:
     )
     if ctx.resume_state is not None:
         search.load_state_dict(ctx.resume_state["multipath"])
-    run_search_epochs(
-        ctx, search.step, lambda: {"multipath": search.state_dict()}, "multipath search"
-    )
+    run_search_epochs(ctx, search.step, lambda: {"multipath": search.state_dict()}, "multipath search")
     return ctx.make_config(search.derive())

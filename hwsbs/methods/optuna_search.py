@@ -62,7 +62,7 @@ class _Space:
         for g in ctx.space.groups:
             layer = ctx.space.layer(g.producer)
             mags = group_magnitudes(layer)
-            order = sorted(range(layer.num_groups), key=lambda i, m=mags: (m[i], i))
+            order = sorted(range(layer.num_groups), key=lambda i, m=mags: (m[i], i))  # type: ignore[misc]  # mypy cannot infer lambdas with default-bound arguments
             self.producers[g.producer] = (max_pruned_groups(layer), order)
 
     def suggest(self, trial: optuna.trial.Trial) -> Candidate:
@@ -81,9 +81,7 @@ class _Space:
 
     def uniform_params(self, bits: int) -> dict[str, int]:
         params = {f"{n}:{kind}": bits for n in self.searchable for kind in ("w", "a")}
-        params.update(
-            {f"{name}:pruned_groups": 0 for name, (cap, _) in self.producers.items() if cap > 0}
-        )
+        params.update({f"{name}:pruned_groups": 0 for name, (cap, _) in self.producers.items() if cap > 0})
         return params
 
 
@@ -105,14 +103,9 @@ def optuna_search(ctx: MethodContext) -> CompressionConfig:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(
-            direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed)
-        )
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
         for b in sorted(cfg.bits, reverse=True):  # a feasible first trial: widest uniform that fits
-            if (
-                candidate_config(ctx, Candidate({s: (b, b) for s in space.searchable})).cost(cm)
-                <= budget
-            ):
+            if candidate_config(ctx, Candidate({s: (b, b) for s in space.searchable})).cost(cm) <= budget:
                 study.enqueue_trial(space.uniform_params(b))
                 break
         best = _run_trials(ctx, study, space, evaluator, budget, n)
@@ -128,12 +121,7 @@ def optuna_search(ctx: MethodContext) -> CompressionConfig:
 
 
 def _run_trials(
-    ctx: MethodContext,
-    study: optuna.Study,
-    space: _Space,
-    evaluator: CandidateEvaluator,
-    budget: float,
-    n: int,
+    ctx: MethodContext, study: optuna.Study, space: _Space, evaluator: CandidateEvaluator, budget: float, n: int
 ) -> tuple[float, float, Candidate]:
     """Ask/tell until ``n`` feasible trials were evaluated (or a cap on infeasible ones is hit)."""
     cm = ctx.objectives[0].cost_model

@@ -70,9 +70,7 @@ class Candidate:
 
 def max_pruned_groups(layer) -> int:
     """Groups a producer may lose: the ``max_prune_fraction`` cap, and never all of them."""
-    return min(
-        int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1
-    )
+    return min(int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1)
 
 
 def candidate_config(ctx: MethodContext, cand: Candidate) -> CompressionConfig:
@@ -87,9 +85,7 @@ def resolve_budget(ctx: MethodContext) -> float:
         return float(obj.target)
     bits = int(ctx.extra.get("budget_bits", 4))
     searchable = [n for n, layer in ctx.space.layers() if not layer.pinned]
-    return candidate_config(ctx, Candidate({n: (bits, bits) for n in searchable})).cost(
-        obj.cost_model
-    )
+    return candidate_config(ctx, Candidate({n: (bits, bits) for n in searchable})).cost(obj.cost_model)
 
 
 def cheapest_candidate(ctx: MethodContext) -> Candidate:
@@ -150,7 +146,7 @@ class CandidateEvaluator:
     @property
     def eval_samples(self) -> int:
         loader = self.ctx.val_loader
-        total = len(loader.dataset)  # type: ignore[arg-type]
+        total = len(loader.dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours are sized
         if self.eval_batches is None:
             return total
         return min(total, self.eval_batches * (loader.batch_size or 1))
@@ -179,11 +175,7 @@ def _reestimate_batchnorm(model: nn.Module, batches: list[Tensor], device: torch
     Quantisation and pruning shift every layer's output distribution; statistics collected on the
     full-precision model would misjudge a candidate that fine-tuning would quickly fix.
     """
-    norms = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or not batches:
         return
     momenta = [m.momentum for m in norms]
@@ -199,11 +191,7 @@ def _reestimate_batchnorm(model: nn.Module, batches: list[Tensor], device: torch
 
 def _sample(ctx: MethodContext, rng: random.Random) -> Candidate:
     bits = list(ctx.config.bits)
-    chosen = {
-        n: (rng.choice(bits), rng.choice(bits))
-        for n, layer in ctx.space.layers()
-        if not layer.pinned
-    }
+    chosen = {n: (rng.choice(bits), rng.choice(bits)) for n, layer in ctx.space.layers() if not layer.pinned}
     pruned = {}
     for g in ctx.space.groups:
         layer = ctx.space.layer(g.producer)
@@ -228,9 +216,7 @@ def _repair(ctx: MethodContext, cand: Candidate, budget: float, rng: random.Rand
             if len(cand.pruned[g.producer]) < max_pruned_groups(space.layer(g.producer)):
                 moves.append((g.producer, "p"))
         if not moves:  # cannot happen once check_budget_reachable passed
-            raise ConfigError(
-                f"random search: no configuration fits the budget {budget:.4g} {cm.unit}"
-            )
+            raise ConfigError(f"random search: no configuration fits the budget {budget:.4g} {cm.unit}")
         name, what = rng.choice(moves)
         w, a = cand.bits.get(name, (0, 0))
         if what == "w":
@@ -252,21 +238,14 @@ class CandidateSearch:
     count: int  # candidates to evaluate
 
 
-def start_candidate_search(
-    ctx: MethodContext, count_option: str
-) -> CompressionConfig | CandidateSearch:
+def start_candidate_search(ctx: MethodContext, count_option: str) -> CompressionConfig | CandidateSearch:
     """The resumed result when the run finished its search, else the budget, scorer and count."""
     if ctx.resume_state is not None and "best" in ctx.resume_state:
         return candidate_config(ctx, Candidate.from_state(ctx.resume_state["best"]))
     budget = resolve_budget(ctx)
     check_budget_reachable(ctx, budget)
-    evaluator = CandidateEvaluator(
-        ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches")
-    )
-    n = int(
-        ctx.extra.get(count_option)
-        or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples)
-    )
+    evaluator = CandidateEvaluator(ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches"))
+    n = int(ctx.extra.get(count_option) or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples))
     return CandidateSearch(budget, evaluator, n)
 
 
@@ -296,9 +275,5 @@ def random_search(ctx: MethodContext) -> CompressionConfig:
             best = (acc, cost, cand)
         ctx.progress.update(acc=acc, best=best[0], cost=f"{cost:.3g} {cm.unit}")
     assert best is not None
-    ctx.save_state(
-        cfg.search_epochs,
-        {"best": best[2].to_state()},
-        {"acc": best[0], "cost": best[1], "candidates": n},
-    )
+    ctx.save_state(cfg.search_epochs, {"best": best[2].to_state()}, {"acc": best[0], "cost": best[1], "candidates": n})
     return candidate_config(ctx, best[2])

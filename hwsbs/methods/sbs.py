@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.derive import derive_config
 from hwsbs.sbs.engine import SearchEngine
@@ -13,32 +15,17 @@ __all__ = ["sbs"]
 
 
 @register_method(
-    "sbs",
-    prunes=True,
-    meets_target=True,
-    description="Single-path Bit Sharing: gates choose bits and pruned groups",
+    "sbs", prunes=True, meets_target=True, description="Single-path Bit Sharing: gates choose bits and pruned groups"
 )
 def sbs(ctx: MethodContext) -> CompressionConfig:
     """Train weights, clipping values and gate thresholds jointly, then read the steady state."""
     cfg = ctx.config
     engine = SearchEngine(
-        ctx.space,
-        ctx.objectives,
-        cfg.lam,
-        cfg.search_lr,
-        cfg.threshold_lr,
-        cfg.weight_decay,
-        cfg.cost_batch,
+        ctx.space, ctx.objectives, cfg.lam, cfg.search_lr, cfg.threshold_lr, cfg.weight_decay, cfg.cost_batch
     )
     if ctx.resume_state is not None:
         engine.load_state_dict(ctx.resume_state["engine"])
-    run_search_epochs(
-        ctx,
-        engine.step,
-        lambda: {"engine": engine.state_dict()},
-        "search",
-        engine.recorder.start_epoch,
-    )
+    run_search_epochs(ctx, engine.step, lambda: {"engine": engine.state_dict()}, "search", engine.recorder.start_epoch)
     return steady_config(ctx, engine)
 
 
@@ -54,14 +41,14 @@ def steady_config(ctx: MethodContext, engine: SearchEngine) -> CompressionConfig
     if choice is None and engine.recorder.counts:  # none of them fits: lower the most frequent one
         start = steady_choice(engine.recorder.counts, price, None)
         assert start is not None
-        choice, moves = fit_to_budget(ctx.space, start, price, float(objective.target))
+        # with no target the most frequent configuration is taken, so a target is set here
+        target = cast(float, objective.target)
+        choice, moves = fit_to_budget(ctx.space, start, price, float(target))
         ctx.progress.log(
             f"no configuration of the last search epoch fits the budget; lowered the most "
             f"frequent one by {moves} step(s) to {price(choice):.4g} {objective.cost_model.unit}"
         )
     if choice is None:  # no search step ran (zero search epochs): the gates as they stand
         cfg = ctx.config
-        return derive_config(
-            ctx.space, ctx.model_name, ctx.dataset, list(cfg.bits), cfg.group_size, batch
-        )
+        return derive_config(ctx.space, ctx.model_name, ctx.dataset, list(cfg.bits), cfg.group_size, batch)
     return choice_to_config(ctx.space, choice, ctx.make_config)

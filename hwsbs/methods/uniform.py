@@ -9,11 +9,7 @@ from .base import MethodContext, register_method
 __all__ = ["uniform"]
 
 
-@register_method(
-    "uniform",
-    prunes=False,
-    description="every layer at --uniform-bits (w and a), first/last pinned",
-)
+@register_method("uniform", prunes=False, description="every layer at --uniform-bits (w and a), first/last pinned")
 def uniform(ctx: MethodContext) -> CompressionConfig:
     """``--uniform-bits 4`` means w4a4 everywhere except the pinned first and last layers."""
     bits = ctx.config.uniform_bits or ctx.config.bits[-1]

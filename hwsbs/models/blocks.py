@@ -21,10 +21,7 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential
     """Identity (empty Sequential) when shapes match, else ``0``: 1x1 conv, ``1``: BatchNorm."""
     if stride == 1 and in_planes == out_planes:
         return nn.Sequential()
-    return nn.Sequential(
-        nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
-        nn.BatchNorm2d(out_planes),
-    )
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
 class BasicBlock(nn.Module):

@@ -18,16 +18,14 @@ def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
         ModelError: anything else, or a non-positive side.
     """
     if isinstance(image_size, int):
-        hw = (image_size, image_size)
+        hw: tuple[int, ...] = (image_size, image_size)
     else:
         try:
             hw = tuple(int(s) for s in image_size)
         except (TypeError, ValueError):
             raise ModelError(f"image_size: expected an int or (H, W), got {image_size!r}") from None
     if len(hw) != 2 or min(hw) <= 0:
-        raise ModelError(
-            f"image_size: expected an int or (H, W) of positive sides, got {image_size!r}"
-        )
+        raise ModelError(f"image_size: expected an int or (H, W) of positive sides, got {image_size!r}")
     return hw[0], hw[1]
 
 

@@ -51,13 +51,9 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
 class ConvBNReLU6(nn.Module):
     """``conv`` -> ``bn`` -> ReLU6."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -106,9 +102,7 @@ class MobileNetV2(nn.Module):
         super().__init__()
         stem = _make_divisible(32 * width_mult)
         last = _make_divisible(1280 * max(1.0, width_mult))
-        layers: list[nn.Module] = [
-            ConvBNReLU6(in_channels, stem, 3, stride=1 if small_input else 2)
-        ]
+        layers: list[nn.Module] = [ConvBNReLU6(in_channels, stem, 3, stride=1 if small_input else 2)]
         width = stem
         for stage, (t, c, n, s) in enumerate(_SETTINGS):
             out = _make_divisible(c * width_mult)

@@ -31,10 +31,7 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
     def decorator(fn: ModelBuilder) -> ModelBuilder:
         if name in _MODELS and _MODELS[name] is not fn:
-            warnings.warn(
-                f"model {name!r} is registered again; the new builder replaces the old",
-                stacklevel=2,
-            )
+            warnings.warn(f"model {name!r} is registered again; the new builder replaces the old", stacklevel=2)
         _MODELS[name] = fn
         return fn
 
@@ -63,24 +60,16 @@ def _check_factory(spec: str, attr: str, factory: object) -> ModelBuilder:
     if inspect.isclass(factory):
         if issubclass(factory, nn.Module):
             return factory
-        raise ModelError(
-            f"--model {spec!r}: {attr!r} is the class {factory.__name__}, not an nn.Module subclass"
-        )
+        raise ModelError(f"--model {spec!r}: {attr!r} is the class {factory.__name__}, not an nn.Module subclass")
     if not inspect.isfunction(factory):
-        kind = (
-            "a built-in function"
-            if inspect.isbuiltin(factory)
-            else f"an object of type {type(factory).__name__}"
-        )
+        kind = "a built-in function" if inspect.isbuiltin(factory) else f"an object of type {type(factory).__name__}"
         raise ModelError(
             f"--model {spec!r}: {attr!r} is {kind}; a factory must be an nn.Module subclass "
             "or a function defined in Python"
         )
     origin = getattr(factory, "__module__", None) or ""
     if _refused_module(origin):
-        raise ModelError(
-            f"--model {spec!r}: {attr!r} is a function of {origin!r}, not a model factory"
-        )
+        raise ModelError(f"--model {spec!r}: {attr!r} is a function of {origin!r}, not a model factory")
     return factory
 
 
@@ -90,17 +79,13 @@ def _import_factory(spec: str) -> ModelBuilder:
     if not module_name or not attr or ":" in attr:
         raise ModelError(f"--model {spec!r}: expected a built-in name or 'package.module:factory'")
     if _refused_module(module_name):
-        raise ModelError(
-            f"--model {spec!r}: {module_name!r} is part of Python or hwsbs, not a module of models"
-        )
+        raise ModelError(f"--model {spec!r}: {module_name!r} is part of Python or hwsbs, not a module of models")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelError(f"--model {spec!r}: cannot import module {module_name!r}: {exc}") from None
     except (Exception, SystemExit) as exc:  # the module's own code failed while importing
-        raise ModelError(
-            f"--model {spec!r}: importing {module_name!r} failed: {_describe(exc)}"
-        ) from None
+        raise ModelError(f"--model {spec!r}: importing {module_name!r} failed: {_describe(exc)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"--model {spec!r}: module {module_name!r} has no callable {attr!r}")
@@ -112,9 +97,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _factory_kwargs(
-    spec: str, factory: ModelBuilder, geometry: dict[str, object]
-) -> dict[str, object]:
+def _factory_kwargs(spec: str, factory: ModelBuilder, geometry: dict[str, object]) -> dict[str, object]:
     """Those of num_classes, in_channels and image_size that ``factory`` names as parameters.
 
     Raises:
@@ -132,8 +115,7 @@ def _factory_kwargs(
             kwargs[name] = geometry[name]
         elif param.default is param.empty:
             raise ModelError(
-                f"--model {spec!r}: the factory needs a parameter {name!r}; hwsbs passes only "
-                f"{', '.join(_GEOMETRY)}"
+                f"--model {spec!r}: the factory needs a parameter {name!r}; hwsbs passes only {', '.join(_GEOMETRY)}"
             )
     return kwargs
 
@@ -154,9 +136,7 @@ def _call_factory(spec: str, factory: ModelBuilder, geometry: dict[str, object])
         raise ModelError(f"--model {spec!r}: the factory raised {_describe(exc)}") from None
 
 
-def build_model(
-    name: str, num_classes: int, in_channels: int, image_size: tuple[int, int]
-) -> nn.Module:
+def build_model(name: str, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> nn.Module:
     """Build a registered model, or call ``package.module:factory``.
 
     A user factory must be an ``nn.Module`` subclass or a Python function of a module outside the
@@ -168,11 +148,7 @@ def build_model(
             allowed or needs other arguments, anything the factory raises, or a result that is not
             an ``nn.Module``.
     """
-    geometry: dict[str, object] = {
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "image_size": image_size,
-    }
+    geometry: dict[str, object] = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     if ":" in name:
         model = _call_factory(name, _import_factory(name), geometry)
     else:
@@ -180,7 +156,5 @@ def build_model(
             raise ModelError(f"unknown model {name!r}; known: {', '.join(list_models())}")
         model = _MODELS[name](**geometry)
     if not isinstance(model, nn.Module):
-        raise ModelError(
-            f"--model {name!r}: the builder returned {type(model).__name__}, not an nn.Module"
-        )
+        raise ModelError(f"--model {name!r}: the builder returned {type(model).__name__}, not an nn.Module")
     return model

@@ -31,17 +31,11 @@ class CifarResNet(nn.Module):
     """ResNet-(6n+2) for small images."""
 
     def __init__(
-        self,
-        depth: int,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        widths: Sequence[int] = (16, 32, 64),
+        self, depth: int, num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = (16, 32, 64)
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ModelError(
-                f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}"
-            )
+            raise ModelError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -65,32 +59,24 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _build(
-    depth: int, num_classes: int, in_channels: int, image_size: int | Sequence[int]
-) -> nn.Module:
+def _build(depth: int, num_classes: int, in_channels: int, image_size: int | Sequence[int]) -> nn.Module:
     image_hw(image_size)  # validates; the network itself works at any size thanks to global pooling
     return CifarResNet(depth, num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model("resnet20")
-def resnet20(
-    num_classes: int = 10, in_channels: int = 3, image_size: int | Sequence[int] = (32, 32)
-) -> nn.Module:
+def resnet20(num_classes: int = 10, in_channels: int = 3, image_size: int | Sequence[int] = (32, 32)) -> nn.Module:
     """ResNet-20 for CIFAR (3 x 3 basic blocks, ~0.27M parameters)."""
     return _build(20, num_classes, in_channels, image_size)
 
 
 @register_model("resnet32")
-def resnet32(
-    num_classes: int = 10, in_channels: int = 3, image_size: int | Sequence[int] = (32, 32)
-) -> nn.Module:
+def resnet32(num_classes: int = 10, in_channels: int = 3, image_size: int | Sequence[int] = (32, 32)) -> nn.Module:
     """ResNet-32 for CIFAR (3 x 5 basic blocks, ~0.47M parameters)."""
     return _build(32, num_classes, in_channels, image_size)
 
 
 @register_model("resnet56")
-def resnet56(
-    num_classes: int = 10, in_channels: int = 3, image_size: int | Sequence[int] = (32, 32)
-) -> nn.Module:
+def resnet56(num_classes: int = 10, in_channels: int = 3, image_size: int | Sequence[int] = (32, 32)) -> nn.Module:
     """ResNet-56 for CIFAR (3 x 9 basic blocks, ~0.86M parameters)."""
     return _build(56, num_classes, in_channels, image_size)

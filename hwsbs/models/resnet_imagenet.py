@@ -61,22 +61,14 @@ class ImageNetResNet(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(
-    num_classes: int = 1000, in_channels: int = 3, image_size: int | Sequence[int] = (224, 224)
-) -> nn.Module:
+def resnet18(num_classes: int = 1000, in_channels: int = 3, image_size: int | Sequence[int] = (224, 224)) -> nn.Module:
     """ResNet-18 (2-2-2-2 basic blocks, 11.7M parameters at 1000 classes)."""
     image_hw(image_size)
-    return ImageNetResNet(
-        BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels
-    )
+    return ImageNetResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model("resnet50")
-def resnet50(
-    num_classes: int = 1000, in_channels: int = 3, image_size: int | Sequence[int] = (224, 224)
-) -> nn.Module:
+def resnet50(num_classes: int = 1000, in_channels: int = 3, image_size: int | Sequence[int] = (224, 224)) -> nn.Module:
     """ResNet-50 (3-4-6-3 bottleneck blocks, 25.6M parameters at 1000 classes)."""
     image_hw(image_size)
-    return ImageNetResNet(
-        Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels
-    )
+    return ImageNetResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)

@@ -32,8 +32,6 @@ class SmallCNN(nn.Module):
 
 
 @register_model("small_cnn")
-def small_cnn(
-    num_classes: int = 10, in_channels: int = 1, image_size: tuple[int, int] = (8, 8)
-) -> nn.Module:
+def small_cnn(num_classes: int = 10, in_channels: int = 1, image_size: tuple[int, int] = (8, 8)) -> nn.Module:
     """The default model (works at any input size thanks to global pooling)."""
     return SmallCNN(num_classes=num_classes, in_channels=in_channels)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ __all__ = ["ChannelGateMixin"]
 class ChannelGateMixin:
     """Channel groups, their pruning gates, and the masks they imply (mixed into SBS layers)."""
 
-    weight: nn.Parameter
+    weight: Tensor
     group_size: int
     prunable: bool
     pinned: bool
@@ -54,9 +54,7 @@ class ChannelGateMixin:
         per_channel = w_std.detach().abs().flatten(1).mean(1)
         pad = self.num_groups * self.group_size - per_channel.numel()
         padded = F.pad(per_channel, (0, pad))
-        counts = torch.tensor(
-            self.group_sizes(), dtype=per_channel.dtype, device=per_channel.device
-        )
+        counts = torch.tensor(self.group_sizes(), dtype=per_channel.dtype, device=per_channel.device)
         return padded.view(self.num_groups, self.group_size).sum(1) / counts
 
     def _kept_weight_mask(self) -> Tensor | None:
@@ -67,7 +65,7 @@ class ChannelGateMixin:
         """
         mask = None
         row_source: SBSLayerMixin | None = (
-            self if self.searches_pruning else self.__dict__.get("row_source")
+            cast("SBSLayerMixin", self) if self.searches_pruning else self.__dict__.get("row_source")
         )
         rows = row_source.kept_channel_mask() if row_source is not None else None
         if rows is not None:
@@ -136,7 +134,5 @@ class ChannelGateMixin:
         return [
             c
             for g in self.pruned_groups()
-            for c in range(
-                g * self.group_size, min((g + 1) * self.group_size, self.weight.shape[0])
-            )
+            for c in range(g * self.group_size, min((g + 1) * self.group_size, self.weight.shape[0]))
         ]

@@ -75,9 +75,7 @@ def _level(gates: Tensor) -> int:
 
 class _GatedQuantize(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, z: Tensor, gates: Tensor, bits: tuple[int, ...], grids: list[Tensor]
-    ) -> Tensor:  # type: ignore[override]
+    def forward(ctx, z: Tensor, gates: Tensor, bits: tuple[int, ...], grids: list[Tensor]) -> Tensor:
         level = _level(gates)
         out = grids[level] if level < len(grids) else _grid(z, bits[level])
         ctx.bits = bits
@@ -85,7 +83,7 @@ class _GatedQuantize(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None]:
         z, gates = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
             return grad, None, None, None
@@ -96,11 +94,7 @@ class _GatedQuantize(torch.autograd.Function):
         flat_grad = grad.reshape(-1)
         with torch.no_grad():
             dots = torch.stack(
-                [
-                    torch.dot(flat_grad, (z.reshape(-1) * float(2**b - 1)).round_())
-                    / float(2**b - 1)
-                    for b in bits
-                ]
+                [torch.dot(flat_grad, (z.reshape(-1) * float(2**b - 1)).round_()) / float(2**b - 1) for b in bits]
             )
         eps_dots = dots[1:] - dots[:-1]
         g = gates.to(eps_dots.dtype)
@@ -119,9 +113,7 @@ class _GatedQuantize(torch.autograd.Function):
         return grad, grad_gates.to(gates.dtype), None, None
 
 
-def gated_quantize(
-    z: Tensor, gates: Tensor, bits: Sequence[int], grids: list[Tensor] | None = None
-) -> Tensor:
+def gated_quantize(z: Tensor, gates: Tensor, bits: Sequence[int], grids: list[Tensor] | None = None) -> Tensor:
     """``compose(bit_sharing_terms(z, bits), gates)`` in one autograd node.
 
     Args:

@@ -23,13 +23,13 @@ def surrogate_grad(statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:
 
 class _ThresholdGate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:
         ctx.save_for_backward(statistic, alpha)
         ctx.tau = tau
         return (statistic > alpha).to(statistic.dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
         statistic, alpha = ctx.saved_tensors
         g_alpha = grad * surrogate_grad(statistic, alpha, ctx.tau)
         # alpha may be a scalar shared by many gates (one pruning threshold per layer): reduce.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,17 +50,22 @@ _EPS = 1e-8
 class SBSLayerMixin(ChannelGateMixin):
     """State and forward logic shared by :class:`SBSConv2d` and :class:`SBSLinear`."""
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: Tensor
+    bias: Tensor | None
     out_features_or_channels: int
+    # Buffers registered in _init_sbs, and the nn.Module half of the mixin (declarations only).
+    calibrated: Tensor
+    act_signed: Tensor
+    w_scale: Tensor
+    a_scale: Tensor
+    a_residual_ema: Tensor
+    training: bool
 
-    def _init_sbs(
-        self,
-        bits: Sequence[int],
-        group_size: int,
-        max_prune_fraction: float,
-        tau: float,
-    ) -> None:
+    if TYPE_CHECKING:  # provided by nn.Module, the other base of every SBS layer
+
+        def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None: ...
+
+    def _init_sbs(self, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float) -> None:
         k = len(bits)
         self.bits: tuple[int, ...] = tuple(bits)  # candidate bit widths, doubling
         self.group_size = int(group_size)  # output channels per pruning gate
@@ -80,13 +85,9 @@ class SBSLayerMixin(ChannelGateMixin):
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("act_signed", torch.tensor(False))  # inputs can be negative
         self.register_buffer("w_scale", torch.ones(k - 1))  # weight residual norms at calibration
-        self.register_buffer(
-            "a_scale", torch.ones(k - 1)
-        )  # activation residual norms at calibration
+        self.register_buffer("a_scale", torch.ones(k - 1))  # activation residual norms at calibration
         self.register_buffer("p_scale", torch.ones(()))  # mean group |w| at calibration
-        self.register_buffer(
-            "p_spread", torch.ones(())
-        )  # std of group |w| / p_scale at calibration
+        self.register_buffer("p_spread", torch.ones(()))  # std of group |w| / p_scale at calibration
         self.register_buffer("a_residual_ema", torch.zeros(k - 1))  # running activation residuals
         # Gates of the latest forward, read by the cost term (differentiable w.r.t. thresholds).
         self.last_w_gates: Tensor | None = None  # one 0/1 gate per bit width above the lowest
@@ -103,20 +104,17 @@ class SBSLayerMixin(ChannelGateMixin):
         self.__dict__["row_source"] = None
 
     def _adopt(
-        self,
-        source: nn.Module,
-        bits: Sequence[int],
-        group_size: int,
-        max_prune_fraction: float,
-        tau: float,
+        self, source: nn.Module, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float
     ) -> Any:
         """Initialise the SBS state and take ``source``'s weights (``from_module``'s shared part)."""
         self._init_sbs(bits, group_size, max_prune_fraction, tau)
+        source_weight = cast(Tensor, source.weight)  # Conv2d / Linear: a weight parameter
+        source_bias = cast("Tensor | None", source.bias)
         with torch.no_grad():
-            self.weight.copy_(source.weight)
-            if source.bias is not None and self.bias is not None:
-                self.bias.copy_(source.bias)
-        return self.to(source.weight.device)  # type: ignore[attr-defined]  # the nn.Module half
+            self.weight.copy_(source_weight)
+            if source_bias is not None and self.bias is not None:
+                self.bias.copy_(source_bias)
+        return self.to(source_weight.device)  # type: ignore[attr-defined]  # the nn.Module half
 
     # ---------------------------------------------------------------- calibration
     @torch.no_grad()
@@ -168,9 +166,7 @@ class SBSLayerMixin(ChannelGateMixin):
         return self._standardise(self.weight, self._kept_weight_mask())
 
     def _weight_clip(self) -> Tensor:
-        return _grad_scale(
-            self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1))
-        )
+        return _grad_scale(self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1)))
 
     def _act_clip(self, x: Tensor) -> Tensor:
         per_sample = max(x[0].numel(), 1) if x.dim() > 1 else x.numel()
@@ -197,9 +193,7 @@ class SBSLayerMixin(ChannelGateMixin):
         w_bits = self.fixed_w_bits
         if not searching and w_bits >= FLOAT_BITS:
             return self.weight
-        w_std, std = (
-            self._search_standardised() if self.mode == "search" else self._standardise(self.weight)
-        )
+        w_std, std = self._search_standardised() if self.mode == "search" else self._standardise(self.weight)
         z = self._normalise_weight(w_std)
         if searching and self.search_weight_bits:
             stats, grids = lower_grid_residuals(z, self.bits)
@@ -223,9 +217,7 @@ class SBSLayerMixin(ChannelGateMixin):
         v = self._act_clip(x)
         z = self._normalise_act(x, v)
         if searching:
-            if (
-                self.training
-            ):  # the statistic on a fixed sample; only the chosen grid is computed in full
+            if self.training:  # the statistic on a fixed sample; only the chosen grid is computed in full
                 batch_stats = sampled_residuals(z, self.bits)
                 with torch.no_grad():
                     self.a_residual_ema.lerp_(batch_stats, _EMA_MOMENTUM)
@@ -287,13 +279,9 @@ class SBSLayerMixin(ChannelGateMixin):
         self.weight_clip.clamp_(min=_MIN_CLIP)
         self.act_clip.clamp_(min=_MIN_CLIP)
         if self.mode == "search" and not self.pinned:
-            w_stats, _ = lower_grid_residuals(
-                self._normalise_weight(self._search_standardised()[0]), self.bits
-            )
+            w_stats, _ = lower_grid_residuals(self._normalise_weight(self._search_standardised()[0]), self.bits)
             self.w_theta.copy_(torch.minimum(self.w_theta, w_stats / self.w_scale + margin))
-            self.a_theta.copy_(
-                torch.minimum(self.a_theta, self.a_residual_ema / self.a_scale + margin)
-            )
+            self.a_theta.copy_(torch.minimum(self.a_theta, self.a_residual_ema / self.a_scale + margin))
         if self.prunable:
             stats = torch.sort(self.pruning_statistics()).values
             max_pruned = int(math.floor(self.max_prune_fraction * self.num_groups + 1e-9))
@@ -301,9 +289,7 @@ class SBSLayerMixin(ChannelGateMixin):
             # Groups with stat <= theta are pruned: keep theta below the (max_pruned+1)-th smallest,
             # and no further than the margin below the weakest group.
             ceiling = stats[max_pruned] - 1e-6 * stats[max_pruned].abs().clamp_min(1.0)
-            self.p_theta.copy_(
-                torch.maximum(torch.minimum(self.p_theta, ceiling), stats[0] - margin)
-            )
+            self.p_theta.copy_(torch.maximum(torch.minimum(self.p_theta, ceiling), stats[0] - margin))
 
     def set_fixed(self, w_bits: int, a_bits: int) -> None:
         """Switch to fixed mode with the given bit widths (32 = float)."""
@@ -315,8 +301,8 @@ class SBSLayerMixin(ChannelGateMixin):
         """Thresholds by gate kind: ``w`` (weight bits), ``p`` (pruning), ``a`` (activation bits)."""
         return {"w": self.w_theta, "p": self.p_theta, "a": self.a_theta}
 
-    def extra_repr(self) -> str:  # type: ignore[override]
-        base = super().extra_repr()  # type: ignore[misc]
+    def extra_repr(self) -> str:
+        base = super().extra_repr()  # type: ignore[misc]  # nn.Module's, the other base of the mixin
         state: dict[str, Any] = {"mode": self.mode, "bits": self.bits}
         if self.pinned or self.mode == "fixed":
             state["w/a"] = f"{self.fixed_w_bits}/{self.fixed_a_bits}"
@@ -340,20 +326,16 @@ class SBSConv2d(SBSLayerMixin, nn.Conv2d):
 
     @classmethod
     def from_module(
-        cls,
-        conv: nn.Conv2d,
-        bits: Sequence[int],
-        group_size: int,
-        max_prune_fraction: float,
-        tau: float,
+        cls, conv: nn.Conv2d, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float
     ) -> SBSConv2d:
+        # A Conv2d's kernel_size, stride, padding, dilation are pairs (typed tuple[int, ...]).
         layer = cls(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
+            cast("tuple[int, int]", conv.kernel_size),
+            stride=cast("tuple[int, int]", conv.stride),
+            padding=cast("str | tuple[int, int]", conv.padding),
+            dilation=cast("tuple[int, int]", conv.dilation),
             groups=conv.groups,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
@@ -362,22 +344,17 @@ class SBSConv2d(SBSLayerMixin, nn.Conv2d):
         )
         return layer._adopt(conv, bits, group_size, max_prune_fraction, tau)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         self._maybe_calibrate(x)
         return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
-class SBSLinear(SBSLayerMixin, nn.Linear):
+class SBSLinear(SBSLayerMixin, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as Parameter, but it may be None
     """A Linear with SBS quantisation of weights and inputs."""
 
     @classmethod
     def from_module(
-        cls,
-        linear: nn.Linear,
-        bits: Sequence[int],
-        group_size: int,
-        max_prune_fraction: float,
-        tau: float,
+        cls, linear: nn.Linear, bits: Sequence[int], group_size: int, max_prune_fraction: float, tau: float
     ) -> SBSLinear:
         layer = cls(
             linear.in_features,
@@ -388,7 +365,7 @@ class SBSLinear(SBSLayerMixin, nn.Linear):
         )
         return layer._adopt(linear, bits, group_size, max_prune_fraction, tau)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         self._maybe_calibrate(x)
         return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 

@@ -15,14 +15,7 @@ from torch import Tensor
 
 from hwsbs.errors import ConfigError
 
-__all__ = [
-    "step_size",
-    "round_ste",
-    "quantize",
-    "validate_bit_candidates",
-    "bit_sharing_terms",
-    "compose",
-]
+__all__ = ["step_size", "round_ste", "quantize", "validate_bit_candidates", "bit_sharing_terms", "compose"]
 
 
 def step_size(bits: int) -> float:
@@ -34,11 +27,11 @@ class _RoundSTE(torch.autograd.Function):
     """round() forward, identity backward (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor) -> Tensor:
         return torch.round(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         return grad
 
 

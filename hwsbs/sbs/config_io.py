@@ -66,9 +66,7 @@ class CompressionConfig:
     layers: list[LayerDecision]  # one per quantised Conv2d/Linear, in module order
     model: str = ""  # model name or module:factory it was found for (informational)
     dataset: str = ""  # dataset it was found on (informational)
-    bits: list[int] = field(
-        default_factory=lambda: list(DEFAULT_BITS)
-    )  # candidate bit widths searched
+    bits: list[int] = field(default_factory=lambda: list(DEFAULT_BITS))  # candidate bit widths searched
     group_size: int = DEFAULT_GROUP_SIZE  # channels per pruning group
     batch: int = 1  # batch size the costs are reported for
 
@@ -77,9 +75,7 @@ class CompressionConfig:
 
     def cost(self, cost_model: CostModel) -> float:
         """Total cost of this configuration."""
-        return cost_model.model_cost(
-            [d.shape for d in self.layers], [d.state for d in self.layers], self.batch
-        )
+        return cost_model.model_cost([d.shape for d in self.layers], [d.state for d in self.layers], self.batch)
 
     def layer_costs(self, cost_model: CostModel) -> list[float]:
         return [cost_model.layer_cost(d.shape, d.state, self.batch) for d in self.layers]
@@ -205,11 +201,7 @@ class _ConfigFile(_Strict):
 def _shown(value: Any) -> str:
     """The offending value in a message, if it is short."""
     text = repr(value)
-    return (
-        f", got {text}"
-        if isinstance(value, str | int | float | bool | type(None)) and len(text) <= 40
-        else ""
-    )
+    return f", got {text}" if isinstance(value, str | int | float | bool | type(None)) and len(text) <= 40 else ""
 
 
 def _where(src: str, data: dict, loc: tuple[Any, ...]) -> str:
@@ -256,9 +248,7 @@ def _format_error(src: str, data: dict, exc: ValidationError) -> str:
     loc = tuple(err["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     if err["type"] == "missing":
-        return (
-            f"{_where(src, data, loc[:-1]) if loc[:-1] else src}: missing field {loc[-1]!r}{more}"
-        )
+        return f"{_where(src, data, loc[:-1]) if loc[:-1] else src}: missing field {loc[-1]!r}{more}"
     if err["type"] == "extra_forbidden":
         return f"{_where(src, data, loc)}: unknown field (misspelled?){more}"
     msg = _problem(loc, err)
@@ -268,22 +258,16 @@ def _format_error(src: str, data: dict, exc: ValidationError) -> str:
 def _check_bits(src: str, bits: list[int]) -> None:
     for lo, hi in zip(bits, bits[1:]):
         if hi != 2 * lo:
-            raise ConfigError(
-                f"{src}: bits: each bit width must double the previous one, got {bits}"
-            )
+            raise ConfigError(f"{src}: bits: each bit width must double the previous one, got {bits}")
 
 
 def _check_shape(where: str, shape: _ShapeFile) -> None:
     """Groups that fit the channels (a linear layer has one)."""
     if shape.kind == "linear" and shape.groups != 1:
-        raise ConfigError(
-            f"{where}.shape.groups: expected 1 for a linear layer, got {shape.groups}"
-        )
+        raise ConfigError(f"{where}.shape.groups: expected 1 for a linear layer, got {shape.groups}")
     for key in ("in_channels", "out_channels"):
         if getattr(shape, key) % shape.groups:
-            raise ConfigError(
-                f"{where}.shape.groups: {shape.groups} does not divide {key} ({getattr(shape, key)})"
-            )
+            raise ConfigError(f"{where}.shape.groups: {shape.groups} does not divide {key} ({getattr(shape, key)})")
 
 
 def _check_layer(where: str, layer: _LayerFile) -> list[int]:
@@ -292,8 +276,7 @@ def _check_layer(where: str, layer: _LayerFile) -> list[int]:
     _check_shape(where, shape)
     if layer.out_channels is not None and layer.out_channels != shape.out_channels:
         raise ConfigError(
-            f"{where}.out_channels: {layer.out_channels} differs from shape.out_channels "
-            f"({shape.out_channels})"
+            f"{where}.out_channels: {layer.out_channels} differs from shape.out_channels ({shape.out_channels})"
         )
     pruned = list(layer.pruned_channels or [])
     bad = next((c for c in pruned if c >= shape.out_channels), None)
@@ -314,9 +297,7 @@ def _check_layer(where: str, layer: _LayerFile) -> list[int]:
             f"{len(pruned)} pruned), got {layer.kept_out_channels}"
         )
     if layer.kept_in_channels is not None and layer.kept_in_channels > shape.in_channels:
-        raise ConfigError(
-            f"{where}.kept_in_channels: expected 1..{shape.in_channels}, got {layer.kept_in_channels}"
-        )
+        raise ConfigError(f"{where}.kept_in_channels: expected 1..{shape.in_channels}, got {layer.kept_in_channels}")
     return sorted(pruned)
 
 
@@ -363,9 +344,7 @@ def load_config(path: str | Path) -> CompressionConfig:
     for i, layer in enumerate(parsed.layers):
         where = f"{src}: layers[{i}] ({layer.name})"
         if layer.name in seen:
-            raise ConfigError(
-                f"{where}.name: {layer.name!r} is also the name of layers[{seen[layer.name]}]"
-            )
+            raise ConfigError(f"{where}.name: {layer.name!r} is also the name of layers[{seen[layer.name]}]")
         seen[layer.name] = i
         layers.append(_decision(where, layer))
     return CompressionConfig(

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from cost_models.base import LayerShape
-from hwsbs.defaults import (
-    DEFAULT_BITS,
-    DEFAULT_GROUP_SIZE,
-    DEFAULT_MAX_PRUNE_FRACTION,
-    DEFAULT_PIN_BITS,
-)
+from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, DEFAULT_PIN_BITS
 from hwsbs.errors import ModelError
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
 
@@ -37,7 +33,7 @@ class SearchSpace:
     pruning_disabled_reason: str | None = None  # why pruning is off, when it is
 
     def layer(self, name: str) -> SBSLayerMixin:
-        return self.model.get_submodule(name)  # type: ignore[return-value]
+        return cast(SBSLayerMixin, self.model.get_submodule(name))  # layer_names are SBS layers
 
     def layers(self) -> list[tuple[str, SBSLayerMixin]]:
         return [(n, self.layer(n)) for n in self.layer_names]
@@ -49,7 +45,7 @@ class SearchSpace:
         return [c for g in sorted(groups) for c in range(g * size, min((g + 1) * size, out))]
 
     def decisions(
-        self, bits: dict[str, tuple[int, int]], pruned_groups: dict[str, Sequence[int]]
+        self, bits: dict[str, tuple[int, int]], pruned_groups: Mapping[str, Sequence[int]]
     ) -> list[LayerDecision]:
         """Every layer's decision from per-layer bits and per-producer pruned groups.
 
@@ -57,7 +53,8 @@ class SearchSpace:
         kept outputs, and a depthwise layer on the way loses the producer's channels, in and out.
         Pinned layers, and layers missing from ``bits``, keep their fixed bits.
         """
-        pruned = {p: self.pruned_channels(p, gs) for p, gs in pruned_groups.items()}
+        # by producer; a layer with no source looks up None and finds nothing pruned
+        pruned: dict[str | None, list[int]] = {p: self.pruned_channels(p, gs) for p, gs in pruned_groups.items()}
         source = self.kept_in_source()
         passthrough = {p for g in self.groups for p in g.passthrough}
         out = []
@@ -74,10 +71,7 @@ class SearchSpace:
     def max_pruned_groups(self, producer: str) -> int:
         """Groups a producer may lose: the ``max_prune_fraction`` cap, and never all of them."""
         layer = self.layer(producer)
-        return min(
-            int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)),
-            layer.num_groups - 1,
-        )
+        return min(int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1)
 
     def kept_in_source(self) -> dict[str, str]:
         """For each layer whose input channels follow a producer's pruning: that producer."""
@@ -97,9 +91,7 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def trace_layer_shapes(
-    model: nn.Module, example: Tensor
-) -> tuple[list[str], dict[str, LayerShape]]:
+def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], dict[str, LayerShape]]:
     """Run ``example`` once (eval mode) and record every Conv2d/Linear's shape in execution order."""
     order: list[str] = []
     shapes: dict[str, LayerShape] = {}
@@ -116,19 +108,20 @@ def trace_layer_shapes(
                     kind="conv",
                     in_channels=mod.in_channels,
                     out_channels=mod.out_channels,
-                    kernel_size=tuple(mod.kernel_size),
-                    stride=tuple(mod.stride),
+                    kernel_size=cast("tuple[int, int]", tuple(mod.kernel_size)),  # Conv2d: pairs
+                    stride=cast("tuple[int, int]", tuple(mod.stride)),
                     groups=mod.groups,
                     in_size=(int(x.shape[-2]), int(x.shape[-1])),
                     out_size=(int(output.shape[-2]), int(output.shape[-1])),
                 )
             else:
+                linear = cast(nn.Linear, mod)  # the hook is registered on Conv2d and Linear only
                 positions = int(x[..., 0].numel() // x.shape[0]) if x.dim() > 1 else 1
                 shapes[name] = LayerShape(
                     name=name,
                     kind="linear",
-                    in_channels=mod.in_features,
-                    out_channels=mod.out_features,
+                    in_channels=linear.in_features,
+                    out_channels=linear.out_features,
                     out_size=(max(positions, 1), 1),
                     in_size=(max(positions, 1), 1),
                 )
@@ -144,9 +137,7 @@ def trace_layer_shapes(
     try:
         model(example)
     except Exception as exc:
-        raise ModelError(
-            f"the model failed on a sample batch of shape {tuple(example.shape)}: {exc}"
-        ) from None
+        raise ModelError(f"the model failed on a sample batch of shape {tuple(example.shape)}: {exc}") from None
     finally:
         for h in hooks:
             h.remove()
@@ -163,11 +154,7 @@ def _calibrate(model: nn.Module, example: Tensor) -> None:
     values calibrated there would clip nearly everything once training starts. Batch-norm running
     statistics are restored afterwards, so calibration leaves no trace.
     """
-    norms = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     model.train()
     model(example)
@@ -216,23 +203,21 @@ def convert_model(
         groups, reason = find_prunable_groups(model)
         if reason is not None:
             warn_untraceable(reason)
-    unused = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in shapes
-    ]
+    unused = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in shapes]
     for name in order + unused:
         mod = model.get_submodule(name)
         cls = SBSConv2d if isinstance(mod, nn.Conv2d) else SBSLinear
         set_submodule(
-            model, name, cls.from_module(mod, bits, group_size, max_prune_fraction, temperature)
+            model,
+            name,
+            cls.from_module(mod, bits, group_size, max_prune_fraction, temperature),  # type: ignore[arg-type]  # mod is a Conv2d for SBSConv2d, else a Linear
         )
     pinned = {order[0], order[-1]} if pin_first_last else set()
     producers = {g.producer for g in groups}
     groups = [g for g in groups if g.producer not in pinned]  # a pinned layer keeps its channels
     producers = {g.producer for g in groups}
     for name in order:
-        layer: SBSLayerMixin = model.get_submodule(name)  # type: ignore[assignment]
+        layer = cast(SBSLayerMixin, model.get_submodule(name))  # converted above
         if name in pinned:
             layer.pinned = True
             layer.fixed_w_bits = layer.fixed_a_bits = pin_bits
@@ -243,6 +228,4 @@ def convert_model(
         for dw in g.passthrough:  # a depthwise layer in between loses the same rows
             model.get_submodule(dw).__dict__["row_source"] = producer
     _calibrate(model, example)
-    return SearchSpace(
-        model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason
-    )
+    return SearchSpace(model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason)

@@ -72,16 +72,8 @@ def expected_flip_difference(
         diff = 0.0
         for flipped, sign in ((1, 1.0), (0, -1.0)):
             gates[family][j] = flipped
-            w = (
-                bits_from_gates(bits, [g > 0 for g in gates["w"]])
-                if w_probs is not None
-                else fixed_w
-            )
-            a = (
-                bits_from_gates(bits, [g > 0 for g in gates["a"]])
-                if a_probs is not None
-                else fixed_a
-            )
+            w = bits_from_gates(bits, [g > 0 for g in gates["w"]]) if w_probs is not None else fixed_w
+            a = bits_from_gates(bits, [g > 0 for g in gates["a"]]) if a_probs is not None else fixed_a
             diff += sign * cost(w, a)
         total += weight * diff
     return total
@@ -107,18 +99,13 @@ class CostTerm:
 
     def _layer_cost(self, shape: LayerShape, w: int, a: int, kin: int, kout: int) -> float:
         # Memoised by the cost model itself: a step asks for the same few states again and again.
-        return float(
-            self.cost_model.cached_layer_cost(shape, LayerState(w, a, kin, kout), self.batch)
-        )
+        return float(self.cost_model.cached_layer_cost(shape, LayerState(w, a, kin, kout), self.batch))
 
-    def cost_table(
-        self, name: str, kin: int, kout: int, w_bits: Sequence[int], a_bits: Sequence[int]
-    ) -> Tensor:
+    def cost_table(self, name: str, kin: int, kout: int, w_bits: Sequence[int], a_bits: Sequence[int]) -> Tensor:
         """``T[i, j]`` = cost of layer ``name`` at ``(w_bits[i], a_bits[j])`` with these channels."""
         shape = self.space.shapes[name]
         return torch.tensor(
-            [[self._layer_cost(shape, w, a, kin, kout) for a in a_bits] for w in w_bits],
-            dtype=torch.float64,
+            [[self._layer_cost(shape, w, a, kin, kout) for a in a_bits] for w in w_bits], dtype=torch.float64
         )
 
     # ------------------------------------------------------------------ discrete state
@@ -137,9 +124,7 @@ class CostTerm:
         return found
 
     @staticmethod
-    def _gate_values(
-        gates: list[tuple[str, str, Tensor, Tensor | None]],
-    ) -> dict[tuple[str, str], list[float]]:
+    def _gate_values(gates: list[tuple[str, str, Tensor, Tensor | None]]) -> dict[tuple[str, str], list[float]]:
         """Hard gates under ``(layer, kind)``, probabilities under ``(layer, kind + "_prob")``."""
         # One device-to-host copy for all gates: on a GPU, one synchronisation per step.
         if not gates:
@@ -190,15 +175,10 @@ class CostTerm:
             states[name] = LayerState(w, a, kin, out_channels(name))
         return states
 
-    def _choice_from(
-        self, values: dict[tuple[str, str], list[float]], states: dict[str, LayerState]
-    ) -> Choice:
+    def _choice_from(self, values: dict[tuple[str, str], list[float]], states: dict[str, LayerState]) -> Choice:
         bits = tuple((n, states[n].w_bits, states[n].a_bits) for n in self.space.layer_names)
         pruned = tuple(
-            (
-                g.producer,
-                tuple(i for i, v in enumerate(values.get((g.producer, "p"), [])) if v <= 0.5),
-            )
+            (g.producer, tuple(i for i, v in enumerate(values.get((g.producer, "p"), [])) if v <= 0.5))
             for g in self.space.groups
         )
         return bits, pruned
@@ -224,9 +204,7 @@ class CostTerm:
         total = 0.0
         for n in self.space.layer_names:
             st = states[n]
-            total += self._layer_cost(
-                self.space.shapes[n], st.w_bits, st.a_bits, st.kept_in, st.kept_out
-            )
+            total += self._layer_cost(self.space.shapes[n], st.w_bits, st.a_bits, st.kept_in, st.kept_out)
         deltas: list[float] = []
         for name, kind, _, _ in gates:
             if kind == "p":
@@ -255,9 +233,7 @@ class CostTerm:
         for j in range(len(gate_values)):
             costs = []
             for flipped in (1.0, 0.0):
-                chosen = bits_from_gates(
-                    bits, [(flipped if i == j else v) > 0.5 for i, v in enumerate(gate_values)]
-                )
+                chosen = bits_from_gates(bits, [(flipped if i == j else v) > 0.5 for i, v in enumerate(gate_values)])
                 w, a = (chosen, st.a_bits) if kind == "w" else (st.w_bits, chosen)
                 costs.append(cost(w, a))
             delta = costs[0] - costs[1]
@@ -281,13 +257,11 @@ class CostTerm:
         kin, kout = st.kept_in + d_in, st.kept_out + d_out
         if kin <= 0 or kout <= 0:
             return self._layer_cost(shape, st.w_bits, st.a_bits, st.kept_in, st.kept_out)
-        return self._layer_cost(
-            shape, st.w_bits, st.a_bits, st.kept_in, st.kept_out
-        ) - self._layer_cost(shape, st.w_bits, st.a_bits, kin, kout)
+        return self._layer_cost(shape, st.w_bits, st.a_bits, st.kept_in, st.kept_out) - self._layer_cost(
+            shape, st.w_bits, st.a_bits, kin, kout
+        )
 
-    def _channel_deltas(
-        self, producer: str, gate_values: list[float], states: dict[str, LayerState]
-    ) -> list[float]:
+    def _channel_deltas(self, producer: str, gate_values: list[float], states: dict[str, LayerState]) -> list[float]:
         """``dR/dg_c`` per channel group: the cost of the group, for the producer and every layer
         whose input (or depthwise channels) it feeds."""
         sizes = self.space.layer(producer).group_sizes()
@@ -297,9 +271,7 @@ class CostTerm:
             kept = gate > 0.5
             key = (size, kept)
             if key not in cache:
-                step = (
-                    -size if kept else size
-                )  # flipping a kept group removes it, a pruned one adds it
+                step = -size if kept else size  # flipping a kept group removes it, a pruned one adds it
                 delta = self._flip_delta(producer, states[producer], 0, step)
                 for other in self._consumers_of.get(producer, []):
                     d_out = step if other in self._depthwise else 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from hwsbs.defaults import DEFAULT_GROUP_SIZE
 from hwsbs.errors import ModelError
@@ -47,23 +49,14 @@ def _copy_sbs_state(src: SBSLayerMixin, dst: SBSLayerMixin) -> None:
     with torch.no_grad():
         for pname in ("weight_clip", "act_clip", "w_theta", "a_theta", "p_theta"):
             getattr(dst, pname).copy_(getattr(src, pname))
-        for bname in (
-            "calibrated",
-            "act_signed",
-            "w_scale",
-            "a_scale",
-            "p_scale",
-            "p_spread",
-            "a_residual_ema",
-        ):
+        for bname in ("calibrated", "act_signed", "w_scale", "a_scale", "p_scale", "p_spread", "a_residual_ema"):
             getattr(dst, bname).copy_(getattr(src, bname))
 
 
-def slice_sbs_layer(
-    layer: SBSLayerMixin, out_idx: list[int] | None, in_idx: list[int] | None
-) -> SBSLayerMixin:
+def slice_sbs_layer(layer: SBSLayerMixin, out_idx: list[int] | None, in_idx: list[int] | None) -> SBSConv2d | SBSLinear:
     """A new SBS layer keeping only ``out_idx`` output and ``in_idx`` input channels."""
     w = layer.weight.detach()
+    new: SBSConv2d | SBSLinear
     if isinstance(layer, SBSConv2d):
         depthwise = layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
         if depthwise:
@@ -73,38 +66,34 @@ def slice_sbs_layer(
             cin = cout = groups = len(idx)
         else:
             if layer.groups != 1 and (out_idx is not None or in_idx is not None):
-                raise ModelError(
-                    f"cannot prune channels of grouped conv with groups={layer.groups}"
-                )
+                raise ModelError(f"cannot prune channels of grouped conv with groups={layer.groups}")
             new_w = w if out_idx is None else w[out_idx]
             new_w = new_w if in_idx is None else new_w[:, in_idx]
             cout, cin, groups = new_w.shape[0], new_w.shape[1] * layer.groups, layer.groups
+        # A Conv2d's kernel_size, stride, padding, dilation are pairs (typed tuple[int, ...]).
         ref = nn.Conv2d(
             cin,
             cout,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
+            cast("tuple[int, int]", layer.kernel_size),
+            stride=cast("tuple[int, int]", layer.stride),
+            padding=cast("str | tuple[int, int]", layer.padding),
+            dilation=cast("tuple[int, int]", layer.dilation),
             groups=groups,
             bias=layer.bias is not None,
             padding_mode=layer.padding_mode,
         )
-        new = SBSConv2d.from_module(
-            ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau
-        )
+        new = SBSConv2d.from_module(ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau)
     else:
         new_w = w if out_idx is None else w[out_idx]
         new_w = new_w if in_idx is None else new_w[:, in_idx]
-        ref = nn.Linear(new_w.shape[1], new_w.shape[0], bias=layer.bias is not None)
-        new = SBSLinear.from_module(
-            ref, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau
-        )
+        ref_linear = nn.Linear(new_w.shape[1], new_w.shape[0], bias=layer.bias is not None)
+        new = SBSLinear.from_module(ref_linear, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau)
     with torch.no_grad():
         new.weight.copy_(new_w)
         if layer.bias is not None:
             b = layer.bias.detach()
-            new.bias.copy_(b if out_idx is None else b[out_idx])
+            new_bias = cast(Tensor, new.bias)  # made with bias=True above
+            new_bias.copy_(b if out_idx is None else b[out_idx])
     _copy_sbs_state(layer, new)
     return new.to(layer.weight.device)
 
@@ -112,26 +101,20 @@ def slice_sbs_layer(
 def slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, idx: list[int]) -> nn.Module:
     """A batch-norm keeping only channels ``idx``."""
     new = type(bn)(
-        len(idx),
-        eps=bn.eps,
-        momentum=bn.momentum,
-        affine=bn.affine,
-        track_running_stats=bn.track_running_stats,
+        len(idx), eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats
     )
     with torch.no_grad():
         if bn.affine:
             new.weight.copy_(bn.weight[idx])
             new.bias.copy_(bn.bias[idx])
-        if bn.track_running_stats:
-            new.running_mean.copy_(bn.running_mean[idx])
-            new.running_var.copy_(bn.running_var[idx])
-            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        if bn.track_running_stats:  # so both have their running statistics (typed Optional)
+            cast(Tensor, new.running_mean).copy_(cast(Tensor, bn.running_mean)[idx])
+            cast(Tensor, new.running_var).copy_(cast(Tensor, bn.running_var)[idx])
+            cast(Tensor, new.num_batches_tracked).copy_(cast(Tensor, bn.num_batches_tracked))
     return new.to(bn.weight.device if bn.affine else "cpu")
 
 
-def check_config_matches(
-    space: SearchSpace, config: CompressionConfig, source: str = "config.yaml"
-) -> None:
+def check_config_matches(space: SearchSpace, config: CompressionConfig, source: str = "config.yaml") -> None:
     """Raise ModelError when ``config`` was not made for this model."""
     cfg = config.by_name()
     missing = [n for n in space.layer_names if n not in cfg]
@@ -148,15 +131,11 @@ def check_config_matches(
         a, b = space.shapes[name], cfg[name].shape
         differing = [f for f in fields if getattr(a, f) != getattr(b, f)]
         if differing:
-            detail = ", ".join(
-                f"{f} {getattr(b, f)!r} there but {getattr(a, f)!r} in the model" for f in differing
-            )
+            detail = ", ".join(f"{f} {getattr(b, f)!r} there but {getattr(a, f)!r} in the model" for f in differing)
             raise ModelError(f"{source}: layer {name} does not match the model: {detail}")
 
 
-def apply_config(
-    space: SearchSpace, config: CompressionConfig, source: str = "config.yaml"
-) -> nn.Module:
+def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "config.yaml") -> nn.Module:
     """Fix every layer's bits and physically remove pruned channels; returns ``space.model``.
 
     Raises:
@@ -172,9 +151,7 @@ def apply_config(
     passthrough = {p for g in space.groups for p in g.passthrough}
     for name in space.layer_names:
         if cfg[name].pruned_channels and name not in producers and name not in passthrough:
-            raise ModelError(
-                f"{source}: layer {name} has pruned_channels but is not prunable in this model"
-            )
+            raise ModelError(f"{source}: layer {name} has pruned_channels but is not prunable in this model")
     for producer, group in producers.items():
         pruned = set(cfg[producer].pruned_channels)
         if not pruned:
@@ -182,10 +159,10 @@ def apply_config(
         keep = [c for c in range(space.shapes[producer].out_channels) if c not in pruned]
         set_submodule(model, producer, slice_sbs_layer(space.layer(producer), keep, None))
         for bn in group.norms:
-            set_submodule(model, bn, slice_batchnorm(model.get_submodule(bn), keep))
+            set_submodule(
+                model, bn, slice_batchnorm(cast(nn.modules.batchnorm._BatchNorm, model.get_submodule(bn)), keep)
+            )
         for dw in group.passthrough:
             set_submodule(model, dw, slice_sbs_layer(space.layer(dw), keep, keep))
-        set_submodule(
-            model, group.consumer, slice_sbs_layer(space.layer(group.consumer), None, keep)
-        )
+        set_submodule(model, group.consumer, slice_sbs_layer(space.layer(group.consumer), None, keep))
     return model

@@ -64,10 +64,7 @@ class SearchEngine:
         self.terms = [CostTerm(space, o.cost_model, cost_batch) for o in objectives]
         # Update families (alternate steps, method section 2) and, within each, the gate kinds
         # whose gradient scale is normalised together (see threshold_optim).
-        kinds: dict[str, dict[str, list[nn.Parameter]]] = {
-            "weight": {"w": [], "p": []},
-            "activation": {"a": []},
-        }
+        kinds: dict[str, dict[str, list[nn.Parameter]]] = {"weight": {"w": [], "p": []}, "activation": {"a": []}}
         for _, layer in space.layers():
             for kind, param in layer.threshold_parameters().items():
                 kinds["activation" if kind == "a" else "weight"][kind].append(param)
@@ -82,9 +79,7 @@ class SearchEngine:
             if any(groups.values())
         }
         self.family_kinds = {family: list(groups) for family, groups in kinds.items()}
-        self.cost_scale = CostGradientScale(
-            {k: ps for groups in kinds.values() for k, ps in groups.items()}
-        )
+        self.cost_scale = CostGradientScale({k: ps for groups in kinds.values() for k, ps in groups.items()})
         self.recorder = ChoiceRecorder()  # the configurations priced this epoch (the steady state)
         self.step_count = 0
 
@@ -153,9 +148,7 @@ class SearchEngine:
     def state_dict(self) -> dict:
         return {
             "weight_optimizer": self.weight_optimizer.state_dict(),
-            "threshold_optimizers": {
-                k: v.state_dict() for k, v in self.threshold_optimizers.items()
-            },
+            "threshold_optimizers": {k: v.state_dict() for k, v in self.threshold_optimizers.items()},
             "step_count": self.step_count,
             "recorder": self.recorder.state_dict(),
             "cost_scale": self.cost_scale.state_dict(),

@@ -77,9 +77,7 @@ def _can_produce(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups == 1
 
 
-def _follow(
-    node: fx.Node, modules: dict[str, nn.Module], uses: dict[str, int], producer: str
-) -> PrunableGroup | None:
+def _follow(node: fx.Node, modules: dict[str, nn.Module], uses: dict[str, int], producer: str) -> PrunableGroup | None:
     """Walk from ``node`` through single-user element-wise nodes to one consumer, or give up."""
     group = PrunableGroup(producer=producer, consumer="")
     current = node
@@ -128,10 +126,7 @@ def find_prunable_groups(model: nn.Module) -> tuple[list[PrunableGroup], str | N
         graph_module = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable Python control flow
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return (
-            [],
-            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {first_line[:160]})",
-        )
+        return ([], f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {first_line[:160]})")
     modules = dict(graph_module.named_modules())
     uses: dict[str, int] = {}
     for node in graph_module.graph.nodes:
@@ -150,9 +145,7 @@ def find_prunable_groups(model: nn.Module) -> tuple[list[PrunableGroup], str | N
             continue
         consumer = modules[group.consumer]
         producer_out = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
-        consumer_in = (
-            consumer.in_channels if isinstance(consumer, nn.Conv2d) else consumer.in_features
-        )
+        consumer_in = consumer.in_channels if isinstance(consumer, nn.Conv2d) else consumer.in_features
         if producer_out != consumer_in:
             continue  # a shape change on the way we did not see (should not happen)
         groups.append(group)

@@ -43,8 +43,7 @@ class ChoiceRecorder:
     def state_dict(self) -> dict[str, Any]:
         """Plain lists and ints: loadable with ``torch.load(weights_only=True)``."""
         rows = [
-            [[list(b) for b in bits], [[p, list(g)] for p, g in pruned], n]
-            for (bits, pruned), n in self.counts.items()
+            [[list(b) for b in bits], [[p, list(g)] for p, g in pruned], n] for (bits, pruned), n in self.counts.items()
         ]
         return {"epoch": self.epoch, "counts": rows}
 
@@ -68,14 +67,10 @@ def choice_to_config(
 
 
 def price_choice(space: SearchSpace, choice: Choice, cost_model: CostModel, batch: int) -> float:
-    return choice_to_config(space, choice, lambda d: CompressionConfig(d, batch=batch)).cost(
-        cost_model
-    )
+    return choice_to_config(space, choice, lambda d: CompressionConfig(d, batch=batch)).cost(cost_model)
 
 
-def steady_choice(
-    counts: dict[Choice, int], price: Callable[[Choice], float], target: float | None
-) -> Choice | None:
+def steady_choice(counts: dict[Choice, int], price: Callable[[Choice], float], target: float | None) -> Choice | None:
     """The most frequent configuration (ties: the cheaper), within ``target`` when one is given.
 
     Returns:

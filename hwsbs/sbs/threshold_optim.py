@@ -47,8 +47,8 @@ class CostGradientScale:
         grads = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
         by_param = {id(p): g for p, g in zip(params, grads)}
         for k in kinds:
-            gs = [by_param.get(id(p)) for p in self.kinds[k]]
-            gs = [g for g in gs if g is not None]
+            found = [by_param.get(id(p)) for p in self.kinds[k]]
+            gs = [g for g in found if g is not None]
             if not gs:
                 continue
             flat = torch.cat([g.reshape(-1).double() for g in gs])

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from .cost_models import (
-    DEFAULT_BITS,
-    ConformanceError,
-    CostModelConformance,
-    check_cost_model,
-    default_shapes,
-)
+from .cost_models import DEFAULT_BITS, ConformanceError, CostModelConformance, check_cost_model, default_shapes
 from .methods import METHOD_CHECK_OPTIONS, check_search_method
 
 __all__ = [

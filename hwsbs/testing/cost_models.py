@@ -79,9 +79,7 @@ def _cost(model: CostModel, shape: LayerShape, state: LayerState, batch: int = 1
             f"{type(model).__name__}: layer_cost({shape.name}, {state}, batch={batch}) raised {type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(value, int | float):
-        raise ConformanceError(
-            f"{type(model).__name__}: layer_cost returned {type(value).__name__}, expected float"
-        )
+        raise ConformanceError(f"{type(model).__name__}: layer_cost returned {type(value).__name__}, expected float")
     return float(value)
 
 
@@ -95,20 +93,13 @@ def check_declarations(model: CostModel) -> None:
     for attr in ("name", "metric", "unit"):
         value = getattr(model, attr, None)
         if not isinstance(value, str) or not value:
-            raise ConformanceError(
-                f"{cls}: class attribute {attr!r} must be a non-empty string, got {value!r}"
-            )
+            raise ConformanceError(f"{cls}: class attribute {attr!r} must be a non-empty string, got {value!r}")
     if not isinstance(model.monotone, bool):
-        raise ConformanceError(
-            f"{cls}: class attribute 'monotone' must be a bool, got {model.monotone!r}"
-        )
+        raise ConformanceError(f"{cls}: class attribute 'monotone' must be a bool, got {model.monotone!r}")
 
 
 def check_finite_non_negative(
-    model: CostModel,
-    shapes: Sequence[LayerShape],
-    bits: Iterable[int] = DEFAULT_BITS,
-    batches: Iterable[int] = (1, 4),
+    model: CostModel, shapes: Sequence[LayerShape], bits: Iterable[int] = DEFAULT_BITS, batches: Iterable[int] = (1, 4)
 ) -> None:
     """Every layer cost is a finite number >= 0, and a whole model's cost too."""
     bits = tuple(bits)
@@ -124,14 +115,10 @@ def check_finite_non_negative(
                         )
     total = model.model_cost(list(shapes), [_full_state(s, 8, 8) for s in shapes])
     if not math.isfinite(total) or total < 0:
-        raise ConformanceError(
-            f"{type(model).__name__}: model_cost is {total}, not a finite non-negative number"
-        )
+        raise ConformanceError(f"{type(model).__name__}: model_cost is {total}, not a finite non-negative number")
 
 
-def check_deterministic(
-    model: CostModel, shapes: Sequence[LayerShape], bits: Iterable[int] = (2, 8)
-) -> None:
+def check_deterministic(model: CostModel, shapes: Sequence[LayerShape], bits: Iterable[int] = (2, 8)) -> None:
     """The same arguments give the same cost, cached or not, and model_cost is the layers' sum."""
     bits = tuple(bits)
     for shape in shapes:
@@ -147,23 +134,15 @@ def check_deterministic(
     total = model.model_cost(list(shapes), states)
     summed = sum(_cost(model, s, st) for s, st in zip(shapes, states, strict=True))
     if not math.isclose(total, summed, rel_tol=1e-9, abs_tol=0.0):
-        raise ConformanceError(
-            f"{type(model).__name__}: model_cost {total} != sum of layer costs {summed}"
-        )
+        raise ConformanceError(f"{type(model).__name__}: model_cost {total} != sum of layer costs {summed}")
 
 
-def check_monotone_bits(
-    model: CostModel, shapes: Sequence[LayerShape], bits: Iterable[int] = DEFAULT_BITS
-) -> None:
+def check_monotone_bits(model: CostModel, shapes: Sequence[LayerShape], bits: Iterable[int] = DEFAULT_BITS) -> None:
     """More weight or activation bits never cost less (batch 1 and 4)."""
     ordered = sorted(set(bits))
     for shape in shapes:
         for batch in (1, 4):
-            grid = {
-                (w, a): _cost(model, shape, _full_state(shape, w, a), batch)
-                for w in ordered
-                for a in ordered
-            }
+            grid = {(w, a): _cost(model, shape, _full_state(shape, w, a), batch) for w in ordered for a in ordered}
             for w in ordered:
                 for lo, hi in zip(ordered, ordered[1:]):
                     for (w1, a1), (w2, a2) in (((w, lo), (w, hi)), ((lo, w), (hi, w))):
@@ -174,31 +153,23 @@ def check_monotone_bits(
                             )
 
 
-def check_monotone_channels(
-    model: CostModel, shapes: Sequence[LayerShape], bits: Iterable[int] = (2, 8)
-) -> None:
+def check_monotone_channels(model: CostModel, shapes: Sequence[LayerShape], bits: Iterable[int] = (2, 8)) -> None:
     """Keeping more input or output channels never costs less; more samples never cost less."""
     for shape in shapes:
         for w in bits:
             ins, outs = kept_counts(shape.in_channels), kept_counts(shape.out_channels)
             for kin in ins:
                 costs = [_cost(model, shape, LayerState(w, w, kin, kout)) for kout in outs]
-                _check_rising(
-                    model, shape, w, costs, [f"kept_in={kin}, kept_out={k}" for k in outs]
-                )
+                _check_rising(model, shape, w, costs, [f"kept_in={kin}, kept_out={k}" for k in outs])
             for kout in outs:
                 costs = [_cost(model, shape, LayerState(w, w, kin, kout)) for kin in ins]
-                _check_rising(
-                    model, shape, w, costs, [f"kept_in={k}, kept_out={kout}" for k in ins]
-                )
+                _check_rising(model, shape, w, costs, [f"kept_in={k}, kept_out={kout}" for k in ins])
             state = _full_state(shape, w, w)
             costs = [_cost(model, shape, state, b) for b in (1, 2, 8)]
             _check_rising(model, shape, w, costs, ["batch 1", "batch 2", "batch 8"])
 
 
-def _check_rising(
-    model: CostModel, shape: LayerShape, w: int, costs: list[float], labels: list[str]
-) -> None:
+def _check_rising(model: CostModel, shape: LayerShape, w: int, costs: list[float], labels: list[str]) -> None:
     for i in range(1, len(costs)):
         if not _not_less(costs[i], costs[i - 1]):
             raise ConformanceError(

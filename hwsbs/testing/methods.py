@@ -47,9 +47,7 @@ METHOD_CHECK_OPTIONS: dict[str, Any] = dict(
 )
 
 
-def _coupling_problems(
-    config: CompressionConfig, max_prune_fraction: float, prunes: bool
-) -> list[str]:
+def _coupling_problems(config: CompressionConfig, max_prune_fraction: float, prunes: bool) -> list[str]:
     problems = []
     model = build_model(config.model or "small_cnn", 10, 1, (8, 8))
     groups, _ = find_prunable_groups(model)
@@ -78,10 +76,7 @@ def _coupling_problems(
 
 
 def _decisions(config: CompressionConfig) -> list[tuple]:
-    return [
-        (d.shape.name, d.w_bits, d.a_bits, tuple(d.pruned_channels), d.kept_in)
-        for d in config.layers
-    ]
+    return [(d.shape.name, d.w_bits, d.a_bits, tuple(d.pruned_channels), d.kept_in) for d in config.layers]
 
 
 def check_search_method(name: str, out_dir: str | Path, **options: Any) -> CompressionConfig:
@@ -100,20 +95,16 @@ def check_search_method(name: str, out_dir: str | Path, **options: Any) -> Compr
     """
     method = get_method(name)
     out = Path(out_dir)
-    cfg = SearchConfig(
-        **{**METHOD_CHECK_OPTIONS, **options, "method": name, "out": str(out / f"{name}-a")}
-    )
+    cfg = SearchConfig(**{**METHOD_CHECK_OPTIONS, **options, "method": name, "out": str(out / f"{name}-a")})
     result = run_search(cfg)
-    config = load_config(Path(cfg.out) / "config.yaml")  # type: ignore[arg-type]
+    config = load_config(Path(cfg.out) / "config.yaml")  # type: ignore[arg-type]  # cfg.out (Optional) is set above
     problems: list[str] = []
     if not method.description.strip():
         problems.append("registered without a description")
     candidates = set(cfg.bits)
     for d in config.layers[1:-1] if cfg.pin_first_last else config.layers:
         if d.w_bits not in candidates or d.a_bits not in candidates:
-            problems.append(
-                f"{d.shape.name} at {d.w_bits}/{d.a_bits}, not among the candidates {sorted(candidates)}"
-            )
+            problems.append(f"{d.shape.name} at {d.w_bits}/{d.a_bits}, not among the candidates {sorted(candidates)}")
     if cfg.pin_first_last:
         for d in (config.layers[0], config.layers[-1]):
             if (d.w_bits, d.a_bits) != (cfg.pin_bits, cfg.pin_bits):
@@ -124,21 +115,15 @@ def check_search_method(name: str, out_dir: str | Path, **options: Any) -> Compr
     cm = build_cost_model(cfg.cost or "bops")
     cost = config.cost(cm)
     if not math.isclose(result.cost["compressed"], cost, rel_tol=1e-9):
-        problems.append(
-            f"result.json cost {result.cost['compressed']:.6g} is not the configuration's cost {cost:.6g}"
-        )
-    target = (
-        (cfg.target_fraction * config.uniform(8).cost(cm)) if cfg.target_fraction else cfg.target
-    )
+        problems.append(f"result.json cost {result.cost['compressed']:.6g} is not the configuration's cost {cost:.6g}")
+    target = (cfg.target_fraction * config.uniform(8).cost(cm)) if cfg.target_fraction else cfg.target
     if method.meets_target and target is not None and cost > target * (1 + 1e-9):
         problems.append(f"cost {cost:.6g} over the reachable target {target:.6g}")
-    again = run_search(
-        SearchConfig(**{**cfg.to_dict(), "out": str(out / f"{name}-b"), "bits": tuple(cfg.bits)})
-    )
+    again = run_search(SearchConfig(**{**cfg.to_dict(), "out": str(out / f"{name}-b"), "bits": tuple(cfg.bits)}))
     if _decisions(again.config) != _decisions(result.config):
         problems.append("the same seed gave another configuration")
     resumed = run_search(SearchConfig(**{**cfg.to_dict(), "resume": True, "bits": tuple(cfg.bits)}))
-    first = json.loads((Path(cfg.out) / "result.json").read_text())  # type: ignore[arg-type]
+    first = json.loads((Path(cfg.out) / "result.json").read_text())  # type: ignore[arg-type]  # cfg.out is set above
     if resumed.cost != result.cost or first["cost"] != result.cost:
         problems.append("resuming the finished run changed its result")
     if problems:

@@ -14,14 +14,7 @@ Python API::
 
 from __future__ import annotations
 
-from hwsbs.tuning.report import (
-    StudyReport,
-    collect,
-    hypervolume,
-    non_dominated,
-    print_report,
-    write_report,
-)
+from hwsbs.tuning.report import StudyReport, collect, hypervolume, non_dominated, print_report, write_report
 from hwsbs.tuning.samplers import make_sampler
 from hwsbs.tuning.space import SearchSpace
 from hwsbs.tuning.storage import load_study, open_storage

@@ -36,14 +36,10 @@ class TrialSeededSampler(BaseSampler):
         self._inner = self._factory(_trial_seed(self._seed, trial.number))
         self._inner.before_trial(study, trial)
 
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, Any]:
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return self._inner.infer_relative_search_space(study, trial)
 
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]
-    ) -> dict[str, Any]:
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
         return self._inner.sample_relative(study, trial, search_space)
 
     def sample_independent(
@@ -52,11 +48,7 @@ class TrialSeededSampler(BaseSampler):
         return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         self._inner.after_trial(study, trial, state, values)
 
@@ -67,9 +59,7 @@ class TrialSeededSampler(BaseSampler):
 def make_sampler(name: str, seed: int) -> BaseSampler:
     """``tpe``, ``nsga2`` (population 16) or ``random``, explicitly seeded per trial."""
     factories: dict[str, Callable[[int], BaseSampler]] = {
-        "tpe": lambda s: optuna.samplers.TPESampler(
-            seed=s, n_startup_trials=10, constant_liar=True
-        ),
+        "tpe": lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=10, constant_liar=True),
         "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s, population_size=16),
         "random": lambda s: optuna.samplers.RandomSampler(seed=s),
     }

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
@@ -78,11 +78,12 @@ class Param:
         """Sample this parameter in ``trial`` (under ``name``, default its own name)."""
         key = name or self.name
         if self.kind == "float":
-            return trial.suggest_float(key, self.low, self.high, log=self.log, step=self.step)
+            # float and int parameters have a range (checked when the space is read)
+            low, high = cast(float, self.low), cast(float, self.high)
+            return trial.suggest_float(key, low, high, log=self.log, step=self.step)
         if self.kind == "int":
-            return trial.suggest_int(
-                key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
-            )
+            low, high = cast(float, self.low), cast(float, self.high)
+            return trial.suggest_int(key, int(low), int(high), log=self.log, step=int(self.step or 1))
         if self.kind == "categorical":
             return trial.suggest_categorical(key, list(self.choices))
         return self.value
@@ -93,12 +94,7 @@ class Param:
             return {"value": self.value}
         if self.kind == "categorical":
             return {"choices": list(self.choices)}
-        out: dict[str, Any] = {
-            "type": self.kind,
-            "low": self.low,
-            "high": self.high,
-            "log": self.log,
-        }
+        out: dict[str, Any] = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
         if self.step is not None:
             out["step"] = self.step
         return out
@@ -163,9 +159,7 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
         return Param(name, "fixed", value=_check_value(name, spec, where))
     unknown = sorted(set(spec) - _SPEC_KEYS)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; use low/high[/log/step], choices or value"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; use low/high[/log/step], choices or value")
     if "value" in spec:
         if len(spec) > 1:
             raise ConfigError(
@@ -183,9 +177,7 @@ def _parse_param(name: str, spec: Any, source: str) -> Param:
             raise ConfigError(f"{where}: duplicate choices in {choices!r}")
         return Param(name, "categorical", choices=values)
     if "low" not in spec or "high" not in spec:
-        raise ConfigError(
-            f"{where}: expected low and high (a range), choices (a list) or value (fixed)"
-        )
+        raise ConfigError(f"{where}: expected low and high (a range), choices (a list) or value (fixed)")
     if kind in ("bool", "bits"):
         raise ConfigError(f"{where}: {name} cannot take a range; list its options under 'choices'")
     ptype = "int" if kind == "int" else "float"
@@ -261,9 +253,7 @@ class SearchSpace:
     def from_dict(cls, data: Any, source: str = "<space>") -> SearchSpace:
         """Validate a space mapping (the parsed YAML)."""
         if not isinstance(data, Mapping) or not data:
-            raise ConfigError(
-                f"{source}: expected a mapping of parameter names to ranges, choices or values"
-            )
+            raise ConfigError(f"{source}: expected a mapping of parameter names to ranges, choices or values")
         params: list[Param] = []
         weight = Param(WEIGHT, "float", low=0.05, high=1.0)
         for name, spec in data.items():
@@ -288,9 +278,7 @@ class SearchSpace:
         options = {p.name: to_config_value(p.name, p.suggest(trial)) for p in self.params}
         weights = [1.0]
         if len(objective_labels) > 1:
-            raw = [
-                float(self.weight.suggest(trial, f"{WEIGHT}:{label}")) for label in objective_labels
-            ]
+            raw = [float(self.weight.suggest(trial, f"{WEIGHT}:{label}")) for label in objective_labels]
             total = sum(raw)
             weights = [w / total for w in raw] if total > 0 else [1.0 / len(raw)] * len(raw)
         return Sample(options, weights)

@@ -130,10 +130,7 @@ def resolve_storage_url(url: str) -> tuple[str, str | None]:
                         f"installed (pip install {pip})"
                     )
                 return f"{backend}+{driver}://{rest}", module
-        return (
-            f"{backend}+{driver}://{rest}",
-            driver,
-        )  # a driver hwsbs does not know: SQLAlchemy tries it
+        return (f"{backend}+{driver}://{rest}", driver)  # a driver hwsbs does not know: SQLAlchemy tries it
     for name, module, _ in choices:
         if _installed(module):
             return f"{backend}+{name}://{rest}", module
@@ -172,21 +169,15 @@ def open_storage(url: str) -> BaseStorage:
     engine_kwargs = None
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {
-            "connect_args": {"timeout": 60}
-        }  # several workers on one file wait, not fail
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait, not fail
 
     def record_lost(study: optuna.Study, trial: FrozenTrial) -> None:
-        study.set_user_attr(
-            f"lost:{trial.number}", f"worker stopped: no heartbeat for over {grace} s"
-        )
+        study.set_user_attr(f"lost:{trial.number}", f"worker stopped: no heartbeat for over {grace} s")
 
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter(
-                    "ignore", optuna.exceptions.ExperimentalWarning
-                )  # heartbeat_interval
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
                 return RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
@@ -195,18 +186,12 @@ def open_storage(url: str) -> BaseStorage:
                     heartbeat_stale_trial_callback=record_lost,
                 )
         except ImportError as exc:
-            raise ConfigError(
-                f"--storage {shown}: database driver missing{using} ({exc})"
-            ) from None
+            raise ConfigError(f"--storage {shown}: database driver missing{using} ({exc})") from None
         except Exception as exc:
             # workers creating a new database together race on its schema: the loser retries
             racing = "IntegrityError" in type(exc).__name__ or "already exists" in str(exc)
             if attempt == 4 or not racing:
-                detail = (
-                    str(exc).strip().splitlines()[0][:200]
-                    if str(exc).strip()
-                    else type(exc).__name__
-                )
+                detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise ConfigError(f"--storage {shown}: cannot open{using} ({detail})") from None
             time.sleep(0.2 + random.random() * (attempt + 1))
     raise AssertionError("unreachable")
@@ -232,17 +217,14 @@ def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     if study_name is None:
         if len(names) != 1:
             raise ConfigError(
-                f"--study-name: {mask_url(storage)} holds {len(names)} studies "
-                f"({', '.join(names) or 'none'}); name one"
+                f"--study-name: {mask_url(storage)} holds {len(names)} studies ({', '.join(names) or 'none'}); name one"
             )
         study_name = names[0]
     if study_name not in names:
         raise ConfigError(
             f"--study-name {study_name}: no such study in {mask_url(storage)} (it has: {', '.join(names) or 'none'})"
         )
-    study = optuna.load_study(
-        study_name=study_name, storage=store, sampler=optuna.samplers.RandomSampler(seed=0)
-    )
+    study = optuna.load_study(study_name=study_name, storage=store, sampler=optuna.samplers.RandomSampler(seed=0))
     if STUDY_ATTR not in study.user_attrs:
         raise ConfigError(f"study {study_name} was not created by hwsbs tune/pareto")
     return study

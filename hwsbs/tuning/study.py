@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import random
 import re
 import time
 import warnings
@@ -21,35 +19,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import optuna
-import torch
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
-from torch.utils.data import Subset
 
-from cost_models.base import CostModel
-from hwsbs.budget import check_target
-from hwsbs.checkpoint import load_state_dict_file
-from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig, check_device, parse_target
-from hwsbs.data import build_dataset, make_loader
+from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig, parse_target
 from hwsbs.errors import ConfigError
-from hwsbs.models import build_model
-from hwsbs.pipeline import Objective, load_weights_into, resolve_cost_model, run_search
-from hwsbs.progress import PhaseProgress
-from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
-from hwsbs.sbs.convert import trace_layer_shapes
-from hwsbs.training import make_sgd, split_decay, train_epoch
+from hwsbs.pipeline import Objective, resolve_cost_model, run_search
+from hwsbs.tuning.preflight import check_inputs, pretrain_once
 from hwsbs.tuning.samplers import SAMPLERS, make_sampler
 from hwsbs.tuning.space import SearchSpace
-from hwsbs.tuning.storage import (
-    STUDY_ATTR,
-    heartbeat_settings,
-    mask_url,
-    open_storage,
-    study_dir_name,
-)
+from hwsbs.tuning.storage import STUDY_ATTR, heartbeat_settings, mask_url, open_storage, study_dir_name
 
 __all__ = ["StudySettings", "StudyRun", "run_study", "counted_trials", "STUDY_ATTR", "SAMPLERS"]
 
@@ -123,95 +105,26 @@ def counted_trials(study: optuna.Study, before: int | None = None) -> int:
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
-        if (before is None or t.number < before)
-        and not t.user_attrs.get("surplus")
-        and not _is_lost(t, attrs)
+        if (before is None or t.number < before) and not t.user_attrs.get("surplus") and not _is_lost(t, attrs)
     )
-
-
-def _pretrain_once(cfg: SearchConfig, study_dir: Path) -> str | None:
-    """Train the full-precision model once per study (``fp_model.pt``); trials load it.
-
-    Same schedule and per-epoch seeding as the pipeline's pretraining. Workers starting
-    together may each train; the first to finish publishes its file and all trials use that one.
-    """
-    if cfg.checkpoint is not None or cfg.pretrain_epochs == 0:
-        return cfg.checkpoint
-    path = study_dir / "fp_model.pt"
-    if path.is_file():
-        return str(path)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    bundle = build_dataset(cfg.data, cfg.data_dir, cfg.subset, cfg.seed)
-    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(
-        device
-    )
-    optimizer = make_sgd(*split_decay(model), cfg.lr, cfg.weight_decay)
-    steps = len(make_loader(bundle.train, cfg.batch_size, True, cfg.seed, cfg.workers))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(cfg.pretrain_epochs * steps, 1)
-    )
-    with PhaseProgress(cfg.progress) as progress:
-        progress.start("pretrain", cfg.pretrain_epochs * steps)
-        for epoch in range(cfg.pretrain_epochs):
-            epoch_seed = (cfg.seed * 1_000_003 + epoch) % (2**31)  # the pipeline's pretraining seed
-            torch.manual_seed(epoch_seed)
-            random.seed(epoch_seed)
-            data = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
-            if hasattr(data, "reseed"):  # augmentation streams restart too
-                data.reseed(epoch_seed)
-            loader = make_loader(bundle.train, cfg.batch_size, True, epoch_seed, cfg.workers)
-            train_epoch(
-                model,
-                loader,
-                optimizer,
-                scheduler,
-                device,
-                progress,
-                f"full-precision training epoch {epoch + 1}",
-            )
-    study_dir.mkdir(parents=True, exist_ok=True)
-    tmp = study_dir / f"fp_model.{os.getpid()}.tmp"
-    torch.save(model.state_dict(), tmp)
-    try:
-        os.link(tmp, path)  # atomic publish-if-absent
-    except FileExistsError:
-        pass
-    except OSError:
-        if not path.exists():
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return str(path)
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(
-        json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
-    )
+    return json.loads(json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
 
 
 def _signature(
     settings: StudySettings, labels: list[dict[str, Any]], target: tuple[float | None, float | None]
 ) -> dict[str, Any]:
     sampled = {p.name for p in settings.space.params}
-    base = {
-        k: v
-        for k, v in settings.base.to_dict().items()
-        if k not in _NOT_IN_SIGNATURE and k not in sampled
-    }
+    base = {k: v for k, v in settings.base.to_dict().items() if k not in _NOT_IN_SIGNATURE and k not in sampled}
     return _jsonable(
         {
             "kind": "pareto" if settings.multi_objective else "tune",
             "objectives": labels,
             "target": None
             if target == (None, None)
-            else {
-                "absolute": target[0],
-                "fraction": target[1],
-                "inner_budget": settings.inner_budget,
-            },
+            else {"absolute": target[0], "fraction": target[1], "inner_budget": settings.inner_budget},
             "space": settings.space.to_dict(),
             "base": base,
         }
@@ -224,13 +137,9 @@ def _check_continuation(stored: dict[str, Any], now: dict[str, Any], name: str) 
             continue
         if key == "base":
             diff = sorted(
-                k
-                for k in set(stored["base"]) | set(now["base"])
-                if stored["base"].get(k) != now["base"].get(k)
+                k for k in set(stored["base"]) | set(now["base"]) if stored["base"].get(k) != now["base"].get(k)
             )
-            detail = ", ".join(
-                f"{k}: {stored['base'].get(k)!r} -> {now['base'].get(k)!r}" for k in diff[:3]
-            )
+            detail = ", ".join(f"{k}: {stored['base'].get(k)!r} -> {now['base'].get(k)!r}" for k in diff[:3])
         else:
             detail = f"{stored.get(key)!r} -> {now[key]!r}"
         raise ConfigError(
@@ -250,20 +159,12 @@ class _TrialObjective:
         out_dir: Path,
         target: tuple[float | None, float | None],
     ) -> None:
-        self.settings, self.base, self.labels, self.out_dir, self.target = (
-            settings,
-            base,
-            labels,
-            out_dir,
-            target,
-        )
+        self.settings, self.base, self.labels, self.out_dir, self.target = (settings, base, labels, out_dir, target)
         self.started = 0  # trials this process ran
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         if counted_trials(trial.study, before=trial.number) >= self.settings.n_trials:
-            trial.set_user_attr(
-                "surplus", True
-            )  # another worker took the last slot at the same moment
+            trial.set_user_attr("surplus", True)  # another worker took the last slot at the same moment
             raise optuna.TrialPruned(f"the study already has {self.settings.n_trials} trials")
         self.started += 1
         run_dir = self.out_dir / "trials" / f"trial-{trial.number}"
@@ -273,9 +174,7 @@ class _TrialObjective:
             trial.set_user_attr("options", _jsonable(sample.options))
             trial.set_user_attr("weights", dict(zip(self.labels, sample.weights)))
             cfg = dataclasses.replace(self.base, **sample.options, out=str(run_dir), resume=False)
-            objectives = [
-                Objective(o.hw, o.cost, w) for o, w in zip(self.settings.objectives, sample.weights)
-            ]
+            objectives = [Objective(o.hw, o.cost, w) for o, w in zip(self.settings.objectives, sample.weights)]
             result = run_search(cfg, objectives=objectives)
             accuracy = float(result.accuracy["compressed"])
             if not math.isfinite(accuracy):
@@ -287,7 +186,7 @@ class _TrialObjective:
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc)[:500]}")
             raise
-        costs = {
+        costs: dict[str, dict[str, Any]] = {
             self.labels[0]: {**result.cost, "unit": result.unit, "metric": result.metric},
             **result.extra_costs,
         }
@@ -297,7 +196,8 @@ class _TrialObjective:
         trial.set_user_attr("result_path", str(run_dir / "result.json"))
         absolute, fraction = self.target
         if absolute is not None or fraction is not None:
-            budget = absolute if absolute is not None else fraction * result.cost["uniform_8bit"]
+            # one of the two is set
+            budget = absolute if absolute is not None else cast(float, fraction) * result.cost["uniform_8bit"]
             violation = result.cost["compressed"] / budget - 1.0
             trial.set_constraint("cost_budget", violation)
             trial.set_user_attr("budget", budget)
@@ -309,29 +209,6 @@ class _TrialObjective:
 
 def _default_name(kind: str, labels: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join([kind, *labels]))
-
-
-def _check_inputs(
-    cfg: SearchConfig, cost_models: list[CostModel], target: float | None = None
-) -> None:
-    """Fail before anything is written if no trial could succeed: the device, the dataset, the
-    model, the checkpoint, every cost model pricing every layer (a lookup table needs each
-    signature), and an absolute ``target`` the first cost model can approach."""
-    check_device(cfg.device)
-    bundle = build_dataset(cfg.data, cfg.data_dir, cfg.subset, cfg.seed)
-    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
-    if cfg.checkpoint is not None:
-        load_weights_into(
-            model, load_state_dict_file(cfg.checkpoint), f"--checkpoint {cfg.checkpoint}"
-        )
-    example = next(iter(make_loader(bundle.train, 2, False, cfg.seed, 0)))[0]
-    order, shapes = trace_layer_shapes(model, example)
-    plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=cfg.cost_batch)
-    for cm in cost_models:  # every result reports the uniform 8-bit and full-precision costs
-        plain.cost(cm)
-        plain.full_precision().cost(cm)
-    if target is not None and cost_models:
-        check_target(target, plain.cost(cost_models[0]), cost_models[0].unit)
 
 
 def _fail_lost_trials(study: optuna.Study, grace: int) -> None:
@@ -352,9 +229,7 @@ def _fail_lost_trials(study: optuna.Study, grace: int) -> None:
             study.tell(t.number, state=TrialState.FAIL)
         except Exception:  # another worker finished or failed it meanwhile
             continue
-        study.set_user_attr(
-            f"lost:{t.number}", f"worker stopped before the trial began ({grace} s ago)"
-        )
+        study.set_user_attr(f"lost:{t.number}", f"worker stopped before the trial began ({grace} s ago)")
 
 
 def run_study(
@@ -390,24 +265,12 @@ def run_study(
     for o in settings.objectives:
         profile, cm = resolve_cost_model(o.hw, o.cost)
         objectives_info.append(
-            {
-                "label": f"{profile.name}:{cm.name}",
-                "hw": o.hw,
-                "cost": cm.name,
-                "unit": cm.unit,
-                "metric": cm.metric,
-            }
+            {"label": f"{profile.name}:{cm.name}", "hw": o.hw, "cost": cm.name, "unit": cm.unit, "metric": cm.metric}
         )
     labels = [o["label"] for o in objectives_info]
     if len(set(labels)) != len(labels):
-        raise ConfigError(
-            f"--hw: the same profile and cost model appears twice ({', '.join(labels)})"
-        )
-    target = (
-        parse_target(settings.target)
-        if isinstance(settings.target, str)
-        else (settings.target, None)
-    )
+        raise ConfigError(f"--hw: the same profile and cost model appears twice ({', '.join(labels)})")
+    target = parse_target(settings.target) if isinstance(settings.target, str) else (settings.target, None)
     if target[0] is not None and not (math.isfinite(target[0]) and target[0] > 0):
         raise ConfigError(f"--target: expected a positive cost, got {target[0]!r}")
     if target[1] is not None and target[1] < MIN_TARGET_FRACTION:
@@ -421,9 +284,7 @@ def run_study(
         raise ConfigError("--study-name: expected a non-empty name")
     signature = _signature(settings, objectives_info, target)
     interval, grace = heartbeat_settings()
-    _check_inputs(
-        settings.base, [resolve_cost_model(o.hw, o.cost)[1] for o in settings.objectives], target[0]
-    )
+    check_inputs(settings.base, [resolve_cost_model(o.hw, o.cost)[1] for o in settings.objectives], target[0])
 
     out_dir = Path(settings.out) if settings.out is not None else None
     default_dir = Path("runs") / study_dir_name(name)  # a name like ../../x stays inside runs/
@@ -437,7 +298,7 @@ def run_study(
     study = optuna.create_study(
         storage=storage,
         study_name=name,
-        directions=directions,
+        directions=cast("list[Literal['minimize', 'maximize']]", directions),
         load_if_exists=True,
         sampler=make_sampler(settings.sampler, settings.base.seed),
     )
@@ -459,9 +320,7 @@ def run_study(
         study.set_user_attr(STUDY_ATTR, {**signature, "out": str(out_dir), "study_name": name})
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    inner = settings.inner_budget and "target_fraction" not in {
-        p.name for p in settings.space.params
-    }
+    inner = settings.inner_budget and "target_fraction" not in {p.name for p in settings.space.params}
     base = dataclasses.replace(
         settings.base,
         hw=settings.objectives[0].hw,
@@ -470,22 +329,18 @@ def run_study(
         target_fraction=target[1] if inner else None,
     )
     if counted_trials(study) < settings.n_trials:
-        base = dataclasses.replace(base, checkpoint=_pretrain_once(base, out_dir))
+        base = dataclasses.replace(base, checkpoint=pretrain_once(base, out_dir))
     objective = _TrialObjective(settings, base, labels, out_dir, target)
     heartbeat = isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None
     waited_for: list[int] = []
     while True:
         if heartbeat:
-            _fail_lost_trials(
-                study, grace
-            )  # a killed worker's RUNNING trial becomes FAIL, and is replaced
+            _fail_lost_trials(study, grace)  # a killed worker's RUNNING trial becomes FAIL, and is replaced
         if counted_trials(study) < settings.n_trials:
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
             continue
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-        if (
-            not heartbeat or not running
-        ):  # journal storages: a dead worker's trial would be waited for forever
+        if not heartbeat or not running:  # journal storages: a dead worker's trial would be waited for forever
             break
         if running != waited_for and on_wait is not None:
             on_wait(running, grace)

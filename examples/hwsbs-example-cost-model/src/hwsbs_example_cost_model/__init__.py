@@ -35,9 +35,5 @@ class DramTrafficCostModel(CostModel):
             w_bits, a_bits = ex.w_bits, ex.a_bits
         bits = shape.weight_count(state.kept_in, state.kept_out) * w_bits
         if not self._activations_on_chip():
-            bits += (
-                batch
-                * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out))
-                * a_bits
-            )
+            bits += batch * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out)) * a_bits
         return bits / 8.0
