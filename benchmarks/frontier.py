@@ -83,6 +83,9 @@ def plan(methods: list[str], prune_fractions: list[float]) -> list[Job]:
         if m == "uniform":
             jobs += [Job(f"uniform{b}", "uniform", None, {"uniform_bits": b}) for b in (8, 4, 2)]
             continue
+        if m == "sbs-ilp":  # SBS started from the integer program's configuration (--init ilp)
+            jobs += [Job(f"sbs-ilp@{b}", "sbs", b, {"init": "ilp"}) for b in BUDGETS]
+            continue
         budgets = BUDGETS if m in ("sbs", "ilp") else ("u4",)
         jobs += [Job(f"{m}@{b}", m, b) for b in budgets]
         if m == "sbs":
@@ -296,6 +299,8 @@ def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
     markers = {
         "sbs": "o",
         "sbs-searched": "*",
+        "sbs-ilp": "v",
+        "sbs-ilp-searched": "<",
         "ilp": "P",
         "uniform": "^",
         "random": "x",
@@ -334,7 +339,9 @@ def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--methods", nargs="+", default=["uniform", "sbs", "ilp", "random", "optuna", "multipath"])
+    p.add_argument(
+        "--methods", nargs="+", default=["uniform", "sbs", "ilp", "random", "optuna", "multipath", "sbs-ilp"]
+    )
     p.add_argument(
         "--prune-fractions",
         nargs="+",
@@ -396,11 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / f"seed{seed}" / job.label
             stats = search(job, base, targets.get(job.budget) if job.budget else None, seed, run_dir)
             config = load_config(run_dir / "config.yaml")
-            variants = [(job.label, job.method, None)]
+            family = job.label.split("@")[0] if job.method == "sbs" else job.method  # sbs or sbs-ilp
+            variants = [(job.label, family, None)]
             if job.method == "sbs":
-                variants.append(
-                    (job.label.replace("sbs", "sbs-searched", 1), "sbs-searched", load_checkpoint(run_dir)["model"])
-                )
+                searched = family + "-searched"
+                variants.append((job.label.replace(family, searched, 1), searched, load_checkpoint(run_dir)["model"]))
             for label, method, init in variants:
                 cache = run_dir / f"finetune-{method}.json"
                 if not cache.is_file():

@@ -70,6 +70,9 @@ def check_device(device: Any, flag: str = "--device") -> torch.device:
     return dev
 
 
+SBS_INITS = ("8bit", "ilp")  # --init choices
+
+
 @dataclass
 class SearchConfig:
     """Options of one search run (CLI flags map 1:1 onto these fields)."""
@@ -87,6 +90,7 @@ class SearchConfig:
     # --- the search space
     bits: tuple[int, ...] = DEFAULT_BITS  # candidate bit widths; each must double the previous
     uniform_bits: int | None = None  # for the uniform baseline: every searchable layer at this width
+    init: str = "8bit"  # where SBS's gates start: 8bit (the paper: all open) or ilp (the integer program's choice)
     pin_first_last: bool = True  # first and last layers stay at pin_bits (paper convention)
     pin_bits: int = DEFAULT_PIN_BITS  # bits of the pinned layers
     prune: bool = True  # search 0-bit channel groups on prunable pairs
@@ -116,6 +120,8 @@ class SearchConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific options (baselines)
 
     def __post_init__(self) -> None:
+        if self.init not in SBS_INITS:
+            raise ConfigError(f"--init: expected one of {', '.join(SBS_INITS)}, got {self.init!r}")
         self.bits = validate_bit_candidates(self.bits)
         check_seed(self.seed)
         _parse_device(self.device, "--device")  # availability: check_device, when the run starts

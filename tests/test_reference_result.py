@@ -19,7 +19,7 @@ from hwsbs.pipeline import run_search
 
 REFERENCE = Path(__file__).parent / "data" / "reference_default_run.json"
 # The default run (digits, small_cnn, a100, every default option) on a shorter schedule.
-SCHEDULE = dict(subset=512, pretrain_epochs=3, search_epochs=3, finetune_epochs=1, progress=False)
+SCHEDULE = dict(pretrain_epochs=5, search_epochs=10, finetune_epochs=1, progress=False)
 
 
 def _summary(result) -> dict:
@@ -33,6 +33,7 @@ def _summary(result) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_default_run_matches_its_reference(tmp_path):
     got = _summary(run_search(SearchConfig(**SCHEDULE, out=str(tmp_path / "run"))))
     if os.environ.get("HWSBS_UPDATE_REFERENCE") == "1":

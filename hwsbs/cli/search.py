@@ -147,6 +147,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--uniform-bits", type=int, default=None, help="bit width for --method uniform (default: the widest of --bits)"
     )
+    p.add_argument(
+        "--init",
+        default="8bit",
+        choices=("8bit", "ilp"),
+        help="where SBS's gates start: 8bit (every gate open, the paper) or ilp (the sensitivity + integer-program "
+        "configuration, then searched further) (default: %(default)s)",
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest in runs/)")
     p.add_argument("--json", action="store_true", help="print result.json to stdout")
@@ -199,7 +206,9 @@ def _handle(args: argparse.Namespace) -> int:
     out = args.out
     if args.resume and out is None:
         out = _newest_run()
-    cfg = config_from_args(args, method=args.method, uniform_bits=args.uniform_bits, out=out, resume=args.resume)
+    cfg = config_from_args(
+        args, method=args.method, uniform_bits=args.uniform_bits, init=args.init, out=out, resume=args.resume
+    )
     started = time.perf_counter()
     result = run_search(cfg)
     print_summary(result)

@@ -63,6 +63,7 @@ __all__ = [
     "build_problem",
     "solve_assignment",
     "ilp_search",
+    "ilp_candidate",
 ]
 
 _MAX_LEVELS = 8  # prune levels per producer in the program
@@ -261,6 +262,13 @@ def ilp_search(ctx: MethodContext) -> CompressionConfig:
     """Score every choice once, solve the integer program, return its configuration."""
     if ctx.resume_state is not None and "ilp" in ctx.resume_state:
         return candidate_config(ctx, Candidate.from_state(ctx.resume_state["ilp"]))
+    cand, cost, sensitivity = ilp_candidate(ctx)
+    ctx.save_state(ctx.config.search_epochs, {"ilp": cand.to_state()}, {"cost": cost, "sensitivity": sensitivity})
+    return candidate_config(ctx, cand)
+
+
+def ilp_candidate(ctx: MethodContext) -> tuple[Candidate, float, float]:
+    """The integer program's choice under the budget: ``(candidate, its cost, its sensitivity)``."""
     cm = ctx.objectives[0].cost_model
     budget = resolve_budget(ctx)
     check_budget_reachable(ctx, budget)
@@ -289,7 +297,4 @@ def ilp_search(ctx: MethodContext) -> CompressionConfig:
     else:
         raise ConfigError(f"ilp: the chosen configuration costs {cost:.4g} {cm.unit}, over the budget {budget:.4g}")
     ctx.progress.update(cost=f"{cost:.3g} {cm.unit}", sensitivity=choice.sensitivity)
-    ctx.save_state(
-        ctx.config.search_epochs, {"ilp": cand.to_state()}, {"cost": cost, "sensitivity": choice.sensitivity}
-    )
-    return config
+    return cand, cost, choice.sensitivity

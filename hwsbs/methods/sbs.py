@@ -7,9 +7,10 @@ from typing import cast
 from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.derive import derive_config
 from hwsbs.sbs.engine import SearchEngine
-from hwsbs.sbs.steady_state import choice_to_config, fit_to_budget, price_choice, steady_choice
+from hwsbs.sbs.steady_state import choice_to_config, fit_to_budget, price_choice, set_gates_to, steady_choice
 
 from .base import MethodContext, register_method, run_search_epochs
+from .ilp import ilp_candidate
 
 __all__ = ["sbs"]
 
@@ -25,6 +26,10 @@ def sbs(ctx: MethodContext) -> CompressionConfig:
     )
     if ctx.resume_state is not None:
         engine.load_state_dict(ctx.resume_state["engine"])
+    elif cfg.init == "ilp":  # start from the sensitivity + integer-program configuration
+        cand, cost, _ = ilp_candidate(ctx)
+        set_gates_to(ctx.space, cand.bits, {p: len(g) for p, g in cand.pruned.items()})
+        ctx.progress.log(f"SBS starts from the ILP configuration ({cost:.4g} {ctx.objectives[0].cost_model.unit})")
     run_search_epochs(ctx, engine.step, lambda: {"engine": engine.state_dict()}, "search", engine.recorder.start_epoch)
     return steady_config(ctx, engine)
 

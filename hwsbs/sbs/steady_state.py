@@ -14,14 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from cost_models.base import CostModel
 from hwsbs.budget import BUDGET_SLACK
+from hwsbs.quant.fused import lower_grid_residuals
 
 from .config_io import CompressionConfig
 from .convert import SearchSpace
 from .cost_term import Choice
 
-__all__ = ["ChoiceRecorder", "steady_choice", "fit_to_budget", "choice_to_config", "price_choice"]
+__all__ = ["ChoiceRecorder", "steady_choice", "fit_to_budget", "choice_to_config", "price_choice", "set_gates_to"]
 
 
 class ChoiceRecorder:
@@ -125,3 +128,31 @@ def fit_to_budget(
         choice = min(options, key=price)
         steps += 1
     return choice, steps
+
+
+@torch.no_grad()
+def set_gates_to(space: SearchSpace, bits: dict[str, tuple[int, int]], pruned_groups: dict[str, int]) -> None:
+    """Place every threshold so the gates select ``bits`` and prune ``pruned_groups[producer]`` groups.
+
+    Open gates get their threshold one temperature below the statistic, closed ones one above it
+    (well inside the reversibility clamp), so the search starts at this configuration and can
+    still move away from it. Pruning keeps the gates' own order (the weakest groups go).
+    """
+    for name, layer in space.layers():
+        if layer.pinned or layer.mode != "search":
+            continue
+        w_bits, a_bits = bits.get(name, (layer.bits[-1], layer.bits[-1]))
+        w_stats, _ = lower_grid_residuals(layer._normalise_weight(layer._search_standardised()[0]), layer.bits)
+        for theta, stats, chosen in (
+            (layer.w_theta, w_stats / layer.w_scale, w_bits),
+            (layer.a_theta, layer.a_residual_ema / layer.a_scale, a_bits),
+        ):
+            for j, stat in enumerate(stats.tolist()):
+                is_open = chosen > layer.bits[j]
+                theta[j] = max(0.0, stat - layer.tau) if is_open else stat + layer.tau
+        if layer.prunable:
+            k = pruned_groups.get(name, 0)
+            ranked = sorted(layer.pruning_statistics().tolist())
+            layer.p_theta.fill_(
+                ranked[0] - layer.tau if k == 0 else (ranked[k - 1] + ranked[min(k, len(ranked) - 1)]) / 2
+            )
