@@ -240,3 +240,28 @@ def test_unreachable_budget_is_reported(tmp_path, monkeypatch):
 
 def test_nested_gate_helper_is_shared():
     assert bits_from_gates((2, 4, 8), [True, False]) == 4
+
+
+def test_fit_to_budget_never_walks_into_dearer_configurations():
+    """On a device where fewer bits cost more (a measured CPU at batch 1), lowering stops at the cheapest."""
+    train, _ = digits_loaders()
+    x, _ = next(iter(train))
+    space = convert_model(pretrained_small_cnn(), x)
+
+    class FewerBitsCostMore(CostModel):
+        name, metric, unit = "test_inverted", "latency", "s"
+
+        def layer_cost(self, shape, state, batch=1):
+            return shape.macs(state.kept_in, state.kept_out) * (16 - min(state.w_bits, 8) - min(state.a_bits, 8))
+
+    cm = FewerBitsCostMore()
+    names = space.layer_names
+    start = (tuple((n, 8, 8) for n in names), (("conv2", ()),))
+
+    def price(c):
+        return price_choice(space, c, cm, 1)
+
+    landed, _ = fit_to_budget(space, start, price, price(start) * 0.01)
+    assert price(landed) <= price(start)
+    bits, _ = landed
+    assert all((w, a) == (8, 8) for _, w, a in bits)  # every bit step down would cost more
