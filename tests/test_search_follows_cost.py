@@ -265,3 +265,23 @@ def test_fit_to_budget_never_walks_into_dearer_configurations():
     assert price(landed) <= price(start)
     bits, _ = landed
     assert all((w, a) == (8, 8) for _, w, a in bits)  # every bit step down would cost more
+
+
+def test_init_ilp_starts_the_gates_at_the_integer_programs_configuration(tmp_path):
+    from hwsbs.config import SearchConfig
+    from hwsbs.pipeline import run_search
+
+    common = dict(
+        subset=256,
+        pretrain_epochs=1,
+        search_epochs=0,
+        finetune_epochs=0,
+        progress=False,
+        cost="bops",
+        target_fraction=0.3,
+        seed=0,
+    )
+    ilp = run_search(SearchConfig(**common, method="ilp", out=str(tmp_path / "ilp")))
+    sbs = run_search(SearchConfig(**common, method="sbs", init="ilp", out=str(tmp_path / "sbs")))
+    got = [(d["w_bits"], d["a_bits"], d["kept_out_channels"]) for d in sbs.layers]
+    assert got == [(d["w_bits"], d["a_bits"], d["kept_out_channels"]) for d in ilp.layers]
