@@ -634,7 +634,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
         env=env,
     )
     assert proc.returncode == 1
-    assert proc.stderr.startswith("Traceback") and "hwsbs.errors.ProfileError: unknown hardware profile" in proc.stderr
+    assert proc.stderr.startswith("Traceback") and "ProfileError: unknown hardware profile" in proc.stderr
 
 
 def test_config_for_another_model_raises_model_error(inputs):

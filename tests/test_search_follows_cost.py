@@ -285,3 +285,29 @@ def test_init_ilp_starts_the_gates_at_the_integer_programs_configuration(tmp_pat
     sbs = run_search(SearchConfig(**common, method="sbs", init="ilp", out=str(tmp_path / "sbs")))
     got = [(d["w_bits"], d["a_bits"], d["kept_out_channels"]) for d in sbs.layers]
     assert got == [(d["w_bits"], d["a_bits"], d["kept_out_channels"]) for d in ilp.layers]
+
+
+def test_fit_to_budget_crosses_a_flat_corner_but_not_a_flat_plain():
+    """a100-like: 8/8 -> 4/8 is free and 4/4 saves, so it lowers both; h100-like: every width
+    costs the same, so it gives no bits away for nothing."""
+    train, _ = digits_loaders()
+    x, _ = next(iter(train))
+    space = convert_model(pretrained_small_cnn(), x, prune=False)
+    names = space.layer_names
+    start = (tuple((n, 8, 8) for n in names), ())
+
+    class Flat(CostModel):
+        name, metric, unit = "test_flat", "latency", "s"
+
+        def layer_cost(self, shape, state, batch=1):
+            return float(shape.macs(state.kept_in, state.kept_out))
+
+    for cm, expect_lower in ((MaxPrecisionTable(), True), (Flat(), False)):
+
+        def price(c, cm=cm):
+            return price_choice(space, c, cm, 1)
+
+        landed, _ = fit_to_budget(space, start, price, price(start) * 0.5)
+        assert (price(landed) < price(start)) == expect_lower
+        if not expect_lower:
+            assert landed == start

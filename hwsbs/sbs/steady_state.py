@@ -111,29 +111,43 @@ def _downgrades(space: SearchSpace, choice: Choice) -> list[Choice]:
     return out
 
 
+def _cheaper_step(space: SearchSpace, choice: Choice, price: Callable[[Choice], float]) -> Choice | None:
+    """The cheapest one-step downgrade if it saves; else, across a flat corner, the cheapest
+    two-step one if that saves (a GPU roofline prices 8/8 and 4/8 alike and 4/4 lower); else None."""
+    cost = price(choice)
+    options = _downgrades(space, choice)
+    if not options:
+        return None
+    best = min(options, key=price)
+    if price(best) < cost:
+        return best
+    two_steps = [second for first in options if price(first) == cost for second in _downgrades(space, first)]
+    if two_steps:
+        best = min(two_steps, key=price)
+        if price(best) < cost:
+            return best
+    return None
+
+
 def fit_to_budget(
     space: SearchSpace, choice: Choice, price: Callable[[Choice], float], target: float
 ) -> tuple[Choice, int]:
     """Lower ``choice`` greedily (the largest saving first) until it costs at most ``target``.
 
-    Only steps that lower the cost are taken: on a device where fewer bits cost more (a measured
-    CPU table at batch 1 runs sub-8-bit layers slower than 8-bit ones) the descent stops at the
-    cheapest configuration it can reach instead of walking down to the lowest bits.
+    Only steps that save are taken (across a flat corner, two equal-cost steps that then save):
+    where fewer bits cost more (a measured CPU table at batch 1 runs sub-8-bit layers slower) or
+    cost the same (h100 has no INT4), the descent stops instead of giving up bits for nothing.
 
     Returns:
-        ``(choice, steps)``; the choice still costs more than ``target`` when no step is left
-        or none is cheaper (the budget is below what the search space can reach).
+        ``(choice, steps)``; the choice still costs more than ``target`` when no saving step is
+        left (the budget is below what the search space can reach).
     """
     steps = 0
-    cost = price(choice)
-    while cost > target * (1 + BUDGET_SLACK):
-        options = _downgrades(space, choice)
-        if not options:
+    while price(choice) > target * (1 + BUDGET_SLACK):
+        lower = _cheaper_step(space, choice, price)
+        if lower is None:
             break
-        best = min(options, key=price)
-        if price(best) >= cost:
-            break
-        choice, cost = best, price(best)
+        choice = lower
         steps += 1
     return choice, steps
 
