@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import random
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 from hwsbs.budget import BUDGET_SLACK, floor_config
 from hwsbs.errors import ConfigError
+from hwsbs.quant.layers import SBSLayerMixin
 from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import SearchSpace
 from hwsbs.sbs.derive import apply_config
@@ -68,9 +68,9 @@ class Candidate:
         )
 
 
-def max_pruned_groups(layer) -> int:
-    """Groups a producer may lose: the ``max_prune_fraction`` cap, and never all of them."""
-    return min(int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1)
+def max_pruned_groups(layer: SBSLayerMixin) -> int:
+    """Groups a producer may lose (its layer's pruning cap; kept for the baselines' call sites)."""
+    return layer.max_pruned_groups
 
 
 def candidate_config(ctx: MethodContext, cand: Candidate) -> CompressionConfig:

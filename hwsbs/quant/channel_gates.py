@@ -30,6 +30,7 @@ class ChannelGateMixin:
 
     weight: Tensor
     group_size: int
+    max_prune_fraction: float
     prunable: bool
     pinned: bool
     mode: str
@@ -84,6 +85,11 @@ class ChannelGateMixin:
     def searches_pruning(self) -> bool:
         """True while this layer's output channel groups carry live pruning gates."""
         return self.prunable and self.mode == "search" and not self.pinned
+
+    @property
+    def max_pruned_groups(self) -> int:
+        """Groups this layer may lose: the ``max_prune_fraction`` cap, and never all of them."""
+        return min(int(math.floor(self.max_prune_fraction * self.num_groups + 1e-9)), self.num_groups - 1)
 
     def pruning_statistics(self) -> Tensor:
         """Each group's mean |standardised w|, standardised over the groups at calibration."""

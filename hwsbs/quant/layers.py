@@ -284,8 +284,7 @@ class SBSLayerMixin(ChannelGateMixin):
             self.a_theta.copy_(torch.minimum(self.a_theta, self.a_residual_ema / self.a_scale + margin))
         if self.prunable:
             stats = torch.sort(self.pruning_statistics()).values
-            max_pruned = int(math.floor(self.max_prune_fraction * self.num_groups + 1e-9))
-            max_pruned = min(max_pruned, self.num_groups - 1)  # never prune a whole layer
+            max_pruned = self.max_pruned_groups
             # Groups with stat <= theta are pruned: keep theta below the (max_pruned+1)-th smallest,
             # and no further than the margin below the weakest group.
             ceiling = stats[max_pruned] - 1e-6 * stats[max_pruned].abs().clamp_min(1.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -69,9 +68,8 @@ class SearchSpace:
         return out
 
     def max_pruned_groups(self, producer: str) -> int:
-        """Groups a producer may lose: the ``max_prune_fraction`` cap, and never all of them."""
-        layer = self.layer(producer)
-        return min(int(math.floor(layer.max_prune_fraction * layer.num_groups + 1e-9)), layer.num_groups - 1)
+        """Groups ``producer`` may lose (its layer's pruning cap)."""
+        return self.layer(producer).max_pruned_groups
 
     def kept_in_source(self) -> dict[str, str]:
         """For each layer whose input channels follow a producer's pruning: that producer."""
