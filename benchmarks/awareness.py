@@ -47,7 +47,7 @@ from hwsbs.sbs.config_io import CompressionConfig, load_config
 from hwsbs.training import make_sgd, split_decay, train_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_overhead import machine_info  # noqa: E402
+from search_overhead import add_output_options, machine_info  # noqa: E402
 
 __all__ = ["price_matrix", "share_own_cheapest", "share_best_use_of_budget", "main"]
 
@@ -127,10 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--search-epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out-dir", default="runs/awareness")
-    p.add_argument("--json", default="benchmarks/results/awareness_digits.json")
-    p.add_argument("--png", default="benchmarks/results/awareness_digits.png")
+    add_output_options(p, "awareness", "awareness_digits")
     return p
 
 

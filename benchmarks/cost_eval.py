@@ -25,7 +25,6 @@ nothing, it only exercises the lookup and bilinear interpolation the lut model d
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from hwsbs.sbs.cost_term import CostTerm
 from hwsbs.sbs.engine import CostObjective, SearchEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_overhead import machine_info  # noqa: E402
+from search_overhead import machine_info, write_report  # noqa: E402
 
 __all__ = ["COST_MODELS", "synthetic_lut_model", "time_cost_term"]
 
@@ -175,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["benchmarks/cost_eval.py", *(argv if argv is not None else sys.argv[1:])]),
         "cost_models": rows,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_report(report, args.out)
     return 0
 
 

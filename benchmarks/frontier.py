@@ -54,11 +54,13 @@ from hwsbs.models import build_model
 from hwsbs.pipeline import build_compressed_model, run_search
 from hwsbs.progress import PhaseProgress
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config
-from hwsbs.sbs.convert import trace_layer_shapes
+from hwsbs.sbs.convert import searchable_shapes
 from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_overhead import machine_info  # noqa: E402
+
+MODEL = "resnet20"  # --model: the built-in model every method starts from
+from search_overhead import add_output_options, machine_info  # noqa: E402
 
 __all__ = ["Job", "plan", "prepare_splits", "main"]
 
@@ -76,7 +78,7 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)  # SearchConfig overrides
 
 
-def plan(methods: list[str], prune_fractions: list[float]) -> list[Job]:
+def plan(methods: list[str], prune_fractions: list[float], budgets: tuple[str, ...] = BUDGETS) -> list[Job]:
     """The searches: every method at every budget, SBS also with its pruning cap swept."""
     jobs: list[Job] = []
     for m in methods:
@@ -84,11 +86,10 @@ def plan(methods: list[str], prune_fractions: list[float]) -> list[Job]:
             jobs += [Job(f"uniform{b}", "uniform", None, {"uniform_bits": b}) for b in (8, 4, 2)]
             continue
         if m == "sbs-ilp":  # SBS started from the integer program's configuration (--init ilp)
-            jobs += [Job(f"sbs-ilp@{b}", "sbs", b, {"init": "ilp"}) for b in BUDGETS]
+            jobs += [Job(f"sbs-ilp@{b}", "sbs", b, {"init": "ilp"}) for b in budgets]
             continue
-        budgets = BUDGETS if m in ("sbs", "ilp") else ("u4",)
-        jobs += [Job(f"{m}@{b}", m, b) for b in budgets]
-        if m == "sbs":
+        jobs += [Job(f"{m}@{b}", m, b) for b in (budgets if m in ("sbs", "ilp") else ("u4",))]
+        if m == "sbs" and "u2x0.75" in budgets:
             jobs += [Job(f"sbs@u2x0.75-mpf{f:g}", m, "u2x0.75", {"max_prune_fraction": f}) for f in prune_fractions]
     return jobs
 
@@ -115,12 +116,12 @@ def prepare_splits(root: Path, out: Path, train: int, val: int, test: int) -> tu
 
 
 def pretrain(search_dir: Path, epochs: int, path: Path) -> None:
-    """The shared full-precision ResNet-20 (seed 0), trained on the search training split."""
+    """The shared full-precision model (seed 0), trained on the search training split."""
     if path.is_file():
         return
     bundle = build_dataset("imagefolder", search_dir, None, 0)
     torch.manual_seed(0)
-    model = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size)
+    model = build_model(MODEL, bundle.num_classes, bundle.in_channels, bundle.image_size)
     opt = make_sgd(*split_decay(model), 0.05, 5e-4)
     steps = epochs * len(make_loader(bundle.train, 64, True, 0))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
@@ -141,7 +142,7 @@ def pretrain(search_dir: Path, epochs: int, path: Path) -> None:
 
 def budget_costs(fp: torch.nn.Module, example: torch.Tensor) -> dict[str, float]:
     """Absolute BOPs of each budget name (first and last layers at 8 bits)."""
-    order, shapes = trace_layer_shapes(fp, example)
+    order, shapes = searchable_shapes(fp, example)
     bops = build_cost_model("bops")
 
     def uniform(bits: int) -> float:
@@ -203,7 +204,7 @@ def finetune(
     random.seed(seed)
     bundle = build_dataset("imagefolder", search_dir, None, 0)
     test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
-    fp = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size)
+    fp = build_model(MODEL, bundle.num_classes, bundle.in_channels, bundle.image_size)
     fp.load_state_dict(fp_state)
     example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
     model = build_compressed_model(fp, config, example)
@@ -330,7 +331,7 @@ def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
     ax.set_ylabel("test top-1 (mean +- std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("ResNet-20 / CIFAR-10: every configuration fine-tuned with one schedule")
+    ax.set_title(f"{MODEL} / CIFAR-10: every configuration fine-tuned with one schedule")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -349,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0.75],
         help="extra SBS runs at u2x0.75 with these --max-prune-fraction values (the default run uses 0.5)",
     )
+    p.add_argument("--model", default="resnet20", help="built-in model (resnet20, vit_tiny, ...)")
+    p.add_argument(
+        "--budgets", nargs="+", choices=BUDGETS, default=list(BUDGETS), help="the budgets every method searches at"
+    )
     p.add_argument("--train-per-class", type=int, default=300)
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--test-per-class", type=int, default=200, help="0 = the whole test split")
@@ -356,10 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-epochs", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out-dir", default="runs/frontier")
-    p.add_argument("--json", default="benchmarks/results/frontier.json")
-    p.add_argument("--png", default="benchmarks/results/frontier.png")
+    add_output_options(p, "frontier", "frontier")
     return p
 
 
@@ -375,19 +377,21 @@ def main(argv: list[str] | None = None) -> int:
         args.val_per_class,
         args.test_per_class,
     )
-    fp_path = out / "fp_resnet20.pt"
+    global MODEL
+    MODEL = args.model
+    fp_path = out / f"fp_{MODEL}.pt"
     t0 = time.perf_counter()
     pretrain(search_dir, args.pretrain_epochs, fp_path)
     fp_state = torch.load(fp_path, weights_only=True)
     bundle = build_dataset("imagefolder", search_dir, None, 0)
-    fp = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.image_size)
+    fp = build_model(MODEL, bundle.num_classes, bundle.in_channels, bundle.image_size)
     fp.load_state_dict(fp_state)
     test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
     fp_acc = evaluate(fp, make_loader(test, 256, False, 0), torch.device("cpu"))
     example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
     targets = budget_costs(fp, example)
     base = dict(
-        model="resnet20",
+        model=MODEL,
         data="imagefolder",
         data_dir=str(search_dir),
         checkpoint=str(fp_path),
@@ -399,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
-        for job in plan(args.methods, args.prune_fractions):
+        for job in plan(args.methods, args.prune_fractions, tuple(args.budgets)):
             run_dir = out / f"seed{seed}" / job.label
             stats = search(job, base, targets.get(job.budget) if job.budget else None, seed, run_dir)
             config = load_config(run_dir / "config.yaml")

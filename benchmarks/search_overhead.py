@@ -49,7 +49,7 @@ from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.engine import CostObjective, SearchEngine
 from hwsbs.training import make_sgd, split_decay
 
-__all__ = ["CONFIGS", "make_step", "machine_info"]
+__all__ = ["CONFIGS", "make_step", "machine_info", "add_output_options", "write_report"]
 
 CONFIGS = ("fp32", "qat4", "sbs", "multipath")
 
@@ -74,6 +74,24 @@ def machine_info() -> dict[str, object]:
     }
 
 
+def write_report(report: dict[str, object], out: str | None) -> None:
+    """Print ``report`` as indented JSON, and write it to ``out`` too (its folder made) where given."""
+    text = json.dumps(report, indent=2)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    print(text)
+
+
+def add_output_options(p: argparse.ArgumentParser, name: str, results: str) -> None:
+    """``--threads``, ``--out-dir`` (runs/NAME) and the result files ``--json``/``--png``
+    (benchmarks/results/RESULTS.json, .png) of a benchmark that runs searches."""
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out-dir", default=f"runs/{name}")
+    p.add_argument("--json", default=f"benchmarks/results/{results}.json")
+    p.add_argument("--png", default=f"benchmarks/results/{results}.png")
+
+
 def _batch(batch: int, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x, y = (torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
@@ -85,23 +103,38 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One plain SGD training step of ``model`` on (x, y) (cross-entropy, the pipeline's lr and decay)."""
+    opt = make_sgd(*split_decay(model), 0.01, 5e-4)
+
+    def sgd_step() -> None:
+        model.train()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return sgd_step
+
+
+def _search_step(searcher: SearchEngine | MultiPathSearch, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One search step of ``searcher`` on (x, y)."""
+
+    def search_step() -> None:
+        searcher.step(x, y)
+
+    return search_step
+
+
 def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """A closure performing one training step of ``config`` on (x, y); its ``model`` attribute is
     the module it trains."""
     torch.manual_seed(0)
     model = build_model(model_name, 10, 3, (32, 32)).to(x.device)
     if config == "fp32":
-        opt = make_sgd(*split_decay(model), 0.01, 5e-4)
-
-        def fp_step() -> None:
-            model.train()
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        fp_step.model = model  # type: ignore[attr-defined]
-        return fp_step
+        step = _sgd_step(model, x, y)
+        step.model = model  # type: ignore[attr-defined]
+        return step
     space = convert_model(model, x[:8], (2, 4, 8), prune=config == "sbs")
     objectives = [CostObjective(build_cost_model("bops"))]
     if config == "qat4":
@@ -110,34 +143,14 @@ def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) ->
                 layer.set_fixed(4, 4)
             else:
                 layer.set_fixed(layer.fixed_w_bits, layer.fixed_a_bits)
-        qopt = make_sgd(*split_decay(space.model), 0.01, 5e-4)
-
-        def qat_step() -> None:
-            space.model.train()
-            loss = F.cross_entropy(space.model(x), y)
-            qopt.zero_grad(set_to_none=True)
-            loss.backward()
-            qopt.step()
-
-        qat_step.model = space.model  # type: ignore[attr-defined]
-        return qat_step
-    if config == "sbs":
-        engine = SearchEngine(space, objectives, 0.1, 0.01, 0.05, 5e-4)
-
-        def sbs_step() -> None:
-            engine.step(x, y)
-
-        sbs_step.model = space.model  # type: ignore[attr-defined]
-        return sbs_step
-    if config == "multipath":
-        search = MultiPathSearch(space, objectives, 0.1, 0.01, 0.05, 5e-4)
-
-        def multipath_step() -> None:
-            search.step(x, y)
-
-        multipath_step.model = space.model  # type: ignore[attr-defined]
-        return multipath_step
-    raise ValueError(f"unknown configuration {config!r}")
+        step = _sgd_step(space.model, x, y)
+    elif config in ("sbs", "multipath"):  # the same hyperparameters for both searches
+        searcher = (SearchEngine if config == "sbs" else MultiPathSearch)(space, objectives, 0.1, 0.01, 0.05, 5e-4)
+        step = _search_step(searcher, x, y)
+    else:
+        raise ValueError(f"unknown configuration {config!r}")
+    step.model = space.model  # type: ignore[attr-defined]
+    return step
 
 
 def time_model(
@@ -335,11 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["sbs_profile"] = profile_sbs(m, args.batch, device=args.device)
         report["models"][m] = entry  # type: ignore[index]
         print(json.dumps({m: entry["ratios"]}), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    write_report(report, args.out)
     return 0
 
 

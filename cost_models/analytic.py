@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import CostModel, LayerShape, LayerState
+from .base import SCALE_BITS, CostModel, LayerShape, LayerState
 from .registry import register_cost_model
 
 __all__ = ["BopsCostModel", "SizeCostModel"]
@@ -21,10 +21,11 @@ class BopsCostModel(CostModel):
 
 @register_cost_model("size")
 class SizeCostModel(CostModel):
-    """Weight storage in bits (batch independent): what a flash- or DRAM-limited deployment pays."""
+    """Weight storage in bits (batch independent), group scales included: what a flash- or DRAM-limited deployment pays."""
 
     metric = "size"
     unit = "bit"
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
-        return float(shape.weight_count(state.kept_in, state.kept_out) * state.w_bits)
+        weights = shape.weight_count(state.kept_in, state.kept_out) * state.w_bits
+        return float(weights + state.scale_count(shape) * SCALE_BITS)

@@ -22,22 +22,29 @@ if TYPE_CHECKING:
 
 _P = TypeVar("_P")
 
+#: Bits of one weight scale of grouped (weight-only) quantisation: an FP16 number.
+SCALE_BITS = 16
 #: Distinct (shape, state, batch) results each cost model instance memoises.
 LAYER_COST_CACHE_SIZE = 1 << 16
 
-__all__ = ["FLOAT_BITS", "LAYER_COST_CACHE_SIZE", "LayerShape", "LayerState", "CostModel"]
+__all__ = ["FLOAT_BITS", "SCALE_BITS", "LAYER_COST_CACHE_SIZE", "LayerShape", "LayerState", "CostModel"]
 
 
 @dataclass(frozen=True)
 class LayerShape:
-    """The static shape of one Conv2d or Linear layer, as traced with a sample input.
+    """The static shape of one searched operation, as traced with a sample input.
 
     Linear layers use ``kernel_size=(1, 1)`` and ``out_size=(positions, 1)`` where positions is
     the number of vectors the layer is applied to per sample (1 for a classifier head).
+
+    A ``matmul`` is a product of two activations (attention's Q K^T and P V): per sample,
+    ``heads`` products of an M x K operand (the "input", at ``a_bits``) and a K x N operand (the
+    "second operand", at ``w_bits``), with ``in_channels=K``, ``out_channels=N`` and
+    ``in_size = out_size = (M, heads)``. It stores no weights; both operands are read per sample.
     """
 
     name: str  # qualified module name in the model, e.g. "layer1.0.conv1"
-    kind: Literal["conv", "linear"]  # conv: Conv2d, linear: Linear
+    kind: Literal["conv", "linear", "matmul"]  # conv: Conv2d, linear: Linear, matmul: activation x activation
     in_channels: int  # unpruned input channels (features for Linear)
     out_channels: int  # unpruned output channels
     kernel_size: tuple[int, int] = (1, 1)  # (kh, kw)
@@ -59,6 +66,8 @@ class LayerShape:
         ih, iw = self.in_size
         if self.kind == "linear":
             return f"linear_i{self.in_channels}_o{self.out_channels}_n{self.out_size[0]}"
+        if self.kind == "matmul":
+            return f"matmul_m{self.out_size[0]}_k{self.in_channels}_n{self.out_channels}_h{self.out_size[1]}"
         group_tag = "dw" if self.is_depthwise else f"g{self.groups}"
         return f"conv_k{kh}x{kw}_s{sh}x{sw}_{group_tag}_i{self.in_channels}_o{self.out_channels}_h{ih}x{iw}"
 
@@ -73,13 +82,23 @@ class LayerShape:
         return oh * ow * cout * (cin // self.groups if self.groups > 1 else cin) * kh * kw
 
     def weight_count(self, kept_in: int | None = None, kept_out: int | None = None) -> int:
-        """Number of weights (bias excluded) with the given kept channel counts."""
+        """Number of stored weights (bias excluded) with the given kept channel counts (0 for a matmul)."""
+        if self.kind == "matmul":
+            return 0
         cin = self.in_channels if kept_in is None else kept_in
         cout = self.out_channels if kept_out is None else kept_out
         kh, kw = self.kernel_size
         if self.is_depthwise:
             return cout * kh * kw
         return cout * (cin // self.groups if self.groups > 1 else cin) * kh * kw
+
+    def operand_count(self, kept_in: int | None = None, kept_out: int | None = None) -> int:
+        """Second-operand elements read per sample at ``w_bits``: a matmul's K x N operands, else 0."""
+        if self.kind != "matmul":
+            return 0
+        cin = self.in_channels if kept_in is None else kept_in
+        cout = self.out_channels if kept_out is None else kept_out
+        return cin * cout * self.out_size[1]
 
     def input_count(self, kept_in: int | None = None) -> int:
         """Input activations read per sample."""
@@ -100,6 +119,15 @@ class LayerState:
     a_bits: int  # input-activation bit width; FLOAT_BITS for float
     kept_in: int  # input channels left after the producer's pruning
     kept_out: int  # output channels left after this layer's pruning
+    w_group: int = 0  # weights per scale along the input dimension (0: per-channel scales, not counted)
+    act_float: bool = False  # weight-only: activations stay float at a_bits (a weight-only kernel runs it)
+
+    def scale_count(self, shape: LayerShape) -> int:
+        """Weight scales stored with grouped weights: one per output channel and input group."""
+        if self.w_group <= 0 or shape.kind == "matmul":
+            return 0
+        per_row = shape.weight_count(self.kept_in, self.kept_out) // max(self.kept_out, 1)
+        return self.kept_out * -(-per_row // self.w_group)
 
 
 class CostModel(ABC):

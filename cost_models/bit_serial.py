@@ -41,6 +41,8 @@ def _ceil(a: int, b: int) -> int:
 def _gemm_dims(shape: LayerShape, kept_in: int, kept_out: int, batch: int) -> tuple[int, int, int, int]:
     """(groups, M per group, K per group, N): the layer as ``groups`` GEMMs of M x K by K x N."""
     kh, kw = shape.kernel_size
+    if shape.kind == "matmul":  # every sample and head has its own K x N operand: one GEMM each
+        return batch * shape.out_size[1], kept_out, kept_in, shape.out_size[0]
     n = batch * shape.out_size[0] * shape.out_size[1]
     if shape.is_depthwise:  # one channel per group: a 1 x (kh*kw) by (kh*kw) x N product each
         return kept_out, 1, kh * kw, n

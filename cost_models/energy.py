@@ -14,7 +14,7 @@ from cost_models.precision import ExecutedPrecision, executed_precision
 from hardware_profiles.cost_params import EnergyParams
 from hardware_profiles.schema import EnergyFigures, HardwareProfile
 
-from .base import CostModel, LayerShape, LayerState
+from .base import SCALE_BITS, CostModel, LayerShape, LayerState
 from .registry import register_cost_model
 
 __all__ = ["EnergyCostModel", "mac_energy_pj"]
@@ -68,7 +68,10 @@ class EnergyCostModel(CostModel):
         macs = batch * shape.macs(state.kept_in, state.kept_out)
         arithmetic = macs * mac_energy_pj(self.figures, ex.w_bits, ex.a_bits, ex.number_format)
         weight_bits = shape.weight_count(state.kept_in, state.kept_out) * ex.w_bits
+        weight_bits += state.scale_count(shape) * SCALE_BITS
         act_bits = batch * (shape.input_count(state.kept_in) + shape.output_count(state.kept_out)) * ex.a_bits
+        # a matmul's second operand is an activation: read per sample, from where activations live
+        act_bits += batch * shape.operand_count(state.kept_in, state.kept_out) * ex.w_bits
         memory = weight_bits / 64.0 * self._access_pj(self.params.weights_from) + act_bits / 64.0 * self._access_pj(
             self.params.activations_from
         )

@@ -5,6 +5,11 @@ memory  = bytes moved / (bandwidth x memory efficiency), bytes = weights at w bi
           activations at a bits + output activations at a bits
 latency = max(compute, memory) + per-layer overhead
 
+A weight-only layer (``act_float``: activations stay float) on a profile with
+``weight_only_kernels`` runs as a weight-only kernel does: on the float path, its weights moving
+packed at w bits plus their FP16 group scales, widened on chip. Without such kernels it runs (and
+moves its weights) on the float path like any float layer: fewer weight bits save nothing there.
+
 The executed precision comes from the profile (a 4-bit layer on H100 runs on the INT8 path and
 costs what 8 bits cost): the fastest path at least as wide as the layer, normally the next wider
 one. Channel counts are rounded up to the path's tile for the compute term.
@@ -17,19 +22,22 @@ from cost_models.precision import ExecutedPrecision, candidate_precisions, round
 from hardware_profiles.cost_params import RooflineParams
 from hardware_profiles.schema import HardwareProfile, MemoryLevel
 
-from .base import CostModel, LayerShape, LayerState
+from .base import SCALE_BITS, CostModel, LayerShape, LayerState
 from .registry import register_cost_model
 
-__all__ = ["RooflineCostModel", "layer_bytes"]
+__all__ = ["RooflineCostModel", "layer_bytes", "WEIGHT_ONLY_ACT_BITS"]
+
+#: The float width a weight-only kernel widens its weights to (FP16).
+WEIGHT_ONLY_ACT_BITS = 16
 
 
 def layer_bytes(shape: LayerShape, kept_in: int, kept_out: int, w_bits: int, a_bits: int, batch: int) -> float:
     """Bytes a layer moves: its weights once, and per sample its inputs and outputs.
 
     Outputs are written at the activation width (requantised for the next layer, whose width is
-    not known here).
+    not known here). A matmul's second operand is an activation read per sample at ``w_bits``.
     """
-    weight_bits = shape.weight_count(kept_in, kept_out) * w_bits
+    weight_bits = (shape.weight_count(kept_in, kept_out) + batch * shape.operand_count(kept_in, kept_out)) * w_bits
     act_bits = batch * (shape.input_count(kept_in) + shape.output_count(kept_out)) * a_bits
     return (weight_bits + act_bits) / 8.0
 
@@ -73,7 +81,9 @@ class RooflineCostModel(CostModel):
         # Execution paths per requested (w_bits, a_bits); the profile is immutable.
         self._paths: dict[tuple[int, int], list[ExecutedPrecision]] = {}
 
-    def _terms(self, ex: ExecutedPrecision, shape: LayerShape, state: LayerState, batch: int) -> tuple[float, float]:
+    def _terms(
+        self, ex: ExecutedPrecision, shape: LayerShape, state: LayerState, batch: int, packed_weights: bool = False
+    ) -> tuple[float, float]:
         assert ex.ops_per_s is not None  # precisions entries always carry a throughput
         macs = batch * shape.macs(round_up(state.kept_in, ex.channel_tile), round_up(state.kept_out, ex.channel_tile))
         compute_s = 2.0 * macs / (ex.ops_per_s * self.compute_efficiency)
@@ -81,7 +91,10 @@ class RooflineCostModel(CostModel):
             w_bits, a_bits = ex.w_bits, ex.a_bits
         else:
             w_bits, a_bits = state.w_bits, state.a_bits
+        if packed_weights:
+            w_bits = state.w_bits  # a weight-only kernel reads packed weights and widens them on chip
         moved = layer_bytes(shape, state.kept_in, state.kept_out, w_bits, a_bits, batch)
+        moved += state.scale_count(shape) * SCALE_BITS / 8.0  # grouped weights read their scales too
         memory_s = moved / (self.memory.bandwidth_bytes_per_s * self.memory_efficiency)
         return compute_s, memory_s
 
@@ -91,7 +104,13 @@ class RooflineCostModel(CostModel):
         paths = self._paths.get(key)
         if paths is None:
             paths = self._paths[key] = candidate_precisions(self.require_profile(), *key)
-        return min((self._terms(ex, shape, state, batch) for ex in paths), key=max)
+        packed = state.act_float and self.params.weight_only_kernels and state.w_bits < WEIGHT_ONLY_ACT_BITS
+        if packed:  # a weight-only kernel: the float path its weights are widened to, reading them packed
+            wide = (WEIGHT_ONLY_ACT_BITS, max(state.a_bits, WEIGHT_ONLY_ACT_BITS))
+            paths = self._paths.get(wide) or self._paths.setdefault(
+                wide, candidate_precisions(self.require_profile(), *wide)
+            )
+        return min((self._terms(ex, shape, state, batch, packed) for ex in paths), key=max)
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
         compute_s, memory_s = self.compute_and_memory_s(shape, state, batch)

@@ -70,6 +70,14 @@ class RooflineParams(StrictModel):
             "8-bit data). False: they move packed at the requested bits and are widened on chip."
         ),
     )
+    weight_only_kernels: bool = Field(
+        default=False,
+        description=(
+            "True: the device runs weight-only kernels (GPTQ/AWQ/Marlin-style): a weight-only layer's weights "
+            "move packed at their bits plus FP16 group scales and are widened to the float path on chip, so "
+            "memory-bound steps get cheaper with fewer weight bits. False: weight-only layers run as float ones."
+        ),
+    )
 
 
 class BitSerialParams(StrictModel):

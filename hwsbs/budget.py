@@ -18,7 +18,7 @@ from cost_models.base import CostModel
 from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig
 from hwsbs.errors import ConfigError
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
-from hwsbs.sbs.convert import SearchSpace, trace_layer_shapes
+from hwsbs.sbs.convert import SearchSpace, searchable_shapes
 
 __all__ = [
     "BUDGET_SLACK",
@@ -51,9 +51,7 @@ def check_target(target: float | None, uniform_8bit: float, unit: str) -> None:
 
 def uniform_cost(space: SearchSpace, cm: CostModel, bits: int, batch: int) -> float:
     """Cost of every layer at ``bits`` (pinned layers too: the reference "uniform 8-bit")."""
-    return CompressionConfig([LayerDecision(space.shapes[n], bits, bits) for n in space.layer_names], batch=batch).cost(
-        cm
-    )
+    return CompressionConfig(space.uniform(bits), batch=batch).cost(cm)
 
 
 def resolve_target(cfg: SearchConfig, space: SearchSpace, cm: CostModel, primary: bool = True) -> float | None:
@@ -109,7 +107,7 @@ def check_costable(
     """Every cost model must price this model (a lookup table: every layer signature), and an
     absolute ``target`` must be a cost the primary one can approach, before anything is written."""
     param = next(model.parameters(), None)
-    order, shapes = trace_layer_shapes(model, example if param is None else example.to(param.device))
+    order, shapes = searchable_shapes(model, example if param is None else example.to(param.device))
     plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=batch)
     for cm in cost_models:
         plain.cost(cm)

@@ -94,6 +94,9 @@ class SearchConfig:
     pin_first_last: bool = True  # first and last layers stay at pin_bits (paper convention)
     pin_bits: int = DEFAULT_PIN_BITS  # bits of the pinned layers
     prune: bool = True  # search 0-bit channel groups on prunable pairs
+    weight_only: bool = False  # LLM practice: search weight bits only, activations stay float
+    act_float_bits: int = 16  # weight-only: the float width activations run and are priced at (16 or 32)
+    weight_group: int = 0  # weights per FP16 scale along the input dim (0: one learned clip); e.g. 128
     group_size: int = DEFAULT_GROUP_SIZE  # output channels per pruning gate (paper: 4 on CIFAR)
     max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION  # at most this share of a layer's groups can be pruned
     # --- the objective
@@ -152,6 +155,12 @@ class SearchConfig:
             raise ConfigError(
                 f"--target {100 * self.target_fraction:g}%: below {MIN_TARGET_FRACTION:g} of the uniform "
                 "8-bit cost; no configuration comes near it and the budget loss would overflow"
+            )
+        if self.act_float_bits not in (16, 32):
+            raise ConfigError(f"--act-float-bits: expected 16 or 32, got {self.act_float_bits!r}")
+        if isinstance(self.weight_group, bool) or not isinstance(self.weight_group, int) or self.weight_group < 0:
+            raise ConfigError(
+                f"--weight-group: expected 0 (one clip per layer) or a positive size, got {self.weight_group!r}"
             )
         if self.pin_bits not in (*self.bits, 32) and self.pin_bits not in range(1, 33):
             raise ConfigError(f"--pin-bits: expected 1..32, got {self.pin_bits!r}")

@@ -26,11 +26,18 @@ from cost_models.base import CostModel
 from hardware_profiles import HardwareProfile, load_profile
 from hardware_profiles.checked_io import write_text_atomic
 from hwsbs.budget import budget_report, check_costable, resolve_target
-from hwsbs.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, load_state_dict_file, save_checkpoint
+from hwsbs.checkpoint import (
+    CHECKPOINT_NAME,
+    RunDirLock,
+    load_checkpoint,
+    load_state_dict_file,
+    load_weights_into,
+    save_checkpoint,
+)
 from hwsbs.config import SearchConfig, check_device
 from hwsbs.data import build_dataset, make_loader
 from hwsbs.defaults import FINETUNE_LR_FACTOR
-from hwsbs.errors import CheckpointError, ConfigError
+from hwsbs.errors import ConfigError
 from hwsbs.methods import MethodContext, get_method
 from hwsbs.models import build_model
 from hwsbs.progress import PhaseProgress
@@ -38,10 +45,11 @@ from hwsbs.result import SearchResult, cost_summary, write_outputs
 from hwsbs.run_options import OPTIONS_NAME, check_resume_options
 from hwsbs.sbs.config_io import CompressionConfig, load_config, save_config
 from hwsbs.sbs.convert import SearchSpace, convert_model
-from hwsbs.sbs.derive import apply_config
+from hwsbs.sbs.coverage import check_searchable
+from hwsbs.sbs.derive import apply_config, build_compressed_model
 from hwsbs.sbs.engine import CostObjective
 from hwsbs.seeding import epoch_seed, seed_all, seed_phase
-from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
+from hwsbs.training import evaluate, evaluate_metrics, make_sgd, perplexity, split_decay, train_epoch
 
 __all__ = [
     "run_search",
@@ -103,7 +111,7 @@ class _Run:
             train_data, val_data = bundle.train, bundle.val
             self.model_name = config.model
             if model is None:
-                model = build_model(config.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
+                model = build_model(config.model, **bundle.geometry())
         else:
             self.model_name = config.model if model is None else type(model).__name__
             if model is None:
@@ -117,8 +125,10 @@ class _Run:
         self.val_loader = _as_loader(val_data, max(config.batch_size, 256), False, config.seed, config.workers)
         first = next(iter(self.loader("pretrain", 0)))
         self.example = first[0].to(self.device)
+        self.sequence = first[1].dim() > 1  # a target per position: a language model, whose result adds perplexity
         check_costable(model, first[0], [cm for _, _, cm in self.objectives], config.cost_batch, config.target)
         self.run_dir = Path(config.out) if config.out else default_run_dir()
+        self.coverage: dict[str, Any] | None = None  # the converted model's coverage, for result.json
         self.history: list[dict[str, Any]] = []
         self.fp_accuracy: float | None = None
 
@@ -193,6 +203,8 @@ def _convert(run: _Run, fp_model: nn.Module) -> SearchSpace:
         pin_first_last=cfg.pin_first_last,
         pin_bits=cfg.pin_bits,
         prune=cfg.prune and get_method(cfg.method).prunes,
+        weight_only_act_bits=cfg.act_float_bits if cfg.weight_only else None,
+        weight_group=cfg.weight_group,
     )
 
 
@@ -223,15 +235,6 @@ def _run_method(run: _Run, space: SearchSpace, ckpt: dict | None, progress: Phas
         extra=dict(cfg.extra),
     )
     return get_method(cfg.method).run(ctx)
-
-
-def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
-        raise CheckpointError(f"{source} does not match the model: {detail[:240]}") from None
 
 
 def run_search(
@@ -305,6 +308,7 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
             ckpt = None
         seed_phase(cfg.seed, "search")
         space = _convert(run, fp_model)
+        run.coverage = check_searchable(space, progress.log)
         config_path = run_dir / "config.yaml"
         if phase in ("pretrain", "search"):
             if ckpt is not None:  # resuming inside the search
@@ -339,7 +343,8 @@ def _finish(
     found = load_config(run.run_dir / "config.yaml") if trained is None else trained[1]
     model = trained[0] if trained is not None else None
     if model is not None:
-        compressed_acc = evaluate(model, run.val_loader, run.device)
+        compressed_acc, compressed_loss = evaluate_metrics(model, run.val_loader, run.device)
+        ppl = perplexity(compressed_loss) if run.sequence else None
         save_checkpoint(
             {
                 "phase": "done",
@@ -350,6 +355,8 @@ def _finish(
                 "history": json.dumps(run.history),
                 "compressed_accuracy": compressed_acc,
                 "budget": json.dumps(budget),
+                "perplexity": ppl,
+                "coverage": json.dumps(run.coverage),
             },
             run.run_dir,
         )
@@ -357,6 +364,8 @@ def _finish(
         assert done_ckpt is not None
         compressed_acc = float(done_ckpt["compressed_accuracy"])
         budget = json.loads(done_ckpt.get("budget", "null"))
+        run.coverage = json.loads(done_ckpt.get("coverage", "null"))
+        ppl = done_ckpt.get("perplexity")  # None for classifiers (and checkpoints from before it)
     costs, layers = cost_summary(found, run.cost_model)
     extra: dict[str, dict[str, Any]] = {}
     for _, profile, cm in run.objectives[1:]:
@@ -380,14 +389,8 @@ def _finish(
         history=run.history,
         extra_costs=extra,
         budget=budget,
+        perplexity=ppl,
+        coverage=run.coverage,
     )
     write_outputs(result, run.run_dir)
     return result
-
-
-def build_compressed_model(
-    model: nn.Module, config: CompressionConfig, example: torch.Tensor, source: str = "config.yaml"
-) -> nn.Module:
-    """A full-precision model turned into the fixed, physically pruned model ``config`` describes."""
-    space = convert_model(model, example, config.bits, group_size=config.group_size, prune=True)
-    return apply_config(space, config, source)

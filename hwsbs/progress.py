@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
-__all__ = ["PhaseProgress", "console"]
+__all__ = ["PhaseProgress", "console", "progress_bar"]
 
 #: Everything hwsbs prints for people goes to stderr, so --json output on stdout stays clean.
 console = Console(stderr=True)
@@ -32,16 +34,7 @@ class PhaseProgress(AbstractContextManager):
 
     def __enter__(self) -> PhaseProgress:
         if self.enabled:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description:<10}"),
-                BarColumn(bar_width=24),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=False,
-            )
+            self._progress = progress_bar("{task.description:<10}", "status", transient=False)
             self._progress.__enter__()
         return self
 
@@ -67,3 +60,21 @@ class PhaseProgress(AbstractContextManager):
     def log(self, message: str) -> None:
         if self.enabled:
             console.print(message)
+
+
+def progress_bar(title: str, field: str | None = None, remaining: bool = True, **options: Any) -> Progress:
+    """A rich bar in hwsbs's layout, on :data:`console`.
+
+    Args:
+        title: the bold label (rich markup of the task, e.g. ``{task.description}``, allowed).
+        field: a task field shown after the counts (``add_task(..., field=...)``), if any.
+        remaining: show the estimated time left after the elapsed time.
+        **options: for :class:`rich.progress.Progress` (``disable``, ``transient``).
+    """
+    columns: list[ProgressColumn] = [TextColumn(f"[bold]{title}"), BarColumn(bar_width=24), MofNCompleteColumn()]
+    if field is not None:
+        columns.append(TextColumn(f"{{task.fields[{field}]}}"))
+    columns.append(TimeElapsedColumn())
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=console, **options)

@@ -35,9 +35,11 @@ class SearchResult:
         default_factory=dict
     )  # other objectives' costs (as ``cost``, plus their "unit" and "metric")
     budget: dict[str, Any] | None = None  # {"target", "floor", "met", "reachable"} when a --target was set
+    coverage: dict[str, Any] | None = None  # {"coverage": share of MACs quantised, "float_compute": [names]}
+    perplexity: float | None = None  # language models: exp(mean validation cross-entropy per token), compressed model
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "hardware": self.hardware,
             "cost_model": self.cost_model,
             "metric": self.metric,
@@ -60,24 +62,17 @@ class SearchResult:
             out["extra_costs"] = self.extra_costs
         if self.budget is not None:
             out["budget"] = dict(self.budget)
+        if self.perplexity is not None:
+            out["perplexity"] = self.perplexity
+        if self.coverage is not None:
+            out.update(self.coverage)
         return out
 
 
 def cost_summary(config: CompressionConfig, cost_model: CostModel) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Full precision, uniform 8-bit and compressed cost, plus the per-layer table."""
     layer_costs = config.layer_costs(cost_model)
-    layers = [
-        {
-            "name": d.shape.name,
-            "w_bits": d.w_bits,
-            "a_bits": d.a_bits,
-            "out_channels": d.shape.out_channels,
-            "kept_out_channels": d.kept_out,
-            "kept_in_channels": d.state.kept_in,
-            "cost": c,
-        }
-        for d, c in zip(config.layers, layer_costs)
-    ]
+    layers = [{**d.summary(), "cost": c} for d, c in zip(config.layers, layer_costs)]
     costs = {
         "full_precision": config.full_precision().cost(cost_model),
         "uniform_8bit": config.uniform(8).cost(cost_model),

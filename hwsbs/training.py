@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from hwsbs.errors import SearchDivergedError
 from hwsbs.progress import PhaseProgress
+from hwsbs.task import count_correct, task_loss
 
-__all__ = ["make_sgd", "train_epoch", "evaluate", "check_finite"]
+__all__ = ["make_sgd", "train_epoch", "evaluate", "evaluate_metrics", "perplexity", "check_finite"]
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
@@ -57,7 +57,7 @@ def train_epoch(
     total, count = 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y)
+        loss = task_loss(model(x), y)
         check_finite(loss, where)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -70,15 +70,29 @@ def train_epoch(
     return total / max(count, 1)
 
 
-@torch.no_grad()
+def perplexity(mean_loss: float) -> float:
+    """``exp`` of a mean cross-entropy per token (infinite where the float would overflow)."""
+    return math.inf if mean_loss > 700 else math.exp(mean_loss)
+
+
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
     """Top-1 accuracy as a fraction."""
+    return evaluate_metrics(model, loader, device)[0]
+
+
+@torch.no_grad()
+def evaluate_metrics(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    """``(top-1 accuracy, mean cross-entropy)`` over every target: per sample, or per token for a
+    language model (``exp`` of its loss is the perplexity). Both NaN for an empty loader."""
     was_training = model.training
     model.eval()
-    correct, count = 0, 0
+    correct, count, loss_sum = 0, 0, 0.0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-        count += len(y)
+        logits = model(x)
+        right, n = count_correct(logits, y)
+        correct += right
+        count += n
+        loss_sum += float(task_loss(logits, y)) * n  # the mean over this batch's n targets, back to a sum
     model.train(was_training)
-    return correct / count if count else math.nan
+    return (correct / count, loss_sum / count) if count else (math.nan, math.nan)

@@ -1,9 +1,13 @@
-"""Small shared fixtures: digits loaders and a quickly trained default CNN (cached per session)."""
+"""Small shared test helpers: digits loaders, a quickly trained default CNN (cached per session),
+tiny search schedules for the Python API and the command line, and a valid hardware profile."""
 
 from __future__ import annotations
 
 import copy
+import sys
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,3 +37,55 @@ def _trained() -> nn.Module:
 def pretrained_small_cnn() -> nn.Module:
     """A copy of a small CNN trained for a few epochs on digits (about 1 s, once per session)."""
     return copy.deepcopy(_trained())
+
+
+def tiny_schedule(**options: Any) -> dict[str, Any]:
+    """Options of a tiny search (``SearchConfig`` fields, or ``hwsbs.search`` keywords): one epoch
+    per phase, no progress bars; ``options`` override these or add others."""
+    return {"pretrain_epochs": 1, "search_epochs": 1, "finetune_epochs": 1, "progress": False, **options}
+
+
+def tiny_argv(
+    command: str,
+    *extra: str,
+    hw: str | Path = "a100",
+    subset: int = 256,
+    epochs: tuple[int, int, int] | None = (1, 1, 1),
+    progress: bool = False,
+) -> list[str]:
+    """The argv of ``hwsbs <command>`` (search, tune, pareto) on ``hw`` with a tiny digits schedule.
+
+    Args:
+        command: the subcommand.
+        *extra: more arguments, placed right after ``--hw``.
+        hw: the ``--hw`` profile.
+        subset: ``--subset``.
+        epochs: ``--pretrain-epochs``, ``--search-epochs``, ``--finetune-epochs``; None leaves the
+            three out (the command's defaults).
+        progress: keep the progress bars (else ``--no-progress``).
+    """
+    argv = [command, "--hw", str(hw), *extra, "--subset", str(subset)]
+    if epochs is not None:
+        pretrain, search, finetune = epochs
+        argv += ["--pretrain-epochs", str(pretrain), "--search-epochs", str(search), "--finetune-epochs", str(finetune)]
+    return argv if progress else [*argv, "--no-progress"]
+
+
+def hwsbs_command(*argv: str) -> list[str]:
+    """The command that runs ``hwsbs *argv`` in a subprocess, on this interpreter."""
+    return [sys.executable, "-m", "hwsbs.cli.main", *argv]
+
+
+def minimal_profile(**overrides: Any) -> dict[str, Any]:
+    """A valid roofline hardware profile, as parsed YAML; ``overrides`` replace top-level fields."""
+    data: dict[str, Any] = {
+        "schema_version": 1,
+        "name": "toy",
+        "kind": "gpu",
+        "cost_model": {"name": "roofline"},
+        "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": 1.0e12}],
+        "memory": [{"name": "dram", "bandwidth_bytes_per_s": 1.0e10}],
+        "sources": ["test fixture"],
+    }
+    data.update(overrides)
+    return data

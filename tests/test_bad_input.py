@@ -9,7 +9,6 @@ import os
 import pickle
 import struct
 import subprocess
-import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -33,17 +32,10 @@ from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.derive import check_config_matches
 from hwsbs.tuning import storage as storage_module
 from hwsbs.tuning.storage import open_storage, resolve_storage_url
+from tests.helpers import hwsbs_command, minimal_profile
 
 TINY = ["--subset", "64", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "0", "--no-progress"]
-PROFILE = {
-    "schema_version": 1,
-    "name": "toy",
-    "kind": "gpu",
-    "cost_model": {"name": "roofline"},
-    "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": 1.0e12}],
-    "memory": [{"name": "dram", "bandwidth_bytes_per_s": 1.0e10}],
-    "sources": ["test fixture"],
-}
+PROFILE = minimal_profile()
 #: a measured table without the layers of small_cnn on digits (its first layer: conv_k3x3_s1x1_g1_i1_o32_h8x8)
 TABLE = {
     "format": "hwsbs-lut/1",
@@ -249,20 +241,29 @@ class Case(NamedTuple):
 
 
 S = ["search", "--hw"]
+V = ["profiles", "validate"]
+
+
+def on_file(command: list[str], name: str, problem: str) -> Case:
+    """``COMMAND {t}/NAME``, refused with a line naming the file: ``{t}/NAME: PROBLEM``."""
+    return Case([*command, f"{{t}}/{name}"], f"{{t}}/{name}: {problem}")
+
+
+def cost(config: str, *extra: str) -> list[str]:
+    """``hwsbs cost --config {t}/CONFIG --hw a100 EXTRA...``."""
+    return ["cost", "--config", f"{{t}}/{config}", "--hw", "a100", *extra]
+
+
 CASES: dict[str, Case] = {
     # hwsbs search: profiles
-    "search-malformed-yaml": Case([*S, "{t}/malformed.yaml"], "{t}/malformed.yaml: line 2: invalid YAML"),
-    "search-misspelled-field": Case([*S, "{t}/misspelled.yaml"], "{t}/misspelled.yaml: precisons: unknown field"),
+    "search-malformed-yaml": on_file(S, "malformed.yaml", "line 2: invalid YAML"),
+    "search-misspelled-field": on_file(S, "misspelled.yaml", "precisons: unknown field"),
     "search-duplicate-key": Case([*S, "{t}/duplicate.yaml"], "duplicate key 'kind'"),
-    "search-wrong-type": Case(
-        [*S, "{t}/wrongtype.yaml"], "{t}/wrongtype.yaml: clock_hz: input should be a valid number"
-    ),
+    "search-wrong-type": on_file(S, "wrongtype.yaml", "clock_hz: input should be a valid number"),
     "search-zero-rate": Case(
         [*S, "{t}/zero_rate.yaml"], "precisions[0].ops_per_s: input should be greater than 0, got 0"
     ),
-    "search-wrong-unit": Case(
-        [*S, "{t}/units.yaml"], "{t}/units.yaml: memory[0].bandwidth_bytes_per_s: input should be a valid number"
-    ),
+    "search-wrong-unit": on_file(S, "units.yaml", "memory[0].bandwidth_bytes_per_s: input should be a valid number"),
     "search-unknown-profile": Case([*S, "nosuchgpu"], "unknown hardware profile 'nosuchgpu'; known: a100"),
     "search-lut-table-missing": Case([*S, "{t}/no_table.yaml"], "{t}/tables/none.yaml: lookup table file not found"),
     "search-lut-without-entry": Case(
@@ -299,43 +300,28 @@ CASES: dict[str, Case] = {
     ),
     "search-out-is-a-file": Case([*S, "a100", "--out", "{t}/a_file"], "{t}/a_file: File exists"),
     # hwsbs profiles validate (its lines start with the file, no command prefix)
-    "validate-malformed-yaml": Case(
-        ["profiles", "validate", "{t}/malformed.yaml"], "{t}/malformed.yaml: line 2: invalid YAML"
+    "validate-malformed-yaml": on_file(V, "malformed.yaml", "line 2: invalid YAML"),
+    "validate-negative-rate": on_file(
+        V, "negative.yaml", "memory[0].bandwidth_bytes_per_s: input should be greater than 0"
     ),
-    "validate-negative-rate": Case(
-        ["profiles", "validate", "{t}/negative.yaml"],
-        "{t}/negative.yaml: memory[0].bandwidth_bytes_per_s: input should be greater than 0",
-    ),
-    "validate-missing-table": Case(
-        ["profiles", "validate", "{t}/no_table.yaml"], "none.yaml: lookup table file not found"
-    ),
-    "validate-unknown-profile": Case(
-        ["profiles", "validate", "nosuchgpu"], "unknown hardware profile 'nosuchgpu'; known: a100"
-    ),
+    "validate-missing-table": Case([*V, "{t}/no_table.yaml"], "none.yaml: lookup table file not found"),
+    "validate-unknown-profile": Case([*V, "nosuchgpu"], "unknown hardware profile 'nosuchgpu'; known: a100"),
     # hwsbs cost
-    "cost-garbled-config": Case(
-        ["cost", "--config", "{t}/garbled_config.yaml", "--hw", "a100"], "{t}/garbled_config.yaml: line 3: invalid YAML"
-    ),
+    "cost-garbled-config": Case(cost("garbled_config.yaml"), "{t}/garbled_config.yaml: line 3: invalid YAML"),
     "cost-incomplete-config": Case(
-        ["cost", "--config", "{t}/incomplete_config.yaml", "--hw", "a100"],
-        "{t}/incomplete_config.yaml: layers[0] (x): missing field 'shape'",
+        cost("incomplete_config.yaml"), "{t}/incomplete_config.yaml: layers[0] (x): missing field 'shape'"
     ),
     "cost-config-bits-out-of-range": Case(
-        ["cost", "--config", "{t}/bits_config.yaml", "--hw", "a100"],
-        "{t}/bits_config.yaml: layers[0] (stem).w_bits: expected 1..32, got 64",
+        cost("bits_config.yaml"), "{t}/bits_config.yaml: layers[0] (stem).w_bits: expected 1..32, got 64"
     ),
-    "cost-missing-config": Case(["cost", "--config", "{t}/nope.yaml", "--hw", "a100"], "{t}/nope.yaml: file not found"),
+    "cost-missing-config": Case(cost("nope.yaml"), "{t}/nope.yaml: file not found"),
     "cost-lut-without-entry": Case(
         ["cost", "--config", "{t}/config.yaml", "--hw", "{t}/lut.yaml"],
         "{t}/tables/toy.yaml: no entry for layer 'stem' (signature conv_k3x3_s1x1_g1_i3_o32_h32x32)",
     ),
-    "cost-zero-batch": Case(
-        ["cost", "--config", "{t}/config.yaml", "--hw", "a100", "--batch", "0"],
-        "--batch: expected a positive integer, got 0",
-    ),
+    "cost-zero-batch": Case(cost("config.yaml", "--batch", "0"), "--batch: expected a positive integer, got 0"),
     "cost-unknown-cost-model": Case(
-        ["cost", "--config", "{t}/config.yaml", "--hw", "a100", "--cost", "nope"],
-        "unknown cost model 'nope'; known: bit_serial",
+        cost("config.yaml", "--cost", "nope"), "unknown cost model 'nope'; known: bit_serial"
     ),
     # hwsbs tune / pareto: checked before the study (database, directory) is created
     "tune-lut-without-entry": Case(
@@ -393,65 +379,52 @@ CASES: dict[str, Case] = {
     "search-model-input": Case([*S, "a100", "--model", "builtins:input"], "--model 'builtins:input': 'builtins' is"),
     # YAML that is cheap to write and expensive to load
     "validate-billion-laughs": Case(
-        ["profiles", "validate", "{t}/laughs.yaml"],
-        f"{{t}}/laughs.yaml: line {LAUGHS_LINE}: invalid YAML: aliases expand to more than",
+        [*V, "{t}/laughs.yaml"], f"{{t}}/laughs.yaml: line {LAUGHS_LINE}: invalid YAML: aliases expand to more than"
     ),
     "show-billion-laughs": Case(
         ["profiles", "show", "--json", "{t}/laughs.yaml"],
         f"{{t}}/laughs.yaml: line {LAUGHS_LINE}: invalid YAML: aliases expand to more than",
     ),
-    "search-billion-laughs": Case([*S, "{t}/laughs.yaml"], "{t}/laughs.yaml: line 5: invalid YAML: aliases expand"),
+    "search-billion-laughs": on_file(S, "laughs.yaml", "line 5: invalid YAML: aliases expand"),
     "validate-list-key": Case(
-        ["profiles", "validate", "{t}/list_key.yaml"],
+        [*V, "{t}/list_key.yaml"],
         f"{{t}}/list_key.yaml: line {AFTER}: invalid YAML: a mapping key must be a plain value, not a sequence",
     ),
     "validate-deep-nesting": Case(
-        ["profiles", "validate", "{t}/deep.yaml"],
-        f"{{t}}/deep.yaml: line {AFTER}: invalid YAML: nested deeper than 64 levels",
+        [*V, "{t}/deep.yaml"], f"{{t}}/deep.yaml: line {AFTER}: invalid YAML: nested deeper than 64 levels"
     ),
     "validate-huge-int": Case(
-        ["profiles", "validate", "{t}/huge_int.yaml"],
+        [*V, "{t}/huge_int.yaml"],
         f"{{t}}/huge_int.yaml: line {AFTER}: invalid YAML: integer of 5000 characters (at most 40)",
     ),
     # non-finite numbers in profiles
-    "validate-inf-rate": Case(
-        ["profiles", "validate", "{t}/inf_rate.yaml"],
-        "{t}/inf_rate.yaml: precisions[0].ops_per_s: input should be a finite number, got inf",
+    "validate-inf-rate": on_file(
+        V, "inf_rate.yaml", "precisions[0].ops_per_s: input should be a finite number, got inf"
     ),
     "validate-1e400-bandwidth": Case(
-        ["profiles", "validate", "{t}/e400_bandwidth.yaml"],
-        "memory[0].bandwidth_bytes_per_s: input should be a finite number, got inf",
+        [*V, "{t}/e400_bandwidth.yaml"], "memory[0].bandwidth_bytes_per_s: input should be a finite number, got inf"
     ),
-    "validate-inf-overhead": Case(
-        ["profiles", "validate", "{t}/inf_overhead.yaml"],
-        "{t}/inf_overhead.yaml: cost_model.roofline.per_layer_overhead_s: input should be a finite number, got inf",
+    "validate-inf-overhead": on_file(
+        V, "inf_overhead.yaml", "cost_model.roofline.per_layer_overhead_s: input should be a finite number, got inf"
     ),
     # files that are not regular files, or too large: no hang, no MemoryError
     "validate-table-is-dev-zero": Case(
-        ["profiles", "validate", "{t}/lut_zero.yaml"],
-        "{t}/tables/zero.json: lookup table file is a character device, not a regular file",
+        [*V, "{t}/lut_zero.yaml"], "{t}/tables/zero.json: lookup table file is a character device, not a regular file"
     ),
     "search-table-is-dev-zero": Case(
         [*S, "{t}/lut_zero.yaml"], "{t}/tables/zero.json: lookup table file is a character device"
     ),
     "validate-table-is-fifo": Case(
-        ["profiles", "validate", "{t}/lut_fifo.yaml"],
-        "{t}/tables/fifo.json: lookup table file is a FIFO (named pipe), not a regular file",
+        [*V, "{t}/lut_fifo.yaml"], "{t}/tables/fifo.json: lookup table file is a FIFO (named pipe), not a regular file"
     ),
-    "search-profile-is-fifo": Case(
-        [*S, "{t}/fifo_profile.yaml"], "{t}/fifo_profile.yaml: hardware profile file is a FIFO"
-    ),
+    "search-profile-is-fifo": on_file(S, "fifo_profile.yaml", "hardware profile file is a FIFO"),
     "cost-config-is-fifo": Case(
-        ["cost", "--config", "{t}/fifo_config.yaml", "--hw", "a100"],
-        "{t}/fifo_config.yaml: file is a FIFO (named pipe), not a regular file",
+        cost("fifo_config.yaml"), "{t}/fifo_config.yaml: file is a FIFO (named pipe), not a regular file"
     ),
     "cost-config-too-large": Case(
-        ["cost", "--config", "{t}/big_config.yaml", "--hw", "a100"],
-        "{t}/big_config.yaml: file is too large (68157440 bytes; at most 67108864 are read)",
+        cost("big_config.yaml"), "{t}/big_config.yaml: file is too large (68157440 bytes; at most 67108864 are read)"
     ),
-    "cost-config-is-a-directory": Case(
-        ["cost", "--config", "{t}/cifar", "--hw", "a100"], "{t}/cifar: file is a directory"
-    ),
+    "cost-config-is-a-directory": Case(cost("cifar"), "{t}/cifar: file is a directory"),
     "search-checkpoint-is-fifo": Case(
         [*S, "a100", "--checkpoint", "{t}/fifo.pt"], "--checkpoint {t}/fifo.pt: file is a FIFO"
     ),
@@ -484,48 +457,40 @@ CASES: dict[str, Case] = {
     ),
     # config.yaml: every field checked, named with its layer
     "cost-config-batch-text": Case(
-        ["cost", "--config", "{t}/config_batch_abc.yaml", "--hw", "a100"],
-        "{t}/config_batch_abc.yaml: batch: expected an integer, got 'abc'",
+        cost("config_batch_abc.yaml"), "{t}/config_batch_abc.yaml: batch: expected an integer, got 'abc'"
     ),
     "cost-config-group-size-zero": Case(
-        ["cost", "--config", "{t}/config_group_size_zero.yaml", "--hw", "a100"],
-        "{t}/config_group_size_zero.yaml: group_size: expected 1..16777216, got 0",
+        cost("config_group_size_zero.yaml"), "{t}/config_group_size_zero.yaml: group_size: expected 1..16777216, got 0"
     ),
     "cost-config-bits-scalar": Case(
-        ["cost", "--config", "{t}/config_bits_scalar.yaml", "--hw", "a100"],
-        "{t}/config_bits_scalar.yaml: bits: expected a list, got 5",
+        cost("config_bits_scalar.yaml"), "{t}/config_bits_scalar.yaml: bits: expected a list, got 5"
     ),
     "cost-config-bits-not-doubling": Case(
-        ["cost", "--config", "{t}/config_bits_not_doubling.yaml", "--hw", "a100"],
-        "bits: each bit width must double the previous one, got [2, 3, 8]",
+        cost("config_bits_not_doubling.yaml"), "bits: each bit width must double the previous one, got [2, 3, 8]"
     ),
     "cost-config-negative-batch": Case(
-        ["cost", "--config", "{t}/config_batch_negative.yaml", "--hw", "a100"],
-        "{t}/config_batch_negative.yaml: batch: expected 1..16777216, got -4",
+        cost("config_batch_negative.yaml"), "{t}/config_batch_negative.yaml: batch: expected 1..16777216, got -4"
     ),
     "cost-config-negative-channels": Case(
-        ["cost", "--config", "{t}/config_channels_negative.yaml", "--hw", "a100"],
-        "layers[0] (stem).shape.in_channels: expected 1..16777216, got -3",
+        cost("config_channels_negative.yaml"), "layers[0] (stem).shape.in_channels: expected 1..16777216, got -3"
     ),
     "cost-config-kept-over-out": Case(
-        ["cost", "--config", "{t}/config_kept_over_out.yaml", "--hw", "a100"],
+        cost("config_kept_over_out.yaml"),
         "layers[0] (stem).kept_out_channels: expected 32 (out_channels 32 minus 0 pruned), got 40",
     ),
     "cost-config-pruned-out-of-range": Case(
-        ["cost", "--config", "{t}/config_pruned_out_of_range.yaml", "--hw", "a100"],
+        cost("config_pruned_out_of_range.yaml"),
         "layers[0] (stem).pruned_channels: expected channel indices in 0..31, got 32",
     ),
     "cost-config-empty-name": Case(
-        ["cost", "--config", "{t}/config_empty_name.yaml", "--hw", "a100"],
+        cost("config_empty_name.yaml"),
         "{t}/config_empty_name.yaml: layers[0].name: string should have at least 1 character",
     ),
     "cost-config-duplicate-name": Case(
-        ["cost", "--config", "{t}/config_duplicate_name.yaml", "--hw", "a100"],
-        "layers[1] (stem).name: 'stem' is also the name of layers[0]",
+        cost("config_duplicate_name.yaml"), "layers[1] (stem).name: 'stem' is also the name of layers[0]"
     ),
     "cost-config-stride-text": Case(
-        ["cost", "--config", "{t}/config_stride_text.yaml", "--hw", "a100"],
-        "layers[0] (stem).shape.stride[1]: expected an integer, got '2'",
+        cost("config_stride_text.yaml"), "layers[0] (stem).shape.stride[1]: expected an integer, got '2'"
     ),
     # seeds every generator can take; export's counts
     "search-negative-seed": Case([*S, "a100", "--seed", "-1"], "--seed: expected an integer 0..4294967295, got -1"),
@@ -595,6 +560,20 @@ def _params():
         yield pytest.param(name, case, id=name, marks=marks)
 
 
+def _one_line_exit_2(argv: list[str], capsys) -> str:
+    """The one stderr line of ``hwsbs ARGV``, which must exit 2, print nothing on stdout and no traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert "Traceback" not in err and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 @pytest.mark.parametrize(("name", "case"), list(_params()))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, case, inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the working directory: default outputs (runs/...) would land here
@@ -604,19 +583,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, case, inputs, tmp
     if argv[0] in WITH_OUT:
         argv += [*TINY] + ([] if "--out" in argv else ["--out", str(tmp_path / "out")])
     before = {p: p.stat().st_mtime_ns for p in inputs.rglob("*")}
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert case.needle.replace("{t}", str(inputs)) in lines[0]
+    line = _one_line_exit_2(argv, capsys)
+    assert case.needle.replace("{t}", str(inputs)) in line
     if argv[0] != "profiles":
-        assert lines[0].startswith(f"hwsbs {argv[0]}: error: "), lines[0]
-    assert out == ""
+        assert line.startswith(f"hwsbs {argv[0]}: error: "), line
     assert list(tmp_path.iterdir()) == []  # not even an empty --out
     assert {p: p.stat().st_mtime_ns for p in inputs.rglob("*")} == before
 
@@ -627,11 +597,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
         main(["--debug", "search", "--hw", "nosuchgpu"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "hwsbs.cli.main", "--debug", "profiles", "show", "nosuchgpu"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+        hwsbs_command("--debug", "profiles", "show", "nosuchgpu"), capture_output=True, text=True, timeout=120, env=env
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("Traceback") and "ProfileError: unknown hardware profile" in proc.stderr
@@ -714,19 +680,6 @@ def test_a_study_name_cannot_escape_runs(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # Cases that need the machine to look a certain way (no CUDA) or a finished run
-
-
-def _one_line_exit_2(argv: list[str], capsys) -> str:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert code == 2, err
-    assert "Traceback" not in err and out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,9 @@ from hardware_profiles import BUILTIN_DIR, builtin_profile_names, load_profile
 from hardware_profiles.schema import json_schema_text
 from hwsbs.cli.main import main
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config, save_config
+from tests.helpers import hwsbs_command, minimal_profile
 
-GOOD = {
-    "schema_version": 1,
-    "name": "toy",
-    "kind": "gpu",
-    "cost_model": {"name": "roofline"},
-    "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": 1.0e12}],
-    "memory": [{"name": "dram", "bandwidth_bytes_per_s": 1.0e10}],
-    "sources": ["test fixture"],
-}
+GOOD = minimal_profile()
 
 # (name, YAML text, field the error must name, words of the problem)
 BAD_PROFILES = [
@@ -102,12 +94,7 @@ def test_profiles_validate_subprocess(tmp_path):
     name, text, field, problem = BAD_PROFILES[3]
     path = tmp_path / "neg.yaml"
     path.write_text(text, encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hwsbs.cli.main", "profiles", "validate", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = subprocess.run(hwsbs_command("profiles", "validate", str(path)), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"{path}: {field}: input should be greater than 0, got -1000000000.0"]
 

@@ -6,39 +6,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-ARGS = [
-    "search",
-    "--hw",
-    "a100",
-    "--cost",
-    "bops",
-    "--subset",
-    "768",
-    "--pretrain-epochs",
-    "2",
-    "--search-epochs",
-    "4",
-    "--finetune-epochs",
-    "2",
-    "--lambda",
-    "5",
-    "--threshold-lr",
-    "0.2",
-    "--seed",
-    "3",
-    "--no-progress",
-]
+from tests.helpers import hwsbs_command, tiny_argv
+
+ARGS = tiny_argv(
+    "search", "--cost", "bops", "--lambda", "5", "--threshold-lr", "0.2", "--seed", "3", subset=768, epochs=(2, 4, 2)
+)
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hwsbs.cli.main", *ARGS, "--out", str(out), *extra]
+    return hwsbs_command(*ARGS, "--out", str(out), *extra)
 
 
 def _env() -> dict[str, str]:

@@ -22,7 +22,7 @@ from hwsbs.quant.layers import sbs_layers
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.cost_term import CostTerm
 from hwsbs.sbs.engine import CostObjective, SearchEngine
-from tests.helpers import digits_loaders, pretrained_small_cnn
+from tests.helpers import digits_loaders, pretrained_small_cnn, tiny_argv
 from tests.test_export import TINY_SPEC, _tiny_configured
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
@@ -81,25 +81,7 @@ def test_search_steps_on_cuda_move_thresholds_and_stay_on_the_device():
 
 def test_cli_search_on_cuda_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(
-        [
-            "search",
-            "--hw",
-            "a100",
-            "--device",
-            "cuda",
-            "--subset",
-            "256",
-            "--pretrain-epochs",
-            "1",
-            "--search-epochs",
-            "1",
-            "--finetune-epochs",
-            "1",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(tiny_argv("search", "--device", "cuda", "--out", str(out), progress=True))
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "result.json").read_text())
     assert 0.0 <= result["accuracy"]["compressed"] <= 1.0 and result["cost"]["compressed"] > 0

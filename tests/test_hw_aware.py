@@ -11,17 +11,9 @@ from hwsbs.cli.main import main
 from hwsbs.config import SearchConfig
 from hwsbs.pipeline import run_search
 from hwsbs.sbs.config_io import load_config
+from tests.helpers import tiny_schedule
 
-SCHEDULE = dict(
-    subset=512,
-    pretrain_epochs=3,
-    search_epochs=4,
-    finetune_epochs=1,
-    lam=20.0,
-    threshold_lr=0.2,
-    seed=0,
-    progress=False,
-)
+SCHEDULE = tiny_schedule(subset=512, pretrain_epochs=3, search_epochs=4, lam=20.0, threshold_lr=0.2, seed=0)
 
 
 @pytest.fixture(scope="module")

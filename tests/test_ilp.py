@@ -29,7 +29,7 @@ from hwsbs.progress import PhaseProgress
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.engine import CostObjective
 from hwsbs.sbs.prunable import find_prunable_groups
-from tests.helpers import digits_loaders, pretrained_small_cnn
+from tests.helpers import digits_loaders, pretrained_small_cnn, tiny_schedule
 
 BITS = ((4, 4), (8, 8))
 
@@ -197,18 +197,8 @@ def test_registered():
 
 @pytest.mark.parametrize("fraction", [0.3, 0.1])
 def test_ilp_meets_the_target_on_digits(tmp_path, fraction):
-    result = run_search(
-        SearchConfig(
-            method="ilp",
-            target_fraction=fraction,
-            cost="bops",
-            pretrain_epochs=1,
-            search_epochs=1,
-            finetune_epochs=0,
-            progress=False,
-            out=str(tmp_path / "ilp"),
-        )
-    )
+    options = tiny_schedule(method="ilp", target_fraction=fraction, cost="bops", finetune_epochs=0)
+    result = run_search(SearchConfig(**options, out=str(tmp_path / "ilp")))
     assert result.method == "ilp"
     target = fraction * result.cost["uniform_8bit"]
     assert result.cost["compressed"] <= target
@@ -222,15 +212,5 @@ def test_ilp_meets_the_target_on_digits(tmp_path, fraction):
 
 def test_unreachable_target_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="cheapest configuration"):
-        run_search(
-            SearchConfig(
-                method="ilp",
-                target=1.0,
-                cost="bops",
-                pretrain_epochs=0,
-                search_epochs=1,
-                finetune_epochs=0,
-                progress=False,
-                out=str(tmp_path / "ilp"),
-            )
-        )
+        options = tiny_schedule(method="ilp", target=1.0, cost="bops", pretrain_epochs=0, finetune_epochs=0)
+        run_search(SearchConfig(**options, out=str(tmp_path / "ilp")))

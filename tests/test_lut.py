@@ -17,6 +17,7 @@ from hwsbs.lut.fidelity import summarise
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.derive import apply_config
 from hwsbs.testing.cost_models import check_cost_model
+from tests.helpers import tiny_argv
 
 TINY_BUILD = ["--repeats", "2", "--warmup", "0", "--grid", "2", "--threads", "1", "--no-progress"]
 
@@ -110,27 +111,7 @@ def test_lut_build_writes_a_valid_profile_the_lut_model_can_use(tiny_profile):
 
 def test_search_accepts_the_measured_profile(tiny_profile, tmp_path):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "search",
-                "--hw",
-                str(tiny_profile),
-                "--subset",
-                "128",
-                "--pretrain-epochs",
-                "1",
-                "--search-epochs",
-                "1",
-                "--finetune-epochs",
-                "1",
-                "--no-progress",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_argv("search", "--out", str(out), hw=tiny_profile, subset=128)) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["hardware"] == "tiny-cpu" and result["cost_model"] == "lut" and result["unit"] == "s"
 

@@ -32,8 +32,12 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+#: Transformers, tested in test_text_models.py and test_transformers.py (no BatchNorm to check here).
+TRANSFORMERS = {"vit_tiny", "gpt_tiny"}
+
+
 def test_all_builtins_listed() -> None:
-    assert set(CASES) | {"small_cnn"} == set(list_models())
+    assert set(CASES) | {"small_cnn"} | TRANSFORMERS == set(list_models())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -105,34 +109,37 @@ def test_resnet_naming_and_prunable_producers(name: str, blocks: int, side: int,
         assert _reaches_one_conv(graph, modules, f"{block}.{last}") is None  # feeds the residual add
     adds = [n for n in graph.nodes if n.op == "call_function" and n.target is operator.add]
     assert len(adds) == blocks
-    down = modules["layer2.0.shortcut.0"]
+    short = "shortcut" if name in ("resnet20", "resnet56") else "downsample"  # ImageNet: torchvision's name
+    down = modules[f"layer2.0.{short}.0"]
     assert isinstance(down, nn.Conv2d) and down.kernel_size == (1, 1) and down.stride == (2, 2)
-    assert isinstance(modules["layer2.0.shortcut.1"], nn.BatchNorm2d)
-    assert len(list(modules["layer2.1.shortcut"].children())) == 0  # identity
+    assert isinstance(modules[f"layer2.0.{short}.1"], nn.BatchNorm2d)
+    identity = modules.get(f"layer2.1.{short}")  # CIFAR: an empty Sequential; torchvision: None
+    assert identity is None or len(list(identity.children())) == 0
 
 
 def test_mobilenetv2_naming_and_prunable_producers() -> None:
     model = build_model("mobilenetv2", 10, 3, (32, 32))
     modules = dict(model.named_modules())
     graph = fx.symbolic_trace(model).graph
-    assert "features.1.expand" not in modules and isinstance(modules["features.1.depthwise"], nn.Conv2d)
-    expands = [f"features.{i}.expand" for i in range(2, 18)]
+    # torchvision's names: features.N.conv = [expand (conv.0.0)], depthwise (conv.1.0), project (conv.2), BN
+    assert len(modules["features.1.conv"]) == 3 and modules["features.1.conv.0.0"].groups == 32  # no expansion
+    expands = [f"features.{i}.conv.0.0" for i in range(2, 18)]
     for name in expands:
-        block = name.rsplit(".", 1)[0]
-        dw = modules[f"{block}.depthwise"]
+        block = name.removesuffix(".0.0")
+        dw = modules[f"{block}.1.0"]
         assert isinstance(dw, nn.Conv2d) and dw.groups == dw.in_channels == modules[name].out_channels
-        assert _reaches_one_conv(graph, modules, name) == f"{block}.depthwise"
-        assert _reaches_one_conv(graph, modules, f"{block}.depthwise") == f"{block}.project"
+        assert _reaches_one_conv(graph, modules, name) == f"{block}.1.0"
+        assert _reaches_one_conv(graph, modules, f"{block}.1.0") == f"{block}.2"
     adds = [n for n in graph.nodes if n.op == "call_function" and n.target is operator.add]
     assert len(adds) == 10  # stride-1 blocks with equal widths: 1 + 2 + 3 + 2 + 2 (24..160 stages)
-    assert isinstance(modules["features.0.conv"], nn.Conv2d) and isinstance(modules["features.18.conv"], nn.Conv2d)
+    assert isinstance(modules["features.0.0"], nn.Conv2d) and isinstance(modules["features.18.0"], nn.Conv2d)
 
 
 def test_mobilenetv2_stem_depends_on_image_size() -> None:
     small = build_model("mobilenetv2", 10, 3, (32, 32))
     large = build_model("mobilenetv2", 1000, 3, (224, 224))
-    assert small.features[0].conv.stride == (1, 1) and large.features[0].conv.stride == (2, 2)
-    assert small.features[2].depthwise.stride == (1, 1) and large.features[2].depthwise.stride == (2, 2)
+    assert small.features[0][0].stride == (1, 1) and large.features[0][0].stride == (2, 2)
+    assert small.features[2].conv[1][0].stride == (1, 1) and large.features[2].conv[1][0].stride == (2, 2)
     assert _params(large) == 3_504_872  # the reference MobileNetV2 1.0 at 1000 classes
     with torch.no_grad():
         assert small.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)

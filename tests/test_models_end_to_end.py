@@ -14,6 +14,7 @@ from hwsbs.config import SearchConfig
 from hwsbs.data.archive import extract_cifar10_subset, find_cifar10_archive
 from hwsbs.models import build_model
 from hwsbs.pipeline import run_search
+from tests.helpers import tiny_argv, tiny_schedule
 
 MODELS = ["small_cnn", "resnet20", "resnet32", "resnet56", "mobilenetv2", "resnet18", "resnet50"]
 ONE_EPOCH = dict(pretrain_epochs=1, search_epochs=1, finetune_epochs=1, lam=1.0, progress=False, hw="a100", cost="bops")
@@ -54,16 +55,7 @@ def test_builtin_models_on_synthetic_tensors(name, tmp_path):
     data = TensorDataset(x, y)
     model = build_model(name, 10, 3, (8, 8))
     result = hwsbs.search(
-        model,
-        data,
-        data,
-        hw="a100",
-        cost="bops",
-        batch_size=16,
-        pretrain_epochs=1,
-        search_epochs=1,
-        finetune_epochs=1,
-        out=str(tmp_path / "run"),
+        model, data, data, **tiny_schedule(hw="a100", cost="bops", batch_size=16, out=str(tmp_path / "run"))
     )
     assert len(result.layers) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
 
@@ -82,29 +74,7 @@ def test_user_model_as_module_factory_end_to_end(tmp_path, monkeypatch, capsys):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "search",
-                "--hw",
-                "a100",
-                "--model",
-                "user_nets_e2e:build",
-                "--subset",
-                "256",
-                "--pretrain-epochs",
-                "1",
-                "--search-epochs",
-                "1",
-                "--finetune-epochs",
-                "1",
-                "--no-progress",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_argv("search", "--model", "user_nets_e2e:build", "--out", str(out))) == 0
     config = hwsbs.load_config(out / "config.yaml")
     assert config.model == "user_nets_e2e:build"
     assert [d.shape.name for d in config.layers] == ["0", "3", "8"]

@@ -15,18 +15,9 @@ from cost_models.base import LayerState
 from hwsbs.config import SearchConfig
 from hwsbs.pipeline import run_search
 from hwsbs.sbs.config_io import load_config
-from tests.helpers import digits_loaders, pretrained_small_cnn
+from tests.helpers import digits_loaders, pretrained_small_cnn, tiny_schedule
 
-TINY = dict(
-    subset=512,
-    pretrain_epochs=3,
-    search_epochs=3,
-    finetune_epochs=1,
-    threshold_lr=0.2,
-    progress=False,
-    hw="a100",
-    cost="bops",
-)
+TINY = tiny_schedule(subset=512, pretrain_epochs=3, search_epochs=3, threshold_lr=0.2, hw="a100", cost="bops")
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +98,8 @@ def test_untraceable_model_searches_bits_without_pruning(tmp_path):
     train, val = digits_loaders()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = hwsbs.search(
-            Untraceable(),
-            train,
-            val,
-            hw="a100",
-            cost="bops",
-            pretrain_epochs=1,
-            search_epochs=1,
-            finetune_epochs=1,
-            lam=1.0,
-            out=str(tmp_path / "run"),
-        )
+        options = tiny_schedule(hw="a100", cost="bops", lam=1.0, out=str(tmp_path / "run"))
+        result = hwsbs.search(Untraceable(), train, val, **options)
     messages = [str(w.message) for w in caught]
     assert any("pruning disabled" in m and "torch.fx cannot trace" in m for m in messages)
     assert all(layer["kept_out_channels"] == layer["out_channels"] for layer in result.layers)
@@ -130,15 +111,7 @@ def test_python_api_on_user_model_and_loaders(tmp_path):
     model = pretrained_small_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = hwsbs.search(
-        model,
-        train,
-        val,
-        hw="a100",
-        cost="bops",
-        pretrain_epochs=0,
-        search_epochs=1,
-        finetune_epochs=1,
-        out=str(tmp_path / "api"),
+        model, train, val, **tiny_schedule(hw="a100", cost="bops", pretrain_epochs=0, out=str(tmp_path / "api"))
     )
     assert isinstance(result, hwsbs.SearchResult)
     assert result.to_dict()["cost"]["compressed"] == result.cost["compressed"]

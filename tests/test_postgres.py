@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hwsbs.cli.main import main
+from tests.helpers import hwsbs_command
 
 TINY = ["--subset", "64", "--pretrain-epochs", "0", "--search-epochs", "1", "--finetune-epochs", "0", "--no-progress"]
 
@@ -36,27 +36,8 @@ def study_name(postgres_url: str):
 @pytest.mark.slow
 def test_three_workers_run_n_trials_in_total(postgres_url, study_name, tmp_path):
     n, out = 6, tmp_path / "study"
-    cmd = [
-        sys.executable,
-        "-m",
-        "hwsbs.cli.main",
-        "tune",
-        "--hw",
-        "a100",
-        "--cost",
-        "bops",
-        "--trials",
-        str(n),
-        "--storage",
-        postgres_url,
-        "--study-name",
-        study_name,
-        "--out",
-        str(out),
-        "--sampler",
-        "random",
-        *TINY,
-    ]
+    study = ["--storage", postgres_url, "--study-name", study_name, "--sampler", "random"]
+    cmd = hwsbs_command("tune", "--hw", "a100", "--cost", "bops", "--trials", str(n), *study, "--out", str(out), *TINY)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)

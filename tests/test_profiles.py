@@ -23,23 +23,9 @@ from hardware_profiles import (
 from hardware_profiles.lut_table import LookupTable, LutEntry
 from hardware_profiles.schema import FLOAT_BITS, json_schema_text
 from hwsbs.errors import CostModelError, ProfileError
+from tests.helpers import minimal_profile
 
 BUILTINS = ["a100", "h100", "t4", "x86-avx512", "bismo", "stripes", "loom", "bitfusion"]
-
-
-def minimal(**overrides) -> dict:
-    """A valid roofline profile as parsed YAML."""
-    data = {
-        "schema_version": 1,
-        "name": "toy",
-        "kind": "gpu",
-        "cost_model": {"name": "roofline"},
-        "precisions": [{"w_bits": 8, "a_bits": 8, "ops_per_s": 1.0e12}],
-        "memory": [{"name": "dram", "bandwidth_bytes_per_s": 1.0e10}],
-        "sources": ["test fixture"],
-    }
-    data.update(overrides)
-    return data
 
 
 def write_profile(tmp_path: Path, data: dict, name: str = "toy.yaml") -> Path:
@@ -98,7 +84,7 @@ def test_float_bits_match_cost_models():
     ],
 )
 def test_invalid_profile_message_names_file_field_problem(tmp_path, change, field, problem):
-    path = write_profile(tmp_path, minimal(**change))
+    path = write_profile(tmp_path, minimal_profile(**change))
     with pytest.raises(ProfileError) as info:
         load_profile(path)
     message = str(info.value)
@@ -115,19 +101,19 @@ def test_duplicate_key_is_rejected(tmp_path):
 
 
 def test_duplicate_precision_pair_is_rejected():
-    data = minimal(precisions=[{"w_bits": 8, "a_bits": 8, "ops_per_s": 1.0}] * 2)
+    data = minimal_profile(precisions=[{"w_bits": 8, "a_bits": 8, "ops_per_s": 1.0}] * 2)
     with pytest.raises(ProfileError, match="precisions\\[1\\]: 8/8 bits listed twice"):
         validate_profile_data(data, "x.yaml")
 
 
 def test_array_bit_range_checked():
-    data = minimal(array={"d_m": 4, "min_bits": 8, "max_bits": 2})
+    data = minimal_profile(array={"d_m": 4, "min_bits": 8, "max_bits": 2})
     with pytest.raises(ProfileError, match="array: min_bits"):
         validate_profile_data(data, "x.yaml")
 
 
 def profile(**overrides) -> HardwareProfile:
-    return validate_profile_data(minimal(**overrides), "test")
+    return validate_profile_data(minimal_profile(**overrides), "test")
 
 
 def test_executed_precision_fallback_rules():
@@ -195,7 +181,7 @@ def table_data() -> dict:
 def test_lookup_table_relative_path_resolves_next_to_profile(tmp_path):
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "toy.yaml").write_text(yaml.safe_dump(table_data()), encoding="utf-8")
-    path = write_profile(tmp_path, minimal(lookup_table="tables/toy.yaml"))
+    path = write_profile(tmp_path, minimal_profile(lookup_table="tables/toy.yaml"))
     table, where = resolve_lookup_table(load_profile(path))
     assert where == str(tmp_path / "tables" / "toy.yaml")
     assert table.entries[0].mean_s == 1e-5

@@ -40,19 +40,20 @@ def test_mobilenetv2_prunes_expansions_through_their_depthwise_conv():
     groups, _ = find_prunable_groups(build_model("mobilenetv2", 10, 3, (32, 32)))
     by_producer = {g.producer: g for g in groups}
     for n in range(2, 18):
-        g = by_producer[f"features.{n}.expand"]
-        assert g.passthrough == [f"features.{n}.depthwise"] and g.consumer == f"features.{n}.project"
+        g = by_producer[f"features.{n}.conv.0.0"]  # expansion (torchvision's names)
+        assert g.passthrough == [f"features.{n}.conv.1.0"] and g.consumer == f"features.{n}.conv.2"
     # Besides the expansions, the rule also admits the stem (its output feeds block 1 only) and two
     # projections whose block has no residual add: features.1 (32 -> 16 channels) and features.17.
-    extra = set(by_producer) - {f"features.{n}.expand" for n in range(2, 18)}
-    assert extra == {"features.0.conv", "features.1.project", "features.17.project"}
-    assert not any("depthwise" in p for p in by_producer)  # a depthwise conv is never a producer
+    extra = set(by_producer) - {f"features.{n}.conv.0.0" for n in range(2, 18)}
+    assert extra == {"features.0.0", "features.1.conv.1", "features.17.conv.2"}
+    depthwise = {"features.1.conv.0.0"} | {f"features.{n}.conv.1.0" for n in range(2, 18)}
+    assert not depthwise & set(by_producer)  # a depthwise conv is never a producer
 
 
 def test_pinned_first_layer_is_not_pruned():
     model = build_model("mobilenetv2", 10, 3, (32, 32))
     space = convert_model(model, torch.randn(2, 3, 32, 32))
-    assert "features.0.conv" not in {g.producer for g in space.groups}
+    assert "features.0.0" not in {g.producer for g in space.groups}
 
 
 def test_residual_adds_and_concats_block_pruning():

@@ -27,36 +27,13 @@ from hwsbs.cli.main import main
 from hwsbs.config import SearchConfig
 from hwsbs.errors import CheckpointError, ConfigError
 from hwsbs.pipeline import run_search
+from tests.helpers import tiny_argv, tiny_schedule
 
-TINY = dict(
-    subset=256,
-    pretrain_epochs=2,
-    search_epochs=2,
-    finetune_epochs=1,
-    progress=False,
-    cost="bops",
-    hw="a100",
-    threshold_lr=0.2,
-    lam=5.0,
-    seed=3,
+TINY = tiny_schedule(
+    subset=256, pretrain_epochs=2, search_epochs=2, cost="bops", hw="a100", threshold_lr=0.2, lam=5.0, seed=3
 )
 #: a short CLI schedule for the refusals (they fail before any training)
-CLI = [
-    "search",
-    "--hw",
-    "a100",
-    "--cost",
-    "bops",
-    "--subset",
-    "64",
-    "--pretrain-epochs",
-    "1",
-    "--search-epochs",
-    "1",
-    "--finetune-epochs",
-    "0",
-    "--no-progress",
-]
+CLI = tiny_argv("search", "--cost", "bops", subset=64, epochs=(1, 1, 0))
 
 
 class Killed(BaseException):

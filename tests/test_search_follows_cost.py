@@ -16,7 +16,7 @@ from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.cost_term import CostTerm, expected_flip_difference
 from hwsbs.sbs.derive import apply_config, derive_config
 from hwsbs.sbs.steady_state import ChoiceRecorder, fit_to_budget, price_choice, steady_choice
-from tests.helpers import digits_loaders, pretrained_small_cnn
+from tests.helpers import digits_loaders, pretrained_small_cnn, tiny_schedule
 
 
 def _space_with_pruning(fraction_theta: float = 0.0):
@@ -198,21 +198,16 @@ def test_kept_channels_and_bops_fall_with_lambda(tmp_path, monkeypatch):
     assert bops[0] > bops[1] >= bops[2], bops
 
 
+def _budget_search(hw: str, target: str, search_epochs: int, subset: int | None = 512) -> hwsbs.SearchResult:
+    """A budget-form search of the pretrained small CNN on ``hw`` (no pretraining, no fine-tuning)."""
+    train, val = digits_loaders(subset=subset)
+    options = tiny_schedule(hw=hw, target=target, pretrain_epochs=0, search_epochs=search_epochs, finetune_epochs=0)
+    return hwsbs.search(pretrained_small_cnn(), train, val, **options, seed=0)
+
+
 def test_budget_lands_on_a100(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train, val = digits_loaders(subset=None)
-    result = hwsbs.search(
-        pretrained_small_cnn(),
-        train,
-        val,
-        hw="a100",
-        target="30%",
-        pretrain_epochs=0,
-        search_epochs=4,
-        finetune_epochs=0,
-        progress=False,
-        seed=0,
-    )
+    result = _budget_search("a100", "30%", search_epochs=4, subset=None)
     share = result.cost["compressed"] / result.cost["uniform_8bit"]
     assert share <= 0.31, share
     assert result.budget is not None and result.budget["met"] and result.budget["reachable"]
@@ -220,19 +215,7 @@ def test_budget_lands_on_a100(tmp_path, monkeypatch):
 
 def test_unreachable_budget_is_reported(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train, val = digits_loaders()
-    result = hwsbs.search(
-        pretrained_small_cnn(),
-        train,
-        val,
-        hw="h100",
-        target="5%",
-        pretrain_epochs=0,
-        search_epochs=1,
-        finetune_epochs=0,
-        progress=False,
-        seed=0,
-    )
+    result = _budget_search("h100", "5%", search_epochs=1)
     assert result.budget is not None
     assert not result.budget["met"] and not result.budget["reachable"]
     assert result.budget["floor"] > result.budget["target"]
@@ -271,16 +254,7 @@ def test_init_ilp_starts_the_gates_at_the_integer_programs_configuration(tmp_pat
     from hwsbs.config import SearchConfig
     from hwsbs.pipeline import run_search
 
-    common = dict(
-        subset=256,
-        pretrain_epochs=1,
-        search_epochs=0,
-        finetune_epochs=0,
-        progress=False,
-        cost="bops",
-        target_fraction=0.3,
-        seed=0,
-    )
+    common = tiny_schedule(subset=256, search_epochs=0, finetune_epochs=0, cost="bops", target_fraction=0.3, seed=0)
     ilp = run_search(SearchConfig(**common, method="ilp", out=str(tmp_path / "ilp")))
     sbs = run_search(SearchConfig(**common, method="sbs", init="ilp", out=str(tmp_path / "sbs")))
     got = [(d["w_bits"], d["a_bits"], d["kept_out_channels"]) for d in sbs.layers]

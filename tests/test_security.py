@@ -25,6 +25,7 @@ from hwsbs.cli.main import main
 from hwsbs.errors import CheckpointError, ConfigError, ModelError, ProfileError
 from hwsbs.export import EXPORT_FORMAT, load_exported, load_run
 from hwsbs.models import build_model
+from tests.helpers import tiny_argv
 
 GEOMETRY = (10, 1, (8, 8))
 
@@ -305,39 +306,19 @@ def test_a_factory_calling_sys_exit_does_not_end_the_command_silently(factories,
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    code = main(
-        [
-            "search",
-            "--hw",
-            "a100",
-            "--model",
-            f"{factories}:exits",
-            "--subset",
-            "64",
-            "--no-progress",
-            "--out",
-            str(cwd / "out"),
-        ]
-    )
-    err = capsys.readouterr().err
+
+    def search(model: str) -> tuple[int, str]:
+        """Exit code and stderr of a search of ``factories:model`` (the default schedule: it fails first)."""
+        code = main(
+            tiny_argv("search", "--model", f"{factories}:{model}", "--out", str(cwd / "out"), subset=64, epochs=None)
+        )
+        return code, capsys.readouterr().err
+
+    code, err = search("exits")
     assert code == 2 and err.count("\n") == 1 and "the factory raised SystemExit" in err
     assert list(cwd.iterdir()) == []
     # a model whose forward exits: still one line and exit code 2, not a silent exit 0
-    code = main(
-        [
-            "search",
-            "--hw",
-            "a100",
-            "--model",
-            f"{factories}:ExitingNet",
-            "--subset",
-            "64",
-            "--no-progress",
-            "--out",
-            str(cwd / "out"),
-        ]
-    )
-    err = capsys.readouterr().err
+    code, err = search("ExitingNet")
     assert code == 2 and err == (
         "hwsbs search: error: user code (a --model or a cost-model plugin) called sys.exit(0) during the command\n"
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 import warnings
@@ -19,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hwsbs.cli.main import main
 from hwsbs.tuning import load_study
+from tests.helpers import hwsbs_command, tiny_argv
 
 HEARTBEAT = {"HWSBS_HEARTBEAT_INTERVAL_S": "1", "HWSBS_HEARTBEAT_GRACE_S": "3"}
 TINY = ["--subset", "64", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "0", "--no-progress"]
@@ -101,31 +101,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 @pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_completes_the_study(tmp_path):
     out = tmp_path / "study"
-    cmd = [
-        sys.executable,
-        "-m",
-        "hwsbs.cli.main",
-        "tune",
-        "--hw",
-        "a100",
-        "--cost",
-        "bops",
-        "--trials",
-        "3",
-        "--out",
-        str(out),
-        "--seed",
-        "1",
-        "--subset",
-        "256",
-        "--pretrain-epochs",
-        "1",
-        "--search-epochs",
-        "2",
-        "--finetune-epochs",
-        "1",
-        "--no-progress",
-    ]
+    cmd = hwsbs_command(
+        *tiny_argv("tune", "--cost", "bops", "--trials", "3", "--out", str(out), "--seed", "1", epochs=(1, 2, 1))
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", **HEARTBEAT}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(out / "trials" / "trial-1" / "options.json", proc)  # trial 0 done, trial 1 under way

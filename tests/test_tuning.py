@@ -10,7 +10,6 @@ import time
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 import hwsbs.tuning.storage as storage_mod
@@ -26,13 +25,7 @@ from hwsbs.tuning.study import counted_trials
 TINY = dict(subset=128, batch_size=64, pretrain_epochs=1, search_epochs=1, finetune_epochs=1, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two busy cores: one torch thread is several times faster than two competing ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- search space -------------------------------------------------------------------------

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from hwsbs.cli.main import main
 from hwsbs.cli.pareto import parse_hw_spec
 from hwsbs.tuning import hypervolume
+from tests.helpers import hwsbs_command
 
 TINY = ["--subset", "128", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "1", "--no-progress"]
 # enough search steps, and strong enough cost pressure, for trials to differ in cost and accuracy
@@ -40,12 +39,7 @@ bits: {choices: ["2,4,8", "1,2,4,8"]}
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _study(out: Path, name: str | None = None) -> optuna.Study:
@@ -212,22 +206,7 @@ def test_hw_specs():
 def test_two_workers_share_one_study(tmp_path, storage):
     out = tmp_path / "study"
     extra = [] if storage == "sqlite" else ["--storage", f"journal:{tmp_path / 'study.log'}"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "hwsbs.cli.main",
-        "tune",
-        "--hw",
-        "a100",
-        "--cost",
-        "bops",
-        "--trials",
-        "6",
-        "--out",
-        str(out),
-        *extra,
-        *TINY,
-    ]
+    cmd = hwsbs_command("tune", "--hw", "a100", "--cost", "bops", "--trials", "6", "--out", str(out), *extra, *TINY)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)

@@ -26,6 +26,9 @@ from .profiles import stdout_console
 
 __all__ = ["add_parser"]
 
+#: The "what to export" options named as the :func:`~hwsbs.export.load_run` keywords they override.
+_SOURCE_OVERRIDES = ("checkpoint", "model", "num_classes", "in_channels", "image_size")
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``hwsbs export``."""
@@ -87,15 +90,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _load_inputs(args: argparse.Namespace) -> tuple[ModelSpec, nn.Module, CompressionConfig, dict[str, Any]]:
     """The spec, the fine-tuned compressed model, its configuration and the run's options."""
     options = read_run_options(args.run)
-    spec, model, config = load_run(
-        args.run,
-        config_path=args.config,
-        checkpoint=args.checkpoint,
-        model=args.model,
-        num_classes=args.num_classes,
-        in_channels=args.in_channels,
-        image_size=args.image_size,
-    )
+    overrides = {name: getattr(args, name) for name in _SOURCE_OVERRIDES}
+    spec, model, config = load_run(args.run, config_path=args.config, **overrides)
     return spec, model, config, options
 
 

@@ -7,7 +7,6 @@ import json
 import shlex
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hwsbs.config import MAX_SEED, check_seed
@@ -17,7 +16,7 @@ from hwsbs.export import ModelSpec, default_spec
 from hwsbs.lut.builder import MeasureSettings
 from hwsbs.lut.fidelity import draw_configs, fit_profile, measure_configs, report_dict
 from hwsbs.lut.run import build_profile
-from hwsbs.progress import console
+from hwsbs.progress import console, progress_bar
 
 from .profiles import stdout_console
 
@@ -262,14 +261,7 @@ def _check(args: argparse.Namespace) -> int:
     for hw in args.hw:  # bad profiles fail before minutes of measuring
         cost_model_for(load_profile(hw), args.cost)
     configs = draw_configs(spec, args.configs, args.seed, args.bits, batch)
-    with Progress(
-        TextColumn("[bold]measuring configs"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not args.progress,
-    ) as bar:
+    with progress_bar("measuring configs", remaining=False, disable=not args.progress) as bar:
         task = bar.add_task("check", total=len(configs) + args.repeats)
         measured = measure_configs(
             spec,

@@ -29,109 +29,78 @@ def _bits(text: str) -> tuple[int, ...]:
 def add_search_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``search`` and the Optuna commands (their inner searches)."""
     d = SearchConfig()
+
+    def option(g: argparse._ArgumentGroup, flag: str, kind: type, text: str = "", dest: str | None = None) -> None:
+        """``flag`` setting the SearchConfig field ``dest`` (default: named as the flag), which is
+        also its default; --help shows ``text`` and the default."""
+        name = dest or flag.removeprefix("--").replace("-", "_")
+        shown = f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        g.add_argument(flag, dest=name, type=kind, default=getattr(d, name), help=shown)
+
     g = p.add_argument_group("what and where")
-    g.add_argument("--model", default=d.model, help="built-in model or package.module:factory (default: %(default)s)")
-    g.add_argument(
-        "--data",
-        default=d.data,
-        help="dataset: digits (built in), cifar10, cifar100, imagefolder (default: %(default)s)",
-    )
+    option(g, "--model", str, "built-in model or package.module:factory")
+    option(g, "--data", str, "dataset: digits (built in), cifar10, cifar100, imagefolder")
     g.add_argument("--data-dir", default=None, help="directory of a file-based dataset")
     g.add_argument("--subset", type=int, default=None, help="use at most N training samples")
-    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers (default: %(default)s)")
+    option(g, "--workers", int, "DataLoader workers")
     g.add_argument("--checkpoint", default=None, help="trained full-precision state_dict; skips pretraining")
     g.add_argument("--cost", default=None, help="cost model overriding the profile's default")
     g = p.add_argument_group("search space and objective")
     g.add_argument("--bits", type=_bits, default=d.bits, help="candidate bit widths, doubling (default: 2,4,8)")
-    g.add_argument(
-        "--lambda", dest="lam", type=float, default=d.lam, help="weight of log-cost in the loss (default: %(default)s)"
-    )
+    option(g, "--lambda", float, "weight of log-cost in the loss", dest="lam")
     g.add_argument("--target", default=None, help="cost budget: absolute (2.5e9) or share of uniform 8-bit (30%%)")
-    g.add_argument(
-        "--temperature", type=float, default=d.temperature, help="gate surrogate temperature (default: %(default)s)"
-    )
-    g.add_argument(
-        "--group-size", type=int, default=d.group_size, help="channels per pruning group (default: %(default)s)"
-    )
-    g.add_argument(
-        "--max-prune-fraction",
-        type=float,
-        default=d.max_prune_fraction,
-        help="cap on pruned groups per layer (default: %(default)s)",
-    )
+    option(g, "--temperature", float, "gate surrogate temperature")
+    option(g, "--group-size", int, "channels per pruning group")
+    option(g, "--max-prune-fraction", float, "cap on pruned groups per layer")
     g.add_argument("--no-prune", dest="prune", action="store_false", help="search bit widths only")
+    g.add_argument(
+        "--weight-only",
+        action="store_true",
+        help="search weight bits only; activations stay float at --act-float-bits (LLM practice)",
+    )
+    option(g, "--act-float-bits", int, "with --weight-only: float width of activations, 16 or 32")
+    g.add_argument(
+        "--weight-group",
+        type=int,
+        default=d.weight_group,
+        help="weights per FP16 scale along the input dimension, e.g. 128 (default: 0, one clip per layer)",
+    )
     g.add_argument(
         "--no-pin-first-last", dest="pin_first_last", action="store_false", help="search the first and last layers too"
     )
-    g.add_argument(
-        "--pin-bits", type=int, default=d.pin_bits, help="bits of the pinned first/last layers (default: %(default)s)"
-    )
-    g.add_argument(
-        "--cost-batch", type=int, default=d.cost_batch, help="batch size the cost is priced at (default: %(default)s)"
-    )
+    option(g, "--pin-bits", int, "bits of the pinned first/last layers")
+    option(g, "--cost-batch", int, "batch size the cost is priced at")
     g = p.add_argument_group("schedule")
-    g.add_argument(
-        "--pretrain-epochs", type=int, default=d.pretrain_epochs, help="full-precision epochs (default: %(default)s)"
-    )
-    g.add_argument("--search-epochs", type=int, default=d.search_epochs, help="search epochs (default: %(default)s)")
-    g.add_argument(
-        "--finetune-epochs", type=int, default=d.finetune_epochs, help="fine-tuning epochs (default: %(default)s)"
-    )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    g.add_argument(
-        "--lr", type=float, default=d.lr, help="SGD lr for pretraining and fine-tuning (default: %(default)s)"
-    )
-    g.add_argument(
-        "--search-lr", type=float, default=d.search_lr, help="SGD lr for weights in the search (default: %(default)s)"
-    )
-    g.add_argument(
-        "--threshold-lr",
-        type=float,
-        default=d.threshold_lr,
-        help="SGD lr for gate thresholds, in units of the cost gradient's RMS (default: %(default)s)",
-    )
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    option(g, "--pretrain-epochs", int, "full-precision epochs")
+    option(g, "--search-epochs", int, "search epochs")
+    option(g, "--finetune-epochs", int, "fine-tuning epochs")
+    option(g, "--batch-size", int)
+    option(g, "--lr", float, "SGD lr for pretraining and fine-tuning")
+    option(g, "--search-lr", float, "SGD lr for weights in the search")
+    option(g, "--threshold-lr", float, "SGD lr for gate thresholds, in units of the cost gradient's RMS")
+    option(g, "--weight-decay", float)
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed, help="seeds every random source (default: %(default)s)")
-    g.add_argument("--device", default=d.device, help="torch device (default: %(default)s)")
+    option(g, "--seed", int, "seeds every random source")
+    option(g, "--device", str, "torch device")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+#: The options of :func:`add_search_options`, by group, whose dest names the SearchConfig field they
+#: set, value unchanged (``--target`` is parsed first; each command has its own ``--hw``).
+_FIELD_OPTIONS = (
+    ("cost", "model", "data", "data_dir", "subset", "workers", "checkpoint"),
+    ("bits", "lam", "temperature", "group_size", "max_prune_fraction", "prune", "weight_only", "act_float_bits"),
+    ("weight_group", "pin_first_last", "pin_bits", "cost_batch"),
+    ("pretrain_epochs", "search_epochs", "finetune_epochs", "batch_size", "lr", "search_lr", "threshold_lr"),
+    ("weight_decay", "seed", "device", "progress"),
+)
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> SearchConfig:
     """A validated :class:`SearchConfig` from parsed arguments."""
     target, fraction = parse_target(args.target) if args.target is not None else (None, None)
-    values = dict(
-        hw=getattr(args, "hw", None) or "a100",
-        cost=args.cost,
-        model=args.model,
-        data=args.data,
-        data_dir=args.data_dir,
-        subset=args.subset,
-        workers=args.workers,
-        checkpoint=args.checkpoint,
-        bits=args.bits,
-        lam=args.lam,
-        target=target,
-        target_fraction=fraction,
-        temperature=args.temperature,
-        group_size=args.group_size,
-        max_prune_fraction=args.max_prune_fraction,
-        prune=args.prune,
-        pin_first_last=args.pin_first_last,
-        pin_bits=args.pin_bits,
-        cost_batch=args.cost_batch,
-        pretrain_epochs=args.pretrain_epochs,
-        search_epochs=args.search_epochs,
-        finetune_epochs=args.finetune_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        search_lr=args.search_lr,
-        threshold_lr=args.threshold_lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        device=args.device,
-        progress=args.progress,
-    )
+    values = {name: getattr(args, name) for group in _FIELD_OPTIONS for name in group}
+    values.update(hw=getattr(args, "hw", None) or "a100", target=target, target_fraction=fraction)
     values.update(overrides)
     return SearchConfig(**values)
 
@@ -191,6 +160,14 @@ def print_summary(result: SearchResult) -> None:
         f"full precision: acc {a['full_precision']:.4f}, cost {c['full_precision']:.4g} {result.unit} | "
         f"uniform 8-bit: cost {c['uniform_8bit']:.4g} {result.unit}"
     )
+    if result.coverage is not None:
+        left = result.coverage.get("float_compute") or []
+        console.print(
+            f"coverage: {result.coverage['coverage']:.1%} of the model's MACs quantised and priced"
+            + (f"; left in float: {', '.join(left[:5])}" if left else "")
+        )
+    if result.perplexity is not None:  # a language model: accuracy is next-token accuracy
+        console.print(f"compressed: next-token accuracy {a['compressed']:.4f}, perplexity {result.perplexity:.4g}")
     b = result.budget
     if b is not None and not b["met"]:
         why = (
@@ -219,6 +196,8 @@ def _handle(args: argparse.Namespace) -> int:
         f"(full precision {a['full_precision']:.4f}), cost {c['compressed']:.4g} {result.unit} "
         f"= {ratio:.2f}x cheaper than uniform 8-bit, in {time.perf_counter() - started:.0f} s"
     )
+    if result.perplexity is not None:
+        line += f", perplexity {result.perplexity:.4g}"
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         console.print(line)

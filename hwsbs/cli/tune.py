@@ -22,6 +22,10 @@ from hwsbs.tuning.study import SAMPLERS, StudySettings, run_study
 
 __all__ = ["add_parser", "add_study_options", "run_and_report"]
 
+#: The options whose dest names the StudySettings field they set, value unchanged (``--target``
+#: too: StudySettings takes its text).
+_SETTINGS_OPTIONS = ("target", "inner_budget", "storage", "study_name", "sampler", "out")
+
 
 def add_study_options(p: argparse.ArgumentParser) -> None:
     """Options of the Optuna study (shared by ``tune`` and ``pareto``)."""
@@ -96,18 +100,9 @@ def run_and_report(args: argparse.Namespace, objectives: list[Objective], multi_
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures are printed here
     space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
     base = config_from_args(args, hw=objectives[0].hw, cost=objectives[0].cost, target=None, target_fraction=None)
+    options = {name: getattr(args, name) for name in _SETTINGS_OPTIONS}
     settings = StudySettings(
-        base=base,
-        objectives=objectives,
-        n_trials=args.trials,
-        multi_objective=multi_objective,
-        space=space,
-        target=args.target,
-        inner_budget=args.inner_budget,
-        storage=args.storage,
-        study_name=args.study_name,
-        sampler=args.sampler,
-        out=args.out,
+        base=base, objectives=objectives, n_trials=args.trials, multi_objective=multi_objective, space=space, **options
     )
     run = run_study(settings, callbacks=[_trial_printer()], on_wait=_show_wait)
     report = collect(run.study, run.storage_url)

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -17,7 +18,11 @@ __all__ = ["DatasetBundle", "register_dataset", "list_datasets", "build_dataset"
 
 @dataclass
 class DatasetBundle:
-    """A train/validation pair and the geometry a model needs."""
+    """A train/validation pair and the geometry a model needs.
+
+    A sequence dataset (``text``) yields ``(tokens, next tokens)`` of shape ``(sequence_length,)``
+    each and sets ``sequence_length``; model builders that name that parameter receive it.
+    """
 
     name: str  # dataset name as given to --data
     train: Dataset  # training split (augmented where the dataset has augmentation)
@@ -26,6 +31,16 @@ class DatasetBundle:
     in_channels: int  # image channels
     image_size: tuple[int, int]  # (H, W) after transforms
     classes: list[str] | None = None  # class names in label order, where the dataset has them
+    sequence_length: int | None = None  # tokens per sample of a sequence dataset (then num_classes: vocabulary)
+
+    def geometry(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`hwsbs.models.build_model` this dataset implies."""
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "sequence_length": self.sequence_length,
+        }
 
 
 DatasetBuilder = Callable[..., DatasetBundle]

@@ -16,11 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardware_profiles import FLOAT_BITS
+from hwsbs.errors import ModelError
+from hwsbs.quant.layers import SBSLayerMixin
+from hwsbs.quant.matmul import SBSMatmul
 
 from .encoding import MAX_INT_BITS, input_codes, odd_weights
 from .kernels import IntKernel, OneDNNKernel, build_kernel
 
-__all__ = ["LayerRecord", "ExportedLayer"]
+__all__ = ["LayerRecord", "ExportedLayer", "check_exportable"]
 
 
 @dataclass
@@ -195,3 +198,10 @@ class ExportedLayer(nn.Module):
         if self.activation:
             kernel += f" + {self.activation}"
         return f"{r.kind} {r.in_channels}->{r.out_channels}, {bits}, {kernel}"
+
+
+def check_exportable(layers: list[tuple[str, SBSLayerMixin]]) -> None:
+    """Raise ModelError for layers without an integer kernel (the search model runs them, fake-quantised)."""
+    odd = [n for n, m in layers if isinstance(m, SBSMatmul) or m.act_float or m.weight_group > 0]
+    if odd:
+        raise ModelError(f"layer {odd[0]}: attention products and weight-only layers have no integer export yet")

@@ -30,7 +30,7 @@ from hwsbs.sbs.convert import set_submodule
 from .encoding import MAX_INT_BITS, int16_pair_safe, weight_codes
 from .fuse import fuse_activations
 from .kernels import onednn_saturates, resolve_backend
-from .layers import ExportedLayer, LayerRecord
+from .layers import ExportedLayer, LayerRecord, check_exportable
 from .source import ModelSpec
 
 __all__ = ["EXPORT_FORMAT", "ExportedModel", "export_model", "load_exported", "plan_path", "foldable_norms"]
@@ -297,6 +297,7 @@ def export_model(
     searching = [n for n, m in layers if m.mode != "fixed"]
     if searching:
         raise ModelError(f"layer {searching[0]} is in search mode: apply a configuration (apply_config) before export")
+    check_exportable(layers)
     chosen = resolve_backend(backend, device)
     was_training = model.training
     model.eval()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hardware_profiles.checked_io import read_checked_json
+from hwsbs.api import API_MODEL_PREFIX
 from hwsbs.checkpoint import load_model_state
 from hwsbs.errors import CheckpointError, ConfigError
 from hwsbs.models import build_model, list_models
@@ -176,6 +177,12 @@ def run_model_name(run_dir: str | Path, options: dict[str, Any]) -> str | None:
         raise ConfigError(f"{where}: model: expected a model name, got {name!r}")
     if name in list_models():
         return name
+    if name.startswith(API_MODEL_PREFIX):
+        raise ConfigError(
+            f"{where}: the run was started from the Python API with a {name.removeprefix(API_MODEL_PREFIX)} object, "
+            "which a run directory cannot rebuild; pass --model NAME or module:factory (or give "
+            "hwsbs.search(..., factory=...))"
+        )
     if ":" in name:
         raise ConfigError(
             f"{where}: model {name!r} is code to import, which a run directory cannot choose; "

@@ -40,7 +40,7 @@ class LayerJob:
     """One layer signature to measure and the kept channel counts the search can give it."""
 
     signature: str
-    kind: str  # "conv" or "linear"
+    kind: str  # "conv", "linear" or "matmul"
     in_channels: int
     out_channels: int
     kernel_size: tuple[int, int]
@@ -100,26 +100,28 @@ def grid_points(channels: int, fewest: int, count: int, group_size: int) -> list
     return sorted(points)
 
 
+#: The LayerShape fields a LayerJob holds as they are.
+_SHAPE_FIELDS = ("kind", "in_channels", "out_channels", "kernel_size", "stride", "groups", "in_size")
+
+
+def _new_job(
+    shape: LayerShape, *, padding: tuple[int, int], dilation: tuple[int, int], bias: bool, act_signed: bool
+) -> LayerJob:
+    """A job for ``shape``'s signature, with the geometry a LayerShape does not hold, and no layers yet."""
+    copied = {name: getattr(shape, name) for name in _SHAPE_FIELDS}
+    return LayerJob(
+        signature=shape.signature, padding=padding, dilation=dilation, bias=bias, act_signed=act_signed, **copied
+    )
+
+
 def _shape_job(shape: LayerShape) -> LayerJob:
     """A job for a bare LayerShape (no model): full channels, padding from its sizes."""
     pads = tuple(
         max(0, -(-((o - 1) * s + k - i) // 2))
         for i, o, s, k in zip(shape.in_size, shape.out_size, shape.stride, shape.kernel_size)
     )
-    job = LayerJob(
-        signature=shape.signature,
-        kind=shape.kind,
-        in_channels=shape.in_channels,
-        out_channels=shape.out_channels,
-        kernel_size=shape.kernel_size,
-        stride=shape.stride,
-        padding=cast("tuple[int, int]", pads) if shape.kind == "conv" else (0, 0),  # one per side
-        dilation=(1, 1),
-        groups=shape.groups,
-        bias=False,
-        in_size=shape.in_size,
-        act_signed=False,
-    )
+    padding = cast("tuple[int, int]", pads) if shape.kind == "conv" else (0, 0)  # one per side
+    job = _new_job(shape, padding=padding, dilation=(1, 1), bias=False, act_signed=False)
     job.kin.add(shape.in_channels)
     job.kout.add(shape.out_channels)
     job.layers.append(f"shape:{shape.name}")
@@ -160,18 +162,11 @@ def plan_jobs(
             if job is None:
                 conv = shape.kind == "conv"
                 geometry = cast(nn.Conv2d, mod)  # read only for a conv, an SBSConv2d
-                job = jobs[sig] = LayerJob(
-                    signature=sig,
-                    kind=shape.kind,
-                    in_channels=shape.in_channels,
-                    out_channels=shape.out_channels,
-                    kernel_size=shape.kernel_size,
-                    stride=shape.stride,
+                job = jobs[sig] = _new_job(
+                    shape,
                     padding=cast("tuple[int, int]", tuple(geometry.padding)) if conv else (0, 0),
                     dilation=cast("tuple[int, int]", tuple(geometry.dilation)) if conv else (1, 1),
-                    groups=shape.groups,
-                    bias=mod.bias is not None,
-                    in_size=shape.in_size,
+                    bias=getattr(mod, "bias", None) is not None,  # an attention product has none
                     act_signed=bool(mod.act_signed),
                 )
             job.layers.append(f"{spec.name}:{name}")
@@ -204,7 +199,29 @@ def executed_pairs(backend: str) -> list[tuple[int, int, str]]:
     return pairs
 
 
+class _FloatProduct(nn.Module):
+    """An attention product as hwsbs's deploy path runs it: a float32 batched matmul.
+
+    The export has no integer attention kernel yet, so this is what every width costs there; the
+    second operand (keys or values) is per sample, made once per batch size.
+    """
+
+    def __init__(self, heads: int, reduction: int, cols: int) -> None:
+        super().__init__()
+        self.heads, self.reduction, self.cols = heads, reduction, cols
+        self.operand: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.operand is None or self.operand.shape[0] != x.shape[0]:
+            gen = torch.Generator().manual_seed(0)
+            shape = (x.shape[0], self.heads, self.reduction, self.cols)
+            self.operand = torch.randn(shape, generator=gen).to(x.device)
+        return torch.matmul(x, self.operand)
+
+
 def _base_module(job: LayerJob, kin: int, kout: int) -> nn.Module:
+    if job.kind == "matmul":
+        return _FloatProduct(job.in_size[1], kin, kout)
     if job.kind == "linear":
         return nn.Linear(kin, kout, bias=job.bias)
     groups = kout if job.depthwise else job.groups
@@ -221,6 +238,8 @@ def _base_module(job: LayerJob, kin: int, kout: int) -> nn.Module:
 
 
 def _input(job: LayerJob, kin: int, batch: int, gen: torch.Generator) -> Tensor:
+    if job.kind == "matmul":  # (batch, heads, rows, reduction)
+        return torch.randn((batch, job.in_size[1], job.in_size[0], kin), generator=gen)
     if job.kind == "linear":
         positions = job.in_size[0]
         shape: tuple[int, ...] = (batch, positions, kin) if positions > 1 else (batch, kin)
@@ -230,9 +249,9 @@ def _input(job: LayerJob, kin: int, batch: int, gen: torch.Generator) -> Tensor:
     return x
 
 
-def _exported(
-    job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings
-) -> ExportedLayer:
+def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings) -> nn.Module:
+    if isinstance(base, _FloatProduct):
+        return base.to(settings.device)
     cls = SBSConv2d if job.kind == "conv" else SBSLinear
     layer = cls.from_module(base, DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, 1.0)  # type: ignore[arg-type]  # base is a Conv2d for a conv job, else a Linear
     layer._maybe_calibrate(example)
@@ -262,7 +281,7 @@ def measure_jobs(
     pairs = executed_pairs(backend)
     dev = torch.device(settings.device)
     gen = torch.Generator().manual_seed(0)
-    tasks: list[tuple[LayerJob, int, int, int, int, int, ExportedLayer]] = []
+    tasks: list[tuple[LayerJob, int, int, int, int, int, nn.Module]] = []
     for job in jobs:
         for kin, kout in job.points():
             torch.manual_seed(len(tasks))

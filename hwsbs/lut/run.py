@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cost_models.base import LayerShape
 from hardware_profiles.schema import HardwareProfile
@@ -16,7 +15,7 @@ from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
 from hwsbs.export import ModelSpec
 from hwsbs.export.kernels import resolve_backend
-from hwsbs.progress import console
+from hwsbs.progress import progress_bar
 
 from .builder import MeasureSettings, executed_pairs, make_table, measure_jobs, plan_jobs
 from .machine import describe_machine, machine_info
@@ -84,16 +83,7 @@ def build_profile(
         )
         pairs = executed_pairs(backend)
         total = _count(jobs, settings, len(pairs))
-        with Progress(
-            TextColumn("[bold]measuring"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[what]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not progress,
-        ) as bar:
+        with progress_bar("measuring", "what", disable=not progress) as bar:
             task = bar.add_task("lut", total=total, what="")
             entries = measure_jobs(jobs, settings, lambda what: bar.update(task, advance=1, what=what))
     elapsed = time.perf_counter() - start

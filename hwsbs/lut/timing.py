@@ -7,10 +7,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
-__all__ = ["Timing", "time_callable", "sample_times", "summarise_times", "fixed_threads"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["Timing", "TimingOptions", "time_callable", "sample_times", "summarise_times", "fixed_threads"]
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,15 @@ def summarise_times(samples: list[float]) -> Timing:
     return Timing(statistics.median(samples), std, q1, q3, len(samples))
 
 
-def time_callable(
-    fn: Callable[[], object],
-    *,
-    warmup: int = 5,
-    repeats: int = 20,
-    device: torch.device | str = "cpu",
-    min_time_s: float = 0.0,
-) -> Timing:
+class TimingOptions(TypedDict, total=False):
+    """The keyword options of :func:`sample_times` (its defaults where one is left out)."""
+
+    warmup: int
+    repeats: int
+    device: torch.device | str
+    min_time_s: float
+
+
+def time_callable(fn: Callable[[], object], **options: Unpack[TimingOptions]) -> Timing:
     """:func:`sample_times` summarised."""
-    return summarise_times(sample_times(fn, warmup=warmup, repeats=repeats, device=device, min_time_s=min_time_s))
+    return summarise_times(sample_times(fn, **options))

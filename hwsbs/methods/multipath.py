@@ -17,6 +17,7 @@ the quantisation work and keep K sets of quantised tensors for the backward pass
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -25,11 +26,14 @@ from torch import Tensor, nn
 
 from cost_models.base import LayerState
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
+from hwsbs.quant.matmul import SBSMatmul
 from hwsbs.quant.quantizer import quantize, step_size
+from hwsbs.quant.scales import LAYER_SETTINGS, grad_scale
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
 from hwsbs.sbs.convert import SearchSpace, set_submodule
 from hwsbs.sbs.cost_term import CostTerm
-from hwsbs.sbs.engine import CostObjective, log_cost_penalty
+from hwsbs.sbs.engine import CostObjective, log_cost_penalty, step_stats
+from hwsbs.task import task_loss
 from hwsbs.training import check_finite, make_sgd, split_decay
 
 from .base import MethodContext, register_method, run_search_epochs
@@ -48,12 +52,6 @@ class PathParameters(nn.Module):
         self.beta_a = nn.Parameter(torch.zeros(k))  # activation-width logits
         self.w_clips = nn.Parameter(torch.full((k,), float(w_clip)))  # v_w per path
         self.a_clips = nn.Parameter(torch.full((k,), float(a_clip)))  # v_x per path
-
-
-def _grad_scale(x: Tensor, scale: float) -> Tensor:
-    """``x`` forward, ``scale * grad`` backward: the LSQ scale SBS layers give their clipping values."""
-    scaled = x * scale
-    return (x - scaled).detach() + scaled
 
 
 if TYPE_CHECKING:  # the mixin is only ever combined with an SBS layer: type it as one
@@ -86,7 +84,7 @@ class _MultiPathMixin(_SBSLayerBase):
         probs = F.softmax(self.paths.beta_w, 0)
         mixed = torch.zeros_like(w_std)
         for i, b in enumerate(self.bits):
-            v = _grad_scale(self.paths.w_clips[i], 1.0 / math.sqrt(self.weight.numel() * (2**b - 1)))
+            v = grad_scale(self.paths.w_clips[i], 1.0 / math.sqrt(self.weight.numel() * (2**b - 1)))
             z = (torch.clamp(w_std / v, -1.0, 1.0) + 1.0) / 2.0
             mixed = mixed + probs[i] * v * (2.0 * quantize(z, step_size(b)) - 1.0)
         return std * mixed
@@ -96,7 +94,7 @@ class _MultiPathMixin(_SBSLayerBase):
         per_sample = max(x[0].numel(), 1) if x.dim() > 1 else x.numel()
         mixed = torch.zeros_like(x)
         for i, b in enumerate(self.bits):
-            v = _grad_scale(self.paths.a_clips[i], 1.0 / math.sqrt(per_sample * (2**b - 1)))
+            v = grad_scale(self.paths.a_clips[i], 1.0 / math.sqrt(per_sample * (2**b - 1)))
             z = self._normalise_act(x, v)
             mixed = mixed + probs[i] * self._denormalise_act(quantize(z, step_size(b)), v)
         return mixed
@@ -142,7 +140,7 @@ def to_multipath(layer: SBSLayerMixin) -> MultiPathConv2d | MultiPathLinear:
         cls.from_module(layer, layer.bits, layer.group_size, layer.max_prune_fraction, layer.tau),  # type: ignore[arg-type]  # an SBSConv2d is a Conv2d, an SBSLinear a Linear
     )
     new.load_state_dict(cast(nn.Module, layer).state_dict())  # an SBS layer is an nn.Module
-    for attr in ("mode", "fixed_w_bits", "fixed_a_bits", "pinned", "prunable", "search_weight_bits"):
+    for attr in LAYER_SETTINGS:
         setattr(new, attr, getattr(layer, attr))
     new.attach_paths(
         PathParameters(len(layer.bits), float(layer.weight_clip.detach()), float(layer.act_clip.detach())).to(
@@ -171,7 +169,14 @@ class MultiPathSearch:
         self.searched: list[str] = []
         self.paths = nn.ModuleDict()
         for name, layer in space.layers():
-            if layer.pinned:
+            if isinstance(layer, SBSMatmul) and not layer.pinned:
+                # multipath has paths for weights and inputs, not for a product of two activations
+                layer.set_fixed(layer.fixed_w_bits, layer.fixed_a_bits)
+                warnings.warn(
+                    f"multipath: {name} (an attention product) stays at {layer.fixed_w_bits}/{layer.fixed_a_bits} bits",
+                    stacklevel=2,
+                )
+            if layer.pinned or isinstance(layer, SBSMatmul):
                 continue
             new = to_multipath(layer)
             set_submodule(space.model, name, new)
@@ -214,7 +219,7 @@ class MultiPathSearch:
 
     def loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """``(CE + lambda * sum_k w_k log E[R_k], CE, E[R_k])``; budget form where a target is set."""
-        ce = F.cross_entropy(logits, targets)
+        ce = task_loss(logits, targets)
         costs = self.expected_costs()
         penalty = log_cost_penalty(self.objectives, costs)
         return ce + (self.lam * penalty).to(ce.device, ce.dtype), ce, costs
@@ -236,25 +241,18 @@ class MultiPathSearch:
                 path.w_clips.clamp_(min=1e-3)
                 path.a_clips.clamp_(min=1e-3)
         self.step_count += 1
-        acc = float((logits.argmax(1) == y).float().mean())
-        return {
-            "loss": float(loss.detach()),
-            "ce": float(ce.detach()),
-            "acc": acc,
-            "cost": float(costs[0].detach()) if costs else 0.0,
-        }
+        return step_stats(loss, ce, logits, y, costs)
 
     def derive(self) -> list[LayerDecision]:
         """Argmax bits per layer (pinned layers keep theirs); commits the chosen paths' clips."""
-        decisions = []
+        bits = {}
         for name, layer in self.space.layers():
             if name in self.searched:
                 searched = cast("MultiPathConv2d | MultiPathLinear", layer)  # wrapped in __init__
-                w, a = searched.commit()
+                bits[name] = searched.commit()
             else:
-                w, a = layer.fixed_w_bits, layer.fixed_a_bits
-            decisions.append(LayerDecision(self.space.shapes[name], w, a))
-        return decisions
+                bits[name] = (layer.fixed_w_bits, layer.fixed_a_bits)
+        return self.space.decisions(bits, {})
 
     def state_dict(self) -> dict:
         return {

@@ -23,14 +23,14 @@ import torch
 
 from hwsbs.sbs.config_io import CompressionConfig
 
-from .base import MethodContext, register_method
+from .base import MethodContext
 from .random_search import (
     Candidate,
-    CandidateEvaluator,
+    CandidateSearch,
     candidate_config,
+    candidate_search_method,
     cheapest_candidate,
     max_pruned_groups,
-    start_candidate_search,
 )
 
 __all__ = ["group_magnitudes", "optuna_search"]
@@ -85,51 +85,36 @@ class _Space:
         return params
 
 
-@register_method(
-    "optuna",
-    prunes=True,
-    meets_target=True,
-    description="Optuna TPE over per-layer bits and pruned groups under the budget (no training per trial)",
+@candidate_search_method(
+    "optuna", "trials", "Optuna TPE over per-layer bits and pruned groups under the budget (no training per trial)"
 )
-def optuna_search(ctx: MethodContext) -> CompressionConfig:
+def optuna_search(ctx: MethodContext, search: CandidateSearch) -> CompressionConfig:
     """Run the study and return its most accurate feasible trial (ties: the cheaper one)."""
     cfg = ctx.config
     cm = ctx.objectives[0].cost_model
-    start = start_candidate_search(ctx, "trials")
-    if isinstance(start, CompressionConfig):
-        return start
-    budget, evaluator, n = start.budget, start.evaluator, start.count
     space = _Space(ctx)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
         for b in sorted(cfg.bits, reverse=True):  # a feasible first trial: widest uniform that fits
-            if candidate_config(ctx, Candidate({s: (b, b) for s in space.searchable})).cost(cm) <= budget:
+            if candidate_config(ctx, Candidate({s: (b, b) for s in space.searchable})).cost(cm) <= search.budget:
                 study.enqueue_trial(space.uniform_params(b))
                 break
-        best = _run_trials(ctx, study, space, evaluator, budget, n)
+        _run_trials(study, space, search)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    acc, cost, cand = best
-    ctx.save_state(
-        cfg.search_epochs,
-        {"best": cand.to_state()},
-        {"acc": acc, "cost": cost, "trials": len(study.trials), "evaluated": evaluator.evaluated},
-    )
-    return candidate_config(ctx, cand)
+    return search.finish(trials=len(study.trials), evaluated=search.evaluator.evaluated)
 
 
-def _run_trials(
-    ctx: MethodContext, study: optuna.Study, space: _Space, evaluator: CandidateEvaluator, budget: float, n: int
-) -> tuple[float, float, Candidate]:
-    """Ask/tell until ``n`` feasible trials were evaluated (or a cap on infeasible ones is hit)."""
+def _run_trials(study: optuna.Study, space: _Space, search: CandidateSearch) -> None:
+    """Ask/tell until ``search.count`` feasible trials were scored (or a cap on infeasible ones is hit)."""
+    ctx, budget, n = search.ctx, search.budget, search.count
     cm = ctx.objectives[0].cost_model
     max_attempts = 50 * n + 200  # TPE learns feasibility quickly; the cap only guards odd budgets
     ctx.progress.start("search", n, 0)
-    best: tuple[float, float, Candidate] | None = None
     attempts = 0
-    while evaluator.evaluated < n and attempts < max_attempts:
+    while search.evaluator.evaluated < n and attempts < max_attempts:
         attempts += 1
         trial = study.ask()
         cand = space.suggest(trial)
@@ -140,13 +125,8 @@ def _run_trials(
         if cost > budget:
             study.tell(trial, 0.0)  # infeasible: the constraint already rules it out
             continue
-        acc = evaluator(config)
-        study.tell(trial, acc)
-        if best is None or (acc, -cost) > (best[0], -best[1]):
-            best = (acc, cost, cand)
-        ctx.progress.update(acc=acc, best=best[0], cost=f"{cost:.3g} {cm.unit}")
-    if best is None:  # no feasible point in max_attempts draws: fall back to the cheapest one
+        study.tell(trial, search.score(cand, config, cost))
+    if search.best is None:  # no feasible point in max_attempts draws: fall back to the cheapest one
         cand = cheapest_candidate(ctx)
         config = candidate_config(ctx, cand)
-        best = (evaluator(config), config.cost(cm), cand)
-    return best
+        search.score(cand, config, config.cost(cm))

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +35,7 @@ from hwsbs.quant.layers import SBSLayerMixin
 from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.convert import SearchSpace
 from hwsbs.sbs.derive import apply_config
+from hwsbs.task import count_correct
 
 from .base import MethodContext, register_method
 
@@ -42,6 +46,7 @@ __all__ = [
     "resolve_budget",
     "default_trials",
     "start_candidate_search",
+    "candidate_search_method",
     "random_search",
 ]
 
@@ -163,8 +168,9 @@ class CandidateEvaluator:
             if self.eval_batches is not None and i >= self.eval_batches:
                 break
             x, y = x.to(self.ctx.device), y.to(self.ctx.device)
-            correct += int((model(x).argmax(1) == y).sum())
-            count += len(y)
+            right, n = count_correct(model(x), y)
+            correct += right
+            count += n
         self.evaluated += 1
         return correct / max(count, 1)
 
@@ -231,11 +237,33 @@ def _repair(ctx: MethodContext, cand: Candidate, budget: float, rng: random.Rand
 
 @dataclass
 class CandidateSearch:
-    """What a black-box search over candidates starts from (random and Optuna share it)."""
+    """A black-box search over candidates (random and Optuna share it): what it starts from, and
+    the best candidate scored so far."""
 
+    ctx: MethodContext
     budget: float  # the resolved, reachable budget
     evaluator: CandidateEvaluator  # scores a configuration without training
     count: int  # candidates to evaluate
+    best: tuple[float, float, Candidate] | None = None  # (accuracy, cost, candidate)
+
+    def score(self, cand: Candidate, config: CompressionConfig, cost: float) -> float:
+        """The accuracy of ``cand`` (its ``config``, costing ``cost``); it becomes the best when it
+        beats the best so far (ties go to the cheaper one). Shown on the progress bar."""
+        acc = self.evaluator(config)
+        if self.best is None or (acc, -cost) > (self.best[0], -self.best[1]):
+            self.best = (acc, cost, cand)
+        unit = self.ctx.objectives[0].cost_model.unit
+        self.ctx.progress.update(acc=acc, best=self.best[0], cost=f"{cost:.3g} {unit}")
+        return acc
+
+    def finish(self, **stats: Any) -> CompressionConfig:
+        """Save the best candidate (and ``stats``) as the finished search's state; its configuration."""
+        assert self.best is not None, "no candidate was scored"
+        acc, cost, cand = self.best
+        self.ctx.save_state(
+            self.ctx.config.search_epochs, {"best": cand.to_state()}, {"acc": acc, "cost": cost, **stats}
+        )
+        return candidate_config(self.ctx, cand)
 
 
 def start_candidate_search(ctx: MethodContext, count_option: str) -> CompressionConfig | CandidateSearch:
@@ -246,34 +274,44 @@ def start_candidate_search(ctx: MethodContext, count_option: str) -> Compression
     check_budget_reachable(ctx, budget)
     evaluator = CandidateEvaluator(ctx, int(ctx.extra.get("bn_batches", 8)), ctx.extra.get("eval_batches"))
     n = int(ctx.extra.get(count_option) or default_trials(ctx, len(evaluator.bn_data), evaluator.eval_samples))
-    return CandidateSearch(budget, evaluator, n)
+    return CandidateSearch(ctx, budget, evaluator, n)
 
 
-@register_method(
-    "random",
-    prunes=True,
-    meets_target=True,
-    description="best of N random bit/pruning configurations under the budget (no training per candidate)",
+#: The body of a candidate-search method: ``fn(ctx, search) -> configuration``.
+CandidateSearchBody = Callable[[MethodContext, CandidateSearch], CompressionConfig]
+
+
+def candidate_search_method(
+    name: str, count_option: str, description: str
+) -> Callable[[CandidateSearchBody], Callable[[MethodContext], CompressionConfig]]:
+    """Decorator registering ``fn(ctx, search)`` as search method ``name``: a black-box search
+    over candidates, which prunes and meets the target.
+
+    The registered method returns the saved result when the run already finished its search;
+    otherwise it calls ``fn`` with the :class:`CandidateSearch` of :func:`start_candidate_search`
+    (``count_option``: the ``extra`` option counting the candidates to score).
+    """
+
+    def decorator(fn: CandidateSearchBody) -> Callable[[MethodContext], CompressionConfig]:
+        @functools.wraps(fn)
+        def method(ctx: MethodContext) -> CompressionConfig:
+            search = start_candidate_search(ctx, count_option)
+            return search if isinstance(search, CompressionConfig) else fn(ctx, search)
+
+        return register_method(name, prunes=True, meets_target=True, description=description)(method)
+
+    return decorator
+
+
+@candidate_search_method(
+    "random", "candidates", "best of N random bit/pruning configurations under the budget (no training per candidate)"
 )
-def random_search(ctx: MethodContext) -> CompressionConfig:
+def random_search(ctx: MethodContext, search: CandidateSearch) -> CompressionConfig:
     """Sample, repair to the budget, score after BN re-estimation, return the best (seeded)."""
-    cfg = ctx.config
-    cm = ctx.objectives[0].cost_model
-    start = start_candidate_search(ctx, "candidates")
-    if isinstance(start, CompressionConfig):
-        return start
-    budget, evaluator, n = start.budget, start.evaluator, start.count
-    rng = random.Random(cfg.seed)  # own stream: the pipeline reseeds torch's global RNG per loader
-    ctx.progress.start("search", n, 0)
-    best: tuple[float, float, Candidate] | None = None
-    for _ in range(n):
-        cand = _repair(ctx, _sample(ctx, rng), budget, rng)
+    rng = random.Random(ctx.config.seed)  # own stream: the pipeline reseeds torch's global RNG per loader
+    ctx.progress.start("search", search.count, 0)
+    for _ in range(search.count):
+        cand = _repair(ctx, _sample(ctx, rng), search.budget, rng)
         config = candidate_config(ctx, cand)
-        cost = config.cost(cm)
-        acc = evaluator(config)
-        if best is None or (acc, -cost) > (best[0], -best[1]):  # ties go to the cheaper one
-            best = (acc, cost, cand)
-        ctx.progress.update(acc=acc, best=best[0], cost=f"{cost:.3g} {cm.unit}")
-    assert best is not None
-    ctx.save_state(cfg.search_epochs, {"best": best[2].to_state()}, {"acc": best[0], "cost": best[1], "candidates": n})
-    return candidate_config(ctx, best[2])
+        search.score(cand, config, config.cost(ctx.objectives[0].cost_model))
+    return search.finish(candidates=search.count)

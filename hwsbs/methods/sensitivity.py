@@ -12,15 +12,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cost_models.base import FLOAT_BITS
 from hwsbs.errors import ConfigError
+from hwsbs.quant.matmul import SBSMatmul
 from hwsbs.sbs.convert import SearchSpace
+from hwsbs.task import task_loss
 
 if TYPE_CHECKING:
     from hwsbs.quant.layers import SBSConv2d, SBSLinear
+
+#: Key suffix of a matmul's captured second operand.
+SECOND = "#second"
 
 __all__ = ["Sensitivity", "estimate_sensitivity"]
 
@@ -45,12 +49,22 @@ class Sensitivity:
 
 
 def _capture_inputs(store: dict[str, list[Tensor]], name: str) -> Callable:
-    """A pre-hook giving the layer its own copy of the input, one that autograd can differentiate."""
+    """A pre-hook giving the layer its own copy of the input, one that autograd can differentiate.
+
+    A matmul's second operand is captured too, under ``name + SECOND``: it is what its weight
+    gates quantise, so its sensitivity is the matmul's "weight" sensitivity.
+    """
+
+    def own(x: Tensor) -> Tensor:
+        return x.clone() if x.requires_grad else x.detach().clone().requires_grad_(True)
 
     def hook(module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        x = x.clone() if x.requires_grad else x.detach().clone().requires_grad_(True)
+        x = own(args[0])
         store.setdefault(name, []).append(x)
+        if isinstance(module, SBSMatmul):
+            b = own(args[1])
+            store.setdefault(name + SECOND, []).append(b)
+            return (x, b, *args[2:])
         return (x, *args[1:])
 
     return hook
@@ -64,7 +78,7 @@ def _channel_sums(t: Tensor, linear: bool) -> Tensor:
 
 @torch.no_grad()
 def _add_batch(
-    layers: dict[str, SBSConv2d | SBSLinear],
+    layers: dict[str, SBSConv2d | SBSLinear | SBSMatmul],
     inputs: dict[str, list[Tensor]],
     grads: dict[str, list[Tensor]],
     bits: Sequence[int],
@@ -72,9 +86,16 @@ def _add_batch(
     consumers: dict[str, str],
     act: dict,
     chan: dict,
+    act_w: dict,
 ) -> None:
     """Accumulate one batch's activation sensitivities and channel importances."""
     for name, layer in layers.items():
+        if isinstance(layer, SBSMatmul):
+            for x, g in zip(inputs.get(name + SECOND, []), grads.get(name + SECOND, [])):
+                for b in bits:
+                    layer.set_fixed(b, _FP)
+                    act_w[name][b] += 0.5 * n * float((g.pow(2) * (layer.quantized_operand(x) - x).pow(2)).sum())
+            layer.set_fixed(_FP, _FP)
         for x, g in zip(inputs.get(name, []), grads.get(name, [])):
             g2 = g.pow(2)
             for b in bits:
@@ -86,17 +107,23 @@ def _add_batch(
 
 
 def _backward(
-    model: nn.Module, layers: dict[str, SBSConv2d | SBSLinear], inputs: dict[str, list[Tensor]], x: Tensor, y: Tensor
+    model: nn.Module,
+    layers: dict[str, SBSConv2d | SBSLinear | SBSMatmul],
+    inputs: dict[str, list[Tensor]],
+    x: Tensor,
+    y: Tensor,
 ) -> tuple[list[Tensor | None], dict[str, list[Tensor]]]:
     """One batch's CE gradients w.r.t. every layer's weight and every captured layer input."""
     inputs.clear()
-    loss = F.cross_entropy(model(x), y)
-    names = [n for n in layers if n in inputs]
+    loss = task_loss(model(x), y)
+    names = list(inputs)
     flat = [t for n in names for t in inputs[n]]
-    got = torch.autograd.grad(loss, [layers[n].weight for n in layers] + flat, allow_unused=True)
-    rest = iter(got[len(layers) :])
+    weighted = [n for n in layers if not isinstance(layers[n], SBSMatmul)]
+    got = torch.autograd.grad(loss, [layers[n].weight for n in weighted] + flat, allow_unused=True)
+    rest = iter(got[len(weighted) :])
     grads = {n: [torch.zeros_like(t) if (g := next(rest)) is None else g for t in inputs[n]] for n in names}
-    return list(got[: len(layers)]), grads
+    w_grads = dict(zip(weighted, got[: len(weighted)]))
+    return [w_grads.get(n) for n in layers], grads
 
 
 def estimate_sensitivity(
@@ -123,12 +150,13 @@ def estimate_sensitivity(
     """
     model = copy.deepcopy(space.model).to(device).eval()
     # the converted model's layers (convert_model wraps every one)
-    layers = {n: cast("SBSConv2d | SBSLinear", model.get_submodule(n)) for n in space.layer_names}
+    layers = {n: cast("SBSConv2d | SBSLinear | SBSMatmul", model.get_submodule(n)) for n in space.layer_names}
     for layer in layers.values():
         layer.set_fixed(_FP, _FP)
     consumers = {g.consumer: g.producer for g in space.groups}
-    fisher = [torch.zeros_like(lay.weight) for lay in layers.values()]
+    fisher = [None if isinstance(lay, SBSMatmul) else torch.zeros_like(lay.weight) for lay in layers.values()]
     act = {n: {b: 0.0 for b in bits} for n in layers}
+    act_w = {n: {b: 0.0 for b in bits} for n, lay in layers.items() if isinstance(lay, SBSMatmul)}
     chan = {g.producer: torch.zeros(space.shapes[g.producer].out_channels, device=device) for g in space.groups}
     inputs: dict[str, list[Tensor]] = {}
     hooks = [lay.register_forward_pre_hook(_capture_inputs(inputs, n)) for n, lay in layers.items()]
@@ -138,10 +166,10 @@ def estimate_sensitivity(
             x, y = x.to(device), y.to(device)
             w_grads, x_grads = _backward(model, layers, inputs, x, y)
             for f, g in zip(fisher, w_grads):
-                if g is not None:
+                if f is not None and g is not None:
                     f += len(y) * g.detach().pow(2)
             detached = {n: [t.detach() for t in inputs[n]] for n in x_grads}
-            _add_batch(layers, detached, x_grads, bits, len(y), consumers, act, chan)
+            _add_batch(layers, detached, x_grads, bits, len(y), consumers, act, chan, act_w)
             count += 1
             if on_batch is not None:
                 on_batch()
@@ -150,7 +178,13 @@ def estimate_sensitivity(
             h.remove()
     if count == 0:
         raise ConfigError("ilp: no training batch to estimate sensitivities on")
-    weight = _weight_sensitivity(layers, dict(zip(layers, fisher)), bits, count)
+    weight = _weight_sensitivity(
+        {n: lay for n, lay in layers.items() if not isinstance(lay, SBSMatmul)},
+        {n: f for n, f in zip(layers, fisher) if f is not None},
+        bits,
+        count,
+    )
+    weight.update({n: {b: v / count for b, v in d.items()} for n, d in act_w.items()})
     return Sensitivity(
         weight,
         {n: {b: v / count for b, v in d.items()} for n, d in act.items()},

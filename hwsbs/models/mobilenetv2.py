@@ -1,18 +1,24 @@
 """MobileNetV2 (Sandler et al. 2018), with a CIFAR stem for small inputs.
 
-``features.0`` is the 3x3 stem (``conv``/``bn``), ``features.1``-``features.17`` the inverted
-residual blocks, ``features.18`` the final 1x1 conv to 1280 channels, then global pooling,
-dropout and ``classifier``. Each block has ``expand`` (1x1, absent when the expansion ratio is 1,
-i.e. in ``features.1``), ``depthwise`` (3x3, groups = channels, carries the stride) and
-``project`` (1x1, linear), each followed by its BatchNorm (``expand_bn``, ``depthwise_bn``,
-``project_bn``); blocks with stride 1 and equal widths add their input with ``+``.
+The layout and names are torchvision's (``torchvision.models.mobilenet_v2``), so a torchvision
+checkpoint loads with ``--checkpoint``: ``features.0`` is the 3x3 stem (``0`` conv, ``1`` BN),
+``features.1``-``features.17`` the inverted residual blocks, ``features.18`` the final 1x1 conv
+to 1280 channels (``0``/``1``), then global pooling and ``classifier`` (``0`` dropout, ``1``
+linear). Each block's ``conv`` is a Sequential: ``conv.0`` the 1x1 expansion (``0`` conv, ``1``
+BN; absent when the expansion ratio is 1, i.e. in ``features.1``, where ``conv.0`` is the
+depthwise stage), then the 3x3 depthwise stage (``conv.1``: ``0`` conv with groups = channels,
+carrying the stride, ``1`` BN), the linear 1x1 projection ``conv.2`` and its BN ``conv.3``
+(``conv.0.0``, ``conv.1``, ``conv.2`` in ``features.1``); blocks with stride 1 and equal widths
+add their input with ``+``. Unlike torchvision, ReLU6 is an ``F.relu6`` call, not a module
+(no parameters, so the state_dict is the same; a ``torch.fx`` trace shows the dataflow).
 
 When the larger image side is <= 64 the stem has stride 1 and the second stage (24 channels)
 stride 1 too, so a 32x32 input reaches the last stage at 4x4 instead of 1x1 (the usual CIFAR
-variant); otherwise the ImageNet layout (total stride 32) is used.
+variant); otherwise the ImageNet layout (total stride 32) is used. Strides hold no weights, so
+the state_dict keys and shapes are torchvision's either way.
 
-Prunable producers: ``features.{2..17}.expand``; each feeds the depthwise conv (which then
-keeps only the surviving channels) and through it the ``project`` conv.
+Prunable producers: the expansions ``features.{2..17}.conv.0.0``; each feeds the depthwise conv
+``conv.1.0`` (which then keeps only the surviving channels) and through it the projection ``conv.2``.
 """
 
 from __future__ import annotations
@@ -48,16 +54,19 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-class ConvBNReLU6(nn.Module):
-    """``conv`` -> ``bn`` -> ReLU6."""
+class ConvBNReLU6(nn.Sequential):
+    """``0`` conv (no bias) -> ``1`` BatchNorm -> ReLU6: torchvision's ``Conv2dNormActivation``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
+        conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False
+        )
+        super().__init__(conv, nn.BatchNorm2d(out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu6(self.bn(self.conv(x)))
+        return F.relu6(super().forward(x))
 
 
 class InvertedResidual(nn.Module):
@@ -66,26 +75,23 @@ class InvertedResidual(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
-        self.use_residual = stride == 1 and in_channels == out_channels
-        self.expand: nn.Conv2d | None = None
-        self.expand_bn: nn.BatchNorm2d | None = None
+        self.stride = stride
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        layers: list[nn.Module] = []
         if expand_ratio != 1:
-            self.expand = nn.Conv2d(in_channels, hidden, 1, bias=False)
-            self.expand_bn = nn.BatchNorm2d(hidden)
-        self.depthwise = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
-        self.depthwise_bn = nn.BatchNorm2d(hidden)
-        self.project = nn.Conv2d(hidden, out_channels, 1, bias=False)
-        self.project_bn = nn.BatchNorm2d(out_channels)
+            layers.append(ConvBNReLU6(in_channels, hidden, 1))
+        layers += [
+            ConvBNReLU6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        out = x
-        if self.expand is not None and self.expand_bn is not None:  # fixed at build time: fx-safe
-            out = F.relu6(self.expand_bn(self.expand(out)))
-        out = F.relu6(self.depthwise_bn(self.depthwise(out)))
-        out = self.project_bn(self.project(out))
-        if self.use_residual:
-            out = out + x
-        return out
+        if self.use_res_connect:  # fixed at build time: fx-safe
+            return x + self.conv(x)
+        return self.conv(x)
 
 
 class MobileNetV2(nn.Module):
@@ -101,7 +107,7 @@ class MobileNetV2(nn.Module):
     ) -> None:
         super().__init__()
         stem = _make_divisible(32 * width_mult)
-        last = _make_divisible(1280 * max(1.0, width_mult))
+        self.last_channel = _make_divisible(1280 * max(1.0, width_mult))
         layers: list[nn.Module] = [ConvBNReLU6(in_channels, stem, 3, stride=1 if small_input else 2)]
         width = stem
         for stage, (t, c, n, s) in enumerate(_SETTINGS):
@@ -110,16 +116,14 @@ class MobileNetV2(nn.Module):
             for i in range(n):
                 layers.append(InvertedResidual(width, out, stride if i == 0 else 1, t))
                 width = out
-        layers.append(ConvBNReLU6(width, last, 1))
+        layers.append(ConvBNReLU6(width, self.last_channel, 1))
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(last, num_classes)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.last_channel, num_classes))
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.flatten(self.avgpool(self.features(x)), 1)
-        return self.classifier(self.dropout(x))
+        x = torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1)
+        return self.classifier(x)
 
 
 @register_model("mobilenetv2")

@@ -27,7 +27,11 @@ _MODELS: dict[str, ModelBuilder] = {}
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator registering ``fn(num_classes, in_channels, image_size) -> nn.Module`` as ``name``."""
+    """Decorator registering ``fn(num_classes, in_channels, image_size) -> nn.Module`` as ``name``.
+
+    A builder that also names ``sequence_length`` (or takes ``**kwargs``) receives it from a
+    sequence dataset (``text``); ``num_classes`` is then the vocabulary size.
+    """
 
     def decorator(fn: ModelBuilder) -> ModelBuilder:
         if name in _MODELS and _MODELS[name] is not fn:
@@ -45,8 +49,6 @@ def list_models() -> list[str]:
 
 #: Top-level packages whose functions are never models: hwsbs's own (use the built-in names).
 _NOT_FACTORIES = frozenset({"hwsbs", "cost_models", "hardware_profiles", "__main__"})
-#: What a factory may be given, by parameter name.
-_GEOMETRY = ("num_classes", "in_channels", "image_size")
 
 
 def _refused_module(module_name: str) -> bool:
@@ -98,7 +100,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _factory_kwargs(spec: str, factory: ModelBuilder, geometry: dict[str, object]) -> dict[str, object]:
-    """Those of num_classes, in_channels and image_size that ``factory`` names as parameters.
+    """Those of the ``geometry`` entries that ``factory`` names as parameters.
 
     Raises:
         ModelError: the factory has a required parameter hwsbs cannot give.
@@ -114,8 +116,10 @@ def _factory_kwargs(spec: str, factory: ModelBuilder, geometry: dict[str, object
         if name in geometry and param.kind is not param.POSITIONAL_ONLY:
             kwargs[name] = geometry[name]
         elif param.default is param.empty:
+            when = " (sequence_length comes with sequence datasets such as text)" if name == "sequence_length" else ""
             raise ModelError(
-                f"--model {spec!r}: the factory needs a parameter {name!r}; hwsbs passes only {', '.join(_GEOMETRY)}"
+                f"--model {spec!r}: the factory needs a parameter {name!r}; hwsbs passes only {', '.join(geometry)}"
+                + when
             )
     return kwargs
 
@@ -136,12 +140,22 @@ def _call_factory(spec: str, factory: ModelBuilder, geometry: dict[str, object])
         raise ModelError(f"--model {spec!r}: the factory raised {_describe(exc)}") from None
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> nn.Module:
+def _takes(fn: ModelBuilder, param: str) -> bool:
+    """Whether a built-in builder names ``param`` or takes ``**kwargs``."""
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == param or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: tuple[int, int], sequence_length: int | None = None
+) -> nn.Module:
     """Build a registered model, or call ``package.module:factory``.
 
     A user factory must be an ``nn.Module`` subclass or a Python function of a module outside the
     standard library; it is called with those of the keyword arguments ``num_classes``,
-    ``in_channels`` and ``image_size`` it names as parameters (any other parameter needs a default).
+    ``in_channels``, ``image_size`` and (for a sequence dataset) ``sequence_length`` it names as
+    parameters (any other parameter needs a default). A built-in builder always gets the first
+    three and ``sequence_length`` when it is set and the builder names it.
 
     Raises:
         ModelError: unknown name (listing the known ones), import failure, a factory that is not
@@ -149,12 +163,17 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: tuple
             an ``nn.Module``.
     """
     geometry: dict[str, object] = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    if sequence_length is not None:  # absent for images, so a factory requiring it fails with a clear message
+        geometry["sequence_length"] = sequence_length
     if ":" in name:
         model = _call_factory(name, _import_factory(name), geometry)
     else:
         if name not in _MODELS:
             raise ModelError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-        model = _MODELS[name](**geometry)
+        builder = _MODELS[name]
+        if "sequence_length" in geometry and not _takes(builder, "sequence_length"):
+            del geometry["sequence_length"]  # image models ignore it (and fail on tokens with a clear error)
+        model = builder(**geometry)
     if not isinstance(model, nn.Module):
         raise ModelError(f"--model {name!r}: the builder returned {type(model).__name__}, not an nn.Module")
     return model

@@ -6,8 +6,13 @@ and a linear classifier; small inputs (e.g. 32x32) still work because the poolin
 Shortcuts that change shape are 1x1 conv + BN (option B), as in the usual ImageNet models, so the
 parameter counts match the reference ones (11.69M and 25.56M at 1000 classes).
 
-Module names: ``conv1``/``bn1`` (stem), ``layer{1..4}.{i}.conv1|bn1|conv2|bn2[|conv3|bn3]``,
-``layer{s}.0.shortcut.0`` (conv) / ``.shortcut.1`` (BN), ``fc``.
+The layout and names are torchvision's (``torchvision.models.resnet18``/``resnet50``): the
+state_dict has the same keys and shapes for any input size (``conv1`` reads ``in_channels``, ``fc``
+has ``num_classes`` outputs), so a torchvision checkpoint loads with ``--checkpoint``. Module
+names: ``conv1``/``bn1`` (stem), ``layer{1..4}.{i}.conv1|bn1|conv2|bn2[|conv3|bn3]``,
+``layer{s}.0.downsample.0`` (conv) / ``.downsample.1`` (BN; ``downsample`` is None for identity
+shortcuts), ``fc``. Unlike torchvision, ReLUs are ``F.relu`` calls and the residual add a plain
+``+`` (no parameters, so the state_dict is unaffected; a ``torch.fx`` trace shows the dataflow).
 Prunable producers: resnet18 ``layer{s}.{i}.conv1``; resnet50 ``layer{s}.{i}.conv1`` and ``.conv2``.
 """
 
@@ -19,11 +24,59 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import BasicBlock, Bottleneck
+from .blocks import add_basic_convs, basic_forward
 from .common import image_hw, init_weights
 from .registry import register_model
 
-__all__ = ["ImageNetResNet", "resnet18", "resnet50"]
+__all__ = ["BasicBlock", "Bottleneck", "ImageNetResNet", "resnet18", "resnet50"]
+
+
+def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
+    """None (identity) when shapes match, else ``0``: 1x1 conv, ``1``: BatchNorm (torchvision's)."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions, the first carrying the stride (torchvision's ``BasicBlock``)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        add_basic_convs(self, in_planes, planes, stride)
+        self.downsample = _downsample(in_planes, planes, stride)
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)  # fixed at build time: fx-safe
+        return basic_forward(self, x, identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, ResNet v1.5), 1x1 expand by 4 (torchvision's ``Bottleneck``)."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.downsample = _downsample(in_planes, out_planes, stride)
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)  # fixed at build time: fx-safe
+        return F.relu(out + identity)
 
 
 class ImageNetResNet(nn.Module):
@@ -62,13 +115,13 @@ class ImageNetResNet(nn.Module):
 
 @register_model("resnet18")
 def resnet18(num_classes: int = 1000, in_channels: int = 3, image_size: int | Sequence[int] = (224, 224)) -> nn.Module:
-    """ResNet-18 (2-2-2-2 basic blocks, 11.7M parameters at 1000 classes)."""
+    """ResNet-18 (2-2-2-2 basic blocks, 11.7M parameters at 1000 classes), torchvision's names."""
     image_hw(image_size)
     return ImageNetResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
 
 
 @register_model("resnet50")
 def resnet50(num_classes: int = 1000, in_channels: int = 3, image_size: int | Sequence[int] = (224, 224)) -> nn.Module:
-    """ResNet-50 (3-4-6-3 bottleneck blocks, 25.6M parameters at 1000 classes)."""
+    """ResNet-50 (3-4-6-3 bottleneck blocks, 25.6M parameters at 1000 classes), torchvision's names."""
     image_hw(image_size)
     return ImageNetResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels)

@@ -36,15 +36,20 @@ from .channel_gates import ChannelGateMixin
 from .fused import gated_quantize, lower_grid_residuals, sampled_residuals
 from .gates import bits_from_gates, threshold_gate
 from .quantizer import quantize, step_size
+from .scales import EPS, MIN_CLIP, ActivationPath, grad_scale, group_absmax, standardise
 
 __all__ = ["SBSLayerMixin", "SBSConv2d", "SBSLinear", "sbs_layers"]
 
 _EMA_MOMENTUM = 0.1  # running mean of per-batch activation residuals (method section 2)
+
+
 # Thresholds stay within this many temperatures of their statistics: a gate far past its
 # statistic has no surrogate gradient left, so its decision could never be reversed.
 THRESHOLD_MARGIN_TAU = 3.0
-_MIN_CLIP = 1e-3  # clipping values stay positive so the normalisation never divides by ~0
-_EPS = 1e-8
+
+
+#: Attributes only the latest forward's cost term reads (autograd graph nodes, never copied).
+TRANSIENT = ("last_w_gates", "last_a_gates", "last_p_gates", "last_w_probs", "last_a_probs")
 
 
 class SBSLayerMixin(ChannelGateMixin):
@@ -77,6 +82,8 @@ class SBSLayerMixin(ChannelGateMixin):
         self.pinned = False  # first/last layers: fixed bits even while searching
         self.prunable = False  # set by conversion for producers of a prunable pair
         self.search_weight_bits = True  # False pins weight gates (e.g. multipath baselines reuse)
+        self.act_float = False  # weight-only: activations are not quantised (priced at fixed_a_bits)
+        self.weight_group = 0  # weights per scale along the input dimension (0: one learned clip)
         self.weight_clip = nn.Parameter(torch.tensor(3.0))  # v_w, on standardised weights
         self.act_clip = nn.Parameter(torch.tensor(1.0))  # v_x, calibrated on the first batch
         self.w_theta = nn.Parameter(torch.zeros(k - 1))  # weight gate thresholds (relative units)
@@ -116,26 +123,37 @@ class SBSLayerMixin(ChannelGateMixin):
                 self.bias.copy_(source_bias)
         return self.to(source_weight.device)  # type: ignore[attr-defined]  # the nn.Module half
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The layer's state for copies and pickles, without the latest forward's gates.
+
+        Those are non-leaf tensors of an autograd graph: ``copy.deepcopy`` refuses them, and a
+        copy has no use for them (the next forward sets them again).
+        """
+        state = dict(self.__dict__)
+        for key in TRANSIENT:
+            state[key] = None
+        return state
+
     # ---------------------------------------------------------------- calibration
     @torch.no_grad()
     def _calibrate(self, x: Tensor) -> None:
         """Initialise clipping values and statistic scales from the first batch."""
         w_std = self._standardise(self.weight)[0]
-        self.weight_clip.fill_(max(float(w_std.abs().max()), _MIN_CLIP))
+        self.weight_clip.fill_(max(float(w_std.abs().max()), MIN_CLIP))
         signed = bool(x.min() < 0)
         self.act_signed.fill_(signed)
         flat = x.detach().abs().flatten().float()
         if flat.numel() > 200_000:  # a quantile of a sample is enough, and kthvalue is O(n)
             flat = flat[torch.randperm(flat.numel(), device=flat.device)[:200_000]]
         clip = float(torch.quantile(flat, 0.999)) if flat.numel() > 1 else float(flat.max())
-        self.act_clip.fill_(max(clip, _MIN_CLIP))
+        self.act_clip.fill_(max(clip, MIN_CLIP))
         w_stats, _ = lower_grid_residuals(self._normalise_weight(w_std), self.bits)
         a_stats = sampled_residuals(self._normalise_act(x, self.act_clip), self.bits)
-        self.w_scale.copy_(w_stats.clamp_min(_EPS))
-        self.a_scale.copy_(a_stats.clamp_min(_EPS))
-        self.a_residual_ema.copy_(a_stats.clamp_min(_EPS))
+        self.w_scale.copy_(w_stats.clamp_min(EPS))
+        self.a_scale.copy_(a_stats.clamp_min(EPS))
+        self.a_residual_ema.copy_(a_stats.clamp_min(EPS))
         norms = self._group_norms(w_std)
-        self.p_scale.fill_(max(float(norms.mean()), _EPS))
+        self.p_scale.fill_(max(float(norms.mean()), EPS))
         spread = float((norms / self.p_scale).std()) if norms.numel() > 1 else 1.0
         self.p_spread.fill_(max(spread, 1e-3))
         # Every group starts kept, the threshold one temperature below the weakest group.
@@ -143,46 +161,42 @@ class SBSLayerMixin(ChannelGateMixin):
         self.calibrated.fill_(True)
 
     # ---------------------------------------------------------------- normalisation
-    @staticmethod
-    def _standardise(w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(w - mean) / std``; with a 0/1 ``mask`` the moments are those of the kept entries.
-
-        The moments are reduced in float64 and rounded once, so a masked tensor and the same
-        entries sliced out of it (the physically pruned layer) get bit-identical moments.
-        """
-        w64 = w.double()
-        if mask is None:
-            mean = w64.mean()
-            std = w64.std() if w.numel() > 1 else w64.abs().mean()
-        else:
-            m64 = mask.double()
-            n = m64.sum().clamp_min(2.0)
-            mean = (w64 * m64).sum() / n
-            std = (((w64 - mean) * m64).pow(2).sum() / (n - 1)).sqrt()
-        std = std.to(w.dtype) + _EPS
-        return (w - mean.to(w.dtype)) / std, std
+    _standardise = staticmethod(standardise)
 
     def _search_standardised(self) -> tuple[Tensor, Tensor]:
         return self._standardise(self.weight, self._kept_weight_mask())
 
     def _weight_clip(self) -> Tensor:
-        return _grad_scale(self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1)))
+        return grad_scale(self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1)))
 
-    def _act_clip(self, x: Tensor) -> Tensor:
+    def _act_clip(self, x: Tensor, clip: Tensor | None = None) -> Tensor:
         per_sample = max(x[0].numel(), 1) if x.dim() > 1 else x.numel()
-        return _grad_scale(self.act_clip, 1.0 / math.sqrt(per_sample * (2 ** self.bits[-1] - 1)))
+        clip = self.act_clip if clip is None else clip
+        return grad_scale(clip, 1.0 / math.sqrt(per_sample * (2 ** self.bits[-1] - 1)))
 
-    def _normalise_weight(self, w_std: Tensor) -> Tensor:
-        v = self._weight_clip()
+    def _weight_range(self, w_std: Tensor) -> Tensor:
+        """What a standardised weight is clipped to: the learned clip, or with ``weight_group``
+        its group's largest |w| (one FP16 scale per output row and ``weight_group`` inputs)."""
+        if self.weight_group <= 0:
+            return self._weight_clip()
+        return group_absmax(w_std, self.weight_group)
+
+    def _normalise_weight(self, w_std: Tensor, v: Tensor | None = None) -> Tensor:
+        v = self._weight_range(w_std) if v is None else v
         return (torch.clamp(w_std / v, -1.0, 1.0) + 1.0) / 2.0
 
-    def _normalise_act(self, x: Tensor, v: Tensor) -> Tensor:
-        if self._host_flag("act_signed"):
+    def weight_statistics(self) -> Tensor:
+        """The weight gates' statistics in their units (residual over its calibration value)."""
+        stats, _ = lower_grid_residuals(self._normalise_weight(self._search_standardised()[0]), self.bits)
+        return stats / self.w_scale
+
+    def _normalise_act(self, x: Tensor, v: Tensor, signed_flag: str = "act_signed") -> Tensor:
+        if self._host_flag(signed_flag):
             return (torch.clamp(x / v, -1.0, 1.0) + 1.0) / 2.0
         return torch.clamp(x / v, 0.0, 1.0)
 
-    def _denormalise_act(self, z: Tensor, v: Tensor) -> Tensor:
-        if self._host_flag("act_signed"):
+    def _denormalise_act(self, z: Tensor, v: Tensor, signed_flag: str = "act_signed") -> Tensor:
+        if self._host_flag(signed_flag):
             return v * (2.0 * z - 1.0)
         return v * z
 
@@ -194,7 +208,8 @@ class SBSLayerMixin(ChannelGateMixin):
         if not searching and w_bits >= FLOAT_BITS:
             return self.weight
         w_std, std = self._search_standardised() if self.mode == "search" else self._standardise(self.weight)
-        z = self._normalise_weight(w_std)
+        v = self._weight_range(w_std)
+        z = self._normalise_weight(w_std, v)
         if searching and self.search_weight_bits:
             stats, grids = lower_grid_residuals(z, self.bits)
             rel = stats / self.w_scale
@@ -204,33 +219,40 @@ class SBSLayerMixin(ChannelGateMixin):
             z_hat = gated_quantize(z, gates, self.bits, grids)
         else:
             z_hat = quantize(z, step_size(w_bits))
-        return std * self._weight_clip() * (2.0 * z_hat - 1.0)
+        return std * v * (2.0 * z_hat - 1.0)
 
     def quantized_input(self, x: Tensor) -> Tensor:
         """The input activation as the layer sees it in its current mode (pruned channels zero)."""
         return self._mask_input(self._quantize_input(x))
 
     def _quantize_input(self, x: Tensor) -> Tensor:
+        return self._quantize_activation(x, ActivationPath("a", "act_clip", "act_signed", "a_scale", "a_residual_ema"))
+
+    def _quantize_activation(self, x: Tensor, path: ActivationPath) -> Tensor:
+        """Quantise an activation on one path's clip, statistics and gates (method section 2)."""
         searching = self.mode == "search" and not self.pinned
-        if not searching and self.fixed_a_bits >= FLOAT_BITS:
+        fixed_bits = self.fixed_a_bits if path.family == "a" else self.fixed_w_bits
+        if self.act_float or (not searching and fixed_bits >= FLOAT_BITS):
             return x
-        v = self._act_clip(x)
-        z = self._normalise_act(x, v)
+        v = self._act_clip(x, getattr(self, path.clip))
+        z = self._normalise_act(x, v, path.signed)
         if searching:
+            ema: Tensor = getattr(self, path.ema)
             if self.training:  # the statistic on a fixed sample; only the chosen grid is computed in full
                 batch_stats = sampled_residuals(z, self.bits)
                 with torch.no_grad():
-                    self.a_residual_ema.lerp_(batch_stats, _EMA_MOMENTUM)
+                    ema.lerp_(batch_stats, _EMA_MOMENTUM)
             else:
-                batch_stats = self.a_residual_ema
-            rel = batch_stats / self.a_scale
-            gates = threshold_gate(rel, self.a_theta, self.tau)
-            self.last_a_gates = gates
-            self.last_a_probs = torch.sigmoid((rel - self.a_theta.detach()) / self.tau)
+                batch_stats = ema
+            theta: Tensor = getattr(self, f"{path.family}_theta")
+            rel = batch_stats / getattr(self, path.scale)
+            gates = threshold_gate(rel, theta, self.tau)
+            setattr(self, f"last_{path.family}_gates", gates)
+            setattr(self, f"last_{path.family}_probs", torch.sigmoid((rel - theta.detach()) / self.tau))
             z_hat = gated_quantize(z, gates, self.bits)
         else:
-            z_hat = quantize(z, step_size(self.fixed_a_bits))
-        return self._denormalise_act(z_hat, v)
+            z_hat = quantize(z, step_size(fixed_bits))
+        return self._denormalise_act(z_hat, v, path.signed)
 
     def _maybe_calibrate(self, x: Tensor) -> None:
         if not self._host_flag("calibrated"):
@@ -258,13 +280,13 @@ class SBSLayerMixin(ChannelGateMixin):
         """(w_bits, a_bits) the gates select now (activation choice from the running mean)."""
         if self.mode != "search" or self.pinned:
             return self.fixed_w_bits, self.fixed_a_bits
-        w_std, _ = self._search_standardised()
         if self.search_weight_bits:
-            stats, _ = lower_grid_residuals(self._normalise_weight(w_std), self.bits)
-            w_rel = (stats / self.w_scale).tolist()
+            w_rel = self.weight_statistics().tolist()
             w_bits = bits_from_gates(self.bits, [a > float(t) for a, t in zip(w_rel, self.w_theta)])
         else:
             w_bits = self.fixed_w_bits
+        if self.act_float:
+            return w_bits, self.fixed_a_bits
         a_rel = (self.a_residual_ema / self.a_scale).tolist()
         a_bits = bits_from_gates(self.bits, [a > float(t) for a, t in zip(a_rel, self.a_theta)])
         return w_bits, a_bits
@@ -276,11 +298,10 @@ class SBSLayerMixin(ChannelGateMixin):
         margin = THRESHOLD_MARGIN_TAU * self.tau
         self.w_theta.clamp_(min=0.0)
         self.a_theta.clamp_(min=0.0)
-        self.weight_clip.clamp_(min=_MIN_CLIP)
-        self.act_clip.clamp_(min=_MIN_CLIP)
+        self.weight_clip.clamp_(min=MIN_CLIP)
+        self.act_clip.clamp_(min=MIN_CLIP)
         if self.mode == "search" and not self.pinned:
-            w_stats, _ = lower_grid_residuals(self._normalise_weight(self._search_standardised()[0]), self.bits)
-            self.w_theta.copy_(torch.minimum(self.w_theta, w_stats / self.w_scale + margin))
+            self.w_theta.copy_(torch.minimum(self.w_theta, self.weight_statistics() + margin))
             self.a_theta.copy_(torch.minimum(self.a_theta, self.a_residual_ema / self.a_scale + margin))
         if self.prunable:
             stats = torch.sort(self.pruning_statistics()).values
@@ -308,16 +329,6 @@ class SBSLayerMixin(ChannelGateMixin):
         if self.prunable:
             state["prunable"] = True
         return base + ", " + ", ".join(f"{k}={v}" for k, v in state.items())
-
-
-def _grad_scale(x: Tensor, scale: float) -> Tensor:
-    """``x`` in the forward pass, ``scale * grad`` in the backward (LSQ's step-size gradient scale).
-
-    A clipping value collects one gradient term per element it clips; without this scale its
-    gradient grows with the tensor size and deep models diverge.
-    """
-    scaled = x * scale
-    return (x - scaled).detach() + scaled
 
 
 class SBSConv2d(SBSLayerMixin, nn.Conv2d):

@@ -44,6 +44,8 @@ class LayerDecision:
     a_bits: int  # input-activation bits (FLOAT_BITS = float)
     pruned_channels: list[int] = field(default_factory=list)  # output channel indices removed
     kept_in: int | None = None  # input channels left by the producer's pruning (None = all)
+    w_group: int = 0  # weights per FP16 scale along the input dimension (0: per-channel scales)
+    act_float: bool = False  # weight-only: activations (a matmul's operands: both) stay float at a_bits
 
     @property
     def kept_out(self) -> int:
@@ -56,7 +58,20 @@ class LayerDecision:
             a_bits=self.a_bits,
             kept_in=self.shape.in_channels if self.kept_in is None else self.kept_in,
             kept_out=self.kept_out,
+            w_group=self.w_group,
+            act_float=self.act_float,
         )
+
+    def summary(self) -> dict[str, Any]:
+        """The fields config.yaml and result.json both start a layer's entry with: name, bits, channels."""
+        return {
+            "name": self.shape.name,
+            "w_bits": self.w_bits,
+            "a_bits": self.a_bits,
+            "out_channels": self.shape.out_channels,
+            "kept_out_channels": self.kept_out,
+            "kept_in_channels": self.state.kept_in,
+        }
 
 
 @dataclass
@@ -81,9 +96,14 @@ class CompressionConfig:
         return [cost_model.layer_cost(d.shape, d.state, self.batch) for d in self.layers]
 
     def uniform(self, bits: int) -> CompressionConfig:
-        """The same model at ``bits`` everywhere, unpruned (full precision with FLOAT_BITS)."""
+        """The same model at ``bits`` everywhere, unpruned (full precision with FLOAT_BITS).
+
+        For weight-only layers "``bits`` everywhere" means the weights: their activations (both
+        operands of an attention product) stay at their float width, and weights keep their groups.
+        """
+        layers = [_uniform_decision(d, bits) for d in self.layers]
         return CompressionConfig(
-            layers=[LayerDecision(d.shape, bits, bits) for d in self.layers],
+            layers=layers,
             model=self.model,
             dataset=self.dataset,
             bits=list(self.bits),
@@ -93,6 +113,14 @@ class CompressionConfig:
 
     def full_precision(self) -> CompressionConfig:
         return self.uniform(FLOAT_BITS)
+
+
+def _uniform_decision(d: LayerDecision, bits: int) -> LayerDecision:
+    if not d.act_float or bits >= FLOAT_BITS:
+        return LayerDecision(d.shape, bits, bits)
+    if d.shape.kind == "matmul":
+        return LayerDecision(d.shape, d.w_bits, d.a_bits, act_float=True)
+    return LayerDecision(d.shape, bits, d.a_bits, w_group=d.w_group, act_float=True)
 
 
 def _shape_to_dict(shape: LayerShape) -> dict[str, Any]:
@@ -110,7 +138,7 @@ def _shape_to_dict(shape: LayerShape) -> dict[str, Any]:
 
 def save_config(config: CompressionConfig, path: str | Path) -> None:
     """Write ``config`` as YAML (atomically)."""
-    data = {
+    data: dict[str, Any] = {
         "format": CONFIG_FORMAT,
         "model": config.model,
         "dataset": config.dataset,
@@ -119,13 +147,10 @@ def save_config(config: CompressionConfig, path: str | Path) -> None:
         "batch": config.batch,
         "layers": [
             {
-                "name": d.shape.name,
-                "w_bits": d.w_bits,
-                "a_bits": d.a_bits,
-                "out_channels": d.shape.out_channels,
-                "kept_out_channels": d.kept_out,
-                "kept_in_channels": d.state.kept_in,
+                **d.summary(),
                 "pruned_channels": list(d.pruned_channels),
+                **({"weight_group": d.w_group} if d.w_group else {}),
+                **({"act_float": True} if d.act_float else {}),
                 "shape": _shape_to_dict(d.shape),
             }
             for d in config.layers
@@ -161,7 +186,7 @@ class _Strict(BaseModel):
 class _ShapeFile(_Strict):
     """A layer's ``shape:`` block (a :class:`LayerShape`)."""
 
-    kind: Literal["conv", "linear"]
+    kind: Literal["conv", "linear", "matmul"]
     in_channels: _Count
     out_channels: _Count
     kernel_size: _Pair
@@ -182,6 +207,8 @@ class _LayerFile(_Strict):
     kept_out_channels: _Count | None = None
     kept_in_channels: _Count | None = None
     pruned_channels: list[_Index] | None = None
+    weight_group: _Count | None = None
+    act_float: Annotated[bool, Strict()] = False
 
 
 class _ConfigFile(_Strict):
@@ -263,8 +290,8 @@ def _check_bits(src: str, bits: list[int]) -> None:
 
 def _check_shape(where: str, shape: _ShapeFile) -> None:
     """Groups that fit the channels (a linear layer has one)."""
-    if shape.kind == "linear" and shape.groups != 1:
-        raise ConfigError(f"{where}.shape.groups: expected 1 for a linear layer, got {shape.groups}")
+    if shape.kind != "conv" and shape.groups != 1:
+        raise ConfigError(f"{where}.shape.groups: expected 1 for a {shape.kind} layer, got {shape.groups}")
     for key in ("in_channels", "out_channels"):
         if getattr(shape, key) % shape.groups:
             raise ConfigError(f"{where}.shape.groups: {shape.groups} does not divide {key} ({getattr(shape, key)})")
@@ -304,19 +331,9 @@ def _check_layer(where: str, layer: _LayerFile) -> list[int]:
 def _decision(where: str, layer: _LayerFile) -> LayerDecision:
     pruned = _check_layer(where, layer)
     s = layer.shape
-    shape = LayerShape(
-        name=layer.name,
-        kind=s.kind,
-        in_channels=s.in_channels,
-        out_channels=s.out_channels,
-        kernel_size=s.kernel_size,
-        stride=s.stride,
-        groups=s.groups,
-        in_size=s.in_size,
-        out_size=s.out_size,
-    )
+    shape = LayerShape(name=layer.name, **s.model_dump())  # the shape block holds LayerShape's other fields
     kept_in = s.in_channels if layer.kept_in_channels is None else layer.kept_in_channels
-    return LayerDecision(shape, layer.w_bits, layer.a_bits, pruned, kept_in)
+    return LayerDecision(shape, layer.w_bits, layer.a_bits, pruned, kept_in, layer.weight_group or 0, layer.act_float)
 
 
 def _validate(src: str, data: Any) -> _ConfigFile:

@@ -1,4 +1,5 @@
-"""Turn any nn.Module into a searchable one: wrap every Conv2d/Linear, trace shapes, mark pruning."""
+"""Turn any nn.Module into a searchable one: wrap every Conv2d/Linear/attention product, trace
+shapes, mark pruning."""
 
 from __future__ import annotations
 
@@ -14,11 +15,18 @@ from cost_models.base import LayerShape
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, DEFAULT_PIN_BITS
 from hwsbs.errors import ModelError
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
+from hwsbs.quant.matmul import Matmul, SBSMatmul
 
+from .adapters import adapt_layers
+from .attention import expose_attention
 from .config_io import LayerDecision
+from .coverage import Coverage, measure_coverage
 from .prunable import PrunableGroup, find_prunable_groups, warn_untraceable
 
-__all__ = ["SearchSpace", "convert_model", "set_submodule", "trace_layer_shapes"]
+__all__ = ["SearchSpace", "convert_model", "searchable_shapes", "set_submodule", "trace_layer_shapes"]
+
+#: The module types conversion wraps (adapters and attention exposure produce these).
+_SEARCHED_TYPES = (nn.Conv2d, nn.Linear, Matmul)
 
 
 @dataclass
@@ -30,6 +38,7 @@ class SearchSpace:
     shapes: dict[str, LayerShape]  # each layer's unpruned shape, traced with a sample batch
     groups: list[PrunableGroup] = field(default_factory=list)  # prunable producer/consumer chains
     pruning_disabled_reason: str | None = None  # why pruning is off, when it is
+    coverage: Coverage | None = None  # the share of the model's MACs these layers compute
 
     def layer(self, name: str) -> SBSLayerMixin:
         return cast(SBSLayerMixin, self.model.get_submodule(name))  # layer_names are SBS layers
@@ -61,10 +70,27 @@ class SearchSpace:
             shape = self.shapes[name]
             fixed = (layer.fixed_w_bits, layer.fixed_a_bits)
             w, a = fixed if layer.pinned else bits.get(name, fixed)
+            if layer.act_float:  # weight-only: activations stay at their float width whatever is asked
+                a = layer.fixed_a_bits
             src = source.get(name)
             kept_in = shape.in_channels - len(pruned.get(src, [])) if src is not None else None
             own = pruned.get(src, []) if name in passthrough else pruned.get(name, [])
-            out.append(LayerDecision(shape, int(w), int(a), list(own), kept_in))
+            out.append(LayerDecision(shape, int(w), int(a), list(own), kept_in, layer.weight_group, layer.act_float))
+        return out
+
+    def uniform(self, bits: int) -> list[LayerDecision]:
+        """Every layer at ``bits``, pinned ones too, unpruned: the reference "uniform ``bits``-bit".
+
+        Weight-only layers keep their activations at their float width (attention products both
+        operands), as :meth:`CompressionConfig.uniform` does.
+        """
+        out = []
+        for name, layer in self.layers():
+            d = LayerDecision(self.shapes[name], bits, bits, w_group=layer.weight_group, act_float=layer.act_float)
+            if layer.act_float:
+                d.a_bits = layer.fixed_a_bits
+                d.w_bits = layer.fixed_w_bits if self.shapes[name].kind == "matmul" else bits
+            out.append(d)
         return out
 
     def max_pruned_groups(self, producer: str) -> int:
@@ -81,6 +107,21 @@ class SearchSpace:
         return out
 
 
+def _set_weight_only(layer: SBSLayerMixin, name: str, act_bits: int | None, weight_group: int) -> None:
+    """Weight-only quantisation: float activations, and attention products entirely in float."""
+    if weight_group < 0:
+        raise ModelError(f"weight group must be 0 (one clip per layer) or a positive size, got {weight_group}")
+    if not isinstance(layer, SBSMatmul):
+        layer.weight_group = weight_group
+    if act_bits is None:
+        return
+    layer.act_float = True
+    layer.fixed_a_bits = act_bits
+    if isinstance(layer, SBSMatmul):
+        layer.pinned = True
+        layer.fixed_w_bits = act_bits
+
+
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     """Replace the submodule at dotted path ``name``."""
     parent_name, _, attr = name.rpartition(".")
@@ -90,7 +131,7 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 @torch.no_grad()
 def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], dict[str, LayerShape]]:
-    """Run ``example`` once (eval mode) and record every Conv2d/Linear's shape in execution order."""
+    """Run ``example`` once (eval mode) and record every Conv2d/Linear/Matmul's shape in execution order."""
     order: list[str] = []
     shapes: dict[str, LayerShape] = {}
     hooks = []
@@ -100,7 +141,18 @@ def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], di
             if name in shapes:
                 return  # shared module called twice: first call defines the shape
             x = inputs[0]
-            if isinstance(mod, nn.Conv2d):
+            if isinstance(mod, Matmul):  # (..., M, K) x (..., K, N); the leading dims after batch are heads
+                heads = int(x[0, ..., 0, 0].numel()) if x.dim() > 2 else 1
+                rows, reduction, cols = int(x.shape[-2]), int(x.shape[-1]), int(inputs[1].shape[-1])
+                shapes[name] = LayerShape(
+                    name=name,
+                    kind="matmul",
+                    in_channels=reduction,
+                    out_channels=cols,
+                    in_size=(rows, heads),
+                    out_size=(rows, heads),
+                )
+            elif isinstance(mod, nn.Conv2d):
                 shapes[name] = LayerShape(
                     name=name,
                     kind="conv",
@@ -128,7 +180,7 @@ def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], di
         return hook
 
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+        if isinstance(mod, _SEARCHED_TYPES):
             hooks.append(mod.register_forward_hook(make_hook(name)))
     was_training = model.training
     model.eval()
@@ -141,6 +193,15 @@ def trace_layer_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], di
             h.remove()
         model.train(was_training)
     return order, shapes
+
+
+def searchable_shapes(model: nn.Module, example: Tensor) -> tuple[list[str], dict[str, LayerShape]]:
+    """The layers conversion would search, in execution order, without converting ``model``
+    (a copy gets its adapters and exposed attention, so products and Conv1D are listed too)."""
+    prepared = copy.deepcopy(model)
+    adapt_layers(prepared)
+    expose_attention(prepared, example)
+    return trace_layer_shapes(prepared, example)
 
 
 @torch.no_grad()
@@ -172,6 +233,8 @@ def convert_model(
     pin_bits: int = DEFAULT_PIN_BITS,
     prune: bool = True,
     inplace: bool = False,
+    weight_only_act_bits: int | None = None,
+    weight_group: int = 0,
 ) -> SearchSpace:
     """Wrap every Conv2d/Linear of ``model`` in an SBS layer and calibrate it on ``example``.
 
@@ -186,29 +249,35 @@ def convert_model(
         pin_bits: bit width of pinned layers (32 keeps them in float).
         prune: search pruning for the prunable pairs torch.fx finds.
         inplace: convert ``model`` itself instead of a deep copy.
+        weight_only_act_bits: weight-only search: activations stay float and are priced at this
+            width (16 or 32); attention products stay float entirely (None: quantise activations).
+        weight_group: weights per scale along the input dimension (0: one learned clip per layer).
 
     Returns:
         The :class:`SearchSpace`. Models fx cannot trace get no pruning and a warning saying why.
     """
     if not inplace:
         model = copy.deepcopy(model)
-    order, shapes = trace_layer_shapes(model, example)
-    if not order:
-        raise ModelError(f"{type(model).__name__} has no Conv2d or Linear layer to quantise")
+    adapt_layers(model)
     groups: list[PrunableGroup] = []
     reason: str | None = None
-    if prune:
+    if prune:  # before attention is exposed: torch.fx traces nn.MultiheadAttention as one leaf
         groups, reason = find_prunable_groups(model)
-        if reason is not None:
-            warn_untraceable(reason)
-    unused = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in shapes]
+    expose_attention(model, example)
+    order, shapes = trace_layer_shapes(model, example)
+    coverage = measure_coverage(model, example, shapes)
+    if not order:
+        raise ModelError(f"{type(model).__name__} has no layer hwsbs can quantise{coverage.describe_float()}")
+    if reason is not None:
+        warn_untraceable(reason)
+    unused = [n for n, m in model.named_modules() if isinstance(m, _SEARCHED_TYPES) and n not in shapes]
     for name in order + unused:
         mod = model.get_submodule(name)
-        cls = SBSConv2d if isinstance(mod, nn.Conv2d) else SBSLinear
+        cls = SBSMatmul if isinstance(mod, Matmul) else SBSConv2d if isinstance(mod, nn.Conv2d) else SBSLinear
         set_submodule(
             model,
             name,
-            cls.from_module(mod, bits, group_size, max_prune_fraction, temperature),  # type: ignore[arg-type]  # mod is a Conv2d for SBSConv2d, else a Linear
+            cls.from_module(mod, bits, group_size, max_prune_fraction, temperature),  # type: ignore[arg-type]  # cls matches mod's type
         )
     pinned = {order[0], order[-1]} if pin_first_last else set()
     producers = {g.producer for g in groups}
@@ -220,10 +289,13 @@ def convert_model(
             layer.pinned = True
             layer.fixed_w_bits = layer.fixed_a_bits = pin_bits
         layer.prunable = name in producers
+        _set_weight_only(layer, name, weight_only_act_bits, weight_group)
     for g in groups:  # the consumer zeroes the channels its producer prunes (method section 3)
         producer = model.get_submodule(g.producer)
         model.get_submodule(g.consumer).__dict__["mask_source"] = producer
         for dw in g.passthrough:  # a depthwise layer in between loses the same rows
             model.get_submodule(dw).__dict__["row_source"] = producer
     _calibrate(model, example)
-    return SearchSpace(model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason)
+    space = SearchSpace(model=model, layer_names=order, shapes=shapes, groups=groups, pruning_disabled_reason=reason)
+    space.coverage = coverage
+    return space

@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from hwsbs.defaults import DEFAULT_GROUP_SIZE
 from hwsbs.errors import ModelError
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
+from hwsbs.quant.scales import LAYER_SETTINGS
 
 from .config_io import CompressionConfig
 from .convert import SearchSpace, set_submodule
 
-__all__ = ["derive_config", "apply_config", "slice_sbs_layer", "slice_batchnorm"]
+__all__ = ["derive_config", "apply_config", "build_compressed_model", "slice_sbs_layer", "slice_batchnorm"]
 
 
 def derive_config(
@@ -43,7 +44,7 @@ def derive_config(
 
 
 def _copy_sbs_state(src: SBSLayerMixin, dst: SBSLayerMixin) -> None:
-    for attr in ("mode", "fixed_w_bits", "fixed_a_bits", "pinned", "search_weight_bits"):
+    for attr in LAYER_SETTINGS:
         setattr(dst, attr, getattr(src, attr))
     dst.prunable = False  # once channels are physically removed, the pruning decision is final
     with torch.no_grad():
@@ -147,6 +148,9 @@ def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "c
     for name, layer in space.layers():
         layer.set_fixed(cfg[name].w_bits, cfg[name].a_bits)
         layer.prunable = False
+        layer.act_float = cfg[name].act_float  # weight-only decisions keep activations float
+        if cfg[name].shape.kind != "matmul":
+            layer.weight_group = cfg[name].w_group
     producers = {g.producer: g for g in space.groups}
     passthrough = {p for g in space.groups for p in g.passthrough}
     for name in space.layer_names:
@@ -166,3 +170,13 @@ def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "c
             set_submodule(model, dw, slice_sbs_layer(space.layer(dw), keep, keep))
         set_submodule(model, group.consumer, slice_sbs_layer(space.layer(group.consumer), None, keep))
     return model
+
+
+def build_compressed_model(
+    model: nn.Module, config: CompressionConfig, example: Tensor, source: str = "config.yaml"
+) -> nn.Module:
+    """A full-precision model turned into the fixed, physically pruned model ``config`` describes."""
+    from .convert import convert_model
+
+    space = convert_model(model, example, config.bits, group_size=config.group_size, prune=True)
+    return apply_config(space, config, source)

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cost_models.base import CostModel
+from hwsbs.task import count_correct, task_loss
 from hwsbs.training import check_finite, make_sgd, split_decay
 
 from .convert import SearchSpace
@@ -22,7 +22,7 @@ from .cost_term import CostTerm
 from .steady_state import ChoiceRecorder
 from .threshold_optim import CostGradientScale
 
-__all__ = ["CostObjective", "SearchEngine", "log_cost_penalty"]
+__all__ = ["CostObjective", "SearchEngine", "log_cost_penalty", "step_stats"]
 
 
 @dataclass
@@ -43,6 +43,18 @@ def log_cost_penalty(objectives: list[CostObjective], costs: list[Tensor]) -> Te
             log_r = torch.relu(log_r - math.log(obj.target))
         penalty = penalty + obj.weight * log_r
     return penalty
+
+
+def step_stats(loss: Tensor, ce: Tensor, logits: Tensor, targets: Tensor, costs: list[Tensor]) -> dict[str, float]:
+    """What a search step reports (SBS and the multipath baseline alike): its loss, cross-entropy,
+    batch accuracy and primary cost."""
+    right, n = count_correct(logits, targets)
+    return {
+        "loss": float(loss.detach()),
+        "ce": float(ce.detach()),
+        "acc": right / max(n, 1),
+        "cost": float(costs[0].detach()) if costs else 0.0,
+    }
 
 
 class SearchEngine:
@@ -89,7 +101,7 @@ class SearchEngine:
 
     def loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """``(total loss, cross-entropy, costs)`` for the latest forward."""
-        ce = F.cross_entropy(logits, targets)
+        ce = task_loss(logits, targets)
         costs = self.cost_values()
         penalty = self.penalty(costs)
         return ce + (self.lam * penalty).to(ce.device, ce.dtype), ce, costs
@@ -114,7 +126,7 @@ class SearchEngine:
             p.requires_grad_(False)
         try:
             logits = self.space.model(x)
-            ce = F.cross_entropy(logits, y)
+            ce = task_loss(logits, y)
             costs = self.cost_values()
             penalty = self.penalty(costs)
             loss = ce + (self.lam * penalty).to(ce.device, ce.dtype)
@@ -137,13 +149,7 @@ class SearchEngine:
         self.step_count += 1
         if self.terms:
             self.recorder.record(self.terms[0].last_choice)
-        acc = float((logits.argmax(1) == y).float().mean())
-        return {
-            "loss": float(loss.detach()),
-            "ce": float(ce.detach()),
-            "acc": acc,
-            "cost": float(costs[0].detach()) if costs else 0.0,
-        }
+        return step_stats(loss, ce, logits, y, costs)
 
     def state_dict(self) -> dict:
         return {

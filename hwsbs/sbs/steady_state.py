@@ -18,7 +18,6 @@ import torch
 
 from cost_models.base import CostModel
 from hwsbs.budget import BUDGET_SLACK
-from hwsbs.quant.fused import lower_grid_residuals
 
 from .config_io import CompressionConfig
 from .convert import SearchSpace
@@ -164,9 +163,8 @@ def set_gates_to(space: SearchSpace, bits: dict[str, tuple[int, int]], pruned_gr
         if layer.pinned or layer.mode != "search":
             continue
         w_bits, a_bits = bits.get(name, (layer.bits[-1], layer.bits[-1]))
-        w_stats, _ = lower_grid_residuals(layer._normalise_weight(layer._search_standardised()[0]), layer.bits)
         for theta, stats, chosen in (
-            (layer.w_theta, w_stats / layer.w_scale, w_bits),
+            (layer.w_theta, layer.weight_statistics(), w_bits),
             (layer.a_theta, layer.a_residual_ema / layer.a_scale, a_bits),
         ):
             for j, stat in enumerate(stats.tolist()):

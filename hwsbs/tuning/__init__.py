@@ -14,24 +14,12 @@ Python API::
 
 from __future__ import annotations
 
-from hwsbs.tuning.report import StudyReport, collect, hypervolume, non_dominated, print_report, write_report
+from hwsbs.tuning import report
+from hwsbs.tuning.report import *  # noqa: F403  (the report's whole API: its records, front and hypervolume)
 from hwsbs.tuning.samplers import make_sampler
 from hwsbs.tuning.space import SearchSpace
 from hwsbs.tuning.storage import load_study, open_storage
 from hwsbs.tuning.study import StudyRun, StudySettings, run_study
 
-__all__ = [
-    "SearchSpace",
-    "StudySettings",
-    "StudyRun",
-    "run_study",
-    "load_study",
-    "open_storage",
-    "make_sampler",
-    "StudyReport",
-    "collect",
-    "write_report",
-    "print_report",
-    "hypervolume",
-    "non_dominated",
-]
+__all__ = ["SearchSpace", "StudySettings", "StudyRun", "run_study", "load_study", "open_storage", "make_sampler"]
+__all__ += report.__all__

@@ -18,7 +18,7 @@ from hwsbs.models import build_model
 from hwsbs.pipeline import load_weights_into
 from hwsbs.progress import PhaseProgress
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision
-from hwsbs.sbs.convert import trace_layer_shapes
+from hwsbs.sbs.convert import searchable_shapes
 from hwsbs.training import make_sgd, split_decay, train_epoch
 
 __all__ = ["pretrain_once", "check_inputs"]
@@ -81,7 +81,7 @@ def check_inputs(cfg: SearchConfig, cost_models: list[CostModel], target: float 
     if cfg.checkpoint is not None:
         load_weights_into(model, load_state_dict_file(cfg.checkpoint), f"--checkpoint {cfg.checkpoint}")
     example = next(iter(make_loader(bundle.train, 2, False, cfg.seed, 0)))[0]
-    order, shapes = trace_layer_shapes(model, example)
+    order, shapes = searchable_shapes(model, example)
     plain = CompressionConfig([LayerDecision(shapes[n], 8, 8) for n in order], batch=cfg.cost_batch)
     for cm in cost_models:  # every result reports the uniform 8-bit and full-precision costs
         plain.cost(cm)

@@ -82,15 +82,9 @@ class TrialRecord:
         return self.cost(label) / u8 if u8 > 0 else math.inf
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "number": self.number,
-            "state": self.state,
-            "params": self.params,
-            "options": self.options,
-            "weights": self.weights,
-            "accuracy": self.accuracy,
-            "costs": self.costs,
-        }
+        # the stored fields as they are, up to the costs; the derived ratios come next, then the rest
+        stored = ("number", "state", "params", "options", "weights", "accuracy", "costs")
+        out: dict[str, Any] = {name: getattr(self, name) for name in stored}
         if self.costs is not None:
             out["cost_vs_uniform_8bit"] = {label: self.ratio(label) for label in self.costs}
         out.update(
