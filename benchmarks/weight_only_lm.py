@@ -8,8 +8,8 @@ Protocol (the frontier's, for a causal LM):
    per fine-tuned model for the table.
 2. **One full-precision gpt_tiny** (``--pretrain-epochs``), the start of every method.
 3. **Search** with ``--weight-only --weight-group K`` (activations FP16, FP16 scales per K
-   inputs): SBS with ``--target`` = the size of uniform 4-bit weight-only (weights + scales, the
-   ``size`` cost model: equal memory), ``--search-epochs``.
+   inputs): SBS with ``--target`` = the size of uniform B-bit weight-only for each B of
+   ``--budget-bits`` (weights + scales, the ``size`` cost model: equal memory), ``--search-epochs``.
 4. **Fine-tune** every configuration (uniform 4-bit and 8-bit weight-only included) from the same
    full-precision weights with one schedule (``--finetune-epochs``, the pipeline's SGD).
 5. ``--seeds`` seeds; mean and std of test next-token accuracy and perplexity per row.
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-epochs", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--weight-group", type=int, default=32)
+    p.add_argument("--budget-bits", nargs="+", type=int, default=[4, 2], help="SBS at the memory of uniform B-bit")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="runs/bench_weight_only_lm")
@@ -99,18 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(hw="a100", cost="size", weight_only=True, weight_group=args.weight_group, pretrain_epochs=0)
     for seed in args.seeds:
         searched: dict[str, CompressionConfig] = {}
-        for bits in (8, 4):
+        for bits in sorted({8, *args.budget_bits}, reverse=True):
             r = hwsbs.search(
                 fp, train, val, method="uniform", uniform_bits=bits, search_epochs=0, finetune_epochs=0,
                 seed=seed, out=str(out / f"seed{seed}" / f"uniform{bits}"), factory="gpt_tiny", **common,
             )  # fmt: skip
             searched[f"uniform{bits}"] = r.config
-        target = searched["uniform4"].cost(size)
-        r = hwsbs.search(
-            fp, train, val, method="sbs", target=target, search_epochs=args.search_epochs, finetune_epochs=0,
-            seed=seed, out=str(out / f"seed{seed}" / "sbs"), factory="gpt_tiny", **common,
-        )  # fmt: skip
-        searched["sbs"] = r.config
+        for bits in args.budget_bits:
+            r = hwsbs.search(
+                fp, train, val, method="sbs", target=searched[f"uniform{bits}"].cost(size),
+                search_epochs=args.search_epochs, finetune_epochs=0, seed=seed,
+                out=str(out / f"seed{seed}" / f"sbs@u{bits}"), factory="gpt_tiny", **common,
+            )  # fmt: skip
+            searched[f"sbs@u{bits}"] = r.config
         for label, config in searched.items():
             example = next(iter(make_loader(train, 2, False, 0)))[0]
             model = build_model("gpt_tiny", **geometry)
@@ -134,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     summary: dict[str, Any] = {}
-    for label in ("uniform8", "uniform4", "sbs"):
+    labels = ["uniform8"] + [f"{m}{b}" for b in args.budget_bits for m in ("uniform", "sbs@u")]
+    for label in labels:
         got = [r for r in rows if r["method"] == label]
         summary[label] = {
             key: {"mean": statistics.mean(r[key] for r in got), "std": statistics.pstdev(r[key] for r in got)}

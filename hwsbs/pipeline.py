@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,9 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from cost_models import build_cost_model
 from cost_models.base import CostModel
-from hardware_profiles import HardwareProfile, load_profile
+from hardware_profiles import HardwareProfile
 from hardware_profiles.checked_io import write_text_atomic
 from hwsbs.budget import budget_report, check_costable, resolve_target
 from hwsbs.checkpoint import (
@@ -40,6 +38,7 @@ from hwsbs.defaults import FINETUNE_LR_FACTOR
 from hwsbs.errors import ConfigError
 from hwsbs.methods import MethodContext, get_method
 from hwsbs.models import build_model
+from hwsbs.objectives import Objective, resolve_cost_model
 from hwsbs.progress import PhaseProgress
 from hwsbs.result import SearchResult, cost_summary, write_outputs
 from hwsbs.run_options import OPTIONS_NAME, check_resume_options
@@ -59,21 +58,6 @@ __all__ = [
     "build_compressed_model",
     "load_weights_into",
 ]
-
-
-@dataclass
-class Objective:
-    """A (profile, cost model, weight) the search pays for; the first one is the primary."""
-
-    hw: str  # profile name or path
-    cost: str | None = None  # cost model override
-    weight: float = 1.0  # weight of its log-cost in the loss
-
-
-def resolve_cost_model(hw: str | HardwareProfile, cost: str | None = None) -> tuple[HardwareProfile, CostModel]:
-    """Load a profile and build its default cost model (or ``cost`` instead)."""
-    profile = hw if isinstance(hw, HardwareProfile) else load_profile(hw)
-    return profile, build_cost_model(cost or profile.cost_model.name, profile)
 
 
 def default_run_dir() -> Path:
@@ -130,6 +114,7 @@ class _Run:
         self.run_dir = Path(config.out) if config.out else default_run_dir()
         self.coverage: dict[str, Any] | None = None  # the converted model's coverage, for result.json
         self.history: list[dict[str, Any]] = []
+        self.on_epoch: Callable[[dict[str, Any]], None] | None = None  # run_search's per-epoch callback
         self.fp_accuracy: float | None = None
 
     def loader(self, phase: str, epoch: int) -> DataLoader:
@@ -144,6 +129,12 @@ class _Run:
 
     def steps_per_epoch(self) -> int:
         return len(self.loader("pretrain", 0))
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Append one epoch's metrics to the history, and tell ``on_epoch``."""
+        self.history.append(entry)
+        if self.on_epoch is not None:
+            self.on_epoch(entry)
 
     def checkpoint(self, phase: str, epoch: int, model: nn.Module, optim: dict[str, Any]) -> None:
         save_checkpoint(
@@ -185,7 +176,7 @@ def _train_phase(
             progress,
             f"{_PHASE_WHAT[phase]} epoch {epoch + 1}",
         )
-        run.history.append({"phase": phase, "epoch": epoch + 1, "loss": loss})
+        run.record({"phase": phase, "epoch": epoch + 1, "loss": loss})
         run.checkpoint(
             phase, epoch + 1, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         )
@@ -216,7 +207,7 @@ def _run_method(run: _Run, space: SearchSpace, ckpt: dict | None, progress: Phas
     resuming = ckpt is not None and ckpt["phase"] == "search"
 
     def save_state(epochs_done: int, state: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
-        run.history.append({"phase": "search", "epoch": epochs_done, **(metrics or {})})
+        run.record({"phase": "search", "epoch": epochs_done, **(metrics or {})})
         run.checkpoint("search", epochs_done, space.model, state)
 
     ctx = MethodContext(
@@ -244,6 +235,7 @@ def run_search(
     train_data: DataLoader | Dataset | None = None,
     val_data: DataLoader | Dataset | None = None,
     objectives: Sequence[Objective] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> SearchResult:
     """Run the whole pipeline for ``config`` and write its artefacts to the run directory.
 
@@ -253,12 +245,14 @@ def run_search(
         train_data / val_data: DataLoaders or Datasets (default: built from ``config.data``).
         objectives: costs to pay in the loss (default: ``config.hw`` with weight 1). Results are
             reported on the first; the others appear under ``extra_costs``.
+        on_epoch: called with each epoch's history entry (phase, epoch, metrics) as it is recorded.
 
     Returns:
         The :class:`SearchResult`; ``result.model`` is the fine-tuned compressed model.
     """
     get_method(config.method)  # an unknown method fails before any work
     run = _Run(config, model, train_data, val_data, objectives)
+    run.on_epoch = on_epoch
     run_dir = run.run_dir
     if config.resume and not run_dir.is_dir():
         raise ConfigError(f"--resume: run directory {run_dir} does not exist")

@@ -17,7 +17,7 @@ import hwsbs.tuning.study as study_mod
 from hwsbs.config import SearchConfig
 from hwsbs.errors import ConfigError
 from hwsbs.pipeline import Objective
-from hwsbs.tuning import SearchSpace, StudySettings, collect, hypervolume, non_dominated, run_study, write_report
+from hwsbs.tuning import StudySettings, TuningSpace, collect, hypervolume, non_dominated, run_study, write_report
 from hwsbs.tuning.samplers import make_sampler
 from hwsbs.tuning.storage import load_study, open_storage
 from hwsbs.tuning.study import counted_trials
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_default_space_samples_valid_search_options():
-    space = SearchSpace.default()
+    space = TuningSpace.default()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     for _ in range(6):
         trial = study.ask()
@@ -55,7 +55,7 @@ def test_space_file_with_fixed_values_and_weights(tmp_path):
         "prune: {choices: [true, false]}\n"
         "weight: {low: 0.2, high: 1.0}\n"
     )
-    space = SearchSpace.from_file(path)
+    space = TuningSpace.from_file(path)
     assert space.to_dict()["bits"] == {"choices": ["2,4,8", "1,2,4,8"]}
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     sample = space.sample(trial, ["a100:bops", "a100:size", "t4:roofline"])
@@ -99,7 +99,7 @@ def test_bad_space_files_name_the_problem(tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text + "\n")
     with pytest.raises(ConfigError) as err:
-        SearchSpace.from_file(path)
+        TuningSpace.from_file(path)
     assert str(path) in str(err.value) and message in str(err.value)
 
 
@@ -283,3 +283,43 @@ def test_journal_trial_failed_by_hand_and_marked_lost_is_replaced(tmp_path):
         load_study(f"journal:{tmp_path / 'missing.log'}")
     with pytest.raises(ConfigError, match="no such study"):
         load_study(url, "other")
+
+
+def test_dashboard_reads_metric_names_scalar_attrs_and_intermediate_values(tmp_path):
+    from hwsbs.tuning.attrs import read_trial_attrs
+
+    settings = StudySettings(
+        SearchConfig(**TINY, seed=0),
+        [Objective("a100", "bops")],
+        n_trials=1,
+        target="60%",
+        out=tmp_path / "study",
+        study_name="dash",
+    )
+    run = run_study(settings)
+    assert run.study.metric_names == ["accuracy"]
+    trial = run.study.trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert all(isinstance(v, bool | int | float | str) for v in trial.user_attrs.values())
+    assert trial.user_attrs["accuracy"] == pytest.approx(trial.values[0])
+    assert 0 < trial.user_attrs["vs_uniform_8bit/a100:bops"] <= 0.6 * 1.02  # within the inner budget
+    assert len(trial.intermediate_values) == TINY["search_epochs"]  # one per search epoch
+    got = read_trial_attrs(trial.user_attrs)
+    assert got["costs"]["a100:bops"]["unit"] == "BOPs" and got["options"] and got["constraint"] is not None
+
+
+def test_trial_attrs_of_studies_before_the_flat_layout_still_read():
+    from hwsbs.tuning.attrs import read_trial_attrs, trial_result_attrs, trial_sample_attrs
+
+    accuracy = {"compressed": 0.9, "full_precision": 0.95}
+    costs = {
+        "a100:bops": {"compressed": 1.0, "uniform_8bit": 4.0, "full_precision": 16.0, "unit": "BOPs", "metric": "bops"}
+    }
+    old = {"accuracy": accuracy, "costs": costs, "options": {"lam": 0.1, "bits": [2, 4, 8]}, "constraint": [-0.5]}
+    flat = {
+        **trial_result_attrs(accuracy, costs),
+        **trial_sample_attrs({"lam": 0.1, "bits": [2, 4, 8]}, {}),
+        "constraint": -0.5,
+    }
+    assert read_trial_attrs(old) == read_trial_attrs(flat)
+    assert flat["vs_uniform_8bit/a100:bops"] == 0.25 and flat["option_json/bits"] == "[2, 4, 8]"

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from hwsbs.cli.main import main
 from hwsbs.cli.pareto import parse_hw_spec
 from hwsbs.tuning import hypervolume
+from hwsbs.tuning.attrs import read_trial_attrs
 from tests.helpers import hwsbs_command
 
 TINY = ["--subset", "128", "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "1", "--no-progress"]
@@ -106,8 +107,10 @@ def test_pareto_writes_every_artefact(pareto_run):
         assert t.values[0] == pytest.approx(result["accuracy"]["compressed"])
         assert t.values[1] == pytest.approx(result["cost"]["compressed"])  # a100:bops, the primary
         assert t.values[2] == pytest.approx(result["extra_costs"]["a100:size"]["compressed"])
-        assert set(t.user_attrs["costs"]) == {"a100:bops", "a100:size"}
-        assert sum(t.user_attrs["weights"].values()) == pytest.approx(1.0)
+        got = read_trial_attrs(t.user_attrs)
+        assert set(got["costs"]) == {"a100:bops", "a100:size"}
+        assert sum(got["weights"].values()) == pytest.approx(1.0)
+        assert all(isinstance(v, bool | int | float | str) for v in t.user_attrs.values())  # dashboard-sortable
 
 
 def test_pareto_json_holds_exactly_the_non_dominated_trials(pareto_run):

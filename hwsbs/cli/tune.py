@@ -17,7 +17,8 @@ from hwsbs.cli.search import add_search_options, config_from_args
 from hwsbs.pipeline import Objective
 from hwsbs.progress import console
 from hwsbs.tuning.report import collect, print_report, write_report
-from hwsbs.tuning.space import SearchSpace
+from hwsbs.tuning.attrs import read_trial_attrs
+from hwsbs.tuning.space import TuningSpace
 from hwsbs.tuning.study import SAMPLERS, StudySettings, run_study
 
 __all__ = ["add_parser", "add_study_options", "run_and_report"]
@@ -61,19 +62,18 @@ def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
     started = time.perf_counter()
 
     def show(study: optuna.Study, trial: FrozenTrial) -> None:
-        ua = trial.user_attrs
+        got = read_trial_attrs(trial.user_attrs)
         elapsed = f"[{time.perf_counter() - started:.0f} s]"
-        if trial.state.name == "COMPLETE" and "costs" in ua:
+        if trial.state.name == "COMPLETE" and got["costs"] is not None and got["accuracy"] is not None:
             costs = ", ".join(
                 f"{label} {c['compressed']:.4g} {c['unit']} ({c['compressed'] / c['uniform_8bit']:.2f}x u8)"
-                for label, c in ua["costs"].items()
+                for label, c in got["costs"].items()
                 if c.get("uniform_8bit")
             )
-            budget = (
-                "" if "constraint" not in ua else (" within budget" if ua["constraint"][0] <= 0 else " OVER budget")
-            )
+            violation = got["constraint"]
+            budget = "" if violation is None else (" within budget" if violation <= 0 else " OVER budget")
             console.print(
-                f"trial {trial.number}: accuracy {ua['accuracy']['compressed']:.4f}, {costs}{budget} {elapsed}",
+                f"trial {trial.number}: accuracy {got['accuracy']['compressed']:.4f}, {costs}{budget} {elapsed}",
                 soft_wrap=True,
             )
         elif trial.state.name == "FAIL":
@@ -98,7 +98,7 @@ def run_and_report(args: argparse.Namespace, objectives: list[Objective], multi_
     """Build the settings from ``args``, run the study, write and print its report."""
     if not getattr(args, "debug", False):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines and failures are printed here
-    space = SearchSpace.from_file(args.space) if args.space else SearchSpace.default()
+    space = TuningSpace.from_file(args.space) if args.space else TuningSpace.default()
     base = config_from_args(args, hw=objectives[0].hw, cost=objectives[0].cost, target=None, target_fraction=None)
     options = {name: getattr(args, name) for name in _SETTINGS_OPTIONS}
     settings = StudySettings(

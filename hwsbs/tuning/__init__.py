@@ -17,9 +17,9 @@ from __future__ import annotations
 from hwsbs.tuning import report
 from hwsbs.tuning.report import *  # noqa: F403  (the report's whole API: its records, front and hypervolume)
 from hwsbs.tuning.samplers import make_sampler
-from hwsbs.tuning.space import SearchSpace
+from hwsbs.tuning.space import TuningSpace
 from hwsbs.tuning.storage import load_study, open_storage
 from hwsbs.tuning.study import StudyRun, StudySettings, run_study
 
-__all__ = ["SearchSpace", "StudySettings", "StudyRun", "run_study", "load_study", "open_storage", "make_sampler"]
+__all__ = ["TuningSpace", "StudySettings", "StudyRun", "run_study", "load_study", "open_storage", "make_sampler"]
 __all__ += report.__all__

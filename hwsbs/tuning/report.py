@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.table import Table
 
+from hwsbs.tuning.attrs import read_trial_attrs
 from hwsbs.tuning.front import HV_REFERENCE, hypervolume, non_dominated
 from hwsbs.tuning.plots import plot_html, plot_png, private_tmp
 from hwsbs.tuning.storage import STUDY_ATTR
@@ -150,7 +151,7 @@ class StudyReport:
 
 def _record(t: FrozenTrial, study_attrs: dict[str, Any]) -> TrialRecord:
     ua = t.user_attrs
-    constraint = ua.get("constraint")
+    got = read_trial_attrs(ua)
     reason = ua.get("fail_reason") or study_attrs.get(f"lost:{t.number}")
     if ua.get("surplus"):
         reason = "surplus: the study already had its trials when this one started"
@@ -158,11 +159,11 @@ def _record(t: FrozenTrial, study_attrs: dict[str, Any]) -> TrialRecord:
         number=t.number,
         state=t.state.name,
         params=dict(t.params),
-        options=dict(ua.get("options", {})),
-        weights=dict(ua.get("weights", {})),
-        accuracy=ua.get("accuracy"),
-        costs=ua.get("costs"),
-        constraint=float(constraint[0]) if constraint else None,
+        options=got["options"],
+        weights=got["weights"],
+        accuracy=got["accuracy"],
+        costs=got["costs"],
+        constraint=got["constraint"],
         run_dir=ua.get("run_dir"),
         config_path=ua.get("config_path"),
         result_path=ua.get("result_path"),

@@ -27,7 +27,7 @@ from hardware_profiles.yaml_io import load_yaml
 from hwsbs.config import SearchConfig
 from hwsbs.errors import ConfigError
 
-__all__ = ["Param", "SearchSpace", "TUNABLE", "WEIGHT"]
+__all__ = ["Param", "TuningSpace", "TUNABLE", "WEIGHT"]
 
 #: SearchConfig fields a space may sample, with the kind of value each takes.
 TUNABLE: dict[str, str] = {
@@ -222,7 +222,7 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class SearchSpace:
+class TuningSpace:
     """The hyperparameters a study samples (every other option comes from the command line).
 
     Attributes:
@@ -236,12 +236,12 @@ class SearchSpace:
     source: str = "default"
 
     @classmethod
-    def default(cls) -> SearchSpace:
+    def default(cls) -> TuningSpace:
         """lambda (log), temperature (log), threshold_lr (log), group size, candidate bits."""
         return cls()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> SearchSpace:
+    def from_file(cls, path: str | Path) -> TuningSpace:
         """Read and validate a space YAML file.
 
         Raises:
@@ -250,7 +250,7 @@ class SearchSpace:
         return cls.from_dict(load_yaml(path), str(path))
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<space>") -> SearchSpace:
+    def from_dict(cls, data: Any, source: str = "<space>") -> TuningSpace:
         """Validate a space mapping (the parsed YAML)."""
         if not isinstance(data, Mapping) or not data:
             raise ConfigError(f"{source}: expected a mapping of parameter names to ranges, choices or values")

@@ -10,6 +10,7 @@ starting several workers on one storage, stops once that many trials exist.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -28,9 +29,10 @@ from optuna.trial import FrozenTrial, TrialState
 from hwsbs.config import MIN_TARGET_FRACTION, SearchConfig, parse_target
 from hwsbs.errors import ConfigError
 from hwsbs.pipeline import Objective, resolve_cost_model, run_search
+from hwsbs.tuning.attrs import trial_result_attrs, trial_sample_attrs
 from hwsbs.tuning.preflight import check_inputs, pretrain_once
 from hwsbs.tuning.samplers import SAMPLERS, make_sampler
-from hwsbs.tuning.space import SearchSpace
+from hwsbs.tuning.space import TuningSpace
 from hwsbs.tuning.storage import STUDY_ATTR, heartbeat_settings, mask_url, open_storage, study_dir_name
 
 __all__ = ["StudySettings", "StudyRun", "run_study", "counted_trials", "STUDY_ATTR", "SAMPLERS"]
@@ -74,7 +76,7 @@ class StudySettings:
     objectives: list[Objective]
     n_trials: int
     multi_objective: bool = False
-    space: SearchSpace = field(default_factory=SearchSpace.default)
+    space: TuningSpace = field(default_factory=TuningSpace.default)
     target: str | float | None = None
     inner_budget: bool = True
     storage: str | None = None
@@ -162,6 +164,19 @@ class _TrialObjective:
         self.settings, self.base, self.labels, self.out_dir, self.target = (settings, base, labels, out_dir, target)
         self.started = 0  # trials this process ran
 
+    def _reporter(self, trial: optuna.Trial) -> Callable[[dict[str, Any]], None] | None:
+        """Each search epoch's training accuracy as an intermediate value (single objective only:
+        optuna has no intermediate values for multi-objective studies)."""
+        if self.settings.multi_objective:
+            return None
+        step = itertools.count()
+
+        def report(entry: dict[str, Any]) -> None:
+            if entry.get("phase") == "search" and isinstance(entry.get("acc"), float):
+                trial.report(entry["acc"], next(step))
+
+        return report
+
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         if counted_trials(trial.study, before=trial.number) >= self.settings.n_trials:
             trial.set_user_attr("surplus", True)  # another worker took the last slot at the same moment
@@ -171,11 +186,13 @@ class _TrialObjective:
         trial.set_user_attr("run_dir", str(run_dir))
         try:
             sample = self.settings.space.sample(trial, self.labels)
-            trial.set_user_attr("options", _jsonable(sample.options))
-            trial.set_user_attr("weights", dict(zip(self.labels, sample.weights)))
+            for key, value in trial_sample_attrs(
+                _jsonable(sample.options), dict(zip(self.labels, sample.weights))
+            ).items():
+                trial.set_user_attr(key, value)
             cfg = dataclasses.replace(self.base, **sample.options, out=str(run_dir), resume=False)
             objectives = [Objective(o.hw, o.cost, w) for o, w in zip(self.settings.objectives, sample.weights)]
-            result = run_search(cfg, objectives=objectives)
+            result = run_search(cfg, objectives=objectives, on_epoch=self._reporter(trial))
             accuracy = float(result.accuracy["compressed"])
             if not math.isfinite(accuracy):
                 raise ConfigError(f"compressed accuracy is {accuracy} (empty validation set?)")
@@ -190,8 +207,8 @@ class _TrialObjective:
             self.labels[0]: {**result.cost, "unit": result.unit, "metric": result.metric},
             **result.extra_costs,
         }
-        trial.set_user_attr("accuracy", {k: float(v) for k, v in result.accuracy.items()})
-        trial.set_user_attr("costs", _jsonable(costs))
+        for key, value in trial_result_attrs(result.accuracy, _jsonable(costs)).items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("config_path", str(run_dir / "config.yaml"))
         trial.set_user_attr("result_path", str(run_dir / "result.json"))
         absolute, fraction = self.target
@@ -201,7 +218,7 @@ class _TrialObjective:
             violation = result.cost["compressed"] / budget - 1.0
             trial.set_constraint("cost_budget", violation)
             trial.set_user_attr("budget", budget)
-            trial.set_user_attr("constraint", [violation])
+            trial.set_user_attr("constraint", violation)
         if not self.settings.multi_objective:
             return accuracy
         return (accuracy, *(float(costs[label]["compressed"]) for label in self.labels))
@@ -302,6 +319,9 @@ def run_study(
         load_if_exists=True,
         sampler=make_sampler(settings.sampler, settings.base.seed),
     )
+    with warnings.catch_warnings():  # set_metric_names is marked experimental in optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["accuracy", *(f"cost {label}" for label in labels)][: len(directions)])
     stored = study.user_attrs.get(STUDY_ATTR)
     if stored is not None:
         _check_continuation(stored, signature, name)
