@@ -9,16 +9,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hwsbs.config import SearchConfig, parse_target
+from hwsbs.defaults import API_DATA, API_MODEL_PREFIX
 from hwsbs.pipeline import run_search
 from hwsbs.result import SearchResult
 
 __all__ = ["search", "API_MODEL_PREFIX", "API_DATA"]
-
-
-#: How a run started from the API with a model object records its model (``options.json``).
-API_MODEL_PREFIX = "python-api:"
-#: And its data, which lives in the caller's process only.
-API_DATA = "python-api"
 
 
 def search(

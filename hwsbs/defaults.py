@@ -7,7 +7,15 @@ same thing in every other.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_BITS", "DEFAULT_GROUP_SIZE", "DEFAULT_MAX_PRUNE_FRACTION", "DEFAULT_PIN_BITS", "FINETUNE_LR_FACTOR"]
+__all__ = [
+    "DEFAULT_BITS",
+    "DEFAULT_GROUP_SIZE",
+    "DEFAULT_MAX_PRUNE_FRACTION",
+    "DEFAULT_PIN_BITS",
+    "FINETUNE_LR_FACTOR",
+    "API_MODEL_PREFIX",
+    "API_DATA",
+]
 
 #: Candidate bit widths, for weights and activations alike (each must double the previous).
 DEFAULT_BITS: tuple[int, ...] = (2, 4, 8)
@@ -19,3 +27,8 @@ DEFAULT_MAX_PRUNE_FRACTION = 0.5
 DEFAULT_PIN_BITS = 8
 #: Fine-tuning starts from trained weights: its learning rate is this share of training's.
 FINETUNE_LR_FACTOR = 0.2
+
+#: How a run started from the Python API with a model object records its model (``options.json``).
+API_MODEL_PREFIX = "python-api:"
+#: And its data, which lives in the caller's process only.
+API_DATA = "python-api"

@@ -257,9 +257,10 @@ def _check(args: argparse.Namespace) -> int:
     spec = parse_model(args.model, args)
     from cost_models import cost_model_for
     from hardware_profiles import load_profile
+    from hwsbs.lut.machine import warn_if_measured_elsewhere
 
     for hw in args.hw:  # bad profiles fail before minutes of measuring
-        cost_model_for(load_profile(hw), args.cost)
+        warn_if_measured_elsewhere(cost_model_for(load_profile(hw), args.cost))
     configs = draw_configs(spec, args.configs, args.seed, args.bits, batch)
     with progress_bar("measuring configs", remaining=False, disable=not args.progress) as bar:
         task = bar.add_task("check", total=len(configs) + args.repeats)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from hwsbs.errors import HwsbsError
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.formatwarning
+    if not debug:  # a warning is one line too, naming the command (its source line helps no user)
+        warnings.formatwarning = _warning_line(args.command)
     try:
         return int(args.handler(args) or 0)
     except (HwsbsError, OSError) as exc:  # OSError: an unusable path (--out is a file, no permission, ...)
@@ -72,6 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        warnings.formatwarning = shown
+
+
+def _warning_line(command: str) -> Callable[..., str]:
+    def format_warning(message: Warning | str, *_: object, **__: object) -> str:
+        return f"hwsbs {command}: warning: {_one_line(Exception(str(message)))}\n"
+
+    return format_warning
 
 
 def _one_line(exc: BaseException) -> str:

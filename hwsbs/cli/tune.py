@@ -16,8 +16,8 @@ from hwsbs.cli.profiles import stdout_console
 from hwsbs.cli.search import add_search_options, config_from_args
 from hwsbs.pipeline import Objective
 from hwsbs.progress import console
-from hwsbs.tuning.report import collect, print_report, write_report
 from hwsbs.tuning.attrs import read_trial_attrs
+from hwsbs.tuning.report import collect, print_report, write_report
 from hwsbs.tuning.space import TuningSpace
 from hwsbs.tuning.study import SAMPLERS, StudySettings, run_study
 
@@ -62,7 +62,8 @@ def _trial_printer() -> Callable[[optuna.Study, FrozenTrial], None]:
     started = time.perf_counter()
 
     def show(study: optuna.Study, trial: FrozenTrial) -> None:
-        got = read_trial_attrs(trial.user_attrs)
+        ua = trial.user_attrs
+        got = read_trial_attrs(ua)
         elapsed = f"[{time.perf_counter() - started:.0f} s]"
         if trial.state.name == "COMPLETE" and got["costs"] is not None and got["accuracy"] is not None:
             costs = ", ".join(

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from hardware_profiles.checked_io import read_checked_json
-from hwsbs.api import API_MODEL_PREFIX
 from hwsbs.checkpoint import load_model_state
+from hwsbs.defaults import API_MODEL_PREFIX
 from hwsbs.errors import CheckpointError, ConfigError
 from hwsbs.models import build_model, list_models
 from hwsbs.sbs.config_io import CompressionConfig, load_config

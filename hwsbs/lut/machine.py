@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["machine_info", "describe_machine"]
+__all__ = ["machine_info", "describe_machine", "measured_elsewhere", "warn_if_measured_elsewhere"]
 
 _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
@@ -72,3 +74,43 @@ def describe_machine(info: dict[str, Any]) -> str:
         f"({isa}; {vnni}), {threads}, torch {info['torch']}, "
         f"oneDNN int8 {'yes' if info['onednn_int8'] else 'no'} ({sat})"
     )
+
+
+#: The CPU part of a table's ``device`` line, as ``describe_machine`` writes it.
+_CPU_LINE = re.compile(r"^(?P<cpu>.+?) \(family (?P<family>[^ ]*) model (?P<model>[^)]*)\)")
+
+
+def measured_elsewhere(table_device: str, info: dict[str, Any] | None = None) -> str | None:
+    """Why a CPU table's measurements may not hold on this machine (another CPU), else None.
+
+    Tables name their CPU as :func:`describe_machine` writes it; a table whose device line says
+    otherwise (a GPU, or written by hand) is not judged.
+    """
+    found = _CPU_LINE.match(table_device)
+    if found is None:
+        return None
+    here = info if info is not None else machine_info("cpu")
+    theirs = (found["cpu"], found["family"], found["model"])
+    ours = (str(here["cpu"]), str(here["cpu_family"]), str(here["cpu_model"]))
+    if theirs == ours:
+        return None
+    return (
+        f"measured on {theirs[0]} (family {theirs[1]} model {theirs[2]}), but this machine is "
+        f"{ours[0]} (family {ours[1]} model {ours[2]})"
+    )
+
+
+def warn_if_measured_elsewhere(cost_model: Any) -> None:
+    """One warning when ``cost_model`` is a CPU lookup table measured on another CPU."""
+    from cost_models.lut import LutCostModel
+
+    profile = getattr(cost_model, "profile", None)
+    if not isinstance(cost_model, LutCostModel) or profile is None or profile.kind != "cpu":
+        return
+    why = measured_elsewhere(cost_model.table.device)
+    if why is not None:
+        warnings.warn(
+            f"profile {profile.name!r}: its latency table was {why}; its latencies may not hold here "
+            "(measure this machine with hwsbs lut build)",
+            stacklevel=2,
+        )
