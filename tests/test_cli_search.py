@@ -68,3 +68,13 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_python_dash_m_hwsbs_is_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "hwsbs", "profiles", "list"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "a100" in done.stdout
