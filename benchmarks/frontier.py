@@ -85,6 +85,9 @@ def plan(methods: list[str], prune_fractions: list[float], budgets: tuple[str, .
         if m == "uniform":
             jobs += [Job(f"uniform{b}", "uniform", None, {"uniform_bits": b}) for b in (8, 4, 2)]
             continue
+        if m == "sbs-curv":  # SBS whose gates also see each flip's Fisher curvature (--curvature)
+            jobs += [Job(f"sbs-curv@{b}", "sbs", b, {"curvature": True}) for b in budgets]
+            continue
         if m == "sbs-ilp":  # SBS started from the integer program's configuration (--init ilp)
             jobs += [Job(f"sbs-ilp@{b}", "sbs", b, {"init": "ilp"}) for b in budgets]
             continue

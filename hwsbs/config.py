@@ -94,6 +94,7 @@ class SearchConfig:
     pin_first_last: bool = True  # first and last layers stay at pin_bits (paper convention)
     pin_bits: int = DEFAULT_PIN_BITS  # bits of the pinned layers
     prune: bool = True  # search 0-bit channel groups on prunable pairs
+    curvature: bool = False  # SBS gates also see each flip's Fisher curvature (second-order loss change)
     weight_only: bool = False  # LLM practice: search weight bits only, activations stay float
     act_float_bits: int = 16  # weight-only: the float width activations run and are priced at (16 or 32)
     weight_group: int = 0  # weights per FP16 scale along the input dim (0: one learned clip); e.g. 128

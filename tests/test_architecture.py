@@ -61,7 +61,7 @@ def test_default_candidate_bits_are_written_once():
         for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
         if pattern.search(line.split("#")[0]) and "group_size" not in line and "expected bit widths" not in line
     ]
-    assert places == ["hwsbs/defaults.py:13"], places
+    assert len(places) == 1 and places[0].startswith("hwsbs/defaults.py:"), places
 
 
 def test_importing_cost_models_does_not_import_hwsbs():

@@ -54,6 +54,11 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     option(g, "--max-prune-fraction", float, "cap on pruned groups per layer")
     g.add_argument("--no-prune", dest="prune", action="store_false", help="search bit widths only")
     g.add_argument(
+        "--curvature",
+        action="store_true",
+        help="SBS gates also see the Fisher curvature of each flip (prices low widths the first-order gradient misses)",
+    )
+    g.add_argument(
         "--weight-only",
         action="store_true",
         help="search weight bits only; activations stay float at --act-float-bits (LLM practice)",
@@ -90,7 +95,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
 _FIELD_OPTIONS = (
     ("cost", "model", "data", "data_dir", "subset", "workers", "checkpoint"),
     ("bits", "lam", "temperature", "group_size", "max_prune_fraction", "prune", "weight_only", "act_float_bits"),
-    ("weight_group", "pin_first_last", "pin_bits", "cost_batch"),
+    ("weight_group", "curvature", "pin_first_last", "pin_bits", "cost_batch"),
     ("pretrain_epochs", "search_epochs", "finetune_epochs", "batch_size", "lr", "search_lr", "threshold_lr"),
     ("weight_decay", "seed", "device", "progress"),
 )

@@ -22,7 +22,14 @@ def sbs(ctx: MethodContext) -> CompressionConfig:
     """Train weights, clipping values and gate thresholds jointly, then read the steady state."""
     cfg = ctx.config
     engine = SearchEngine(
-        ctx.space, ctx.objectives, cfg.lam, cfg.search_lr, cfg.threshold_lr, cfg.weight_decay, cfg.cost_batch
+        ctx.space,
+        ctx.objectives,
+        cfg.lam,
+        cfg.search_lr,
+        cfg.threshold_lr,
+        cfg.weight_decay,
+        cfg.cost_batch,
+        curvature=cfg.curvature,
     )
     if ctx.resume_state is not None:
         engine.load_state_dict(ctx.resume_state["engine"])

@@ -252,7 +252,11 @@ class SBSLayerMixin(ChannelGateMixin):
             z_hat = gated_quantize(z, gates, self.bits)
         else:
             z_hat = quantize(z, step_size(fixed_bits))
-        return self._denormalise_act(z_hat, v, path.signed)
+        out = self._denormalise_act(z_hat, v, path.signed)
+        probe = self.__dict__.get("curvature_probe")  # set by the search's curvature term (--curvature)
+        if probe is not None and searching and self.training:
+            probe(self, path.family, z, (2.0 if self._host_flag(path.signed) else 1.0) * v, out)
+        return out
 
     def _maybe_calibrate(self, x: Tensor) -> None:
         if not self._host_flag("calibrated"):

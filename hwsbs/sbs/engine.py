@@ -19,6 +19,7 @@ from hwsbs.training import check_finite, make_sgd, split_decay
 
 from .convert import SearchSpace
 from .cost_term import CostTerm
+from .curvature import CurvatureTerm
 from .steady_state import ChoiceRecorder
 from .threshold_optim import CostGradientScale
 
@@ -69,8 +70,11 @@ class SearchEngine:
         threshold_lr: float,
         weight_decay: float,
         cost_batch: int = 1,
+        curvature: bool = False,
     ) -> None:
         self.space = space
+        # --curvature: the gates also see the Fisher curvature of each flip (see curvature.py)
+        self.curvature = CurvatureTerm(space) if curvature else None
         self.objectives = objectives
         self.lam = lam
         self.terms = [CostTerm(space, o.cost_model, cost_batch) for o in objectives]
@@ -130,6 +134,8 @@ class SearchEngine:
             costs = self.cost_values()
             penalty = self.penalty(costs)
             loss = ce + (self.lam * penalty).to(ce.device, ce.dtype)
+            if self.curvature is not None:  # zero in value: only the gates' gradients change
+                loss = loss + self.curvature().to(ce.device, ce.dtype)
             check_finite(loss, where)
             self.weight_optimizer.zero_grad(set_to_none=True)
             for opt in self.threshold_optimizers.values():
@@ -138,6 +144,8 @@ class SearchEngine:
             self.cost_scale.observe(penalty, kinds)
             loss.backward()
             self.cost_scale.rescale(kinds)
+            if self.curvature is not None:
+                self.curvature.observe(int(x.shape[0]))
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -158,6 +166,7 @@ class SearchEngine:
             "step_count": self.step_count,
             "recorder": self.recorder.state_dict(),
             "cost_scale": self.cost_scale.state_dict(),
+            **({"curvature": self.curvature.state_dict()} if self.curvature is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -169,3 +178,5 @@ class SearchEngine:
             self.recorder.load_state_dict(state["recorder"])
         if "cost_scale" in state:
             self.cost_scale.load_state_dict(state["cost_scale"])
+        if self.curvature is not None and "curvature" in state:
+            self.curvature.load_state_dict(state["curvature"])
