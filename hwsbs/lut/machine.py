@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from cost_models.lut import LutCostModel
+
 __all__ = ["machine_info", "describe_machine", "measured_elsewhere", "warn_if_measured_elsewhere"]
 
 _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
@@ -102,8 +104,6 @@ def measured_elsewhere(table_device: str, info: dict[str, Any] | None = None) ->
 
 def warn_if_measured_elsewhere(cost_model: Any) -> None:
     """One warning when ``cost_model`` is a CPU lookup table measured on another CPU."""
-    from cost_models.lut import LutCostModel
-
     profile = getattr(cost_model, "profile", None)
     if not isinstance(cost_model, LutCostModel) or profile is None or profile.kind != "cpu":
         return
