@@ -59,7 +59,6 @@ from hwsbs.training import evaluate, make_sgd, split_decay, train_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODEL = "resnet20"  # --model: the built-in model every method starts from
 from search_overhead import add_output_options, machine_info  # noqa: E402
 
 __all__ = ["Job", "plan", "prepare_splits", "main"]
@@ -118,13 +117,13 @@ def prepare_splits(root: Path, out: Path, train: int, val: int, test: int) -> tu
     return search, ev
 
 
-def pretrain(search_dir: Path, epochs: int, path: Path) -> None:
+def pretrain(model_name: str, search_dir: Path, epochs: int, path: Path) -> None:
     """The shared full-precision model (seed 0), trained on the search training split."""
     if path.is_file():
         return
     bundle = build_dataset("imagefolder", search_dir, None, 0)
     torch.manual_seed(0)
-    model = build_model(MODEL, bundle.num_classes, bundle.in_channels, bundle.image_size)
+    model = build_model(model_name, bundle.num_classes, bundle.in_channels, bundle.image_size)
     opt = make_sgd(*split_decay(model), 0.05, 5e-4)
     steps = epochs * len(make_loader(bundle.train, 64, True, 0))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
@@ -194,6 +193,7 @@ def search(job: Job, base: dict[str, Any], target: float | None, seed: int, run_
 
 
 def finetune(
+    model_name: str,
     fp_state: dict,
     config: CompressionConfig,
     init: dict | None,
@@ -207,7 +207,7 @@ def finetune(
     random.seed(seed)
     bundle = build_dataset("imagefolder", search_dir, None, 0)
     test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
-    fp = build_model(MODEL, bundle.num_classes, bundle.in_channels, bundle.image_size)
+    fp = build_model(model_name, bundle.num_classes, bundle.in_channels, bundle.image_size)
     fp.load_state_dict(fp_state)
     example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
     model = build_compressed_model(fp, config, example)
@@ -294,7 +294,7 @@ def markdown(summary: list[dict[str, Any]], fp_bops: float) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
+def plot(model_name: str, summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,7 +334,7 @@ def plot(summary: list[dict[str, Any]], fp_acc: float, path: Path) -> None:
     ax.set_ylabel("test top-1 (mean +- std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{MODEL} / CIFAR-10: every configuration fine-tuned with one schedule")
+    ax.set_title(f"{model_name} / CIFAR-10: every configuration fine-tuned with one schedule")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -380,21 +380,19 @@ def main(argv: list[str] | None = None) -> int:
         args.val_per_class,
         args.test_per_class,
     )
-    global MODEL
-    MODEL = args.model
-    fp_path = out / f"fp_{MODEL}.pt"
+    fp_path = out / f"fp_{args.model}.pt"
     t0 = time.perf_counter()
-    pretrain(search_dir, args.pretrain_epochs, fp_path)
+    pretrain(args.model, search_dir, args.pretrain_epochs, fp_path)
     fp_state = torch.load(fp_path, weights_only=True)
     bundle = build_dataset("imagefolder", search_dir, None, 0)
-    fp = build_model(MODEL, bundle.num_classes, bundle.in_channels, bundle.image_size)
+    fp = build_model(args.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
     fp.load_state_dict(fp_state)
     test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
     fp_acc = evaluate(fp, make_loader(test, 256, False, 0), torch.device("cpu"))
     example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
     targets = budget_costs(fp, example)
     base = dict(
-        model=MODEL,
+        model=args.model,
         data="imagefolder",
         data_dir=str(search_dir),
         checkpoint=str(fp_path),
@@ -419,7 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                 cache = run_dir / f"finetune-{method}.json"
                 if not cache.is_file():
                     cache.write_text(
-                        json.dumps(finetune(fp_state, config, init, seed, args.finetune_epochs, search_dir, eval_dir))
+                        json.dumps(
+                            finetune(
+                                args.model, fp_state, config, init, seed, args.finetune_epochs, search_dir, eval_dir
+                            )
+                        )
                     )
                 row = _row(label, method, config, tuple(json.loads(cache.read_text())), stats)
                 rows.append({**row, "seed": seed})
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    plot(summary, fp_acc, Path(args.png))
+    plot(args.model, summary, fp_acc, Path(args.png))
     print(report["markdown"])
     return 0
 

@@ -35,7 +35,9 @@ from torch.utils.data import Subset
 
 import hwsbs
 from cost_models import build_cost_model, cost_model_for
+from hwsbs.config import SearchConfig
 from hwsbs.data import build_dataset, make_loader
+from hwsbs.defaults import FINETUNE_LR_FACTOR
 from hwsbs.lut.machine import machine_info
 from hwsbs.models import build_model
 from hwsbs.progress import PhaseProgress
@@ -43,7 +45,7 @@ from hwsbs.sbs.config_io import CompressionConfig
 from hwsbs.sbs.derive import build_compressed_model
 from hwsbs.training import evaluate_metrics, make_sgd, split_decay, train_epoch
 
-LR = 0.05  # the pipeline's default SGD learning rate (fine-tuning uses a fifth of it, as the pipeline)
+LR = SearchConfig().lr  # the pipeline's SGD learning rate (fine-tuning uses FINETUNE_LR_FACTOR of it)
 
 
 def _splits() -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             model = build_model("gpt_tiny", **geometry)
             model.load_state_dict(fp_state)
             compressed = build_compressed_model(model, config, example)
-            _train(compressed, train, args.finetune_epochs, LR * 0.2, seed)
+            _train(compressed, train, args.finetune_epochs, LR * FINETUNE_LR_FACTOR, seed)
             row = {
                 "method": label,
                 "seed": seed,

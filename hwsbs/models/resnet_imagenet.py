@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import add_basic_convs, basic_forward
+from .blocks import add_basic_convs, basic_forward, make_shortcut
 from .common import image_hw, init_weights
 from .registry import register_model
 
@@ -32,10 +32,8 @@ __all__ = ["BasicBlock", "Bottleneck", "ImageNetResNet", "resnet18", "resnet50"]
 
 
 def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
-    """None (identity) when shapes match, else ``0``: 1x1 conv, ``1``: BatchNorm (torchvision's)."""
-    if stride == 1 and in_planes == out_planes:
-        return None
-    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+    """None (identity) when shapes match, else ``make_shortcut``'s 1x1 conv + BatchNorm (torchvision's)."""
+    return make_shortcut(in_planes, out_planes, stride) if stride != 1 or in_planes != out_planes else None
 
 
 class BasicBlock(nn.Module):

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .gates import open_level
+
 __all__ = ["lower_grid_residuals", "sampled_residuals", "gated_quantize", "ACT_STAT_SAMPLES"]
 
 # Activation statistics are means of |z - D(z, s_b)| over ~1e5-1e7 values; a fixed random sample
@@ -63,20 +65,10 @@ def sampled_residuals(z: Tensor, bits: Sequence[int], samples: int = ACT_STAT_SA
     return torch.stack([F.l1_loss(_grid(flat, b), flat) for b in bits[:-1]])
 
 
-def _level(gates: Tensor) -> int:
-    """Index of the selected bit width: the number of consecutive open gates."""
-    level = 0
-    for g in gates.tolist():
-        if g < 0.5:
-            break
-        level += 1
-    return level
-
-
 class _GatedQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, gates: Tensor, bits: tuple[int, ...], grids: list[Tensor]) -> Tensor:
-        level = _level(gates)
+        level = open_level(gates.tolist())
         out = grids[level] if level < len(grids) else _grid(z, bits[level])
         ctx.bits = bits
         ctx.save_for_backward(z, gates)

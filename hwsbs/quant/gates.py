@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["threshold_gate", "surrogate_grad", "bits_from_gates"]
+__all__ = ["threshold_gate", "surrogate_grad", "bits_from_gates", "open_level"]
 
 
 def surrogate_grad(statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:
@@ -57,3 +57,8 @@ def bits_from_gates(bits: Sequence[int], open_gates: Sequence[bool]) -> int:
             break
         chosen = b
     return chosen
+
+
+def open_level(gates: Sequence[float]) -> int:
+    """Index of the selected bit width of nested 0/1 gates: the number of consecutive open ones."""
+    return next((i for i, g in enumerate(gates) if g < 0.5), len(gates))

@@ -36,7 +36,7 @@ from .channel_gates import ChannelGateMixin
 from .fused import gated_quantize, lower_grid_residuals, sampled_residuals
 from .gates import bits_from_gates, threshold_gate
 from .quantizer import quantize, step_size
-from .scales import EPS, MIN_CLIP, ActivationPath, grad_scale, group_absmax, standardise
+from .scales import EPS, INPUT_PATH, MIN_CLIP, ActivationPath, grad_scale, group_absmax, standardise
 
 __all__ = ["SBSLayerMixin", "SBSConv2d", "SBSLinear", "sbs_layers"]
 
@@ -226,7 +226,7 @@ class SBSLayerMixin(ChannelGateMixin):
         return self._mask_input(self._quantize_input(x))
 
     def _quantize_input(self, x: Tensor) -> Tensor:
-        return self._quantize_activation(x, ActivationPath("a", "act_clip", "act_signed", "a_scale", "a_residual_ema"))
+        return self._quantize_activation(x, INPUT_PATH)
 
     def _quantize_activation(self, x: Tensor, path: ActivationPath) -> Tensor:
         """Quantise an activation on one path's clip, statistics and gates (method section 2)."""

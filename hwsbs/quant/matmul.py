@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from .fused import sampled_residuals
 from .layers import SBSLayerMixin
-from .scales import EPS, MIN_CLIP, ActivationPath
+from .scales import EPS, INPUT_PATH, MIN_CLIP, ActivationPath
 
 __all__ = ["Matmul", "SBSMatmul"]
 
-_FIRST = ActivationPath("a", "act_clip", "act_signed", "a_scale", "a_residual_ema")
+_FIRST = INPUT_PATH
 _SECOND = ActivationPath("w", "weight_clip", "b_signed", "w_scale", "b_residual_ema")
 
 
@@ -91,9 +91,6 @@ class SBSMatmul(SBSLayerMixin, nn.Module):
 
     def quantized_weight(self) -> Tensor:
         raise AttributeError("an SBSMatmul has no weight: both operands are activations")
-
-    def pruned_groups(self) -> list[int]:
-        return []  # never prunable
 
     def extra_repr(self) -> str:
         state = f"mode={self.mode}, bits={self.bits}"

@@ -7,7 +7,16 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["EPS", "MIN_CLIP", "LAYER_SETTINGS", "ActivationPath", "grad_scale", "group_absmax", "standardise"]
+__all__ = [
+    "EPS",
+    "MIN_CLIP",
+    "LAYER_SETTINGS",
+    "ActivationPath",
+    "INPUT_PATH",
+    "grad_scale",
+    "group_absmax",
+    "standardise",
+]
 
 MIN_CLIP = 1e-3  # clipping values stay positive so the normalisation never divides by ~0
 EPS = 1e-8
@@ -33,6 +42,10 @@ class ActivationPath(NamedTuple):
     signed: str  # the boolean buffer saying the operand can be negative
     scale: str  # the buffer of residual norms at calibration
     ema: str  # the buffer of running residual means
+
+
+#: The path of a layer's input (and of a product's first operand): the a-gates and the input clip.
+INPUT_PATH = ActivationPath("a", "act_clip", "act_signed", "a_scale", "a_residual_ema")
 
 
 def standardise(w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

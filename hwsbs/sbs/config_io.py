@@ -26,7 +26,7 @@ from hardware_profiles.yaml_io import dump_yaml, load_yaml
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
 
-__all__ = ["CONFIG_FORMAT", "LayerDecision", "CompressionConfig", "save_config", "load_config"]
+__all__ = ["CONFIG_FORMAT", "LayerDecision", "CompressionConfig", "save_config", "load_config", "uniform_decision"]
 
 CONFIG_FORMAT = "hwsbs-config/1"
 #: Largest channel count, spatial size, kernel, stride, group size or batch a config may hold (2**24).
@@ -101,7 +101,7 @@ class CompressionConfig:
         For weight-only layers "``bits`` everywhere" means the weights: their activations (both
         operands of an attention product) stay at their float width, and weights keep their groups.
         """
-        layers = [_uniform_decision(d, bits) for d in self.layers]
+        layers = [uniform_decision(d, bits) for d in self.layers]
         return CompressionConfig(
             layers=layers,
             model=self.model,
@@ -115,9 +115,13 @@ class CompressionConfig:
         return self.uniform(FLOAT_BITS)
 
 
-def _uniform_decision(d: LayerDecision, bits: int) -> LayerDecision:
-    if not d.act_float or bits >= FLOAT_BITS:
+def uniform_decision(d: LayerDecision, bits: int) -> LayerDecision:
+    """``d``'s layer at ``bits``, unpruned: float (no groups) at FLOAT_BITS; a weight-only layer keeps
+    its float activations (an attention product both operands); weights keep their groups."""
+    if bits >= FLOAT_BITS:
         return LayerDecision(d.shape, bits, bits)
+    if not d.act_float:
+        return LayerDecision(d.shape, bits, bits, w_group=d.w_group)
     if d.shape.kind == "matmul":
         return LayerDecision(d.shape, d.w_bits, d.a_bits, act_float=True)
     return LayerDecision(d.shape, bits, d.a_bits, w_group=d.w_group, act_float=True)

@@ -19,7 +19,7 @@ from hwsbs.quant.matmul import Matmul, SBSMatmul
 
 from .adapters import adapt_layers
 from .attention import expose_attention
-from .config_io import LayerDecision
+from .config_io import LayerDecision, uniform_decision
 from .coverage import Coverage, measure_coverage
 from .prunable import PrunableGroup, find_prunable_groups, warn_untraceable
 
@@ -84,14 +84,7 @@ class SearchSpace:
         Weight-only layers keep their activations at their float width (attention products both
         operands), as :meth:`CompressionConfig.uniform` does.
         """
-        out = []
-        for name, layer in self.layers():
-            d = LayerDecision(self.shapes[name], bits, bits, w_group=layer.weight_group, act_float=layer.act_float)
-            if layer.act_float:
-                d.a_bits = layer.fixed_a_bits
-                d.w_bits = layer.fixed_w_bits if self.shapes[name].kind == "matmul" else bits
-            out.append(d)
-        return out
+        return [uniform_decision(d, bits) for d in self.decisions({}, {})]
 
     def max_pruned_groups(self, producer: str) -> int:
         """Groups ``producer`` may lose (its layer's pruning cap)."""

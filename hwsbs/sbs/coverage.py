@@ -23,7 +23,7 @@ from hwsbs.errors import ModelError
 if TYPE_CHECKING:
     from .convert import SearchSpace
 
-__all__ = ["Coverage", "count_macs", "measure_coverage", "check_searchable", "COVERAGE_WARNING"]
+__all__ = ["Coverage", "measure_coverage", "check_searchable", "COVERAGE_WARNING"]
 
 #: Below this share of MACs the run warns that much of the model stays in float.
 COVERAGE_WARNING = 0.9
@@ -77,12 +77,6 @@ def _flop_counts(model: nn.Module, example: Tensor) -> dict[str, dict[str, int]]
     return {
         k: {str(op).removeprefix("aten."): int(n) for op, n in v.items()} for k, v in counter.get_flop_counts().items()
     }
-
-
-def count_macs(model: nn.Module, example: Tensor) -> float:
-    """All MACs of one forward of ``model`` on ``example``."""
-    counts = _flop_counts(model, example)
-    return sum(counts.get("Global", {}).values()) / 2.0
 
 
 def _nearest_descendants(name: str, paths: Mapping[str, str]) -> list[str]:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from hwsbs.quant.fused import ACT_STAT_SAMPLES, _grid, _sample_index
+from hwsbs.quant.gates import open_level
 from hwsbs.quant.layers import SBSLayerMixin
 from hwsbs.quant.matmul import SBSMatmul
 
@@ -38,13 +39,12 @@ __all__ = ["CurvatureTerm", "probe_activation", "PROBE"]
 PROBE = "curvature_probe"
 
 
-def _level(gates: list[float]) -> int:
-    level = 0
-    for g in gates:
-        if g < 0.5:
-            break
-        level += 1
-    return level
+def _flip_levels(hard: list[float]) -> list[tuple[int, int]]:
+    """For each gate, the selected width's index with that gate open and with it closed."""
+    return [
+        (open_level([*hard[:j], 1.0, *hard[j + 1 :]]), open_level([*hard[:j], 0.0, *hard[j + 1 :]]))
+        for j in range(len(hard))
+    ]
 
 
 @torch.no_grad()
@@ -102,14 +102,8 @@ class CurvatureTerm:
         if probe is None or fisher_mean is None:
             return None
         diffs, count, scale = probe
-        out = []
-        for j in range(len(hard)):
-            on, off = (
-                _level([1.0 if i == j else g for i, g in enumerate(hard)]),
-                _level([0.0 if i == j else g for i, g in enumerate(hard)]),
-            )
-            size = 0.5 * float(fisher_mean) * count * float(diffs[on, off]) * float(scale.pow(2).mean())
-            out.append((1.0 - 2.0 * hard[j]) * size)
+        per_diff = 0.5 * float(fisher_mean) * count * float(scale.pow(2).mean())
+        out = [(1.0 - 2.0 * g) * per_diff * float(diffs[on, off]) for g, (on, off) in zip(hard, _flip_levels(hard))]
         return torch.tensor(out, dtype=torch.float64)
 
     @torch.no_grad()
@@ -119,14 +113,12 @@ class CurvatureTerm:
         z = layer._normalise_weight(w_std, v)
         unit = 2.0 * std.detach() * v  # one step of z in weight units
         out = []
-        for j in range(len(hard)):
-            on = _level([1.0 if i == j else g for i, g in enumerate(hard)])
-            off = _level([0.0 if i == j else g for i, g in enumerate(hard)])
+        for g, (on, off) in zip(hard, _flip_levels(hard)):
             if on == off:
                 out.append(0.0)
                 continue
             delta = unit * (_grid(z, layer.bits[on]) - _grid(z, layer.bits[off]))
-            out.append((1.0 - 2.0 * hard[j]) * 0.5 * float((fisher * delta.pow(2)).sum()))
+            out.append((1.0 - 2.0 * g) * 0.5 * float((fisher * delta.pow(2)).sum()))
         return torch.tensor(out, dtype=torch.float64)
 
     @torch.no_grad()
