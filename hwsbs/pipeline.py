@@ -10,44 +10,43 @@ time works in a run directory (:class:`~hwsbs.checkpoint.RunDirLock`).
 from __future__ import annotations
 
 import json
-import random
-import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from cost_models.base import CostModel
-from hardware_profiles import HardwareProfile
 from hardware_profiles.checked_io import write_text_atomic
-from hwsbs.budget import budget_report, check_costable, resolve_target
-from hwsbs.checkpoint import (
-    CHECKPOINT_NAME,
-    RunDirLock,
-    load_checkpoint,
-    load_state_dict_file,
-    load_weights_into,
-    save_checkpoint,
-)
-from hwsbs.config import SearchConfig, check_device
-from hwsbs.data import build_dataset, make_loader
+from hwsbs.budget import budget_report, resolve_target
+from hwsbs.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, load_weights_into, save_checkpoint
+from hwsbs.config import SearchConfig
 from hwsbs.defaults import FINETUNE_LR_FACTOR
-from hwsbs.errors import ConfigError
+from hwsbs.distributed import (
+    broadcast_object,
+    broadcast_state,
+    gather_objects,
+    init_from_env,
+    is_main,
+    shutdown,
+    sync_batch_norms,
+    world,
+)
+from hwsbs.errors import ConfigError, HwsbsError
 from hwsbs.methods import MethodContext, get_method
-from hwsbs.models import build_model
 from hwsbs.objectives import Objective, resolve_cost_model
 from hwsbs.progress import PhaseProgress
 from hwsbs.result import SearchResult, cost_summary, write_outputs
 from hwsbs.run_options import OPTIONS_NAME, check_resume_options
+from hwsbs.run_state import RunState, default_run_dir
 from hwsbs.sbs.config_io import CompressionConfig, load_config, save_config
 from hwsbs.sbs.convert import SearchSpace, convert_model
 from hwsbs.sbs.coverage import check_searchable
 from hwsbs.sbs.derive import apply_config, build_compressed_model
 from hwsbs.sbs.engine import CostObjective
-from hwsbs.seeding import epoch_seed, seed_all, seed_phase
+from hwsbs.seeding import seed_phase
 from hwsbs.training import evaluate, evaluate_metrics, make_sgd, perplexity, split_decay, train_epoch
 
 __all__ = [
@@ -60,101 +59,11 @@ __all__ = [
 ]
 
 
-def default_run_dir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-
-
-def _as_loader(data: DataLoader | Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
-    if isinstance(data, DataLoader):
-        return data
-    return make_loader(data, batch_size, shuffle, seed, workers)
-
-
-class _Run:
-    """State shared by the phases of one run."""
-
-    def __init__(
-        self,
-        config: SearchConfig,
-        model: nn.Module | None,
-        train_data,
-        val_data,
-        objectives: Sequence[Objective] | None,
-    ) -> None:
-        self.cfg = config
-        self.device = check_device(config.device)
-        seed_all(config.seed)
-        objs = list(objectives) if objectives else [Objective(config.hw, config.cost, 1.0)]
-        self.objectives: list[tuple[Objective, HardwareProfile, CostModel]] = []
-        for o in objs:
-            profile, cm = resolve_cost_model(o.hw, o.cost)
-            self.objectives.append((o, profile, cm))
-        _, self.profile, self.cost_model = self.objectives[0]
-        if train_data is None or val_data is None:
-            bundle = build_dataset(config.data, config.data_dir, config.subset, config.seed)
-            train_data, val_data = bundle.train, bundle.val
-            self.model_name = config.model
-            if model is None:
-                model = build_model(config.model, **bundle.geometry())
-        else:
-            self.model_name = config.model if model is None else type(model).__name__
-            if model is None:
-                raise ConfigError("hwsbs.search: a model is needed when train_data/val_data are given")
-        self.model_builder_state = model
-        self.fp_state = None
-        if config.checkpoint is not None:  # validated before anything is written
-            self.fp_state = load_state_dict_file(config.checkpoint)
-            load_weights_into(model, self.fp_state, f"--checkpoint {config.checkpoint}")
-        self.train_data, self.val_data = train_data, val_data
-        self.val_loader = _as_loader(val_data, max(config.batch_size, 256), False, config.seed, config.workers)
-        first = next(iter(self.loader("pretrain", 0)))
-        self.example = first[0].to(self.device)
-        self.sequence = first[1].dim() > 1  # a target per position: a language model, whose result adds perplexity
-        check_costable(model, first[0], [cm for _, _, cm in self.objectives], config.cost_batch, config.target)
-        self.run_dir = Path(config.out) if config.out else default_run_dir()
-        self.coverage: dict[str, Any] | None = None  # the converted model's coverage, for result.json
-        self.history: list[dict[str, Any]] = []
-        self.on_epoch: Callable[[dict[str, Any]], None] | None = None  # run_search's per-epoch callback
-        self.fp_accuracy: float | None = None
-
-    def loader(self, phase: str, epoch: int) -> DataLoader:
-        """The training loader for one epoch; every random source restarts from (seed, phase, epoch)."""
-        seed = epoch_seed(self.cfg.seed, phase, epoch)
-        torch.manual_seed(seed)
-        random.seed(seed)
-        base = self.train_data.dataset if isinstance(self.train_data, Subset) else self.train_data
-        if hasattr(base, "reseed"):  # augmentation streams of hwsbs datasets restart too
-            base.reseed(seed)
-        return _as_loader(self.train_data, self.cfg.batch_size, True, seed, self.cfg.workers)
-
-    def steps_per_epoch(self) -> int:
-        return len(self.loader("pretrain", 0))
-
-    def record(self, entry: dict[str, Any]) -> None:
-        """Append one epoch's metrics to the history, and tell ``on_epoch``."""
-        self.history.append(entry)
-        if self.on_epoch is not None:
-            self.on_epoch(entry)
-
-    def checkpoint(self, phase: str, epoch: int, model: nn.Module, optim: dict[str, Any]) -> None:
-        save_checkpoint(
-            {
-                "phase": phase,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optim": optim,
-                "fp_accuracy": self.fp_accuracy,
-                "history": json.dumps(self.history),
-            },
-            self.run_dir,
-        )
-
-
 _PHASE_WHAT = {"pretrain": "full-precision training", "finetune": "fine-tuning"}
 
 
 def _train_phase(
-    run: _Run, phase: str, model: nn.Module, epochs: int, lr: float, ckpt: dict | None, progress: PhaseProgress
+    run: RunState, phase: str, model: nn.Module, epochs: int, lr: float, ckpt: dict | None, progress: PhaseProgress
 ) -> None:
     """Cross-entropy training (SGD, cosine schedule) with a checkpoint after every epoch."""
     optimizer = make_sgd(*split_decay(model), lr, run.cfg.weight_decay)
@@ -182,7 +91,7 @@ def _train_phase(
         )
 
 
-def _convert(run: _Run, fp_model: nn.Module) -> SearchSpace:
+def _convert(run: RunState, fp_model: nn.Module) -> SearchSpace:
     cfg = run.cfg
     return convert_model(
         fp_model,
@@ -199,7 +108,7 @@ def _convert(run: _Run, fp_model: nn.Module) -> SearchSpace:
     )
 
 
-def _run_method(run: _Run, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:
+def _run_method(run: RunState, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:
     cfg = run.cfg
     objectives = [
         CostObjective(cm, o.weight, resolve_target(cfg, space, cm, cm is run.cost_model)) for o, _, cm in run.objectives
@@ -251,16 +160,44 @@ def run_search(
         The :class:`SearchResult`; ``result.model`` is the fine-tuned compressed model.
     """
     get_method(config.method)  # an unknown method fails before any work
-    run = _Run(config, model, train_data, val_data, objectives)
-    run.on_epoch = on_epoch
-    run_dir = run.run_dir
-    if config.resume and not run_dir.is_dir():
-        raise ConfigError(f"--resume: run directory {run_dir} does not exist")
-    if not config.resume:
-        _refuse_existing_run(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    with RunDirLock(run_dir) as lock:
-        return _run_locked(run, lock)
+    device, joined = init_from_env(config.device)  # a torchrun job: join its process group
+    try:
+        if world().distributed and config.curvature:
+            raise ConfigError("--curvature: not supported under torchrun (its Fisher estimate is per rank)")
+        run = RunState(config, model, train_data, val_data, objectives, device)
+        run.on_epoch = on_epoch
+        lock = _open_run_dir(run)
+        try:
+            return _run_locked(run, lock)
+        finally:
+            if lock is not None:
+                lock.release()
+    finally:
+        shutdown(joined)
+
+
+def _open_run_dir(run: RunState) -> RunDirLock | None:
+    """Create or check the run directory and lock it (on rank 0; its refusal reaches every rank)."""
+    cfg, run_dir = run.cfg, run.run_dir
+    problem: HwsbsError | None = None
+    lock = None
+    if is_main():
+        try:
+            if cfg.resume and not run_dir.is_dir():
+                raise ConfigError(f"--resume: run directory {run_dir} does not exist")
+            if not cfg.resume:
+                _refuse_existing_run(run_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunDirLock(run_dir)
+            lock.acquire()
+        except HwsbsError as exc:
+            problem = exc
+    message = broadcast_object(None if problem is None else str(problem))
+    if problem is not None:
+        raise problem
+    if message is not None:
+        raise ConfigError(str(message))
+    return lock
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
@@ -268,18 +205,19 @@ def _refuse_existing_run(run_dir: Path) -> None:
         raise ConfigError(f"--out {run_dir}: already holds a run; pass --resume to continue it or choose another --out")
 
 
-def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
-    """The run, while this process holds the run directory's lock."""
+def _run_locked(run: RunState, lock: RunDirLock | None) -> SearchResult:
+    """The run, while rank 0 holds the run directory's lock (``lock`` is None on other ranks)."""
     cfg = run.cfg
     run_dir = run.run_dir
     ckpt = None
     if cfg.resume:
         check_resume_options(run_dir, cfg)
         ckpt = load_checkpoint(run_dir)
-    else:
+    elif lock is not None:
         _refuse_existing_run(run_dir)  # again: another process may have started one meanwhile
-    lock.record_pid()
-    write_text_atomic(run_dir / OPTIONS_NAME, json.dumps(cfg.to_dict(), indent=2, default=str), "run options")
+    if lock is not None:
+        lock.record_pid()
+        write_text_atomic(run_dir / OPTIONS_NAME, json.dumps(cfg.to_dict(), indent=2, default=str), "run options")
     if ckpt is not None:
         run.history = json.loads(ckpt.get("history", "[]"))
         run.fp_accuracy = ckpt.get("fp_accuracy")
@@ -287,14 +225,16 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
             return _finish(run, ckpt, None)
 
     fp_model = run.model_builder_state.to(run.device)
+    sync_batch_norms(fp_model)  # under torchrun: statistics of the global batch, as one process sees it
     phase = ckpt["phase"] if ckpt is not None else "pretrain"
-    with PhaseProgress(cfg.progress) as progress:
+    with PhaseProgress(cfg.progress and is_main()) as progress:
         if phase == "pretrain":
             seed_phase(cfg.seed, "pretrain")
             if ckpt is not None:
                 load_weights_into(fp_model, ckpt["model"], f"{run_dir}/checkpoint.pt")
             elif run.fp_state is not None:
                 load_weights_into(fp_model, run.fp_state, f"--checkpoint {cfg.checkpoint}")
+            broadcast_state(fp_model)
             if cfg.checkpoint is None and cfg.pretrain_epochs > 0:
                 _train_phase(run, "pretrain", fp_model, cfg.pretrain_epochs, cfg.lr, ckpt, progress)
             run.fp_accuracy = evaluate(fp_model, run.val_loader, run.device)
@@ -302,13 +242,15 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
             ckpt = None
         seed_phase(cfg.seed, "search")
         space = _convert(run, fp_model)
+        broadcast_state(space.model)  # rank 0's calibration (each rank calibrated on its own shard)
         run.coverage = check_searchable(space, progress.log)
         config_path = run_dir / "config.yaml"
         if phase in ("pretrain", "search"):
             if ckpt is not None:  # resuming inside the search
                 load_weights_into(space.model, ckpt["model"], f"{run_dir}/checkpoint.pt")
-            found = _run_method(run, space, ckpt, progress)
-            save_config(found, config_path)
+            found = _agreed(run, _run_method(run, space, ckpt, progress))
+            if is_main():
+                save_config(found, config_path)
             ckpt = None
         else:
             found = load_config(config_path)
@@ -323,12 +265,13 @@ def _run_locked(run: _Run, lock: RunDirLock) -> SearchResult:
         model = apply_config(space, found, str(config_path))
         if ckpt is not None and ckpt["phase"] == "finetune":
             load_weights_into(model, ckpt["model"], f"{run_dir}/checkpoint.pt")
+        broadcast_state(model)
         _train_phase(run, "finetune", model, cfg.finetune_epochs, cfg.lr * FINETUNE_LR_FACTOR, ckpt, progress)
     return _finish(run, None, (model, found), budget)
 
 
 def _finish(
-    run: _Run,
+    run: RunState,
     done_ckpt: dict | None,
     trained: tuple[nn.Module, CompressionConfig] | None,
     budget: dict[str, Any] | None = None,
@@ -339,6 +282,7 @@ def _finish(
     if model is not None:
         compressed_acc, compressed_loss = evaluate_metrics(model, run.val_loader, run.device)
         ppl = perplexity(compressed_loss) if run.sequence else None
+    if model is not None and is_main():
         save_checkpoint(
             {
                 "phase": "done",
@@ -351,14 +295,16 @@ def _finish(
                 "budget": json.dumps(budget),
                 "perplexity": ppl,
                 "coverage": json.dumps(run.coverage),
+                "distributed": json.dumps(run.distributed),
             },
             run.run_dir,
         )
-    else:
+    elif model is None:
         assert done_ckpt is not None
         compressed_acc = float(done_ckpt["compressed_accuracy"])
         budget = json.loads(done_ckpt.get("budget", "null"))
         run.coverage = json.loads(done_ckpt.get("coverage", "null"))
+        run.distributed = json.loads(done_ckpt.get("distributed", "null"))
         ppl = done_ckpt.get("perplexity")  # None for classifiers (and checkpoints from before it)
     costs, layers = cost_summary(found, run.cost_model)
     extra: dict[str, dict[str, Any]] = {}
@@ -385,6 +331,19 @@ def _finish(
         budget=budget,
         perplexity=ppl,
         coverage=run.coverage,
+        distributed=run.distributed,
     )
-    write_outputs(result, run.run_dir)
+    if is_main():
+        write_outputs(result, run.run_dir)
     return result
+
+
+def _agreed(run: RunState, found: CompressionConfig) -> CompressionConfig:
+    """Rank 0's configuration on every rank, and whether every rank derived the same one."""
+    every = gather_objects(found)
+    if run.distributed is not None:
+        run.distributed["ranks_agreed"] = all(c == every[0] for c in every)
+        if not run.distributed["ranks_agreed"] and is_main():
+            differ = [r for r, c in enumerate(every) if c != every[0]]
+            warnings.warn(f"ranks {differ} derived another configuration than rank 0; rank 0's is used", stacklevel=2)
+    return cast(CompressionConfig, every[0])

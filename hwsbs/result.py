@@ -37,6 +37,7 @@ class SearchResult:
     budget: dict[str, Any] | None = None  # {"target", "floor", "met", "reachable"} when a --target was set
     coverage: dict[str, Any] | None = None  # {"coverage": share of MACs quantised, "float_compute": [names]}
     perplexity: float | None = None  # language models: exp(mean validation cross-entropy per token), compressed model
+    distributed: dict[str, Any] | None = None  # torchrun runs: {"processes", "backend", "ranks_agreed"}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -66,6 +67,8 @@ class SearchResult:
             out["perplexity"] = self.perplexity
         if self.coverage is not None:
             out.update(self.coverage)
+        if self.distributed is not None:
+            out["distributed"] = dict(self.distributed)
         return out
 
 

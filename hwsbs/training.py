@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hwsbs.distributed import sum_over_ranks, sync_gradients
 from hwsbs.errors import SearchDivergedError
 from hwsbs.progress import PhaseProgress
 from hwsbs.task import count_correct, task_loss
@@ -61,13 +62,15 @@ def train_epoch(
         check_finite(loss, where)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sync_gradients(model.parameters(), int(x.shape[0]))  # under torchrun: the global batch's gradient
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         total += float(loss.detach()) * len(y)
         count += len(y)
         progress.update(loss=float(loss.detach()))
-    return total / max(count, 1)
+    total, count_all = sum_over_ranks([total, count])  # under torchrun: the mean over the global epoch
+    return total / max(count_all, 1)
 
 
 def perplexity(mean_loss: float) -> float:
@@ -95,4 +98,5 @@ def evaluate_metrics(model: nn.Module, loader: DataLoader, device: torch.device)
         count += n
         loss_sum += float(task_loss(logits, y)) * n  # the mean over this batch's n targets, back to a sum
     model.train(was_training)
-    return (correct / count, loss_sum / count) if count else (math.nan, math.nan)
+    total_right, total, loss_sum = sum_over_ranks([correct, count, loss_sum])  # under torchrun: each rank saw a shard
+    return (total_right / total, loss_sum / total) if total else (math.nan, math.nan)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 from rich.table import Table
 
 from hwsbs.config import SearchConfig, parse_target
+from hwsbs.distributed import is_main
 from hwsbs.errors import ConfigError
 from hwsbs.methods import list_methods
 from hwsbs.pipeline import run_search
@@ -192,7 +194,11 @@ def _handle(args: argparse.Namespace) -> int:
         args, method=args.method, uniform_bits=args.uniform_bits, init=args.init, out=out, resume=args.resume
     )
     started = time.perf_counter()
+    if not is_main():  # another rank of a torchrun job: rank 0 prints and writes
+        warnings.simplefilter("ignore")
     result = run_search(cfg)
+    if not is_main():
+        return 0
     print_summary(result)
     c, a = result.cost, result.accuracy
     ratio = c["uniform_8bit"] / c["compressed"] if c["compressed"] else float("inf")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cost_models.base import LayerState
+from hwsbs.distributed import sync_gradients
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
 from hwsbs.quant.matmul import SBSMatmul
 from hwsbs.quant.quantizer import quantize, step_size
@@ -233,6 +234,10 @@ class MultiPathSearch:
         self.weight_optimizer.zero_grad(set_to_none=True)
         self.arch_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sync_gradients(  # under torchrun: the global batch's gradient
+            [p for opt in (self.weight_optimizer, self.arch_optimizer) for g in opt.param_groups for p in g["params"]],
+            int(x.shape[0]),
+        )
         self.weight_optimizer.step()
         self.arch_optimizer.step()
         with torch.no_grad():

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cost_models.base import FLOAT_BITS
+from hwsbs.distributed import mean_over_ranks
 
 from .channel_gates import ChannelGateMixin
 from .fused import gated_quantize, lower_grid_residuals, sampled_residuals
@@ -239,7 +240,7 @@ class SBSLayerMixin(ChannelGateMixin):
         if searching:
             ema: Tensor = getattr(self, path.ema)
             if self.training:  # the statistic on a fixed sample; only the chosen grid is computed in full
-                batch_stats = sampled_residuals(z, self.bits)
+                batch_stats = mean_over_ranks(sampled_residuals(z, self.bits))  # torchrun: identical gates
                 with torch.no_grad():
                     ema.lerp_(batch_stats, _EMA_MOMENTUM)
             else:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from cost_models.base import CostModel
+from hwsbs.distributed import sync_gradients
 from hwsbs.task import count_correct, task_loss
 from hwsbs.training import check_finite, make_sgd, split_decay
 
@@ -143,6 +144,7 @@ class SearchEngine:
             kinds = self.family_kinds.get(family, [])
             self.cost_scale.observe(penalty, kinds)
             loss.backward()
+            sync_gradients(self.space.model.parameters(), int(x.shape[0]))  # under torchrun: the global batch's
             self.cost_scale.rescale(kinds)
             if self.curvature is not None:
                 self.curvature.observe(int(x.shape[0]))
