@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import hwsbs.pipeline as pipeline
+import hwsbs.run_state as run_state
 from hardware_profiles.checked_io import write_text_atomic
 from hwsbs.checkpoint import PID_NAME, RunDirLock, load_checkpoint, save_checkpoint
 from hwsbs.cli.main import main
@@ -54,7 +55,8 @@ def _kill_after_checkpoint(monkeypatch, phase: str, epoch: int) -> None:
             raise Killed(f"after the {phase} checkpoint of epoch {epoch}")
         return path
 
-    monkeypatch.setattr(pipeline, "save_checkpoint", save)
+    monkeypatch.setattr(pipeline, "save_checkpoint", save)  # the final checkpoint
+    monkeypatch.setattr(run_state, "save_checkpoint", save)  # every epoch's
 
 
 def _kill_in(monkeypatch, name: str) -> None:
