@@ -54,9 +54,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("export")
     out.add_argument(
         "--format",
-        choices=("int8", "float"),
+        choices=("int8", "float", "onnx"),
         default="int8",
-        help="int8: <= 8-bit layers on integer kernels; float: every layer in float32 (default: int8)",
+        help="int8: <= 8-bit layers on integer kernels; float: every layer in float32; onnx: a QDQ ONNX "
+        "model for ONNX Runtime (needs the deploy extra; docs/deploy.md) (default: int8)",
+    )
+    out.add_argument(
+        "--round-8bit-weights",
+        action="store_true",
+        help="onnx: round 8-bit weights onto int8 (ONNX Runtime fuses them into integer kernels; not exact)",
     )
     out.add_argument(
         "--kernel",
@@ -144,7 +150,8 @@ def _out_path(args: argparse.Namespace) -> Path:
         ConfigError: the path is a directory or another non-regular file, a parent is a file, or
             the nearest existing parent directory is not writable.
     """
-    out = Path(args.out) if args.out else (Path(args.run) if args.run else Path(".")) / f"model_{args.format}.pt"
+    default = "model.onnx" if args.format == "onnx" else f"model_{args.format}.pt"
+    out = Path(args.out) if args.out else (Path(args.run) if args.run else Path(".")) / default
     label = f"--out {out}" if args.out else f"{out} (the default --out)"
     try:
         st = os.stat(out)
@@ -153,7 +160,7 @@ def _out_path(args: argparse.Namespace) -> Path:
     except OSError as exc:
         raise ConfigError(f"{label}: cannot use this path ({exc.strerror or exc})") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{label}: is a directory; give a file name, e.g. {out / f'model_{args.format}.pt'}")
+        raise ConfigError(f"{label}: is a directory; give a file name, e.g. {out / default}")
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{label}: exists and is not a regular file")
     parent = out.absolute().parent
@@ -172,6 +179,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.run is not None and not Path(args.run).is_dir():
         raise ConfigError(f"--run {args.run}: not a directory")
     out = _out_path(args)
+    if args.format == "onnx":
+        return _run_onnx(args, out)
     spec, model, config, options = _load_inputs(args)
     backend = "float" if args.format == "float" else args.kernel
     exported = export_model(model, spec.example(), backend=backend, device=args.device, spec=spec)
@@ -200,6 +209,57 @@ def _run(args: argparse.Namespace) -> int:
     if args.verify and not report["verify"]["passed"]:
         return 1
     return 0
+
+
+def _run_onnx(args: argparse.Namespace, out: Path) -> int:
+    """``--format onnx``: write the QDQ model; ``--verify`` runs it in ONNX Runtime."""
+    from hwsbs.export.onnx_export import export_onnx
+    from hwsbs.export.onnx_graph import require_onnx
+    from hwsbs.export.onnx_run import ort_session, require_onnxruntime
+    from hwsbs.export.verify import ONNX_REL_TOL, verify_onnx
+
+    require_onnx()  # a missing extra fails before the model is loaded
+    if args.verify or args.time:
+        require_onnxruntime("--verify/--time with --format onnx")
+    if args.device != "cpu":
+        raise ConfigError(f"--device {args.device}: --format onnx runs on the CPU (ONNX Runtime's CPU provider)")
+    spec, model, _config, options = _load_inputs(args)
+    exported = export_onnx(model, spec.example(), spec=spec, exact_8bit_weights=not args.round_8bit_weights)
+    exported.save(out)
+    report: dict[str, Any] = {
+        "out": str(out),
+        "model": spec.to_dict(),
+        "backend": "onnx",
+        "layers": exported.layer_table(),
+        "bytes": out.stat().st_size,
+    }
+    if args.verify:
+        batches, source = _verify_batches(options, spec, args.verify)
+        session = ort_session(exported.to_bytes(), args.threads)
+        stats = verify_onnx(model, session, batches, "cpu", limit=args.verify)
+        report["verify"] = {"inputs": source, "tolerance_rel": ONNX_REL_TOL, **stats}
+    if args.time:
+        from hwsbs.export.onnx_run import OrtModule
+
+        session = OrtModule(ort_session(exported.to_bytes(), args.threads))
+        x = spec.example(args.batch)
+        fp = spec.build().eval()
+        with fixed_threads(args.threads):
+            t_fp = time_callable(lambda: fp(x), warmup=5, repeats=args.repeats)
+            t_ex = time_callable(lambda: session(x), warmup=5, repeats=args.repeats)
+            threads = torch.get_num_threads()
+        report["time"] = {
+            "batch": args.batch,
+            "threads": threads,
+            "float_model_s": t_fp.median_s,
+            "export_s": t_ex.median_s,
+            "speedup": t_fp.median_s / t_ex.median_s,
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print(report)
+    return 1 if args.verify and not report["verify"]["passed"] else 0
 
 
 def _print(report: dict[str, Any]) -> None:

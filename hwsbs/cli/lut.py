@@ -73,6 +73,13 @@ def _timing(p: argparse.ArgumentParser, repeats: int) -> None:
     p.add_argument(
         "--kernel", choices=("auto", "onednn", "intmm"), default="auto", help="integer kernels (default: auto)"
     )
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="what runs the layers: torch (the hwsbs export) or onnxruntime (QDQ graphs of export --format "
+        "onnx; needs the deploy extra) (default: %(default)s)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -193,6 +200,8 @@ def _command(args: argparse.Namespace) -> str:
         args.device,
         "--kernel",
         args.kernel,
+        "--runtime",
+        args.runtime,
     ]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -205,6 +214,14 @@ def _check_common(args: argparse.Namespace) -> list[int]:
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available")
+    if args.runtime == "onnxruntime":
+        if args.device != "cpu":
+            raise ConfigError(f"--runtime onnxruntime measures the CPU: drop --device {args.device}")
+        from hwsbs.export.onnx_graph import require_onnx
+        from hwsbs.export.onnx_run import require_onnxruntime
+
+        require_onnx("--runtime onnxruntime")
+        require_onnxruntime("--runtime onnxruntime")
     return args.batch or [1]
 
 
@@ -222,6 +239,7 @@ def _build(args: argparse.Namespace) -> int:
         backend=args.kernel,
         device=args.device,
         rounds=args.rounds,
+        runtime=args.runtime,
     )
     extra = []
     if args.conformance_shapes:
@@ -274,6 +292,7 @@ def _check(args: argparse.Namespace) -> int:
             backend=args.kernel,
             device=args.device,
             on_step=lambda: bar.update(task, advance=1),
+            runtime=args.runtime,
         )
     fits = [fit_profile(hw, measured, batch, args.cost) for hw in args.hw]
     import torch
@@ -285,6 +304,7 @@ def _check(args: argparse.Namespace) -> int:
         "threads": args.threads or torch.get_num_threads(),
         "device": args.device,
         "kernel": args.kernel,
+        "runtime": args.runtime,
         "repeats": args.repeats,
         "bits": list(args.bits),
         "command": _command(args),

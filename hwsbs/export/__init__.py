@@ -2,7 +2,8 @@
 
 ``export_model`` turns a fixed SBS model into an :class:`ExportedModel` (int8 kernels for layers
 of <= 8 bits the device executes exactly, float32 for the rest); ``ExportedModel.save`` and
-``load_exported`` store it as tensors plus plain metadata (``torch.load(weights_only=True)``).
+``load_exported`` store it as tensors plus plain metadata (``torch.load(weights_only=True)``);
+``export_onnx`` writes the same layers as an ONNX QDQ model for ONNX Runtime (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from .encoding import int16_pair_safe, weight_codes
 from .kernels import BACKENDS, onednn_available, onednn_saturates, resolve_backend
 from .layers import ExportedLayer, LayerRecord
 from .model import EXPORT_FORMAT, ExportedModel, export_model, load_exported, plan_path
+from .onnx_export import OnnxExport, export_onnx
 from .source import ModelSpec, compressed_model, default_spec, load_run, spec_from_config
 
 __all__ = [
@@ -20,9 +22,11 @@ __all__ = [
     "ExportedModel",
     "LayerRecord",
     "ModelSpec",
+    "OnnxExport",
     "compressed_model",
     "default_spec",
     "export_model",
+    "export_onnx",
     "int16_pair_safe",
     "load_exported",
     "load_run",

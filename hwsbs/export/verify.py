@@ -17,12 +17,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["REL_TOL", "MIN_ARGMAX_AGREEMENT", "compare_logits", "verify_export"]
+__all__ = ["REL_TOL", "ONNX_REL_TOL", "MIN_ARGMAX_AGREEMENT", "compare_logits", "verify_export", "verify_onnx"]
 
 #: Per-sample relative logit difference counted as "equal to float rounding".
 REL_TOL = 1e-3
 #: Share of samples whose predicted class must be identical.
 MIN_ARGMAX_AGREEMENT = 0.99
+#: Median per-sample relative logit difference allowed for an ONNX export (docs/deploy.md): its
+#: layers that feed an integer kernel round their bias onto int32 (as QLinearConv takes it), and
+#: ONNX Runtime's float order differs, so more activations flip a step than in the torch export;
+#: measured medians are ~1e-7 (small_cnn) to ~3e-3 (resnet20 with 2-bit layers).
+ONNX_REL_TOL = 1e-2
 
 
 def compare_logits(ref: Tensor, out: Tensor) -> dict[str, float]:
@@ -76,4 +81,20 @@ def verify_export(
         stats["accuracy_fake_quant"] = float((ref.argmax(1) == y).float().mean())
         stats["accuracy_export"] = float((out.argmax(1) == y).float().mean())
     stats["passed"] = stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] <= REL_TOL
+    return stats
+
+
+def verify_onnx(
+    reference: nn.Module,
+    session: Any,
+    batches: Iterable[Any],
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """:func:`verify_export` of an ONNX Runtime ``session`` against ``reference``, judged with
+    :data:`ONNX_REL_TOL` (argmax agreement >= 99 % and median relative difference <= 1e-2)."""
+    from .onnx_run import OrtModule
+
+    stats = verify_export(reference, OrtModule(session), batches, device, limit)
+    stats["passed"] = stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] <= ONNX_REL_TOL
     return stats

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import torch
@@ -86,6 +87,7 @@ class MeasureSettings:
     rounds: int = 3  # passes over the whole table, each with its share of the repeats
     backend: str = "auto"
     device: str = "cpu"
+    runtime: str = "torch"  # "torch" (the torch export) or "onnxruntime" (single-layer QDQ graphs)
 
 
 def grid_points(channels: int, fewest: int, count: int, group_size: int) -> list[int]:
@@ -182,12 +184,16 @@ def plan_jobs(
     return list(jobs.values())
 
 
-def executed_pairs(backend: str) -> list[tuple[int, int, str]]:
-    """The (w_bits, a_bits) pairs to measure with ``backend`` and what runs them.
+def executed_pairs(backend: str, runtime: str = "torch") -> list[tuple[int, int, str]]:
+    """The (w_bits, a_bits) pairs to measure with ``backend`` (or ``runtime``) and what runs them.
 
-    The widest pairs of the integer region (every narrower pair runs the same kernel), 8/8 when it
+    ONNX Runtime: :data:`~hwsbs.lut.ort_runtime.ORT_PAIRS`. Torch: the widest pairs of the integer region (every narrower pair runs the same kernel), 8/8 when it
     is not in that region (it then runs in float32 on fake-quantised values), and 32/32.
     """
+    if runtime == "onnxruntime":
+        from .ort_runtime import ORT_PAIRS
+
+        return list(ORT_PAIRS)
     inside = [
         (w, a) for w in range(1, 9) for a in range(1, 9) if plan_path(w, a, 1, (0, 0), "zeros", backend)[0] == "int8"
     ]
@@ -249,7 +255,10 @@ def _input(job: LayerJob, kin: int, batch: int, gen: torch.Generator) -> Tensor:
     return x
 
 
-def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings) -> nn.Module:
+def _export_one(
+    job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings
+) -> nn.Module:
+    """The job's layer at ``w``/``a`` bits as a one-layer export (an attention product as it is)."""
     if isinstance(base, _FloatProduct):
         return base.to(settings.device)
     cls = SBSConv2d if job.kind == "conv" else SBSLinear
@@ -260,10 +269,30 @@ def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, s
     exported = export_model(
         nn.Sequential(layer), example[:2], backend=settings.backend, device=settings.device, fold_norms=False
     )
-    out = cast(ExportedLayer, cast(nn.Sequential, exported.net)[0])  # the Sequential's one layer
     if job.activation is not None:  # as inside the exported model
-        out.fuse_activation(job.activation)
+        cast(ExportedLayer, cast(nn.Sequential, exported.net)[0]).fuse_activation(job.activation)
+    return exported
+
+
+def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings) -> nn.Module:
+    exported = _export_one(job, base, w, a, example, settings)
+    if isinstance(exported, _FloatProduct):
+        return exported
+    out = cast(ExportedLayer, cast(nn.Sequential, cast(nn.Module, exported).net)[0])  # the Sequential's one layer
     return out
+
+
+def _measured(
+    job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, settings: MeasureSettings, shape: tuple[int, ...]
+) -> nn.Module | Callable[[], object]:
+    """The torch layer to call on an input, or (ONNX Runtime) a call with its input bound."""
+    if settings.runtime == "torch":
+        return _exported(job, base, w, a, example, settings)
+    from .ort_runtime import ort_layer_call
+
+    if job.kind == "matmul":
+        return ort_layer_call(job.kind, base, shape, torch.get_num_threads())
+    return ort_layer_call(job.kind, _export_one(job, base, w, a, example, settings), shape, torch.get_num_threads())
 
 
 def measure_jobs(
@@ -278,32 +307,33 @@ def measure_jobs(
     from hwsbs.export.kernels import resolve_backend
 
     backend = resolve_backend(settings.backend, settings.device)
-    pairs = executed_pairs(backend)
+    pairs = executed_pairs(backend, settings.runtime)
     dev = torch.device(settings.device)
     gen = torch.Generator().manual_seed(0)
-    tasks: list[tuple[LayerJob, int, int, int, int, int, nn.Module]] = []
+    tasks: list[tuple[LayerJob, int, int, int, int, int, nn.Module | Callable[[], object]]] = []
     for job in jobs:
         for kin, kout in job.points():
             torch.manual_seed(len(tasks))
             base = _base_module(job, kin, kout)
             example = _input(job, kin, 2, gen)
             for batch in settings.batches:
+                shape = tuple(_input(job, kin, batch, gen).shape)
                 for w, a, _ in pairs:
-                    tasks.append((job, kin, kout, batch, w, a, _exported(job, base, w, a, example, settings)))
+                    tasks.append((job, kin, kout, batch, w, a, _measured(job, base, w, a, example, settings, shape)))
     rounds = max(1, settings.rounds)
     per_round = -(-settings.repeats // rounds)
     samples: list[list[float]] = [[] for _ in tasks]
     for _ in range(rounds):
         for i, (job, kin, kout, batch, w, a, layer) in enumerate(tasks):
-            x = _input(job, kin, batch, gen).to(dev)
-            if x.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
-                x = x.contiguous(memory_format=torch.channels_last)
+            if isinstance(layer, nn.Module):
+                x = _input(job, kin, batch, gen).to(dev)
+                if x.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
+                    x = x.contiguous(memory_format=torch.channels_last)
+                call: Callable[[], object] = partial(layer, x)
+            else:  # ONNX Runtime: the input is bound to the call
+                call = layer
             samples[i] += sample_times(
-                lambda layer=layer, x=x: layer(x),  # type: ignore[misc]  # mypy cannot infer lambdas with default-bound arguments
-                warmup=settings.warmup,
-                repeats=per_round,
-                device=dev,
-                min_time_s=settings.min_time_s / rounds,
+                call, warmup=settings.warmup, repeats=per_round, device=dev, min_time_s=settings.min_time_s / rounds
             )
             if on_step is not None:
                 on_step(f"{job.signature} {w}/{a} {kin}->{kout} b{batch}")

@@ -95,19 +95,27 @@ def measure_configs(
     backend: str = "auto",
     device: str = "cpu",
     on_step: Callable[[], None] | None = None,
+    runtime: str = "torch",
 ) -> list[Measured]:
     """Export each configuration (untrained weights: latency does not depend on their values) and
     time the whole models on one ``batch``-sized input, side by side: ``repeats`` rounds of one
     call per configuration, so load that drifts during the measurement hits them all alike.
-    ``on_step`` is called after each export and after each round."""
+    ``on_step`` is called after each export and after each round. ``runtime="onnxruntime"``
+    times the ``export --format onnx`` models in ONNX Runtime sessions with ``threads`` intra-op
+    threads (one inter-op thread, sequential)."""
     dev = torch.device(device)
     with fixed_threads(threads):
         x = spec.example(batch).to(dev)
-        exported = []
+        exported: list[Any] = []
+        int8_counts = []
         for config in configs:
-            exported.append(
-                export_model(compressed_model(spec, config), spec.example(), backend=backend, device=device)
-            )
+            if runtime == "onnxruntime":
+                m, count = _ort_model(spec, config)
+            else:
+                m = export_model(compressed_model(spec, config), spec.example(), backend=backend, device=device)
+                count = sum(r.path == "int8" for r in m.records)
+            exported.append(m)
+            int8_counts.append(count)
             if on_step is not None:
                 on_step()
         samples: list[list[float]] = [[] for _ in configs]
@@ -119,15 +127,21 @@ def measure_configs(
             if on_step is not None:
                 on_step()
     results = []
-    for i, (config, m, times) in enumerate(zip(configs, exported, samples)):
+    for i, (config, count, times) in enumerate(zip(configs, int8_counts, samples)):
         timing = summarise_times(times)
         frac, mean_bits = _mac_stats(config)
-        results.append(
-            Measured(
-                i, config, timing.median_s, timing.std_s, sum(r.path == "int8" for r in m.records), frac, mean_bits
-            )
-        )
+        results.append(Measured(i, config, timing.median_s, timing.std_s, count, frac, mean_bits))
     return results
+
+
+def _ort_model(spec: ModelSpec, config: CompressionConfig) -> tuple[Any, int]:
+    """The configuration as an ONNX Runtime session (called like a torch model) and its int8 layer count."""
+    from hwsbs.export.onnx_export import export_onnx
+    from hwsbs.export.onnx_run import OrtModule, ort_session
+
+    onnx_export = export_onnx(compressed_model(spec, config), spec.example(), spec=spec)
+    count = sum(r["path"] == "int8" for r in onnx_export.layer_table())
+    return OrtModule(ort_session(onnx_export.to_bytes(), torch.get_num_threads())), count
 
 
 def summarise(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:

@@ -34,8 +34,11 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def machine_info(device: torch.device | str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Facts about the machine and software a latency table is measured with."""
+def machine_info(
+    device: torch.device | str = "cpu", threads: int | None = None, runtime: str = "torch"
+) -> dict[str, Any]:
+    """Facts about the machine and software a latency table is measured with (``runtime``:
+    ``torch`` or ``onnxruntime``, recorded with its version)."""
     from hwsbs.export.kernels import onednn_available, onednn_saturates
 
     cpu = _cpuinfo()
@@ -56,7 +59,12 @@ def machine_info(device: torch.device | str = "cpu", threads: int | None = None)
         "device": str(device),
         "onednn_int8": onednn_available(),
         "int16_pair_saturation": onednn_saturates(),
+        "runtime": "torch",
     }
+    if runtime != "torch":
+        from .ort_runtime import runtime_version
+
+        info["runtime"] = runtime_version(runtime)
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
@@ -71,11 +79,13 @@ def describe_machine(info: dict[str, Any]) -> str:
     vnni = "VNNI" if any("vnni" in f for f in info["isa"]) else "no VNNI"
     sat = "int8 pair sums saturate int16" if info["int16_pair_saturation"] else "int8 accumulates in int32"
     threads = f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}"
-    return (
+    runtime = info.get("runtime", "torch")
+    line = (
         f"{info['cpu']} (family {info['cpu_family']} model {info['cpu_model']}), {info['cores']} cores "
         f"({isa}; {vnni}), {threads}, torch {info['torch']}, "
         f"oneDNN int8 {'yes' if info['onednn_int8'] else 'no'} ({sat})"
     )
+    return line if runtime == "torch" else f"{line}, runtime {runtime}"
 
 
 #: The CPU part of a table's ``device`` line, as ``describe_machine`` writes it.

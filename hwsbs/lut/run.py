@@ -72,7 +72,9 @@ def build_profile(
     with fixed_threads(threads):
         backend = resolve_backend(settings.backend, settings.device)
         settings = MeasureSettings(**{**settings.__dict__, "backend": backend})
-        machine = machine_info(settings.device, torch.get_num_threads())
+        if settings.runtime != "torch" and dev.type != "cpu":
+            raise ConfigError(f"--runtime {settings.runtime}: measures the CPU only (--device cpu)")
+        machine = machine_info(settings.device, torch.get_num_threads(), settings.runtime)
         jobs = plan_jobs(
             specs,
             bits,
@@ -81,7 +83,7 @@ def build_profile(
             grid=grid,
             extra_shapes=extra_shapes,
         )
-        pairs = executed_pairs(backend)
+        pairs = executed_pairs(backend, settings.runtime)
         total = _count(jobs, settings, len(pairs))
         with progress_bar("measuring", "what", disable=not progress) as bar:
             task = bar.add_task("lut", total=total, what="")
@@ -89,9 +91,15 @@ def build_profile(
     elapsed = time.perf_counter() - start
     device_line = describe_machine(machine)
     paths = "; ".join(f"{w}/{a}: {label}" for w, a, label in pairs)
+    how = (
+        f"run by {machine['runtime']} as a single-layer QDQ graph of hwsbs export --format onnx (uint8 codes in "
+        f"and out, intra-op threads {machine['threads']}, inter-op 1, sequential)"
+        if settings.runtime != "torch"
+        else "timed alone (NHWC input)"
+    )
     method = (
         f"each layer exported as by hwsbs export (with the ReLU/ReLU6 it fuses into most layers of that shape) "
-        f"and timed alone (NHWC input) in {settings.rounds} passes over the table, each with {settings.warmup} "
+        f"and {how} in {settings.rounds} passes over the table, each with {settings.warmup} "
         f"warm-up calls and its share of >= {settings.repeats} timed calls (and >= "
         f"{settings.min_time_s * 1e3:g} ms in total), torch threads "
         f"{machine['threads']}; mean_s = median, std_s = standard deviation; pairs measured: {paths}; other pairs run on "
@@ -117,7 +125,9 @@ def build_profile(
         table_path=table_path,
         header=header,
         description=f"measured layer latencies: {machine.get('gpu', machine['cpu'])}, torch threads {machine['threads']}, "
-        f"torch {machine['torch']} ({backend} int8 kernels)",
+        f"torch {machine['torch']} ({backend} int8 kernels)"
+        if settings.runtime == "torch"
+        else f"measured layer latencies: {machine['cpu']}, {machine['runtime']} QDQ, intra-op threads {machine['threads']}",
         sources=[
             f"Measured with `{command or 'hwsbs.lut.build_profile'}` on {date} ({len(entries)} entries, "
             f"{len(jobs)} layer shapes of {models})",
