@@ -21,6 +21,13 @@ Method:
 * Same model, same random CIFAR-shaped batch, same thread count for all. SBS and multipath pay
   the BOPs cost (``lambda`` 0.1); 4-bit QAT is ``set_fixed(4, 4)`` on every non-pinned layer.
 
+* Quantiser variants (issue 16), timed and probed beside the four: ``sbs`` is the default (fused
+  quantisers, eager); ``--variants sbs_reference`` (the default) adds the reference layer code,
+  ``--compile`` adds ``sbs_compile`` (fused, kernels under ``torch.compile``; its compilation
+  runs in the warm-up steps, and its memory probe takes one warm-up step before the reset, so
+  its memory is not comparable with a cold first step). Ratios ``sbs_vs_<variant>_time``,
+  ``<variant>_vs_fp32_time`` and ``<variant>_vs_fp32_memory`` go into the JSON.
+
 ``--profile`` adds the top operators of the SBS step (``torch.profiler``, self CPU time) and the
 hwsbs functions they come from (``cProfile``, cumulative time).
 """
@@ -45,13 +52,18 @@ import torch.nn.functional as F
 from cost_models import build_cost_model
 from hwsbs.methods.multipath import MultiPathSearch
 from hwsbs.models import build_model
+from hwsbs.quant.compiled import kernels_compiled
+from hwsbs.quant.fused_layers import use_fused
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.engine import CostObjective, SearchEngine
 from hwsbs.training import make_sgd, split_decay
 
-__all__ = ["CONFIGS", "make_step", "machine_info", "add_output_options", "write_report"]
+__all__ = ["CONFIGS", "VARIANTS", "make_step", "machine_info", "add_output_options", "write_report"]
 
 CONFIGS = ("fp32", "qat4", "sbs", "multipath")
+#: The SBS step with other quantiser implementations (issue 16): name -> (fused, compiled).
+#: "sbs" itself is the default: fused, eager.
+VARIANTS = {"sbs_reference": (False, False), "sbs_compile": (True, True)}
 
 
 def machine_info() -> dict[str, object]:
@@ -126,9 +138,27 @@ def _search_step(searcher: SearchEngine | MultiPathSearch, x: torch.Tensor, y: t
     return search_step
 
 
+def _variant(step: Callable[[], None], fused: bool, compiled: bool) -> Callable[[], None]:
+    """``step`` run with the fused or reference quantisers, compiled or eager (process-wide switches,
+    set around each step so variants can be timed round-robin in one process)."""
+
+    def variant_step() -> None:
+        old = use_fused(fused)
+        try:
+            with kernels_compiled(compiled):
+                step()
+        finally:
+            use_fused(old)
+
+    variant_step.model = step.model  # type: ignore[attr-defined]
+    return variant_step
+
+
 def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """A closure performing one training step of ``config`` on (x, y); its ``model`` attribute is
     the module it trains."""
+    if config in VARIANTS:
+        return _variant(make_step(model_name, "sbs", x, y), *VARIANTS[config])
     torch.manual_seed(0)
     model = build_model(model_name, 10, 3, (32, 32)).to(x.device)
     if config == "fp32":
@@ -154,15 +184,15 @@ def make_step(model_name: str, config: str, x: torch.Tensor, y: torch.Tensor) ->
 
 
 def time_model(
-    model_name: str, batch: int, warmup: int, steps: int, repeats: int, device: str = "cpu"
+    model_name: str, batch: int, warmup: int, steps: int, repeats: int, device: str = "cpu", configs: tuple = CONFIGS
 ) -> dict[str, dict[str, float]]:
     """Round-robin timing of every configuration of one model, in this process."""
     x, y = _batch(batch, device=device)
-    fns = {c: make_step(model_name, c, x, y) for c in CONFIGS}
+    fns = {c: make_step(model_name, c, x, y) for c in configs}
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    samples: dict[str, list[float]] = {c: [] for c in configs}
     for _ in range(repeats):
         for c, fn in fns.items():
             _sync(device)
@@ -190,6 +220,9 @@ def memory_probe(model_name: str, config: str, batch: int, steps: int, device: s
     """
     x, y = _batch(batch, device=device)
     fn = make_step(model_name, config, x, y)
+    warmed = VARIANTS.get(config, (True, False))[1]
+    if warmed:
+        fn()  # compiling is setup, not the step's memory
     if torch.device(device).type == "cuda":
         fn()  # the first step allocates optimiser state and the cost term's tables
         torch.cuda.synchronize()
@@ -216,6 +249,8 @@ def memory_probe(model_name: str, config: str, batch: int, steps: int, device: s
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(steps):
         fn()
+    if warmed:  # the first (calibrating) step ran before the reset: not comparable with the others
+        method += "; after one warm-up step (compilation), so lower than a cold first step"
     after = _status_kib("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "rss_after_setup_mib": rss / 1024,
@@ -225,9 +260,11 @@ def memory_probe(model_name: str, config: str, batch: int, steps: int, device: s
     }
 
 
-def _memory(model_name: str, batch: int, steps: int, device: str = "cpu") -> dict[str, dict[str, float]]:
+def _memory(
+    model_name: str, batch: int, steps: int, device: str = "cpu", configs: tuple[str, ...] = CONFIGS
+) -> dict[str, dict[str, float]]:
     out = {}
-    for c in CONFIGS:
+    for c in configs:
         cmd = [
             sys.executable,
             __file__,
@@ -305,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the JSON here too")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    p.add_argument("--variants", nargs="*", default=["sbs_reference"], choices=sorted(VARIANTS), help="SBS variants")
+    p.add_argument("--compile", action="store_true", help="also time the SBS step with --compile (sbs_compile)")
     p.add_argument("--probe", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
@@ -325,10 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "models": {},
     }
-    mems = {m: _memory(m, args.batch, args.mem_steps, args.device) for m in args.models}  # while this process is small
+    variants = tuple(dict.fromkeys([*args.variants, *(["sbs_compile"] if args.compile else [])]))
+    configs = (*CONFIGS, *variants)
+    # While this process is small.
+    mems = {m: _memory(m, args.batch, args.mem_steps, args.device, configs) for m in args.models}
     for m in args.models:
         mem = mems[m]
-        times = time_model(m, args.batch, args.warmup, args.steps, args.repeats, args.device)
+        times = time_model(m, args.batch, args.warmup, args.steps, args.repeats, args.device, configs)
         fp, mp = times["fp32"]["median_s"], times["multipath"]["median_s"]
         entry: dict[str, object] = {
             "time": times,
@@ -344,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
                 / max(mem["fp32"]["step_peak_growth_mib"], 1e-9),
             },
         }
+        ratios = entry["ratios"]
+        for v in variants:  # e.g. sbs_reference_vs_fp32_time, sbs_vs_sbs_reference_time
+            assert isinstance(ratios, dict)
+            ratios[f"{v}_vs_fp32_time"] = times[v]["median_s"] / fp
+            ratios[f"sbs_vs_{v}_time"] = times["sbs"]["median_s"] / times[v]["median_s"]
+            ratios[f"{v}_vs_fp32_memory"] = mem[v]["step_peak_growth_mib"] / max(
+                mem["fp32"]["step_peak_growth_mib"], 1e-9
+            )
         if args.profile:
             entry["sbs_profile"] = profile_sbs(m, args.batch, device=args.device)
         report["models"][m] = entry  # type: ignore[index]

@@ -121,6 +121,7 @@ class SearchConfig:
     out: str | None = None  # run directory; None = runs/<timestamp>
     resume: bool = False  # continue from the run directory's last checkpoint
     progress: bool = True  # rich progress bars
+    compile: bool = False  # torch.compile the quantiser kernels (hwsbs.quant.compiled); off: little gain on CPU
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific options (baselines)
 
     def __post_init__(self) -> None:
@@ -157,6 +158,8 @@ class SearchConfig:
                 f"--target {100 * self.target_fraction:g}%: below {MIN_TARGET_FRACTION:g} of the uniform "
                 "8-bit cost; no configuration comes near it and the budget loss would overflow"
             )
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"--compile: expected true or false, got {self.compile!r}")
         if self.act_float_bits not in (16, 32):
             raise ConfigError(f"--act-float-bits: expected 16 or 32, got {self.act_float_bits!r}")
         if isinstance(self.weight_group, bool) or not isinstance(self.weight_group, int) or self.weight_group < 0:

@@ -38,6 +38,7 @@ from hwsbs.errors import ConfigError, HwsbsError
 from hwsbs.methods import MethodContext, get_method
 from hwsbs.objectives import Objective, resolve_cost_model
 from hwsbs.progress import PhaseProgress
+from hwsbs.quant.compiled import compile_quantizers
 from hwsbs.result import SearchResult, cost_summary, write_outputs
 from hwsbs.run_options import OPTIONS_NAME, check_resume_options
 from hwsbs.run_state import RunState, default_run_dir
@@ -161,6 +162,7 @@ def run_search(
     """
     get_method(config.method)  # an unknown method fails before any work
     device, joined = init_from_env(config.device)  # a torchrun job: join its process group
+    compile_quantizers(config.compile, notice=is_main())  # --compile (or back to eager)
     try:
         if world().distributed and config.curvature:
             raise ConfigError("--curvature: not supported under torchrun (its Fisher estimate is per rank)")

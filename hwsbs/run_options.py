@@ -13,7 +13,7 @@ __all__ = ["OPTIONS_NAME", "RESUME_IGNORED", "check_resume_options"]
 
 OPTIONS_NAME = "options.json"
 #: Options that may differ between a run and its resumption (where and how it runs, not what).
-RESUME_IGNORED = {"resume", "out", "progress", "device", "workers"}
+RESUME_IGNORED = {"resume", "out", "progress", "device", "workers", "compile"}
 
 
 def check_resume_options(run_dir: Path, cfg: SearchConfig) -> None:

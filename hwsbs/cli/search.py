@@ -16,6 +16,7 @@ from hwsbs.errors import ConfigError
 from hwsbs.methods import list_methods
 from hwsbs.pipeline import run_search
 from hwsbs.progress import console
+from hwsbs.quant.compiled import compile_quantizers
 from hwsbs.result import SearchResult
 
 __all__ = ["add_parser", "add_search_options", "config_from_args", "print_summary"]
@@ -90,6 +91,12 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     option(g, "--seed", int, "seeds every random source")
     option(g, "--device", str, "torch device")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=d.compile,
+        help="torch.compile the quantiser kernels; falls back to eager without a compiler (default: off)",
+    )
 
 
 #: The options of :func:`add_search_options`, by group, whose dest names the SearchConfig field they
@@ -99,7 +106,7 @@ _FIELD_OPTIONS = (
     ("bits", "lam", "temperature", "group_size", "max_prune_fraction", "prune", "weight_only", "act_float_bits"),
     ("weight_group", "curvature", "pin_first_last", "pin_bits", "cost_batch"),
     ("pretrain_epochs", "search_epochs", "finetune_epochs", "batch_size", "lr", "search_lr", "threshold_lr"),
-    ("weight_decay", "seed", "device", "progress"),
+    ("weight_decay", "seed", "device", "progress", "compile"),
 )
 
 
@@ -194,6 +201,7 @@ def _handle(args: argparse.Namespace) -> int:
         args, method=args.method, uniform_bits=args.uniform_bits, init=args.init, out=out, resume=args.resume
     )
     started = time.perf_counter()
+    compile_quantizers(cfg.compile)  # a process-wide switch the quantiser layers read
     if not is_main():  # another rank of a torchrun job: rank 0 prints and writes
         warnings.simplefilter("ignore")
     result = run_search(cfg)

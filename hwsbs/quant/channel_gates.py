@@ -92,17 +92,35 @@ class ChannelGateMixin:
         return min(int(math.floor(self.max_prune_fraction * self.num_groups + 1e-9)), self.num_groups - 1)
 
     def pruning_statistics(self) -> Tensor:
-        """Each group's mean |standardised w|, standardised over the groups at calibration."""
-        norms = self._group_norms(self._standardise(self.weight)[0])
-        return (norms / self.p_scale - 1.0) / self.p_spread
+        """Each group's mean |standardised w|, standardised over the groups at calibration (detached).
+
+        A search step reads it several times per producer (its gates, its consumers' kept masks,
+        the clamp) between weight updates, so it is cached on the tensors' versions: any in-place
+        write (the optimiser, ``load_state_dict``, ``fill_``) or a new tensor recomputes it.
+        """
+        key = tuple((id(t), t._version, t.data_ptr()) for t in (self.weight, self.p_scale, self.p_spread))
+        hit = self.__dict__.get("_pruning_stats")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            norms = self._group_norms(self._standardise(self.weight)[0])
+            stats = (norms / self.p_scale - 1.0) / self.p_spread
+        self.__dict__["_pruning_stats"] = (key, stats)
+        return stats
 
     @torch.no_grad()
     def kept_channel_mask(self) -> Tensor | None:
         """1.0 for every output channel the pruning gates keep now, 0.0 for pruned ones."""
         if not self.searches_pruning:
             return None
-        keep = (self.pruning_statistics() > self.p_theta).to(self.weight.dtype)
-        return self._expand_groups(keep)
+        stats = self.pruning_statistics()
+        key = (id(self.p_theta), self.p_theta._version, self.group_size)
+        hit = self.__dict__.get("_kept_mask")
+        if hit is not None and hit[0] is stats and hit[1] == key:  # same statistics and threshold
+            return hit[2]
+        keep = self._expand_groups((stats > self.p_theta).to(self.weight.dtype))
+        self.__dict__["_kept_mask"] = (stats, key, keep)  # holding stats keeps its identity unique
+        return keep
 
     def channel_gates(self) -> Tensor | None:
         """This producer's pruning gates, one per output channel (None when it does not prune).

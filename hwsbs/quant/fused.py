@@ -20,7 +20,14 @@ from torch import Tensor
 
 from .gates import open_level
 
-__all__ = ["lower_grid_residuals", "sampled_residuals", "gated_quantize", "ACT_STAT_SAMPLES"]
+__all__ = [
+    "lower_grid_residuals",
+    "sampled_residuals",
+    "gated_quantize",
+    "gate_grads",
+    "sample_index",
+    "ACT_STAT_SAMPLES",
+]
 
 # Activation statistics are means of |z - D(z, s_b)| over ~1e5-1e7 values; a fixed random sample
 # of this many estimates each to ~0.3 % (residuals are bounded, CV ~0.6) at a fraction of the cost.
@@ -43,11 +50,14 @@ def lower_grid_residuals(z: Tensor, bits: Sequence[int]) -> tuple[Tensor, list[T
 
 
 @lru_cache(maxsize=64)
-def _sample_index(numel: int, samples: int, device: str) -> Tensor:
+def sample_index(numel: int, samples: int, device: str) -> Tensor:
     # Seeded by the size alone: the same positions every step (reproducible, no RNG consumed),
     # scattered over the tensor (a stride could keep hitting the same image column).
     gen = torch.Generator().manual_seed(numel)
     return torch.randperm(numel, generator=gen)[:samples].sort().values.to(device)
+
+
+_sample_index = sample_index  # the name hwsbs.sbs.curvature imports
 
 
 @torch.no_grad()
@@ -59,7 +69,7 @@ def sampled_residuals(z: Tensor, bits: Sequence[int], samples: int = ACT_STAT_SA
     """
     flat = z.detach().reshape(-1)
     if flat.numel() > samples:
-        flat = flat.index_select(0, _sample_index(flat.numel(), samples, str(flat.device)))
+        flat = flat.index_select(0, sample_index(flat.numel(), samples, str(flat.device)))
     if len(bits) < 2:
         return flat.new_zeros(0)
     return torch.stack([F.l1_loss(_grid(flat, b), flat) for b in bits[:-1]])
@@ -88,21 +98,31 @@ class _GatedQuantize(torch.autograd.Function):
             dots = torch.stack(
                 [torch.dot(flat_grad, (z.reshape(-1) * float(2**b - 1)).round_()) / float(2**b - 1) for b in bits]
             )
-        eps_dots = dots[1:] - dots[:-1]
-        g = gates.to(eps_dots.dtype)
-        n = len(bits) - 1
-        grad_gates = torch.zeros(n, dtype=eps_dots.dtype, device=eps_dots.device)
-        # z_hat = q_1 + sum_k (g_1...g_k) eps_k  =>  d z_hat / d g_j = sum_{k>=j} prod_{i<=k, i!=j} g_i eps_k
-        for j in range(n):
-            total = eps_dots.new_zeros(())
-            prefix_without_j = eps_dots.new_ones(())
-            for k in range(n):
-                if k != j:
-                    prefix_without_j = prefix_without_j * g[k]
-                if k >= j:
-                    total = total + prefix_without_j * eps_dots[k]
-            grad_gates[j] = total
-        return grad, grad_gates.to(gates.dtype), None, None
+        return grad, gate_grads(dots, gates), None, None
+
+
+def gate_grads(dots: Tensor, gates: Tensor) -> Tensor:
+    """The gradient of the nested gating with respect to its gates, from ``<grad, q_k>`` per width.
+
+    Args:
+        dots: ``<dL/dz_hat, D(z, s_bk)>`` for every candidate width ``k`` (one value each).
+        gates: the hard 0/1 gates of the forward pass.
+    """
+    eps_dots = dots[1:] - dots[:-1]
+    g = gates.to(eps_dots.dtype)
+    n = dots.numel() - 1
+    grad_gates = torch.zeros(n, dtype=eps_dots.dtype, device=eps_dots.device)
+    # z_hat = q_1 + sum_k (g_1...g_k) eps_k  =>  d z_hat / d g_j = sum_{k>=j} prod_{i<=k, i!=j} g_i eps_k
+    for j in range(n):
+        total = eps_dots.new_zeros(())
+        prefix_without_j = eps_dots.new_ones(())
+        for k in range(n):
+            if k != j:
+                prefix_without_j = prefix_without_j * g[k]
+            if k >= j:
+                total = total + prefix_without_j * eps_dots[k]
+        grad_gates[j] = total
+    return grad_gates.to(gates.dtype)
 
 
 def gated_quantize(z: Tensor, gates: Tensor, bits: Sequence[int], grids: list[Tensor] | None = None) -> Tensor:

@@ -35,6 +35,7 @@ from hwsbs.distributed import mean_over_ranks
 
 from .channel_gates import ChannelGateMixin
 from .fused import gated_quantize, lower_grid_residuals, sampled_residuals
+from .fused_layers import fused_activation, fused_input, fused_weight
 from .gates import bits_from_gates, threshold_gate
 from .quantizer import quantize, step_size
 from .scales import EPS, INPUT_PATH, MIN_CLIP, ActivationPath, grad_scale, group_absmax, standardise
@@ -204,6 +205,8 @@ class SBSLayerMixin(ChannelGateMixin):
     # ---------------------------------------------------------------- quantisers
     def quantized_weight(self) -> Tensor:
         """The weight the layer computes with in its current mode."""
+        if (fused := fused_weight(self)) is not None:  # search mode: one autograd node (fused_layers)
+            return fused
         searching = self.mode == "search" and not self.pinned
         w_bits = self.fixed_w_bits
         if not searching and w_bits >= FLOAT_BITS:
@@ -224,6 +227,8 @@ class SBSLayerMixin(ChannelGateMixin):
 
     def quantized_input(self, x: Tensor) -> Tensor:
         """The input activation as the layer sees it in its current mode (pruned channels zero)."""
+        if (fused := fused_input(self, x, INPUT_PATH, _EMA_MOMENTUM)) is not None:
+            return fused
         return self._mask_input(self._quantize_input(x))
 
     def _quantize_input(self, x: Tensor) -> Tensor:
@@ -231,6 +236,8 @@ class SBSLayerMixin(ChannelGateMixin):
 
     def _quantize_activation(self, x: Tensor, path: ActivationPath) -> Tensor:
         """Quantise an activation on one path's clip, statistics and gates (method section 2)."""
+        if (fused := fused_activation(self, x, path, _EMA_MOMENTUM)) is not None:
+            return fused
         searching = self.mode == "search" and not self.pinned
         fixed_bits = self.fixed_a_bits if path.family == "a" else self.fixed_w_bits
         if self.act_float or (not searching and fixed_bits >= FLOAT_BITS):
