@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -33,21 +32,10 @@ from hwsbs.lut.machine import machine_info
 from hwsbs.lut.run import build_profile
 from hwsbs.sbs.convert import convert_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_speed import round_robin  # noqa: E402  (the timing loop export_speed.py uses)
+
 DIGITS = (1, 8, 8)  # the search's data set: the geometry every variant is timed at
-
-
-def _round_robin(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.inference_mode():
-        for fn in variants.values():
-            for _ in range(warmup):
-                fn()
-        for _ in range(repeats):
-            for name, fn in variants.items():
-                start = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def _searched(spec: ModelSpec, batch: int, threads: int, epochs: int, subset: int, tmp: Path) -> tuple[Any, dict]:
@@ -115,7 +103,7 @@ def main() -> int:
     }
     variants: dict[str, Callable[[], object]] = {k: partial(m, x) for k, m in models.items()}
     print(f"timing {len(variants)} variants round-robin ...", file=sys.stderr)
-    med = _round_robin(variants, args.repeats, args.warmup)
+    med = {k: v["median_s"] for k, v in round_robin(variants, args.repeats, args.warmup).items()}
     report = {
         "machine": machine_info("cpu", args.threads, "onnxruntime"),
         "command": " ".join(sys.argv),

@@ -29,7 +29,7 @@ from hwsbs.lut.machine import describe_machine, machine_info
 from hwsbs.sbs.convert import convert_model
 
 
-def _round_robin(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+def round_robin(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, dict[str, float]]:
     samples: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         for fn in variants.values():
@@ -42,7 +42,7 @@ def _round_robin(variants: dict[str, Callable[[], object]], repeats: int, warmup
                 samples[name].append(time.perf_counter() - start)
     out = {}
     for name, xs in samples.items():
-        q = statistics.quantiles(xs, n=4, method="inclusive")
+        q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
         out[name] = {"median_s": statistics.median(xs), "q1_s": q[0], "q3_s": q[2]}
     return out
 
@@ -89,7 +89,7 @@ def bench_model(name: str, batch: int, repeats: int, warmup: int, run_dir: Path 
             f"{d.w_bits}/{d.a_bits}" + (f" keep {d.kept_out}/{d.shape.out_channels}" if d.pruned_channels else "")
             for d in cfg.layers
         )
-    timings = _round_robin(variants, repeats, warmup)
+    timings = round_robin(variants, repeats, warmup)
     base = timings["fp32 PyTorch model (NCHW)"]
     # The q1 ratio is the less contended estimate on a shared machine (contention only slows calls down).
     return {
@@ -125,7 +125,7 @@ def bench_gemm(repeats: int) -> list[dict[str, Any]]:
             ),
             "torch._int_mm": lambda a8=a8, w8=w8: torch._int_mm(a8, w8),
         }
-        t = _round_robin(variants, repeats, 3)
+        t = round_robin(variants, repeats, 3)
         for name, v in t.items():
             rows.append({"shape": f"{m}x{k}x{n}", "kernel": name, **v, "gops": 2 * m * k * n / v["median_s"] / 1e9})
     return rows

@@ -89,3 +89,22 @@ def minimal_profile(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
+
+
+def wait_until_past_search_checkpoint(run_dir: Path, timeout: float = 300.0) -> None:
+    """Poll ``run_dir`` until its checkpoint is at or past a search epoch (to kill a run there)."""
+    import time
+
+    import torch
+
+    ckpt = run_dir / "checkpoint.pt"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ckpt.exists() and (run_dir / "options.json").exists():
+            try:
+                phase = torch.load(ckpt, weights_only=True)["phase"]
+            except Exception:  # being replaced right now: read it again
+                phase = None
+            if phase in ("search", "finetune", "done"):
+                return
+        time.sleep(0.01)

@@ -6,13 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.helpers import hwsbs_command, tiny_argv
+from tests.helpers import hwsbs_command, tiny_argv, wait_until_past_search_checkpoint
 
 ARGS = tiny_argv(
     "search", "--cost", "bops", "--lambda", "5", "--threshold-lr", "0.2", "--seed", "3", subset=768, epochs=(2, 4, 2)
@@ -41,18 +39,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cli(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoint.pt"
-    deadline = time.time() + 300
-    # Kill once the run is inside the search (past at least one search checkpoint).
-    while time.time() < deadline:
-        if ckpt.exists() and ckpt.stat().st_mtime and (killed / "options.json").exists():
-            try:
-                phase = torch.load(ckpt, weights_only=True)["phase"]
-            except Exception:
-                phase = None
-            if phase in ("search", "finetune", "done"):
-                break
-        time.sleep(0.01)
+    wait_until_past_search_checkpoint(killed)  # kill once the run is inside the search
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (killed / "result.json").exists(), "the run finished before it could be killed"

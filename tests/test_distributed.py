@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from hwsbs.distributed import (
     sync_gradients,
     world,
 )
-from tests.helpers import tiny_argv
+from tests.helpers import tiny_argv, wait_until_past_search_checkpoint
 
 WORLD = 2
 
@@ -157,17 +156,7 @@ def test_a_two_process_search_agrees_writes_once_and_resumes_after_sigkill(tmp_p
     proc = subprocess.Popen(
         _torchrun(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    ckpt = killed / "checkpoint.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill the whole job once it is inside the search
-        if ckpt.exists():
-            try:
-                phase = torch.load(ckpt, weights_only=True)["phase"]
-            except Exception:
-                phase = None
-            if phase in ("search", "finetune", "done"):
-                break
-        time.sleep(0.02)
+    wait_until_past_search_checkpoint(killed)  # kill the whole job once it is inside the search
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (killed / "result.json").exists(), "the job finished before it could be killed"
