@@ -12,7 +12,7 @@ from .factory import cost_model_for, default_cost_model_name
 from .registry import ENTRY_POINT_GROUP, build_cost_model, get_cost_model_class, list_cost_models, register_cost_model
 
 # isort: split
-from . import analytic, bit_serial, energy, lut, roofline  # noqa: F401  (importing registers them)
+from . import analytic, apb_cpu, bit_serial, energy, lut, roofline  # noqa: F401  (importing registers them)
 
 __all__ = [
     "FLOAT_BITS",

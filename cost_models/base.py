@@ -121,6 +121,7 @@ class LayerState:
     kept_out: int  # output channels left after this layer's pruning
     w_group: int = 0  # weights per scale along the input dimension (0: per-channel scales, not counted)
     act_float: bool = False  # weight-only: activations stay float at a_bits (a weight-only kernel runs it)
+    fp_weights: int = -1  # APB: weights kept in full precision, the rest binary (-1: not an APB layer)
 
     def scale_count(self, shape: LayerShape) -> int:
         """Weight scales stored with grouped weights: one per output channel and input group."""

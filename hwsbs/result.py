@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from cost_models.base import CostModel
+from hwsbs.apb.decision import apb_summary, binary_fraction
 from hwsbs.sbs.config_io import CompressionConfig, save_config
 
 __all__ = ["SearchResult", "cost_summary", "write_outputs"]
@@ -69,13 +70,16 @@ class SearchResult:
             out.update(self.coverage)
         if self.distributed is not None:
             out["distributed"] = dict(self.distributed)
+        fraction = binary_fraction(self.config)
+        if fraction is not None:  # APB runs: share of the APB layers' weights that are binary
+            out["binary_fraction"] = fraction
         return out
 
 
 def cost_summary(config: CompressionConfig, cost_model: CostModel) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Full precision, uniform 8-bit and compressed cost, plus the per-layer table."""
     layer_costs = config.layer_costs(cost_model)
-    layers = [{**d.summary(), "cost": c} for d, c in zip(config.layers, layer_costs)]
+    layers = [{**d.summary(), **apb_summary(d), "cost": c} for d, c in zip(config.layers, layer_costs)]
     costs = {
         "full_precision": config.full_precision().cost(cost_model),
         "uniform_8bit": config.uniform(8).cost(cost_model),

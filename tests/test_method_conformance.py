@@ -36,3 +36,23 @@ def test_a_method_that_breaks_its_promise_is_caught(tmp_path, monkeypatch):
 def test_unknown_method_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown method"):
         check_search_method("no-such-method", tmp_path)
+
+
+def test_declared_needs_are_read_and_checked(tmp_path):
+    """APB declares its cost model and 1-bit weights; a malformed declaration is a ConformanceError."""
+    from hwsbs.methods import get_method
+    from hwsbs.testing import method_needs
+
+    assert method_needs(get_method("apb")) == {"cost": "size", "cost_flag": "prices_apb", "w_bits": (1,)}
+    assert method_needs(get_method("sbs")) == {}
+
+    def odd(ctx):
+        raise AssertionError("not run")
+
+    odd.conformance = {"costs": "size"}  # type: ignore[attr-defined]
+    register_method("test-odd", prunes=False, description="declares an unknown need")(odd)
+    try:
+        with pytest.raises(ConformanceError, match="conformance: expected a dict"):
+            check_search_method("test-odd", tmp_path)
+    finally:
+        _METHODS.pop("test-odd")

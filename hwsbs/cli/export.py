@@ -14,9 +14,10 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from hwsbs.apb.decision import is_apb_decision
 from hwsbs.config import check_device
 from hwsbs.errors import ConfigError, DataError, HwsbsError
-from hwsbs.export import ExportedModel, ModelSpec, export_model, load_run
+from hwsbs.export import ExportedModel, ModelSpec, export_model, load_run_with_apb
 from hwsbs.export.source import read_run_options
 from hwsbs.export.verify import REL_TOL, verify_export
 from hwsbs.lut.timing import fixed_threads, time_callable
@@ -97,7 +98,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[ModelSpec, nn.Module, Compre
     """The spec, the fine-tuned compressed model, its configuration and the run's options."""
     options = read_run_options(args.run)
     overrides = {name: getattr(args, name) for name in _SOURCE_OVERRIDES}
-    spec, model, config = load_run(args.run, config_path=args.config, **overrides)
+    spec, model, config = load_run_with_apb(args.run, config_path=args.config, **overrides)  # APB runs too
     return spec, model, config, options
 
 
@@ -223,7 +224,9 @@ def _run_onnx(args: argparse.Namespace, out: Path) -> int:
         require_onnxruntime("--verify/--time with --format onnx")
     if args.device != "cpu":
         raise ConfigError(f"--device {args.device}: --format onnx runs on the CPU (ONNX Runtime's CPU provider)")
-    spec, model, _config, options = _load_inputs(args)
+    spec, model, config, options = _load_inputs(args)
+    if any(is_apb_decision(d) for d in config.layers):
+        raise ConfigError("--format onnx: APB layers have no ONNX export; use --format int8 (the bitwise kernels)")
     exported = export_onnx(model, spec.example(), spec=spec, exact_8bit_weights=not args.round_8bit_weights)
     exported.save(out)
     report: dict[str, Any] = {
@@ -269,6 +272,8 @@ def _print(report: dict[str, Any]) -> None:
         table.add_column(col)
     for r in report["layers"]:
         where = r["kernel"] if r["path"] == "int8" else f"float32 ({r['reason']})" if r["reason"] else "float32"
+        if r["path"] == "apb":
+            where = f"apb ({r['reason']})" if r["kernel"] == "apb" else "float32 (apb weights)"
         table.add_row(
             r["name"],
             f"{r['w_bits']}/{r['a_bits']}",

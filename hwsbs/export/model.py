@@ -27,6 +27,7 @@ from hwsbs.models import list_models
 from hwsbs.quant.layers import SBSLayerMixin, sbs_layers
 from hwsbs.sbs.convert import set_submodule
 
+from .apb import APB_PATH, apb_record, exported_layer
 from .encoding import MAX_INT_BITS, int16_pair_safe, weight_codes
 from .fuse import fuse_activations
 from .kernels import onednn_saturates, resolve_backend
@@ -217,7 +218,7 @@ class ExportedModel(nn.Module):
                 "in": r.in_channels,
                 "out": r.out_channels,
                 "path": r.path,
-                "kernel": self.backend if r.path == "int8" else "float",
+                "kernel": self.backend if r.path == "int8" else mods[r.name].backend if r.path == APB_PATH else "float",
                 "reason": r.reason,
                 "weight_dtype": str(r.weight.dtype).replace("torch.", ""),
                 "folded_norm": r.folded_norm,
@@ -312,7 +313,11 @@ def export_model(
         norm_name = pairs.get(name)
         # foldable_norms pairs layers with BatchNorm2d modules only
         norm = (norm_name, cast(nn.BatchNorm2d, net.get_submodule(norm_name))) if norm_name else None
-        records.append(_record(name, layer, clips.get(name), norm, chosen))
+        if getattr(layer, "apb_frozen", None) is not None:  # an APB layer: the bitwise kernels
+            affine = (norm[0], *_norm_affine(norm[1])) if norm is not None else None
+            records.append(apb_record(name, layer, clips.get(name), affine))
+        else:
+            records.append(_record(name, layer, clips.get(name), norm, chosen))
     return _assemble(net, records, chosen, device, spec, {"from": "sbs model"})
 
 
@@ -325,7 +330,7 @@ def _assemble(
     info: dict[str, Any],
 ) -> ExportedModel:
     for r in records:
-        set_submodule(net, r.name, ExportedLayer(r, backend, device))
+        set_submodule(net, r.name, exported_layer(r, backend, device))
         if r.folded_norm:
             set_submodule(net, r.folded_norm, nn.Identity())
     return ExportedModel(fuse_activations(net).to(device), records, backend, device, spec, info)
@@ -384,10 +389,10 @@ def load_exported(
         )
     records = [LayerRecord.from_dict(d) for d in data["layers"]]
     if chosen != data["backend"]:  # a different kernel may execute other bit pairs exactly
-        for r in records:
+        for r in (r for r in records if r.path != APB_PATH):
             r.path, r.reason = plan_path(r.w_bits, r.a_bits, r.groups, r.padding, r.padding_mode, chosen)
     for r in records:
-        set_submodule(net, r.name, ExportedLayer(r, chosen, device))
+        set_submodule(net, r.name, exported_layer(r, chosen, device))
         if r.folded_norm:
             set_submodule(net, r.folded_norm, nn.Identity())
     net = fuse_activations(net)  # the same rewrite as at export, so the state keys match

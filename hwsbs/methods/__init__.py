@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import ilp, multipath, optuna_search, random_search, sbs, uniform  # noqa: F401  (register)
+from . import apb, ilp, multipath, optuna_search, random_search, sbs, uniform  # noqa: F401  (register)
 from .base import MethodContext, SearchMethod, get_method, list_methods, register_method
 
 __all__ = ["MethodContext", "SearchMethod", "get_method", "list_methods", "register_method"]

@@ -46,6 +46,7 @@ class LayerDecision:
     kept_in: int | None = None  # input channels left by the producer's pruning (None = all)
     w_group: int = 0  # weights per FP16 scale along the input dimension (0: per-channel scales)
     act_float: bool = False  # weight-only: activations (a matmul's operands: both) stay float at a_bits
+    fp_weights: int = -1  # APB (w_bits 1): weights kept in full precision, the rest binary (-1: not APB)
 
     @property
     def kept_out(self) -> int:
@@ -60,6 +61,7 @@ class LayerDecision:
             kept_out=self.kept_out,
             w_group=self.w_group,
             act_float=self.act_float,
+            fp_weights=self.fp_weights,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -155,6 +157,7 @@ def save_config(config: CompressionConfig, path: str | Path) -> None:
                 "pruned_channels": list(d.pruned_channels),
                 **({"weight_group": d.w_group} if d.w_group else {}),
                 **({"act_float": True} if d.act_float else {}),
+                **({"fp_weights": d.fp_weights} if d.fp_weights >= 0 else {}),
                 "shape": _shape_to_dict(d.shape),
             }
             for d in config.layers
@@ -213,6 +216,7 @@ class _LayerFile(_Strict):
     pruned_channels: list[_Index] | None = None
     weight_group: _Count | None = None
     act_float: Annotated[bool, Strict()] = False
+    fp_weights: Annotated[int, Strict(), AfterValidator(_in_range(0, 1 << 62))] | None = None
 
 
 class _ConfigFile(_Strict):
@@ -329,6 +333,14 @@ def _check_layer(where: str, layer: _LayerFile) -> list[int]:
         )
     if layer.kept_in_channels is not None and layer.kept_in_channels > shape.in_channels:
         raise ConfigError(f"{where}.kept_in_channels: expected 1..{shape.in_channels}, got {layer.kept_in_channels}")
+    if layer.fp_weights is not None:  # an APB layer: binary weights plus fp_weights kept in full precision
+        kept_in = shape.in_channels if layer.kept_in_channels is None else layer.kept_in_channels
+        total = LayerShape(name=layer.name, **shape.model_dump()).weight_count(kept_in, kept_out)
+        if layer.w_bits != 1 or layer.fp_weights > total:
+            raise ConfigError(
+                f"{where}.fp_weights: expected an APB layer (w_bits 1) with at most {total} weights, "
+                f"got w_bits {layer.w_bits} and {layer.fp_weights}"
+            )
     return sorted(pruned)
 
 
@@ -337,7 +349,10 @@ def _decision(where: str, layer: _LayerFile) -> LayerDecision:
     s = layer.shape
     shape = LayerShape(name=layer.name, **s.model_dump())  # the shape block holds LayerShape's other fields
     kept_in = s.in_channels if layer.kept_in_channels is None else layer.kept_in_channels
-    return LayerDecision(shape, layer.w_bits, layer.a_bits, pruned, kept_in, layer.weight_group or 0, layer.act_float)
+    fp = -1 if layer.fp_weights is None else layer.fp_weights
+    return LayerDecision(
+        shape, layer.w_bits, layer.a_bits, pruned, kept_in, layer.weight_group or 0, layer.act_float, fp
+    )
 
 
 def _validate(src: str, data: Any) -> _ConfigFile:

@@ -12,6 +12,14 @@ cost`` and export rely on:
 * result.json's cost is the configuration's cost (what ``hwsbs cost`` reproduces);
 * a method registered with ``meets_target=True`` ends within a reachable ``--target``;
 * the same seed gives the same configuration, and resuming a finished run returns its result.
+
+A method that cannot run the default schedule declares what it needs as a ``conformance`` dict
+on its registered function (see :func:`method_needs`), e.g. APB::
+
+    apb.conformance = {"cost": "size", "cost_flag": "prices_apb", "w_bits": (1,)}
+
+The check then runs it with that cost model, holds its searched layers to those weight widths,
+and checks that it refuses a cost model without the flag with a one-line ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cost_models import build_cost_model
+from cost_models import build_cost_model, get_cost_model_class
 from hwsbs.config import SearchConfig
-from hwsbs.methods import get_method
+from hwsbs.errors import ConfigError
+from hwsbs.methods import SearchMethod, get_method
 from hwsbs.models import build_model
 from hwsbs.pipeline import run_search
 from hwsbs.sbs.config_io import CompressionConfig, load_config
@@ -31,7 +40,7 @@ from hwsbs.sbs.prunable import find_prunable_groups
 
 from .cost_models import ConformanceError
 
-__all__ = ["check_search_method", "METHOD_CHECK_OPTIONS"]
+__all__ = ["check_search_method", "method_needs", "METHOD_CHECK_OPTIONS", "NEEDS_KEYS"]
 
 #: The tiny schedule the checks run (digits, small_cnn, BOPs, a 30% budget).
 METHOD_CHECK_OPTIONS: dict[str, Any] = dict(
@@ -45,6 +54,44 @@ METHOD_CHECK_OPTIONS: dict[str, Any] = dict(
     target_fraction=0.3,
     seed=0,
 )
+
+
+#: What a method may declare in its ``conformance`` dict: ``cost`` (the cost model the check runs
+#: it with, unless the options name one it accepts), ``cost_flag`` (a class attribute a cost model
+#: must set true for the method to accept it), ``w_bits`` (the weight widths of its searched layers,
+#: instead of the candidate ``--bits``), ``a_bits`` (the same for activation widths).
+NEEDS_KEYS = ("cost", "cost_flag", "w_bits", "a_bits")
+
+
+def method_needs(method: SearchMethod) -> dict[str, Any]:
+    """The ``conformance`` dict a method's registered function declares ({} for most methods).
+
+    Raises:
+        ConformanceError: the declaration is not a dict of :data:`NEEDS_KEYS`.
+    """
+    needs = getattr(method.run, "conformance", None) or {}
+    if not isinstance(needs, dict) or set(needs) - set(NEEDS_KEYS):
+        raise ConformanceError(f"search method {method.name!r}: conformance: expected a dict of {list(NEEDS_KEYS)}")
+    return dict(needs)
+
+
+def _accepts(cost: str | None, flag: str | None) -> bool:
+    return flag is None or bool(getattr(get_cost_model_class(cost or "bops"), flag, False))
+
+
+def _refusal_problems(name: str, cfg: SearchConfig, out: Path, flag: str) -> list[str]:
+    """A method that needs ``flag`` must refuse the default cost model without it, in one line."""
+    if _accepts(METHOD_CHECK_OPTIONS["cost"], flag):
+        return []
+    try:
+        run_search(
+            SearchConfig(
+                **{**cfg.to_dict(), "cost": METHOD_CHECK_OPTIONS["cost"], "out": str(out), "bits": tuple(cfg.bits)}
+            )
+        )
+    except ConfigError as exc:
+        return [] if len(str(exc).splitlines()) == 1 else [f"its refusal of a cost model without {flag} spans lines"]
+    return [f"it needs cost models with {flag} but accepted {METHOD_CHECK_OPTIONS['cost']!r}"]
 
 
 def _coupling_problems(config: CompressionConfig, max_prune_fraction: float, prunes: bool) -> list[str]:
@@ -76,7 +123,9 @@ def _coupling_problems(config: CompressionConfig, max_prune_fraction: float, pru
 
 
 def _decisions(config: CompressionConfig) -> list[tuple]:
-    return [(d.shape.name, d.w_bits, d.a_bits, tuple(d.pruned_channels), d.kept_in) for d in config.layers]
+    return [
+        (d.shape.name, d.w_bits, d.a_bits, tuple(d.pruned_channels), d.kept_in, d.fp_weights) for d in config.layers
+    ]
 
 
 def check_search_method(name: str, out_dir: str | Path, **options: Any) -> CompressionConfig:
@@ -94,17 +143,24 @@ def check_search_method(name: str, out_dir: str | Path, **options: Any) -> Compr
         ConformanceError: listing every broken rule.
     """
     method = get_method(name)
+    needs = method_needs(method)
     out = Path(out_dir)
-    cfg = SearchConfig(**{**METHOD_CHECK_OPTIONS, **options, "method": name, "out": str(out / f"{name}-a")})
+    settings = {**METHOD_CHECK_OPTIONS, **options, "method": name, "out": str(out / f"{name}-a")}
+    if "cost" in needs and not _accepts(settings["cost"], needs.get("cost_flag")):
+        settings["cost"] = needs["cost"]
+    cfg = SearchConfig(**settings)
     result = run_search(cfg)
     config = load_config(Path(cfg.out) / "config.yaml")  # type: ignore[arg-type]  # cfg.out (Optional) is set above
     problems: list[str] = []
     if not method.description.strip():
         problems.append("registered without a description")
-    candidates = set(cfg.bits)
+    w_ok, a_ok = set(needs.get("w_bits", cfg.bits)), set(needs.get("a_bits", cfg.bits))
     for d in config.layers[1:-1] if cfg.pin_first_last else config.layers:
-        if d.w_bits not in candidates or d.a_bits not in candidates:
-            problems.append(f"{d.shape.name} at {d.w_bits}/{d.a_bits}, not among the candidates {sorted(candidates)}")
+        if d.w_bits not in w_ok or d.a_bits not in a_ok:
+            problems.append(
+                f"{d.shape.name} at {d.w_bits}/{d.a_bits}, not among the weight/activation widths "
+                f"{sorted(w_ok)}/{sorted(a_ok)}"
+            )
     if cfg.pin_first_last:
         for d in (config.layers[0], config.layers[-1]):
             if (d.w_bits, d.a_bits) != (cfg.pin_bits, cfg.pin_bits):
@@ -126,6 +182,8 @@ def check_search_method(name: str, out_dir: str | Path, **options: Any) -> Compr
     first = json.loads((Path(cfg.out) / "result.json").read_text())  # type: ignore[arg-type]  # cfg.out is set above
     if resumed.cost != result.cost or first["cost"] != result.cost:
         problems.append("resuming the finished run changed its result")
+    if needs.get("cost_flag"):
+        problems += _refusal_problems(name, cfg, out / f"{name}-refused", needs["cost_flag"])
     if problems:
         raise ConformanceError(f"search method {name!r}: " + "; ".join(problems))
     return config
