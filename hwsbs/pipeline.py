@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hardware_profiles.checked_io import write_text_atomic
+from hwsbs.apb.format import restore_apb_layers
 from hwsbs.budget import budget_report, resolve_target
 from hwsbs.checkpoint import CHECKPOINT_NAME, RunDirLock, load_checkpoint, load_weights_into, save_checkpoint
 from hwsbs.config import SearchConfig
@@ -249,6 +250,7 @@ def _run_locked(run: RunState, lock: RunDirLock | None) -> SearchResult:
         config_path = run_dir / "config.yaml"
         if phase in ("pretrain", "search"):
             if ckpt is not None:  # resuming inside the search
+                restore_apb_layers(space.model, ckpt["model"])  # --method apb: its layers carry alpha/delta
                 load_weights_into(space.model, ckpt["model"], f"{run_dir}/checkpoint.pt")
             found = _agreed(run, _run_method(run, space, ckpt, progress))
             if is_main():
@@ -266,6 +268,7 @@ def _run_locked(run: RunState, lock: RunDirLock | None) -> SearchResult:
         seed_phase(cfg.seed, "finetune")
         model = apply_config(space, found, str(config_path))
         if ckpt is not None and ckpt["phase"] == "finetune":
+            restore_apb_layers(model, ckpt["model"])
             load_weights_into(model, ckpt["model"], f"{run_dir}/checkpoint.pt")
         broadcast_state(model)
         _train_phase(run, "finetune", model, cfg.finetune_epochs, cfg.lr * FINETUNE_LR_FACTOR, ckpt, progress)

@@ -91,3 +91,34 @@ def test_cli_export_verifies_an_apb_run(apb_run, tmp_path, capsys):
     assert {row["path"] for row in report["layers"]} >= {"apb"}
     assert main(["export", "--run", str(apb_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "APB layers have no ONNX export" in capsys.readouterr().err
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in hwsbs catches it."""
+
+
+@pytest.mark.parametrize("phase", ["search", "finetune"])
+def test_an_apb_run_killed_inside_a_phase_resumes_to_the_same_result(apb_run, tmp_path, monkeypatch, phase):
+    """The checkpoint of an APB phase holds alpha, delta and the mask; resuming restores them."""
+    import hwsbs.pipeline as pipeline
+    import hwsbs.run_state as run_state
+
+    out = tmp_path / "run"
+    argv = tiny_argv("search", "--method", "apb", "--cost", "size", "--out", str(out), epochs=(1, 1, 1))
+    real = run_state.save_checkpoint
+
+    def save(state, run_dir):
+        path = real(state, run_dir)
+        if state["phase"] == phase:
+            raise Killed(phase)
+        return path
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "save_checkpoint", save)
+        m.setattr(run_state, "save_checkpoint", save)
+        with pytest.raises(Killed):
+            main(argv)
+    assert main([*argv, "--resume"]) == 0
+    first, resumed = (json.loads((d / "result.json").read_text()) for d in (apb_run, out))
+    assert resumed["cost"] == first["cost"] and resumed["layers"] == first["layers"]
+    assert resumed["accuracy"]["compressed"] == pytest.approx(first["accuracy"]["compressed"])

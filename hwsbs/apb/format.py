@@ -19,7 +19,16 @@ from torch import Tensor, nn
 
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
 
-__all__ = ["APB_TAU", "apb_weight", "band_mask", "fp_count", "soft_fp_count", "make_apb_layer", "is_apb_layer"]
+__all__ = [
+    "APB_TAU",
+    "apb_weight",
+    "band_mask",
+    "fp_count",
+    "soft_fp_count",
+    "make_apb_layer",
+    "is_apb_layer",
+    "restore_apb_layers",
+]
 
 #: Temperature of the band surrogate, in units of ``|u|`` (1 = the band's half-width).
 APB_TAU = 0.25
@@ -119,3 +128,15 @@ def is_apb_layer(layer: nn.Module) -> bool:
 def apb_alpha_delta(layer: Any) -> tuple[Tensor, Tensor]:
     """(alpha, delta) of an APB layer."""
     return _apb_params(layer)
+
+
+def restore_apb_layers(model: nn.Module, state: dict[str, Any]) -> list[str]:
+    """Make APB again the layers of ``model`` whose saved ``state`` holds APB parameters, so a
+    strict load of a checkpoint taken inside an APB search or its fine-tuning succeeds (the
+    loaded alpha, delta, mask and frozen flag replace the initial ones). Returns their names."""
+    names = [key[: -len(".apb_log_alpha")] for key in state if key.endswith(".apb_log_alpha")]
+    for name in names:
+        layer = model.get_submodule(name)
+        if isinstance(layer, SBSConv2d | SBSLinear) and not is_apb_layer(layer):
+            make_apb_layer(layer)
+    return names
