@@ -1,12 +1,17 @@
 """Deploy speed: torch FP32, ONNX Runtime FP32/int8/searched and the torch int8 export, side by side.
 
 Every variant is timed round-robin in one process (one call of each per round after a warm-up,
-one thread for torch and ONNX Runtime alike), medians over the rounds. ``ort_searched`` is a
-configuration found by ``hwsbs search`` on digits (1x8x8 inputs, so every variant is timed at
-that geometry) against an ONNX Runtime table measured on this machine at ``--batch`` first; the
-search is tiny (``--epochs`` per phase, ``--subset`` samples), and its accuracy is reported.
+one thread for torch and ONNX Runtime alike), medians over the rounds, on random inputs of the
+``--geometry`` (cifar: 3x32x32, 10 classes, the default; digits: 1x8x8). ``ort_int8`` and
+``ort_searched`` use integer edges (``export_onnx(integer_edges=True)``: residual adds and pooling
+on uint8 grids, so ONNX Runtime fuses the whole chain); ``ort_int8_exact`` is the exact default
+export. ``ort_searched`` is a configuration found by ``hwsbs search`` against an ONNX Runtime table
+measured on this machine at ``--batch`` first, trained on the built-in digits (upsampled to
+3x32x32 for the cifar geometry, so no dataset is needed); the search is tiny (``--epochs`` per
+phase, ``--subset`` samples), and its accuracy on digits is reported. ``ort_quantize_static`` is
+onnxruntime.quantization's QDQ model of the same FP32 export, for reference.
 
-    python benchmarks/deploy_speed.py --model resnet20 --batch 32 --threads 1
+    python benchmarks/deploy_speed.py --model resnet20 --batch 32 --threads 1 --repeats 10
 """
 
 from __future__ import annotations
@@ -35,10 +40,33 @@ from hwsbs.sbs.convert import convert_model
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_speed import round_robin  # noqa: E402  (the timing loop export_speed.py uses)
 
-DIGITS = (1, 8, 8)  # the search's data set: the geometry every variant is timed at
+GEOMETRY = {"cifar": (3, 32, 32), "digits": (1, 8, 8)}
 
 
-def _searched(spec: ModelSpec, batch: int, threads: int, epochs: int, subset: int, tmp: Path) -> tuple[Any, dict]:
+def _register_digits32() -> str:
+    """The built-in digits at CIFAR geometry (nearest 4x upsampling, 3 channels): ``digits32``."""
+    from hwsbs.data.datasets import DatasetBundle, build_dataset, list_datasets, register_dataset
+
+    if "digits32" in list_datasets():
+        return "digits32"
+
+    @register_dataset("digits32")
+    def digits32(data_dir: Path | None = None, seed: int = 0) -> DatasetBundle:
+        base = build_dataset("digits", seed=seed)
+
+        def up(ds: Any) -> Any:
+            x, y = ds.tensors
+            x = torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest").repeat(1, 3, 1, 1)
+            return torch.utils.data.TensorDataset(x, y)
+
+        return DatasetBundle("digits32", up(base.train), up(base.val), 10, 3, (32, 32))
+
+    return "digits32"
+
+
+def _searched(
+    spec: ModelSpec, data: str, batch: int, threads: int, epochs: int, subset: int, tmp: Path
+) -> tuple[Any, dict]:
     """An ORT table of ``spec`` at ``batch`` on this machine, then a tiny hwsbs search against it."""
     from hwsbs.config import SearchConfig
     from hwsbs.pipeline import run_search
@@ -50,7 +78,7 @@ def _searched(spec: ModelSpec, batch: int, threads: int, epochs: int, subset: in
         SearchConfig(
             hw=str(profile.profile_path),
             model=spec.name,
-            data="digits",
+            data=data,
             subset=subset,
             cost_batch=batch,
             pretrain_epochs=epochs,
@@ -67,6 +95,35 @@ def _searched(spec: ModelSpec, batch: int, threads: int, epochs: int, subset: in
     return model, info
 
 
+def _quantize_static(fp32_onnx: bytes, spec: ModelSpec, tmp: Path, threads: int) -> OrtModule | None:
+    """onnxruntime.quantization.quantize_static of the FP32 export (per-channel s8 weights, u8
+    activations, QDQ, calibrated on 4 random batches), or None when it is unavailable."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        return None
+
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
+        def __init__(self) -> None:
+            self.batches = iter([{"input": spec.example(8, seed=i).numpy()} for i in range(4)])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    src, dst = tmp / "fp32.onnx", tmp / "static.onnx"
+    src.write_bytes(fp32_onnx)
+    quantize_static(
+        str(src),
+        str(dst),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return OrtModule(ort_session(dst.read_bytes(), threads))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
@@ -76,31 +133,37 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--epochs", type=int, default=1, help="epochs per search phase (default: 1)")
     p.add_argument("--subset", type=int, default=512, help="digits training samples (default: 512)")
+    p.add_argument("--geometry", choices=sorted(GEOMETRY), default="cifar", help="input geometry (default: cifar)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    spec = ModelSpec(args.model, 10, DIGITS[0], DIGITS[1:])
+    c, h, w = GEOMETRY[args.geometry]
+    spec = ModelSpec(args.model, 10, c, (h, w))
     x = spec.example(args.batch)
     space = convert_model(spec.build(), spec.example(), (2, 4, 8), prune=True)
     int8 = compressed_model(spec, uniform_config(space, 8))
     fp32 = compressed_model(spec, uniform_config(space, 32))
 
-    def ort(model: torch.nn.Module, exact: bool = True) -> OrtModule:
-        onnx_model = export_onnx(model, spec.example(4), exact_8bit_weights=exact)
+    def ort(model: torch.nn.Module, exact: bool = True, integer: bool = True) -> OrtModule:
+        onnx_model = export_onnx(model, spec.example(4), exact_8bit_weights=exact, integer_edges=integer)
         return OrtModule(ort_session(onnx_model.to_bytes(), args.threads))
 
+    data = "digits" if args.geometry == "digits" else _register_digits32()
     print("measuring the ORT table and searching (tiny) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        searched, search_info = _searched(spec, args.batch, args.threads, args.epochs, args.subset, Path(tmp))
+        searched, search_info = _searched(spec, data, args.batch, args.threads, args.epochs, args.subset, Path(tmp))
+        static = _quantize_static(export_onnx(fp32, spec.example(4)).to_bytes(), spec, Path(tmp), args.threads)
     torch.set_num_threads(args.threads)
     torch_fp32 = spec.build().eval()
     models: dict[str, Callable[[torch.Tensor], object]] = {
         "torch_fp32": torch_fp32,
         "ort_fp32": ort(fp32),
-        "ort_int8": ort(int8, exact=False),  # uniform 8-bit, weights rounded onto int8: fused by ORT
-        "ort_int8_exact": ort(int8),  # uniform 8-bit with the exact 8-bit weight term
-        "ort_searched": ort(searched),
+        "ort_int8": ort(int8, exact=False),  # uniform 8-bit, weights rounded onto int8, integer edges
+        "ort_int8_exact": ort(int8, integer=False),  # the exact default export (8-bit weight term, float edges)
+        "ort_searched": ort(searched, exact=False),
         "torch_export_int8": export_model(int8, spec.example()),
     }
+    if static is not None:
+        models["ort_quantize_static"] = static
     variants: dict[str, Callable[[], object]] = {k: partial(m, x) for k, m in models.items()}
     print(f"timing {len(variants)} variants round-robin ...", file=sys.stderr)
     med = {k: v["median_s"] for k, v in round_robin(variants, args.repeats, args.warmup).items()}
@@ -120,7 +183,7 @@ def main() -> int:
         },
         "searched": {
             **search_info,
-            "search": f"hwsbs search on digits, {args.epochs} epoch(s) per phase, "
+            "search": f"hwsbs search on {data}, {args.epochs} epoch(s) per phase, "
             f"subset {args.subset}, priced by an ORT table of this machine at batch {args.batch}",
         },
     }

@@ -21,7 +21,7 @@ from .cost_params import StrictModel
 from .errors_format import format_validation_error
 from .yaml_io import dump_yaml, load_yaml
 
-__all__ = ["LUT_FORMAT", "LutEntry", "LookupTable", "load_lookup_table", "save_lookup_table"]
+__all__ = ["LUT_FORMAT", "LutEntry", "WholeModelTerm", "LookupTable", "load_lookup_table", "save_lookup_table"]
 
 #: Format tag written at the top of every table file.
 LUT_FORMAT: Final = "hwsbs-lut/1"
@@ -44,6 +44,19 @@ class LutEntry(StrictModel):
     std_s: float = Field(default=0.0, ge=0, description="Spread of the latency (standard deviation) in seconds.")
 
 
+class WholeModelTerm(StrictModel):
+    """What the per-layer sum misses for one model at one batch: ``overhead_s + scale * sum``,
+    fitted by least squares on whole-model measurements (``hwsbs lut build --whole-model-configs``)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    model: str = Field(min_length=1, description="Model name the term was fitted on (e.g. resnet20).")
+    batch: int = Field(default=1, gt=0, le=MAX_COUNT, description="Batch size of the measurements.")
+    overhead_s: float = Field(description="Per-inference time not in any layer (seconds; may be negative).")
+    scale: float = Field(gt=0, description="Factor on the sum of the layers' table latencies (glue, fusion).")
+    configs: int = Field(default=0, ge=0, description="Whole-model configurations the term was fitted on.")
+
+
 class LookupTable(StrictModel):
     """A device's measured layer latencies."""
 
@@ -58,6 +71,16 @@ class LookupTable(StrictModel):
         ),
     )
     entries: list[LutEntry] = Field(min_length=1, description="The measurements.")
+    whole_model: list[WholeModelTerm] = Field(
+        default_factory=list,
+        description="Optional per-model terms turning a sum of layer latencies into a whole-model latency.",
+    )
+
+    def whole_model_term(self, model: str, batch: int) -> WholeModelTerm | None:
+        """The term fitted for ``model`` at ``batch`` (else at the nearest measured batch below), or None."""
+        terms = sorted((t for t in self.whole_model if t.model == model), key=lambda t: t.batch)
+        below = [t for t in terms if t.batch <= batch]
+        return below[-1] if below else (terms[0] if terms else None)
 
     @model_validator(mode="after")
     def _unique_entries(self) -> LookupTable:

@@ -26,8 +26,8 @@ SMALL = ModelSpec("small_cnn", 10, 1, (8, 8))
 RESNET = ModelSpec("resnet20", 10, 3, (32, 32))
 
 
-def _check(model, spec, samples: int = 256, seed: int = 5) -> dict:
-    exported = export_onnx(model, spec.example(4), spec=spec)
+def _check(model, spec, samples: int = 256, seed: int = 5, **kwargs) -> dict:
+    exported = export_onnx(model, spec.example(4), spec=spec, **kwargs)
     onnx.checker.check_model(exported.model)
     session = ort_session(exported.to_bytes(), threads=1)
     stats = verify_onnx(model, session, [spec.example(samples, seed=seed)])
@@ -105,3 +105,14 @@ def test_attention_products_are_a_typed_error():
     model = compressed_model(spec, uniform_config(space, 8))
     with pytest.raises(ModelError, match="attention products"):
         export_onnx(model, spec.example(2))
+
+
+def test_cli_export_onnx_with_integer_edges_states_its_tolerance(tmp_path, capsys):
+    from hwsbs.export.verify import INTEGER_EDGES_REL_TOL
+
+    run, _ = _run_dir(tmp_path)
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--run", str(run), "--format", "onnx", "--out", str(out), "--integer-edges"]
+    assert main([*argv, "--verify", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verify"]["tolerance_rel"] == INTEGER_EDGES_REL_TOL and report["verify"]["passed"], report

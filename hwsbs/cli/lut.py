@@ -130,6 +130,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also measure the layer zoo of hwsbs.testing.check_cost_model (full channels), so the "
         "profile passes the cost-model conformance checks",
     )
+    b.add_argument(
+        "--whole-model-configs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N random configurations of each model end to end per batch and store the fitted "
+        "whole-model term (overhead + scale * sum of layers) in the table (default: %(default)s, none)",
+    )
     _geometry(b)
     _timing(b, repeats=30)
     b.set_defaults(handler=_build)
@@ -182,6 +190,8 @@ def _command(args: argparse.Namespace) -> str:
         ]
         if args.conformance_shapes:
             parts.append("--conformance-shapes")
+        if args.whole_model_configs:
+            parts += ["--whole-model-configs", str(args.whole_model_configs)]
     else:
         for hw in args.hw:
             parts += ["--hw", hw]
@@ -227,6 +237,8 @@ def _check_common(args: argparse.Namespace) -> list[int]:
 
 def _build(args: argparse.Namespace) -> int:
     batches = _check_common(args)
+    if args.whole_model_configs < 0 or args.whole_model_configs == 1:
+        raise ConfigError(f"--whole-model-configs: expected 0 (none) or >= 2, got {args.whole_model_configs}")
     if not 0.0 <= args.max_prune_fraction < 1.0:
         raise ConfigError(f"--max-prune-fraction: expected 0 <= f < 1, got {args.max_prune_fraction}")
     specs = [parse_model(m, args) for m in args.model]
@@ -258,6 +270,7 @@ def _build(args: argparse.Namespace) -> int:
         command=_command(args),
         progress=args.progress,
         extra_shapes=extra,
+        whole_model_configs=args.whole_model_configs,
     )
     console.print(
         f"wrote {result.profile_path} (profile {result.profile.name!r}, cost model lut) and "
@@ -363,4 +376,14 @@ def _print_check(report: dict[str, Any]) -> None:
             _fmt(p.get("within_10pct"), True),
             _fmt(p.get("median_ratio")),
         )
+        lo = p.get("layers_only")
+        if lo:
+            summary.add_row(
+                f"{p['profile']} (layers only)",
+                p["cost_model"],
+                _fmt(lo.get("spearman")),
+                _fmt(lo.get("mape"), True),
+                _fmt(lo.get("within_10pct"), True),
+                _fmt(lo.get("median_ratio")),
+            )
     out.print(summary)

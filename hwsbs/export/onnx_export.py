@@ -24,6 +24,7 @@ from hwsbs.errors import ConfigError, ModelError
 
 from .layers import ExportedLayer, LayerRecord
 from .model import ExportedModel, export_model
+from .onnx_carriers import Carrier, calibration_ranges, is_layout, plan_carriers
 from .onnx_graph import IR_VERSION, OPSET, GraphBuilder, activate, emit_layer
 from .source import ModelSpec
 
@@ -165,6 +166,24 @@ def _quantises(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 class _Options:
     shapes: dict[str, tuple[int, ...]]  # each layer's input shape
     exact_8bit_weights: bool
+    carriers: dict[str, Carrier] | None = None  # integer edges (None: float between layers)
+
+
+def _emit_carrier(g: GraphBuilder, y: str, carrier: Carrier, hint: str) -> str:
+    """``y`` through ``QuantizeLinear -> DequantizeLinear`` at ``carrier`` (uint8)."""
+    s, zp = g.scalar("scale", carrier.scale), g.scalar("zp_u8", carrier.zero_point, np.uint8)
+    dq = g.node("DequantizeLinear", [g.node("QuantizeLinear", [y, s, zp], f"{hint}.out_q"), s, zp], f"{hint}.out_dq")
+    if carrier.read_as_is and carrier.grid is not None:  # the reader's own grid: it reads dq as is
+        g.remember(("q", dq, carrier.grid[0], 8, False), dq)
+    return dq
+
+
+def _carry_through(g: GraphBuilder, carried: dict[str, Carrier], src: str, out: str) -> None:
+    """A layout-only node (Flatten) of a carrier value: the reader of ``out`` reads it as is too."""
+    carrier = carried[src]
+    if out != src and carrier.read_as_is and carrier.grid is not None:
+        carried[out] = carrier
+        g.remember(("q", out, carrier.grid[0], 8, False), out)
 
 
 def _emit_module(g: GraphBuilder, x: str, node: fx.Node, modules: dict[str, nn.Module], options: _Options) -> str:
@@ -172,7 +191,7 @@ def _emit_module(g: GraphBuilder, x: str, node: fx.Node, modules: dict[str, nn.M
     mod = modules[hint]
     if isinstance(mod, ExportedLayer):
         r = mod.record
-        fusable = _quantises(node, modules)
+        fusable = node.name in options.carriers if options.carriers is not None else _quantises(node, modules)
         return emit_layer(g, x, r, options.shapes[r.name], mod.activation, options.exact_8bit_weights, fusable)
     if isinstance(mod, (nn.Identity, nn.Dropout)):
         return x
@@ -215,13 +234,34 @@ def _emit(g: GraphBuilder, node: fx.Node, env: dict[str, str], modules: dict[str
     raise ModelError(f"operation {node.name} ({node.op} {what}) has no ONNX export")
 
 
+def _calibration(exported: ExportedModel, graph: fx.Graph, example: Tensor, calibration: Tensor | None) -> dict:
+    """Value ranges for the calibrated carriers: ``calibration``, else ``example`` plus 64 normal samples."""
+    if calibration is None:
+        gen = torch.Generator().manual_seed(0)
+        calibration = torch.cat([example, torch.randn(64, *example.shape[1:], generator=gen)])
+    x = calibration.to(torch.float32)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return calibration_ranges(fx.GraphModule(exported.net, graph), x)
+
+
 def onnx_from_export(
-    exported: ExportedModel, example: Tensor, spec: ModelSpec | None = None, *, exact_8bit_weights: bool = True
+    exported: ExportedModel,
+    example: Tensor,
+    spec: ModelSpec | None = None,
+    *,
+    exact_8bit_weights: bool = True,
+    integer_edges: bool = False,
+    calibration: Tensor | None = None,
 ) -> OnnxExport:
     """Build the ONNX model of an :class:`ExportedModel` (input shape from ``example``, batch free).
 
     ``exact_8bit_weights=False`` rounds 8-bit weights onto int8 (see
     :func:`~hwsbs.export.onnx_graph.emit_layer`): faster in ONNX Runtime, not exact.
+    ``integer_edges`` puts every value between layers on a uint8 grid (residual adds and pooling
+    included, :mod:`~hwsbs.export.onnx_carriers`), so ONNX Runtime runs the model as one chain of
+    integer kernels; ``calibration`` inputs set the grids no layer quantiser defines (default:
+    ``example`` plus 64 normal samples). False keeps those values float (exact, slower).
 
     Raises:
         ConfigError: onnx is not installed.
@@ -235,9 +275,13 @@ def onnx_from_export(
         raise ModelError(f"torch.fx cannot trace the model for ONNX export: {str(exc).splitlines()[0][:160]}") from None
     modules = dict(exported.net.named_modules())
     options = _Options(_input_shapes(exported, example), exact_8bit_weights)
+    if integer_edges:
+        ranges = _calibration(exported, graph, example, calibration)
+        options.carriers = plan_carriers(graph, modules, ranges)
     with torch.inference_mode():
         out_shape = tuple(exported(example[:1]).shape)
     env: dict[str, str] = {}
+    carried: dict[str, Carrier] = {}  # dequantised carrier values (and layout ops of them)
     out_name: str | None = None
     for node in graph.nodes:
         if node.op == "placeholder":
@@ -251,6 +295,12 @@ def onnx_from_export(
             out_name = env[result.name]
         else:
             env[node.name] = _emit(g, node, env, modules, options)
+            carrier = (options.carriers or {}).get(node.name)
+            if carrier is not None:
+                env[node.name] = _emit_carrier(g, env[node.name], carrier, node.name)
+                carried[env[node.name]] = carrier
+            elif is_layout(node, modules) and isinstance(node.args[0], fx.Node) and env[node.args[0].name] in carried:
+                _carry_through(g, carried, env[node.args[0].name], env[node.name])
     assert out_name is not None  # every traced graph ends in an output node
     final = g.node("Identity", [out_name], "logits")
     tensor = onnx.TensorProto.FLOAT
@@ -272,6 +322,8 @@ def export_onnx(
     spec: ModelSpec | None = None,
     fold_norms: bool = True,
     exact_8bit_weights: bool = True,
+    integer_edges: bool = False,
+    calibration: Tensor | None = None,
 ) -> OnnxExport:
     """A fixed, physically pruned SBS model (``apply_config``) as an ONNX QDQ model.
 
@@ -282,6 +334,10 @@ def export_onnx(
         fold_norms: fold batch-norms that directly follow a convolution.
         exact_8bit_weights: keep 8-bit weights exact (int8 codes plus a rank-1 term); False
             rounds them onto int8, which ONNX Runtime fuses into its integer kernels.
+        integer_edges: uint8 values between layers (residual adds, pooling; see
+            :func:`onnx_from_export`), so ONNX Runtime fuses the whole chain (not exact around
+            float residuals); False (default): float edges, exact.
+        calibration: inputs that set the grids of values no layer quantiser reads.
 
     Raises:
         ConfigError: onnx is not installed.
@@ -290,4 +346,11 @@ def export_onnx(
     """
     GraphBuilder()  # fail on a missing onnx before the export's work
     exported = export_model(model, example, backend="float", spec=spec, fold_norms=fold_norms)
-    return onnx_from_export(exported, example, spec, exact_8bit_weights=exact_8bit_weights)
+    return onnx_from_export(
+        exported,
+        example,
+        spec,
+        exact_8bit_weights=exact_8bit_weights,
+        integer_edges=integer_edges,
+        calibration=calibration,
+    )

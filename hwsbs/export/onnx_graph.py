@@ -69,9 +69,11 @@ class GraphBuilder:
         return hint if n == 0 else f"{hint}_{n}"
 
     def const(self, hint: str, array: np.ndarray) -> str:
-        """An initialiser holding ``array`` (its dtype as is)."""
+        """An initialiser holding ``array`` (its dtype and shape as is: 0-d stays a scalar, which ONNX
+        Runtime's QDQ fusion of Add/pooling requires of scales and zero points)."""
         name = self.name(hint)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        data = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+        self.initializers.append(self.onnx.numpy_helper.from_array(data, name))
         return name
 
     def scalar(self, hint: str, value: float, dtype: Any = np.float32) -> str:

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["REL_TOL", "ONNX_REL_TOL", "MIN_ARGMAX_AGREEMENT", "compare_logits", "verify_export", "verify_onnx"]
+__all__ = [
+    "REL_TOL",
+    "ONNX_REL_TOL",
+    "INTEGER_EDGES_REL_TOL",
+    "MIN_ARGMAX_AGREEMENT",
+    "compare_logits",
+    "verify_export",
+    "verify_onnx",
+]
 
 #: Per-sample relative logit difference counted as "equal to float rounding".
 REL_TOL = 1e-3
@@ -28,6 +36,10 @@ MIN_ARGMAX_AGREEMENT = 0.99
 #: ONNX Runtime's float order differs, so more activations flip a step than in the torch export;
 #: measured medians are ~1e-7 (small_cnn) to ~3e-3 (resnet20 with 2-bit layers).
 ONNX_REL_TOL = 1e-2
+#: The same for ``--integer-edges`` exports: residual adds and pooling run on 8-bit grids set by
+#: calibration, so values round once more per block; measured medians 7e-3..1.1e-2 on uniform
+#: 8-bit resnet20 (docs/deploy.md). Low-bit mixed configurations exceed it and fail, as they should.
+INTEGER_EDGES_REL_TOL = 2e-2
 
 
 def compare_logits(ref: Tensor, out: Tensor) -> dict[str, float]:
@@ -90,11 +102,13 @@ def verify_onnx(
     batches: Iterable[Any],
     device: torch.device | str = "cpu",
     limit: int | None = None,
+    tolerance: float = ONNX_REL_TOL,
 ) -> dict[str, Any]:
     """:func:`verify_export` of an ONNX Runtime ``session`` against ``reference``, judged with
-    :data:`ONNX_REL_TOL` (argmax agreement >= 99 % and median relative difference <= 1e-2)."""
+    argmax agreement >= 99 % and a median relative difference <= ``tolerance``
+    (:data:`ONNX_REL_TOL`; :data:`INTEGER_EDGES_REL_TOL` for integer-edge exports)."""
     from .onnx_run import OrtModule
 
     stats = verify_export(reference, OrtModule(session), batches, device, limit)
-    stats["passed"] = stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] <= ONNX_REL_TOL
+    stats["passed"] = stats["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT and stats["median_rel"] <= tolerance
     return stats

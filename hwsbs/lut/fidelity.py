@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 
 from cost_models import cost_model_for
 from hardware_profiles import load_profile
+from hardware_profiles.lut_table import LookupTable
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION
 from hwsbs.export import ModelSpec, compressed_model, export_model
 from hwsbs.sbs.config_io import CompressionConfig
@@ -25,6 +26,7 @@ from hwsbs.sbs.convert import convert_model
 
 from .configs import random_config
 from .timing import fixed_threads, sample_times, summarise_times
+from .whole_model import apply_term
 
 __all__ = ["Measured", "ProfileFit", "draw_configs", "measure_configs", "fit_profile", "summarise", "report_dict"]
 
@@ -53,6 +55,7 @@ class ProfileFit:
     predicted: list[float]
     measured: list[float]
     summary: dict[str, float] = field(default_factory=dict)
+    layers_only: dict[str, float] | None = None  # the summary without the table's whole-model term
 
 
 def draw_configs(
@@ -139,7 +142,8 @@ def _ort_model(spec: ModelSpec, config: CompressionConfig) -> tuple[Any, int]:
     from hwsbs.export.onnx_export import export_onnx
     from hwsbs.export.onnx_run import OrtModule, ort_session
 
-    onnx_export = export_onnx(compressed_model(spec, config), spec.example(), spec=spec)
+    # Integer edges: the fast deploy path, whose fused kernels the ORT table measures.
+    onnx_export = export_onnx(compressed_model(spec, config), spec.example(), spec=spec, integer_edges=True)
     count = sum(r["path"] == "int8" for r in onnx_export.layer_table())
     return OrtModule(ort_session(onnx_export.to_bytes(), torch.get_num_threads())), count
 
@@ -167,13 +171,18 @@ def fit_profile(hw: str, measured: Sequence[Measured], batch: int, cost: str | N
     """Predict every measured configuration with ``hw``'s cost model (or ``cost``) at ``batch``."""
     profile = load_profile(hw)
     model = cost_model_for(profile, cost)
-    predicted = []
+    table = getattr(model, "lookup_table", None)
+    predicted, layers_only = [], []
     for m in measured:
         cfg = m.config
         cfg.batch = batch
-        predicted.append(cfg.cost(model))
+        layers_only.append(cfg.cost(model))
+        term = table.whole_model_term(cfg.model, batch) if isinstance(table, LookupTable) else None
+        predicted.append(apply_term(term, layers_only[-1]))
     times = [m.median_s for m in measured]
     fit = ProfileFit(hw, profile.name, model.name, model.unit, predicted, times)
+    if predicted != layers_only and model.unit == "s":  # the table's whole-model term was applied
+        fit.layers_only = summarise(layers_only, times)
     fit.summary = (
         summarise(predicted, times)
         if model.unit == "s"
@@ -206,6 +215,14 @@ def report_dict(
             for i, m in enumerate(measured)
         ],
         "profiles": [
-            {"hw": f.hw, "profile": f.profile, "cost_model": f.cost_model, "unit": f.unit, **f.summary} for f in fits
+            {
+                "hw": f.hw,
+                "profile": f.profile,
+                "cost_model": f.cost_model,
+                "unit": f.unit,
+                **f.summary,
+                **({"layers_only": f.layers_only} if f.layers_only is not None else {}),
+            }
+            for f in fits
         ],
     }

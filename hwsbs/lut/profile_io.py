@@ -38,6 +38,13 @@ def write_table(table: LookupTable, path: str | Path, header: list[str] | None =
             f"  - {{signature: {e.signature}, w_bits: {e.w_bits}, a_bits: {e.a_bits}, kept_in: {e.kept_in}, "
             f"kept_out: {e.kept_out}, batch: {e.batch}, mean_s: {_float(e.mean_s)}, std_s: {_float(e.std_s)}}}"
         )
+    if table.whole_model:
+        lines.append("whole_model:")
+        for t in table.whole_model:
+            lines.append(
+                f"  - {{model: {json.dumps(t.model)}, batch: {t.batch}, overhead_s: {_float(t.overhead_s)}, "
+                f"scale: {_float(t.scale)}, configs: {t.configs}}}"
+            )
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(p)

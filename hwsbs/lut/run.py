@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from cost_models.base import LayerShape
+from hardware_profiles import load_profile
+from hardware_profiles.lut_table import WholeModelTerm
 from hardware_profiles.schema import HardwareProfile
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
@@ -21,6 +23,7 @@ from .builder import MeasureSettings, executed_pairs, make_table, measure_jobs, 
 from .machine import describe_machine, machine_info
 from .profile_io import profile_name_for, write_profile, write_table
 from .timing import fixed_threads
+from .whole_model import fit_term
 
 __all__ = ["BuildResult", "build_profile"]
 
@@ -55,9 +58,12 @@ def build_profile(
     progress: bool = True,
     table_out: str | Path | None = None,
     extra_shapes: Sequence[LayerShape] = (),
+    whole_model_configs: int = 0,
 ) -> BuildResult:
     """Measure ``specs``' layers and write ``out`` (a profile) plus its table (``tables/NAME.yaml``
-    next to it unless ``table_out``).
+    next to it unless ``table_out``). ``whole_model_configs`` > 0 also times that many random
+    configurations of each model end to end per batch and stores the fitted whole-model term
+    (:mod:`hwsbs.lut.whole_model`) in the table.
 
     Raises:
         ConfigError: a bad option (device not available, bad output name).
@@ -135,4 +141,47 @@ def build_profile(
             f"Method: {method}",
         ],
     )
+    if whole_model_configs > 0:
+        terms = fit_whole_model_terms(specs, profile, settings, threads, whole_model_configs, bits, group_size)
+        table = table.model_copy(update={"whole_model": terms})
+        write_table(table, table_path, header)
+        profile = load_profile(out_path)
+        elapsed = time.perf_counter() - start
     return BuildResult(profile, out_path, table_path, len(entries), len(jobs), elapsed)
+
+
+def fit_whole_model_terms(
+    specs: Sequence[ModelSpec],
+    profile: HardwareProfile,
+    settings: MeasureSettings,
+    threads: int | None,
+    n: int,
+    bits: Sequence[int] = DEFAULT_BITS,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    seed: int = 1000,
+) -> list[WholeModelTerm]:
+    """Time ``n`` random configurations of each model end to end per batch (seed ``seed``, apart
+    from ``lut check``'s default 0) and fit ``overhead + scale * sum(table)`` to them."""
+    from cost_models import cost_model_for
+
+    from .fidelity import draw_configs, measure_configs
+
+    model = cost_model_for(profile)
+    terms = []
+    for spec in specs:
+        for batch in settings.batches:
+            configs = draw_configs(spec, n, seed, bits, batch, group_size)
+            measured = measure_configs(
+                spec,
+                configs,
+                batch=batch,
+                threads=threads,
+                warmup=settings.warmup,
+                repeats=max(settings.repeats // 2, 3),
+                backend=settings.backend,
+                device=settings.device,
+                runtime=settings.runtime,
+            )
+            sums = [m.config.cost(model) for m in measured]
+            terms.append(fit_term(spec.name, batch, sums, [m.median_s for m in measured]))
+    return terms
