@@ -65,6 +65,7 @@ __all__ = ["Job", "plan", "prepare_splits", "main"]
 
 FINETUNE_LR = 0.01  # the pipeline's fine-tuning rate (a fifth of training's 0.05)
 BUDGETS = ("u4", "u2", "u2x0.75")
+FLIP_PROBE_EVERY = 10  # sbs-flip: measure every 10 search steps (about 9 times in the 94-step search)
 
 
 @dataclass
@@ -86,6 +87,9 @@ def plan(methods: list[str], prune_fractions: list[float], budgets: tuple[str, .
             continue
         if m == "sbs-curv":  # SBS whose gates also see each flip's Fisher curvature (--curvature)
             jobs += [Job(f"sbs-curv@{b}", "sbs", b, {"curvature": True}) for b in budgets]
+            continue
+        if m == "sbs-flip":  # SBS whose bit gates learn from measured flip differences (--flip-probe)
+            jobs += [Job(f"sbs-flip@{b}", "sbs", b, {"flip_probe": FLIP_PROBE_EVERY}) for b in budgets]
             continue
         if m == "sbs-ilp":  # SBS started from the integer program's configuration (--init ilp)
             jobs += [Job(f"sbs-ilp@{b}", "sbs", b, {"init": "ilp"}) for b in budgets]
@@ -304,6 +308,8 @@ def plot(model_name: str, summary: list[dict[str, Any]], fp_acc: float, path: Pa
         "sbs": "o",
         "sbs-searched": "*",
         "sbs-ilp": "v",
+        "sbs-flip": "h",
+        "sbs-flip-searched": "H",
         "sbs-ilp-searched": "<",
         "ilp": "P",
         "uniform": "^",

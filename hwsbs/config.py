@@ -95,6 +95,7 @@ class SearchConfig:
     pin_bits: int = DEFAULT_PIN_BITS  # bits of the pinned layers
     prune: bool = True  # search 0-bit channel groups on prunable pairs
     curvature: bool = False  # SBS gates also see each flip's Fisher curvature (second-order loss change)
+    flip_probe: int = 0  # SBS bit gates learn from flip differences measured every N steps (0: the paper's)
     weight_only: bool = False  # LLM practice: search weight bits only, activations stay float
     act_float_bits: int = 16  # weight-only: the float width activations run and are priced at (16 or 32)
     weight_group: int = 0  # weights per FP16 scale along the input dim (0: one learned clip); e.g. 128
@@ -135,7 +136,7 @@ class SearchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
-        for name in ("pretrain_epochs", "search_epochs", "finetune_epochs", "workers"):
+        for name in ("pretrain_epochs", "search_epochs", "finetune_epochs", "workers", "flip_probe"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')}: expected an integer >= 0, got {value!r}")

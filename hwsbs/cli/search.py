@@ -62,6 +62,13 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         help="SBS gates also see the Fisher curvature of each flip (prices low widths the first-order gradient misses)",
     )
     g.add_argument(
+        "--flip-probe",
+        type=int,
+        default=d.flip_probe,
+        metavar="N",
+        help="SBS bit gates learn from loss differences measured every N steps, not the linear gradient (0: off)",
+    )
+    g.add_argument(
         "--weight-only",
         action="store_true",
         help="search weight bits only; activations stay float at --act-float-bits (LLM practice)",
@@ -104,7 +111,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
 _FIELD_OPTIONS = (
     ("cost", "model", "data", "data_dir", "subset", "workers", "checkpoint"),
     ("bits", "lam", "temperature", "group_size", "max_prune_fraction", "prune", "weight_only", "act_float_bits"),
-    ("weight_group", "curvature", "pin_first_last", "pin_bits", "cost_batch"),
+    ("weight_group", "curvature", "flip_probe", "pin_first_last", "pin_bits", "cost_batch"),
     ("pretrain_epochs", "search_epochs", "finetune_epochs", "batch_size", "lr", "search_lr", "threshold_lr"),
     ("weight_decay", "seed", "device", "progress", "compile"),
 )

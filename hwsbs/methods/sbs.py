@@ -30,6 +30,7 @@ def sbs(ctx: MethodContext) -> CompressionConfig:
         cfg.weight_decay,
         cfg.cost_batch,
         curvature=cfg.curvature,
+        flip_probe=cfg.flip_probe,
     )
     if ctx.resume_state is not None:
         engine.load_state_dict(ctx.resume_state["engine"])

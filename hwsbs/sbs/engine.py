@@ -21,6 +21,7 @@ from hwsbs.training import check_finite, make_sgd, split_decay
 from .convert import SearchSpace
 from .cost_term import CostTerm
 from .curvature import CurvatureTerm
+from .flip_probe import FlipProbe
 from .steady_state import ChoiceRecorder
 from .threshold_optim import CostGradientScale
 
@@ -72,10 +73,13 @@ class SearchEngine:
         weight_decay: float,
         cost_batch: int = 1,
         curvature: bool = False,
+        flip_probe: int = 0,
     ) -> None:
         self.space = space
         # --curvature: the gates also see the Fisher curvature of each flip (see curvature.py)
         self.curvature = CurvatureTerm(space) if curvature else None
+        # --flip-probe N: bit gates learn from measured flip differences (see flip_probe.py)
+        self.flip_probe = FlipProbe(space, flip_probe) if flip_probe > 0 else None
         self.objectives = objectives
         self.lam = lam
         self.terms = [CostTerm(space, o.cost_model, cost_batch) for o in objectives]
@@ -129,6 +133,8 @@ class SearchEngine:
         ]
         for p in frozen:
             p.requires_grad_(False)
+        if self.flip_probe is not None and self.flip_probe.due(self.step_count):
+            self.flip_probe.measure(x, y)  # before the forward: it overwrites the layers' last gates
         try:
             logits = self.space.model(x)
             ce = task_loss(logits, y)
@@ -143,7 +149,10 @@ class SearchEngine:
                 opt.zero_grad(set_to_none=True)
             kinds = self.family_kinds.get(family, [])
             self.cost_scale.observe(penalty, kinds)
+            measured = self._measured_gate_grads(penalty, kinds)
             loss.backward()
+            for p, g in measured:  # the bit thresholds: cost + measured differences, not the linear CE
+                p.grad = g
             sync_gradients(self.space.model.parameters(), int(x.shape[0]))  # under torchrun: the global batch's
             self.cost_scale.rescale(kinds)
             if self.curvature is not None:
@@ -161,6 +170,18 @@ class SearchEngine:
             self.recorder.record(self.terms[0].last_choice)
         return step_stats(loss, ce, logits, y, costs)
 
+    def _measured_gate_grads(self, penalty: Tensor, kinds: list[str]) -> list[tuple[nn.Parameter, Tensor]]:
+        """With ``--flip-probe``: the bit thresholds' gradients of ``lambda * penalty`` plus the
+        measured flip term (graph kept for the backward pass); empty otherwise."""
+        if self.flip_probe is None:
+            return []
+        params = [p for k in kinds if k != "p" for p in self.cost_scale.kinds.get(k, []) if p.requires_grad]
+        objective = self.lam * penalty + self.flip_probe.term()
+        if not params or not objective.requires_grad:
+            return [(p, torch.zeros_like(p)) for p in params]
+        grads = torch.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
+        return [(p, torch.zeros_like(p) if g is None else g.to(p.dtype)) for p, g in zip(params, grads)]
+
     def state_dict(self) -> dict:
         return {
             "weight_optimizer": self.weight_optimizer.state_dict(),
@@ -169,6 +190,7 @@ class SearchEngine:
             "recorder": self.recorder.state_dict(),
             "cost_scale": self.cost_scale.state_dict(),
             **({"curvature": self.curvature.state_dict()} if self.curvature is not None else {}),
+            **({"flip_probe": self.flip_probe.state_dict()} if self.flip_probe is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -182,3 +204,5 @@ class SearchEngine:
             self.cost_scale.load_state_dict(state["cost_scale"])
         if self.curvature is not None and "curvature" in state:
             self.curvature.load_state_dict(state["curvature"])
+        if self.flip_probe is not None and "flip_probe" in state:
+            self.flip_probe.load_state_dict(state["flip_probe"])
