@@ -19,7 +19,10 @@ class BopsCostModel(CostModel):
     unit = "BOPs"
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
-        return float(batch * shape.macs(state.kept_in, state.kept_out) * state.w_bits * state.a_bits)
+        # channel-wise bits: every group's MACs at its own width (one term when all share w_bits)
+        return float(
+            sum(batch * shape.macs(s.kept_in, s.kept_out) * s.w_bits * s.a_bits for s in state.bit_splits(shape))
+        )
 
 
 @register_cost_model("size")
@@ -33,7 +36,7 @@ class SizeCostModel(CostModel):
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
         if state.fp_weights >= 0:
             return float(apb_size_bits(shape, state))
-        weights = shape.weight_count(state.kept_in, state.kept_out) * state.w_bits
+        weights = sum(shape.weight_count(s.kept_in, s.kept_out) * s.w_bits for s in state.bit_splits(shape))
         return float(weights + state.scale_count(shape) * SCALE_BITS)
 
 

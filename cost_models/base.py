@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from hardware_profiles.schema import FLOAT_BITS
@@ -122,6 +122,25 @@ class LayerState:
     w_group: int = 0  # weights per scale along the input dimension (0: per-channel scales, not counted)
     act_float: bool = False  # weight-only: activations stay float at a_bits (a weight-only kernel runs it)
     fp_weights: int = -1  # APB: weights kept in full precision, the rest binary (-1: not an APB layer)
+    # Channel-wise weight bits: ((w_bits, kept output channels at it), ...) ascending in bits, the
+    # counts summing to kept_out, w_bits then the widest. () = every channel at w_bits. A model
+    # that ignores it prices the layer at its widest group, which is what one-precision kernels run.
+    w_bits_groups: tuple[tuple[int, int], ...] = ()
+
+    def bit_splits(self, shape: LayerShape) -> tuple[LayerState, ...]:
+        """The layer as one sub-layer per weight width, each with its own output channels (a
+        depthwise layer's channels are its inputs too); ``(self,)`` when every channel shares one."""
+        if not self.w_bits_groups:
+            return (self,)
+        return tuple(
+            replace(self, w_bits=b, kept_out=n, kept_in=n if shape.is_depthwise else self.kept_in, w_bits_groups=())
+            for b, n in self.w_bits_groups
+        )
+
+    @property
+    def widest(self) -> LayerState:
+        """The layer run at its widest group's weight width (one precision for every channel)."""
+        return replace(self, w_bits_groups=()) if self.w_bits_groups else self
 
     def scale_count(self, shape: LayerShape) -> int:
         """Weight scales stored with grouped weights: one per output channel and input group."""

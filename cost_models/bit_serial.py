@@ -123,7 +123,10 @@ class BitSerialCostModel(CostModel):
         self._paths: dict[tuple[int, int], ExecutedPrecision] = {}
 
     def layer_cycles(self, shape: LayerShape, state: LayerState, batch: int = 1) -> int:
-        """Cycles of the layer at the precision the array executes it at."""
+        """Cycles of the layer at the precision the array executes it at; with channel-wise bits,
+        the sum over its weight widths (the array streams output channels, each group at its own)."""
+        if state.w_bits_groups:
+            return sum(self.layer_cycles(shape, s, batch) for s in state.bit_splits(shape))
         key = (state.w_bits, state.a_bits)
         ex = self._paths.get(key)
         if ex is None:  # memoised per bit pair: the profile is immutable

@@ -15,6 +15,7 @@ from hardware_profiles.cost_params import EnergyParams
 from hardware_profiles.schema import EnergyFigures, HardwareProfile
 
 from .base import SCALE_BITS, CostModel, LayerShape, LayerState
+from .channel_split import price_mixed
 from .registry import register_cost_model
 
 __all__ = ["EnergyCostModel", "mac_energy_pj"]
@@ -61,6 +62,8 @@ class EnergyCostModel(CostModel):
         return self.figures.dram_read_64b_pj if where == "dram" else self.figures.sram_read_64b_pj
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
+        if state.w_bits_groups:  # the widest group, or one sub-GEMM per width (profile channel_split)
+            return price_mixed(self.profile, shape, state, lambda s: self.layer_cost(shape, s, batch))
         key = (state.w_bits, state.a_bits)
         ex = self._paths.get(key)
         if ex is None:  # memoised per bit pair: the profile is immutable

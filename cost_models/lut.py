@@ -6,6 +6,8 @@ grid points is interpolated bilinearly; outside the grid the nearest point is sc
 ratio (``outside_grid: proportional``) or used as is (``clamp``). A missing bit pair falls back to
 the narrowest measured wider pair when the table says ``fallback: next_wider``. A batch that was
 not measured is scaled linearly from the nearest smaller measured batch (the smallest if none).
+APB layers (``state.fp_weights >= 0``) are priced from the table's optional ``apb`` section
+(:mod:`cost_models.lut_apb`); ``prices_apb`` is True only when the table has one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from hardware_profiles.lut_table import LookupTable, LutEntry
 from hardware_profiles.schema import FLOAT_BITS, HardwareProfile
 
 from .base import CostModel, LayerShape, LayerState
+from .channel_split import price_mixed, split_execution
+from .lut_apb import APBPricer
 from .registry import register_cost_model
 
 __all__ = ["LutCostModel", "Grid"]
@@ -99,6 +103,8 @@ class LutCostModel(CostModel):
             self._index[e.signature][(e.w_bits, e.a_bits, e.batch)].append(e)
         self._grids: dict[tuple[str, int, int, int, bool], Grid] = {}
         self._pairs: dict[tuple[str, int, int], tuple[int, int]] = {}
+        self._apb = APBPricer(self.table, self.where)  # the table's optional APB section (lut_apb)
+        self.prices_apb = self._apb.available  # --method apb needs APB entries in the table
 
     @property
     def lookup_table(self) -> LookupTable:
@@ -144,6 +150,12 @@ class LutCostModel(CostModel):
             CostModelError: the table has no entry for the layer's signature (the message names
                 it), or none for its bit pair and no fallback.
         """
+        if state.fp_weights >= 0:  # an APB layer: its measured curve over the outlier share
+            return self._apb.spread(shape, state, batch)
+        if state.w_bits_groups:  # the widest group, or one measured sub-layer per width (channel_split)
+            mean = price_mixed(self.profile, shape, state, lambda s: self.layer_cost_spread(shape, s, batch)[0])
+            parts = state.bit_splits(shape) if split_execution(self.profile) is not None else (state.widest,)
+            return mean, sum(self.layer_cost_spread(shape, s, batch)[1] ** 2 for s in parts) ** 0.5
         if shape.signature not in self._index:
             raise CostModelError(
                 f"{self.where}: no entry for layer {shape.name!r} (signature {shape.signature}); measure it "

@@ -23,6 +23,7 @@ from hardware_profiles.cost_params import RooflineParams
 from hardware_profiles.schema import HardwareProfile, MemoryLevel
 
 from .base import SCALE_BITS, CostModel, LayerShape, LayerState
+from .channel_split import price_mixed
 from .registry import register_cost_model
 
 __all__ = ["RooflineCostModel", "layer_bytes", "WEIGHT_ONLY_ACT_BITS"]
@@ -99,7 +100,9 @@ class RooflineCostModel(CostModel):
         return compute_s, memory_s
 
     def compute_and_memory_s(self, shape: LayerShape, state: LayerState, batch: int = 1) -> tuple[float, float]:
-        """The two roofline terms (compute seconds, memory seconds) of the fastest executed path."""
+        """The two roofline terms (compute seconds, memory seconds) of the fastest executed path
+        (channel-wise bits: at the widest group)."""
+        state = state.widest
         key = (state.w_bits, state.a_bits)
         paths = self._paths.get(key)
         if paths is None:
@@ -113,5 +116,9 @@ class RooflineCostModel(CostModel):
         return min((self._terms(ex, shape, state, batch, packed) for ex in paths), key=max)
 
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
-        compute_s, memory_s = self.compute_and_memory_s(shape, state, batch)
-        return max(compute_s, memory_s) + self.params.per_layer_overhead_s
+        if not state.w_bits_groups:
+            compute_s, memory_s = self.compute_and_memory_s(shape, state, batch)
+            return max(compute_s, memory_s) + self.params.per_layer_overhead_s
+        # channel-wise bits: the widest group, or one sub-GEMM per width (profile channel_split)
+        mixed = price_mixed(self.profile, shape, state, lambda s: max(self.compute_and_memory_s(shape, s, batch)))
+        return mixed + self.params.per_layer_overhead_s

@@ -21,7 +21,15 @@ from .cost_params import StrictModel
 from .errors_format import format_validation_error
 from .yaml_io import dump_yaml, load_yaml
 
-__all__ = ["LUT_FORMAT", "LutEntry", "WholeModelTerm", "LookupTable", "load_lookup_table", "save_lookup_table"]
+__all__ = [
+    "LUT_FORMAT",
+    "LutEntry",
+    "LutAPBEntry",
+    "WholeModelTerm",
+    "LookupTable",
+    "load_lookup_table",
+    "save_lookup_table",
+]
 
 #: Format tag written at the top of every table file.
 LUT_FORMAT: Final = "hwsbs-lut/1"
@@ -37,6 +45,22 @@ class LutEntry(StrictModel):
     signature: str = Field(min_length=1, description="LayerShape.signature of the measured layer.")
     w_bits: int = Field(ge=1, le=32, description="Weight bits the layer ran at (32 = float).")
     a_bits: int = Field(ge=1, le=32, description="Input-activation bits the layer ran at (32 = float).")
+    kept_in: int = Field(gt=0, le=MAX_COUNT, description="Input channels the measured layer had.")
+    kept_out: int = Field(gt=0, le=MAX_COUNT, description="Output channels the measured layer had.")
+    batch: int = Field(default=1, gt=0, le=MAX_COUNT, description="Batch size of the measurement.")
+    mean_s: float = Field(gt=0, description="Mean (or median) latency in seconds.")
+    std_s: float = Field(default=0.0, ge=0, description="Spread of the latency (standard deviation) in seconds.")
+
+
+class LutAPBEntry(StrictModel):
+    """One measured APB layer latency (binary weights plus ``fp_share`` of them in full precision),
+    timed as ``hwsbs export`` runs it (``hwsbs lut build --apb``)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    signature: str = Field(min_length=1, description="LayerShape.signature of the measured layer.")
+    a_bits: int = Field(ge=1, le=32, description="Input-activation bits the layer ran at (32 = float).")
+    fp_share: float = Field(ge=0, lt=1, description="Share of the layer's weights kept in full precision.")
     kept_in: int = Field(gt=0, le=MAX_COUNT, description="Input channels the measured layer had.")
     kept_out: int = Field(gt=0, le=MAX_COUNT, description="Output channels the measured layer had.")
     batch: int = Field(default=1, gt=0, le=MAX_COUNT, description="Batch size of the measurement.")
@@ -75,6 +99,10 @@ class LookupTable(StrictModel):
         default_factory=list,
         description="Optional per-model terms turning a sum of layer latencies into a whole-model latency.",
     )
+    apb: list[LutAPBEntry] = Field(
+        default_factory=list,
+        description="Optional APB layer latencies over the full-precision share (hwsbs lut build --apb).",
+    )
 
     def whole_model_term(self, model: str, batch: int) -> WholeModelTerm | None:
         """The term fitted for ``model`` at ``batch`` (else at the nearest measured batch below), or None."""
@@ -92,6 +120,12 @@ class LookupTable(StrictModel):
                     f"entries[{i}] repeats entries[{seen[key]}] ({e.signature} {e.w_bits}/{e.a_bits} bits)"
                 )
             seen[key] = i
+        apb_seen: dict[tuple, int] = {}
+        for i, a in enumerate(self.apb):
+            apb_key = (a.signature, a.a_bits, a.fp_share, a.kept_in, a.kept_out, a.batch)
+            if apb_key in apb_seen:
+                raise ValueError(f"apb[{i}] repeats apb[{apb_seen[apb_key]}] ({a.signature} at share {a.fp_share:g})")
+            apb_seen[apb_key] = i
         return self
 
 

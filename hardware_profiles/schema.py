@@ -29,6 +29,7 @@ __all__ = [
     "Efficiency",
     "ArraySpec",
     "EnergyFigures",
+    "ChannelSplit",
     "HardwareProfile",
     "profile_json_schema",
     "json_schema_text",
@@ -135,6 +136,21 @@ class EnergyFigures(_FiniteModel):
     dram_read_64b_pj: PositiveFloat = Field(description="64-bit read from DRAM.")
 
 
+class ChannelSplit(_FiniteModel):
+    """Whether the device runs a layer with channel-wise bit widths as one sub-GEMM per width.
+
+    Without this block (or with ``supported: false``) a layer whose output-channel groups have
+    different weight widths runs at its widest group (one kernel, one precision), as GPUs and CPUs
+    do; with it, the roofline, energy and lut models price it as one sub-layer per width (each
+    reading the whole input), summed, plus ``per_split_overhead_s`` per sub-layer beyond the first.
+    """
+
+    supported: bool = Field(description="True if a layer may run as one sub-GEMM per weight bit width.")
+    per_split_overhead_s: float = Field(
+        default=0.0, ge=0.0, description="Seconds each extra sub-GEMM costs (a kernel launch, a concat)."
+    )
+
+
 def _table_tag(value: Any) -> str:
     return "path" if isinstance(value, str) else "inline"
 
@@ -180,6 +196,10 @@ class HardwareProfile(_FiniteModel):
     efficiency: Efficiency = Field(default_factory=Efficiency, description="Achievable fractions of the peaks.")
     lookup_table: LookupTableRef | None = Field(
         default=None, description="Measured latencies: a table file path relative to this profile, or the table inline."
+    )
+    channel_split: ChannelSplit | None = Field(
+        default=None,
+        description="Split execution of channel-wise bit widths (absent: a mixed layer runs at its widest group).",
     )
     extensions: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

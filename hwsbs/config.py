@@ -10,6 +10,7 @@ import torch
 
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE, DEFAULT_MAX_PRUNE_FRACTION, DEFAULT_PIN_BITS
 from hwsbs.errors import ConfigError
+from hwsbs.quant.channel_bits import GRANULARITIES
 from hwsbs.quant.quantizer import validate_bit_candidates
 
 __all__ = ["SearchConfig", "parse_target", "check_device", "check_seed", "MAX_SEED", "MIN_TARGET_FRACTION"]
@@ -73,6 +74,21 @@ def check_device(device: Any, flag: str = "--device") -> torch.device:
 SBS_INITS = ("8bit", "ilp")  # --init choices
 
 
+def check_granularity(cfg: SearchConfig) -> None:
+    """``--granularity``: a known value, and ``channel`` only where it is implemented (one line otherwise)."""
+    if cfg.granularity not in GRANULARITIES:
+        raise ConfigError(f"--granularity: expected one of {', '.join(GRANULARITIES)}, got {cfg.granularity!r}")
+    if cfg.granularity == "layer":
+        return
+    clash = next((f for f, on in (("--curvature", cfg.curvature), ("--flip-probe", cfg.flip_probe > 0)) if on), None)
+    if cfg.method != "sbs" or clash or cfg.weight_group:
+        what = f"--method {cfg.method}" if cfg.method != "sbs" else clash or f"--weight-group {cfg.weight_group}"
+        raise ConfigError(
+            f"--granularity channel: not implemented with {what} (SBS only, without --curvature, --flip-probe, "
+            "--weight-group)"
+        )
+
+
 @dataclass
 class SearchConfig:
     """Options of one search run (CLI flags map 1:1 onto these fields)."""
@@ -100,6 +116,9 @@ class SearchConfig:
     act_float_bits: int = 16  # weight-only: the float width activations run and are priced at (16 or 32)
     weight_group: int = 0  # weights per FP16 scale along the input dim (0: one learned clip); e.g. 128
     group_size: int = DEFAULT_GROUP_SIZE  # output channels per pruning gate (paper: 4 on CIFAR)
+    # "layer": one weight width per layer (the paper); "channel": one per output-channel group of
+    # group_size (AJPQ-style), activations still per layer. Why: bit-serial arrays pay per channel.
+    granularity: str = "layer"
     max_prune_fraction: float = DEFAULT_MAX_PRUNE_FRACTION  # at most this share of a layer's groups can be pruned
     # --- the objective
     lam: float = 0.3  # lambda: weight of the log-cost; also how fast cost-driven gates move
@@ -129,6 +148,7 @@ class SearchConfig:
         if self.init not in SBS_INITS:
             raise ConfigError(f"--init: expected one of {', '.join(SBS_INITS)}, got {self.init!r}")
         self.bits = validate_bit_candidates(self.bits)
+        check_granularity(self)
         check_seed(self.seed)
         _parse_device(self.device, "--device")  # availability: check_device, when the run starts
         positive_ints = ("group_size", "batch_size", "cost_batch")

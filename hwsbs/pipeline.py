@@ -39,7 +39,9 @@ from hwsbs.errors import ConfigError, HwsbsError
 from hwsbs.methods import MethodContext, get_method
 from hwsbs.objectives import Objective, resolve_cost_model
 from hwsbs.progress import PhaseProgress
+from hwsbs.quant.channel_bits import enable_channel_bits
 from hwsbs.quant.compiled import compile_quantizers
+from hwsbs.quant.matmul import SBSMatmul
 from hwsbs.result import SearchResult, cost_summary, write_outputs
 from hwsbs.run_options import OPTIONS_NAME, check_resume_options
 from hwsbs.run_state import RunState, default_run_dir
@@ -95,7 +97,7 @@ def _train_phase(
 
 def _convert(run: RunState, fp_model: nn.Module) -> SearchSpace:
     cfg = run.cfg
-    return convert_model(
+    space = convert_model(
         fp_model,
         run.example,
         cfg.bits,
@@ -108,6 +110,12 @@ def _convert(run: RunState, fp_model: nn.Module) -> SearchSpace:
         weight_only_act_bits=cfg.act_float_bits if cfg.weight_only else None,
         weight_group=cfg.weight_group,
     )
+    if cfg.granularity == "channel":  # weight gates per output-channel group (issue 17)
+        for _, layer in space.layers():
+            plain = not isinstance(layer, SBSMatmul) and getattr(layer, "groups", 1) == 1  # no depthwise/grouped
+            if plain and not layer.pinned and layer.search_weight_bits:
+                enable_channel_bits(layer)
+    return space
 
 
 def _run_method(run: RunState, space: SearchSpace, ckpt: dict | None, progress: PhaseProgress) -> CompressionConfig:

@@ -99,7 +99,8 @@ def plot_layers(result: SearchResult, path: Path) -> None:
     idx = range(len(names))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(names) + 2), 5.5), sharex=True)
     width = 0.4
-    ax1.bar([i - width / 2 for i in idx], [layer["w_bits"] for layer in result.layers], width, label="weights")
+    w_bits = [max(b) if isinstance(b, list) else b for b in (layer["w_bits"] for layer in result.layers)]
+    ax1.bar([i - width / 2 for i in idx], w_bits, width, label="weights")  # channel-wise: the widest group
     ax1.bar([i + width / 2 for i in idx], [layer["a_bits"] for layer in result.layers], width, label="activations")
     ax1.set_ylabel("bits")
     ax1.set_yscale("log", base=2)

@@ -321,7 +321,7 @@ CASES: dict[str, Case] = {
     ),
     "cost-zero-batch": Case(cost("config.yaml", "--batch", "0"), "--batch: expected a positive integer, got 0"),
     "cost-unknown-cost-model": Case(
-        cost("config.yaml", "--cost", "nope"), "unknown cost model 'nope'; known: bit_serial"
+        cost("config.yaml", "--cost", "nope"), "unknown cost model 'nope'; known: apb_cpu, bit_serial"
     ),
     # hwsbs tune / pareto: checked before the study (database, directory) is created
     "tune-lut-without-entry": Case(

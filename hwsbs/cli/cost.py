@@ -14,6 +14,7 @@ from cost_models import CostModel, cost_model_for
 from cost_models.units import format_cost
 from hardware_profiles import load_profile
 from hwsbs.errors import ConfigError
+from hwsbs.sbs.channel_config import show_w_bits
 from hwsbs.sbs.config_io import CompressionConfig, load_config
 
 from .profiles import stdout_console
@@ -57,7 +58,7 @@ def _layer_rows(config: CompressionConfig, model: CostModel) -> list[dict[str, A
             {
                 "name": d.shape.name,
                 "kind": d.shape.kind,
-                "w_bits": d.w_bits,
+                "w_bits": list(d.group_w_bits) if d.group_w_bits else d.w_bits,  # a list: per channel group
                 "a_bits": d.a_bits,
                 "kept_in": d.state.kept_in,
                 "in_channels": d.shape.in_channels,
@@ -151,7 +152,7 @@ def _print_tables(config_path: str, config: CompressionConfig, results: list[dic
             share = "-" if row["share"] is None else f"{100 * row['share']:.1f}%"
             lt.add_row(
                 row["name"],
-                f"{row['w_bits']}/{row['a_bits']}",
+                f"{show_w_bits(row['w_bits'])}/{row['a_bits']}",
                 f"{row['kept_out']}/{row['out_channels']}",
                 f"{row['kept_in']}/{row['in_channels']}",
                 format_cost(row["cost"], u),

@@ -233,6 +233,9 @@ def _run_onnx(args: argparse.Namespace, out: Path) -> int:
     spec, model, config, options = _load_inputs(args)
     if any(is_apb_decision(d) for d in config.layers):
         raise ConfigError("--format onnx: APB layers have no ONNX export; use --format int8 (the bitwise kernels)")
+    mixed = next((d.shape.name for d in config.layers if d.group_w_bits), None)
+    if mixed is not None:
+        raise ConfigError(f"--format onnx: layer {mixed} has channel-wise weight bits, not mapped to ONNX; use int8")
     exported = export_onnx(
         model,
         spec.example(),

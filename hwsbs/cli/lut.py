@@ -13,6 +13,7 @@ from hwsbs.config import MAX_SEED, check_seed
 from hwsbs.defaults import DEFAULT_BITS
 from hwsbs.errors import ConfigError
 from hwsbs.export import ModelSpec, default_spec
+from hwsbs.lut.apb import add_apb_argument, apb_shares_option
 from hwsbs.lut.builder import MeasureSettings
 from hwsbs.lut.fidelity import draw_configs, fit_profile, measure_configs, report_dict
 from hwsbs.lut.run import build_profile
@@ -138,6 +139,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also time N random configurations of each model end to end per batch and store the fitted "
         "whole-model term (overhead + scale * sum of layers) in the table (default: %(default)s, none)",
     )
+    add_apb_argument(b)
     _geometry(b)
     _timing(b, repeats=30)
     b.set_defaults(handler=_build)
@@ -192,6 +194,7 @@ def _command(args: argparse.Namespace) -> str:
             parts.append("--conformance-shapes")
         if args.whole_model_configs:
             parts += ["--whole-model-configs", str(args.whole_model_configs)]
+        parts += ["--apb", args.apb] if args.apb is not None else []
     else:
         for hw in args.hw:
             parts += ["--hw", hw]
@@ -241,6 +244,7 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError(f"--whole-model-configs: expected 0 (none) or >= 2, got {args.whole_model_configs}")
     if not 0.0 <= args.max_prune_fraction < 1.0:
         raise ConfigError(f"--max-prune-fraction: expected 0 <= f < 1, got {args.max_prune_fraction}")
+    apb_shares = apb_shares_option(args.apb, args.runtime)
     specs = [parse_model(m, args) for m in args.model]
     for spec in specs:
         spec.build()  # unknown models fail here, before any measuring
@@ -271,6 +275,7 @@ def _build(args: argparse.Namespace) -> int:
         progress=args.progress,
         extra_shapes=extra,
         whole_model_configs=args.whole_model_configs,
+        apb_shares=apb_shares,
     )
     console.print(
         f"wrote {result.profile_path} (profile {result.profile.name!r}, cost model lut) and "

@@ -18,6 +18,7 @@ from hwsbs.pipeline import run_search
 from hwsbs.progress import console
 from hwsbs.quant.compiled import compile_quantizers
 from hwsbs.result import SearchResult
+from hwsbs.sbs.channel_config import show_w_bits
 
 __all__ = ["add_parser", "add_search_options", "config_from_args", "print_summary"]
 
@@ -54,6 +55,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", default=None, help="cost budget: absolute (2.5e9) or share of uniform 8-bit (30%%)")
     option(g, "--temperature", float, "gate surrogate temperature")
     option(g, "--group-size", int, "channels per pruning group")
+    option(g, "--granularity", str, "weight bits per layer, or per output-channel group (channel)")
     option(g, "--max-prune-fraction", float, "cap on pruned groups per layer")
     g.add_argument("--no-prune", dest="prune", action="store_false", help="search bit widths only")
     g.add_argument(
@@ -111,7 +113,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
 _FIELD_OPTIONS = (
     ("cost", "model", "data", "data_dir", "subset", "workers", "checkpoint"),
     ("bits", "lam", "temperature", "group_size", "max_prune_fraction", "prune", "weight_only", "act_float_bits"),
-    ("weight_group", "curvature", "flip_probe", "pin_first_last", "pin_bits", "cost_batch"),
+    ("weight_group", "curvature", "flip_probe", "pin_first_last", "pin_bits", "cost_batch", "granularity"),
     ("pretrain_epochs", "search_epochs", "finetune_epochs", "batch_size", "lr", "search_lr", "threshold_lr"),
     ("weight_decay", "seed", "device", "progress", "compile"),
 )
@@ -169,7 +171,7 @@ def print_summary(result: SearchResult) -> None:
     for layer in result.layers:
         table.add_row(
             layer["name"],
-            str(layer["w_bits"]),
+            show_w_bits(layer["w_bits"]),
             str(layer["a_bits"]),
             f"{layer['kept_out_channels']}/{layer['out_channels']}",
             f"{layer['cost']:.4g}",

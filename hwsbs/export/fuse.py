@@ -22,7 +22,9 @@ _RELU_METHODS = {"relu": "relu", "relu_": "relu"}
 
 class _ExportedLeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, ExportedLayer) or super().is_leaf_module(m, module_qualified_name)
+        # a channel-wise layer's concatenation of sub-layers (hwsbs.export.mixed) stays one module
+        leaf = isinstance(m, ExportedLayer) or getattr(m, "export_leaf", False)
+        return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
 def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:

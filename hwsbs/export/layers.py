@@ -8,7 +8,7 @@ that directly follows a convolution is folded into its per-channel output scale 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 import torch
@@ -52,6 +52,10 @@ class LayerRecord:
     out_scale: Tensor  # per output channel, float32: folded batch-norm scale (ones without one)
     out_bias: Tensor  # per output channel, float32: bias after folding
     folded_norm: str | None  # the batch-norm folded into this layer, if any
+    # Channel-wise weight bits: one record per width (its rows), and where each output channel
+    # sits in their concatenation (hwsbs.export.mixed); empty for a one-width layer.
+    parts: list[LayerRecord] = field(default_factory=list)
+    channel_order: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain values only, so ``torch.load(weights_only=True)`` reads it back."""
@@ -59,6 +63,7 @@ class LayerRecord:
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else v
+        out["parts"] = [p.to_dict() for p in self.parts]
         return out
 
     @classmethod
@@ -68,6 +73,7 @@ class LayerRecord:
             values[key] = tuple(values[key])
         if not isinstance(values["padding"], str):
             values["padding"] = tuple(values["padding"])
+        values["parts"] = [cls.from_dict(p) for p in values.get("parts", [])]
         return cls(**values)
 
     @property

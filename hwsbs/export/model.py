@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from hardware_profiles import FLOAT_BITS
 from hardware_profiles.checked_io import write_atomic
@@ -27,11 +27,14 @@ from hwsbs.models import list_models
 from hwsbs.quant.layers import SBSLayerMixin, sbs_layers
 from hwsbs.sbs.convert import set_submodule
 
-from .apb import APB_PATH, apb_record, exported_layer
+from .apb import APB_PATH, apb_record
 from .encoding import MAX_INT_BITS, int16_pair_safe, weight_codes
 from .fuse import fuse_activations
 from .kernels import onednn_saturates, resolve_backend
 from .layers import ExportedLayer, LayerRecord, check_exportable
+from .mixed import layer_module as _module
+from .mixed import mixed_record
+from .norms import _norm_affine, foldable_norms
 from .source import ModelSpec
 
 __all__ = ["EXPORT_FORMAT", "ExportedModel", "export_model", "load_exported", "plan_path", "foldable_norms"]
@@ -52,46 +55,6 @@ def plan_path(w_bits: int, a_bits: int, groups: int, padding: Any, padding_mode:
     if backend == "onednn" and onednn_saturates() and not int16_pair_safe(w_bits, a_bits):
         return "float", "int16 saturation without VNNI"
     return "int8", ""
-
-
-class _SBSLeafTracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, SBSLayerMixin) or super().is_leaf_module(m, module_qualified_name)
-
-
-def foldable_norms(model: nn.Module) -> dict[str, str]:
-    """``{conv name: batch-norm name}`` where a BatchNorm2d (eval statistics) is the only reader
-    of a convolution's output and runs once; {} when torch.fx cannot trace the model."""
-    try:
-        graph = _SBSLeafTracer().trace(model)
-    except Exception:  # untraceable control flow: export without folding
-        return {}
-    modules = dict(model.named_modules())
-    uses: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            uses[str(node.target)] = uses.get(str(node.target), 0) + 1
-    pairs: dict[str, str] = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.Conv2d):
-            continue
-        users = list(node.users)
-        if len(users) != 1 or users[0].op != "call_module" or uses[str(node.target)] != 1:
-            continue
-        bn = modules.get(str(users[0].target))
-        if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and uses[str(users[0].target)] == 1:
-            pairs[str(node.target)] = str(users[0].target)
-    return pairs
-
-
-def _norm_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Eval-mode batch-norm as ``y * scale + shift``."""
-    # foldable norms track running statistics, so these are tensors (typed Optional)
-    running_mean, running_var = cast(Tensor, bn.running_mean), cast(Tensor, bn.running_var)
-    inv = torch.rsqrt(running_var.float() + bn.eps)
-    scale = bn.weight.float() * inv if bn.affine else inv
-    shift = (bn.bias.float() if bn.affine else 0.0) - running_mean.float() * scale
-    return scale.detach(), shift.detach()
 
 
 def _capture_clips(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
@@ -316,6 +279,8 @@ def export_model(
         if getattr(layer, "apb_frozen", None) is not None:  # an APB layer: the bitwise kernels
             affine = (norm[0], *_norm_affine(norm[1])) if norm is not None else None
             records.append(apb_record(name, layer, clips.get(name), affine))
+        elif layer.fixed_row_bits:  # channel-wise bits: one sub-layer per width
+            records.append(mixed_record(name, layer, _record, clips.get(name), norm, chosen))
         else:
             records.append(_record(name, layer, clips.get(name), norm, chosen))
     return _assemble(net, records, chosen, device, spec, {"from": "sbs model"})
@@ -330,7 +295,7 @@ def _assemble(
     info: dict[str, Any],
 ) -> ExportedModel:
     for r in records:
-        set_submodule(net, r.name, exported_layer(r, backend, device))
+        set_submodule(net, r.name, _module(r, backend, device))
         if r.folded_norm:
             set_submodule(net, r.folded_norm, nn.Identity())
     return ExportedModel(fuse_activations(net).to(device), records, backend, device, spec, info)
@@ -389,10 +354,10 @@ def load_exported(
         )
     records = [LayerRecord.from_dict(d) for d in data["layers"]]
     if chosen != data["backend"]:  # a different kernel may execute other bit pairs exactly
-        for r in (r for r in records if r.path != APB_PATH):
+        for r in (part for rec in records for part in (rec, *rec.parts) if part.path != APB_PATH):
             r.path, r.reason = plan_path(r.w_bits, r.a_bits, r.groups, r.padding, r.padding_mode, chosen)
     for r in records:
-        set_submodule(net, r.name, exported_layer(r, chosen, device))
+        set_submodule(net, r.name, _module(r, chosen, device))
         if r.folded_norm:
             set_submodule(net, r.folded_norm, nn.Identity())
     net = fuse_activations(net)  # the same rewrite as at export, so the state keys match

@@ -45,6 +45,14 @@ def write_table(table: LookupTable, path: str | Path, header: list[str] | None =
                 f"  - {{model: {json.dumps(t.model)}, batch: {t.batch}, overhead_s: {_float(t.overhead_s)}, "
                 f"scale: {_float(t.scale)}, configs: {t.configs}}}"
             )
+    if table.apb:
+        lines.append("apb:")
+        for a in table.apb:
+            lines.append(
+                f"  - {{signature: {a.signature}, a_bits: {a.a_bits}, fp_share: {_float(a.fp_share)}, "
+                f"kept_in: {a.kept_in}, kept_out: {a.kept_out}, batch: {a.batch}, mean_s: {_float(a.mean_s)}, "
+                f"std_s: {_float(a.std_s)}}}"
+            )
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(p)

@@ -19,6 +19,7 @@ from hwsbs.export import ModelSpec
 from hwsbs.export.kernels import resolve_backend
 from hwsbs.progress import progress_bar
 
+from .apb import APB_DEFAULT_ACT_BITS, apb_task_count, measure_apb
 from .builder import MeasureSettings, executed_pairs, make_table, measure_jobs, plan_jobs
 from .machine import describe_machine, machine_info
 from .profile_io import profile_name_for, write_profile, write_table
@@ -59,11 +60,15 @@ def build_profile(
     table_out: str | Path | None = None,
     extra_shapes: Sequence[LayerShape] = (),
     whole_model_configs: int = 0,
+    apb_shares: Sequence[float] = (),
+    apb_act_bits: int = APB_DEFAULT_ACT_BITS,
 ) -> BuildResult:
     """Measure ``specs``' layers and write ``out`` (a profile) plus its table (``tables/NAME.yaml``
     next to it unless ``table_out``). ``whole_model_configs`` > 0 also times that many random
     configurations of each model end to end per batch and stores the fitted whole-model term
-    (:mod:`hwsbs.lut.whole_model`) in the table.
+    (:mod:`hwsbs.lut.whole_model`) in the table. ``apb_shares`` (e.g.
+    :data:`~hwsbs.lut.apb.DEFAULT_APB_SHARES`) also times every conv/linear shape as an APB layer
+    at those outlier shares and ``apb_act_bits`` (:mod:`hwsbs.lut.apb`, the table's ``apb`` section).
 
     Raises:
         ConfigError: a bad option (device not available, bad output name).
@@ -90,10 +95,15 @@ def build_profile(
             extra_shapes=extra_shapes,
         )
         pairs = executed_pairs(backend, settings.runtime)
-        total = _count(jobs, settings, len(pairs))
+        total = _count(jobs, settings, len(pairs)) + (apb_task_count(jobs, settings, apb_shares) if apb_shares else 0)
         with progress_bar("measuring", "what", disable=not progress) as bar:
             task = bar.add_task("lut", total=total, what="")
             entries = measure_jobs(jobs, settings, lambda what: bar.update(task, advance=1, what=what))
+            apb = (
+                measure_apb(jobs, settings, apb_shares, apb_act_bits, lambda w: bar.update(task, advance=1, what=w))
+                if apb_shares
+                else []
+            )
     elapsed = time.perf_counter() - start
     device_line = describe_machine(machine)
     paths = "; ".join(f"{w}/{a}: {label}" for w, a, label in pairs)
@@ -111,7 +121,13 @@ def build_profile(
         f"{machine['threads']}; mean_s = median, std_s = standard deviation; pairs measured: {paths}; other pairs run on "
         f"the next wider measured one (fallback next_wider)"
     )
-    table = make_table(entries, device_line, method)
+    if apb_shares:
+        shares = ", ".join(f"{100 * s:g}" for s in apb_shares)
+        method += (
+            f"; apb: conv/linear shapes at full channels as APB layers (hwsbs export's APBKernelLayer, "
+            f"{apb_act_bits}-bit inputs) with {shares} % of the weights in full precision"
+        )
+    table = make_table(entries, device_line, method).model_copy(update={"apb": apb})
     date = time.strftime("%Y-%m-%d")
     models = ", ".join(s.describe() for s in specs)
     if extra_shapes:

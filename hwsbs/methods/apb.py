@@ -34,7 +34,7 @@ def _check_prices_apb(ctx: MethodContext) -> None:
     for obj in ctx.objectives:
         if not getattr(obj.cost_model, "prices_apb", False):
             raise ConfigError(
-                f"--method apb: cost model {obj.cost_model.name!r} cannot price APB layers; use --cost size or apb_cpu"
+                f"--method apb: cost model {obj.cost_model.name!r} cannot price APB layers; use --cost size or apb_cpu, or a table built with hwsbs lut build --apb"
             )
 
 
@@ -95,7 +95,7 @@ def _fit_to_target(ctx: MethodContext, names: list[str], cost: _APBCost) -> None
     if target is None or cost.hard() <= target:
         return
     layers: list[Any] = [ctx.space.layer(n) for n in names]
-    start = [float(lay.apb_log_delta) for lay in layers]
+    start = [float(lay.apb_log_delta.detach()) for lay in layers]
 
     def set_factor(log_f: float) -> None:
         with torch.no_grad():

@@ -173,7 +173,7 @@ def fused_weight(layer: SBSLayerMixin) -> Tensor | None:
     """``layer.quantized_weight()`` in search mode, fused (None where the reference code runs)."""
     if not _STATE["fused"] or layer.mode != "search" or layer.pinned or not layer.search_weight_bits:
         return None
-    if layer.weight_group > 0:  # per-group scales are a tensor, not one clip: the reference handles them
+    if layer.weight_group > 0 or layer.channel_bits:  # a clip tensor / per-group gates: the reference code
         return None
     w_std, std = layer._search_standardised()
     v = layer._weight_clip()

@@ -1,7 +1,6 @@
 """Quantised Conv2d / Linear with SBS gates (method sections 1-3).
 
 A layer is in one of two modes:
-
 * ``search``: every candidate bit width lives in one weight tensor (bit sharing); binary gates
   with learnable thresholds pick the weight and activation bits, and (for prunable layers) one
   gate per group of output channels is the 0-bit option.
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from cost_models.base import FLOAT_BITS
 from hwsbs.distributed import mean_over_ranks
 
+from . import channel_bits as cb  # --granularity channel: weight gates per output-channel group
 from .channel_gates import ChannelGateMixin
 from .fused import gated_quantize, lower_grid_residuals, sampled_residuals
 from .fused_layers import fused_activation, fused_input, fused_weight
@@ -85,6 +85,8 @@ class SBSLayerMixin(ChannelGateMixin):
         self.prunable = False  # set by conversion for producers of a prunable pair
         self.search_weight_bits = True  # False pins weight gates (e.g. multipath baselines reuse)
         self.act_float = False  # weight-only: activations are not quantised (priced at fixed_a_bits)
+        self.channel_bits = False  # weight gates per output-channel group (--granularity channel)
+        self.fixed_row_bits: tuple[int, ...] = ()  # fixed mode: one weight width per output row (or ())
         self.weight_group = 0  # weights per scale along the input dimension (0: one learned clip)
         self.weight_clip = nn.Parameter(torch.tensor(3.0))  # v_w, on standardised weights
         self.act_clip = nn.Parameter(torch.tensor(1.0))  # v_x, calibrated on the first batch
@@ -126,11 +128,8 @@ class SBSLayerMixin(ChannelGateMixin):
         return self.to(source_weight.device)  # type: ignore[attr-defined]  # the nn.Module half
 
     def __getstate__(self) -> dict[str, Any]:
-        """The layer's state for copies and pickles, without the latest forward's gates.
-
-        Those are non-leaf tensors of an autograd graph: ``copy.deepcopy`` refuses them, and a
-        copy has no use for them (the next forward sets them again).
-        """
+        """The layer's state for copies and pickles, without the latest forward's gates (non-leaf
+        graph tensors ``copy.deepcopy`` refuses; the next forward sets them again)."""
         state = dict(self.__dict__)
         for key in TRANSIENT:
             state[key] = None
@@ -149,7 +148,7 @@ class SBSLayerMixin(ChannelGateMixin):
             flat = flat[torch.randperm(flat.numel(), device=flat.device)[:200_000]]
         clip = float(torch.quantile(flat, 0.999)) if flat.numel() > 1 else float(flat.max())
         self.act_clip.fill_(max(clip, MIN_CLIP))
-        w_stats, _ = lower_grid_residuals(self._normalise_weight(w_std), self.bits)
+        w_stats = cb.weight_residuals(self, self._normalise_weight(w_std))
         a_stats = sampled_residuals(self._normalise_act(x, self.act_clip), self.bits)
         self.w_scale.copy_(w_stats.clamp_min(EPS))
         self.a_scale.copy_(a_stats.clamp_min(EPS))
@@ -189,8 +188,7 @@ class SBSLayerMixin(ChannelGateMixin):
 
     def weight_statistics(self) -> Tensor:
         """The weight gates' statistics in their units (residual over its calibration value)."""
-        stats, _ = lower_grid_residuals(self._normalise_weight(self._search_standardised()[0]), self.bits)
-        return stats / self.w_scale
+        return cb.relative_statistics(self, self._normalise_weight(self._search_standardised()[0]))
 
     def _normalise_act(self, x: Tensor, v: Tensor, signed_flag: str = "act_signed") -> Tensor:
         if self._host_flag(signed_flag):
@@ -214,7 +212,9 @@ class SBSLayerMixin(ChannelGateMixin):
         w_std, std = self._search_standardised() if self.mode == "search" else self._standardise(self.weight)
         v = self._weight_range(w_std)
         z = self._normalise_weight(w_std, v)
-        if searching and self.search_weight_bits:
+        if searching and self.search_weight_bits and self.channel_bits:  # a width per channel group
+            z_hat = cb.channel_gated_weight(self, z)
+        elif searching and self.search_weight_bits:
             stats, grids = lower_grid_residuals(z, self.bits)
             rel = stats / self.w_scale
             gates = threshold_gate(rel, self.w_theta, self.tau)
@@ -222,7 +222,7 @@ class SBSLayerMixin(ChannelGateMixin):
             self.last_w_probs = torch.sigmoid((rel - self.w_theta.detach()) / self.tau)
             z_hat = gated_quantize(z, gates, self.bits, grids)
         else:
-            z_hat = quantize(z, step_size(w_bits))
+            z_hat = cb.fixed_weight_grid(self, z, w_bits)
         return std * v * (2.0 * z_hat - 1.0)
 
     def quantized_input(self, x: Tensor) -> Tensor:
@@ -292,7 +292,9 @@ class SBSLayerMixin(ChannelGateMixin):
         """(w_bits, a_bits) the gates select now (activation choice from the running mean)."""
         if self.mode != "search" or self.pinned:
             return self.fixed_w_bits, self.fixed_a_bits
-        if self.search_weight_bits:
+        if self.search_weight_bits and self.channel_bits:  # the layer runs at its widest group
+            w_bits = max(cb.current_group_bits(self))
+        elif self.search_weight_bits:
             w_rel = self.weight_statistics().tolist()
             w_bits = bits_from_gates(self.bits, [a > float(t) for a, t in zip(w_rel, self.w_theta)])
         else:
@@ -326,6 +328,7 @@ class SBSLayerMixin(ChannelGateMixin):
     def set_fixed(self, w_bits: int, a_bits: int) -> None:
         """Switch to fixed mode with the given bit widths (32 = float)."""
         self.mode = "fixed"
+        self.fixed_row_bits = ()
         self.fixed_w_bits = int(w_bits)
         self.fixed_a_bits = int(a_bits)
 

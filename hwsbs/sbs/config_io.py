@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, ValidationError
 
 from cost_models.base import FLOAT_BITS, CostModel, LayerShape, LayerState
-from hardware_profiles.errors_format import format_loc
 from hardware_profiles.yaml_io import dump_yaml, load_yaml
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
+
+from .channel_config import CHANNEL_FORMAT, bit_histogram, check_group_bits, collapse_group_bits
+from .config_errors import format_error
 
 __all__ = ["CONFIG_FORMAT", "LayerDecision", "CompressionConfig", "save_config", "load_config", "uniform_decision"]
 
@@ -47,6 +49,10 @@ class LayerDecision:
     w_group: int = 0  # weights per FP16 scale along the input dimension (0: per-channel scales)
     act_float: bool = False  # weight-only: activations (a matmul's operands: both) stay float at a_bits
     fp_weights: int = -1  # APB (w_bits 1): weights kept in full precision, the rest binary (-1: not APB)
+    # Channel-wise bits (--granularity channel): one weight width per group of bit_group_size
+    # output channels; () = the whole layer at w_bits (then the widest group's width).
+    group_w_bits: tuple[int, ...] = ()
+    bit_group_size: int = 0  # output channels per entry of group_w_bits (the config's group_size)
 
     @property
     def kept_out(self) -> int:
@@ -62,13 +68,16 @@ class LayerDecision:
             w_group=self.w_group,
             act_float=self.act_float,
             fp_weights=self.fp_weights,
+            w_bits_groups=bit_histogram(
+                self.group_w_bits, self.bit_group_size, self.shape.out_channels, self.pruned_channels
+            ),
         )
 
     def summary(self) -> dict[str, Any]:
         """The fields config.yaml and result.json both start a layer's entry with: name, bits, channels."""
         return {
             "name": self.shape.name,
-            "w_bits": self.w_bits,
+            "w_bits": list(self.group_w_bits) if self.group_w_bits else self.w_bits,  # a list: per group
             "a_bits": self.a_bits,
             "out_channels": self.shape.out_channels,
             "kept_out_channels": self.kept_out,
@@ -145,7 +154,7 @@ def _shape_to_dict(shape: LayerShape) -> dict[str, Any]:
 def save_config(config: CompressionConfig, path: str | Path) -> None:
     """Write ``config`` as YAML (atomically)."""
     data: dict[str, Any] = {
-        "format": CONFIG_FORMAT,
+        "format": CHANNEL_FORMAT if any(d.group_w_bits for d in config.layers) else CONFIG_FORMAT,
         "model": config.model,
         "dataset": config.dataset,
         "bits": list(config.bits),
@@ -178,6 +187,22 @@ def _in_range(lo: int, hi: int) -> Callable[[int], int]:
 
 
 _Bits = Annotated[int, Strict(), AfterValidator(_in_range(1, FLOAT_BITS))]
+
+
+def _w_bits(value: Any) -> int | list[int]:
+    """A layer's ``w_bits``: an integer 1..32, or a non-empty list of them (one per channel group)."""
+    listed = isinstance(value, list)
+    for i, v in enumerate(value if listed and value else [value]):
+        at = f"[{i}]: " if listed else ""
+        if isinstance(v, bool) or not isinstance(v, int):
+            shown = f", got {v!r}" if isinstance(v, str | float | type(None)) and len(repr(v)) <= 40 else ""
+            raise ValueError(f"{at}expected an integer (or a list of them, one per channel group){shown}")
+        if not 1 <= v <= FLOAT_BITS:
+            raise ValueError(f"{at}expected 1..{FLOAT_BITS}, got {v}")
+    return value
+
+
+_WBits = Annotated[int | list[int], PlainValidator(_w_bits)]
 _Count = Annotated[int, Strict(), AfterValidator(_in_range(1, MAX_COUNT))]
 _Index = Annotated[int, Strict(), AfterValidator(_in_range(0, MAX_COUNT - 1))]
 _Pair = tuple[_Count, _Count]
@@ -208,7 +233,7 @@ class _LayerFile(_Strict):
 
     name: _Name
     shape: _ShapeFile  # before the bits: a layer without its shape is reported as such
-    w_bits: _Bits
+    w_bits: _WBits  # a list: one width per output-channel group (hwsbs-config/2)
     a_bits: _Bits
     out_channels: _Count | None = None
     kept_out_channels: _Count | None = None
@@ -222,7 +247,7 @@ class _LayerFile(_Strict):
 class _ConfigFile(_Strict):
     """The whole file (a :class:`CompressionConfig`)."""
 
-    format: Literal["hwsbs-config/1"]
+    format: Literal["hwsbs-config/1", "hwsbs-config/2"]
     model: Annotated[str, Strict()] | None = ""
     dataset: Annotated[str, Strict()] | None = ""
     bits: list[Annotated[int, Strict(), AfterValidator(_in_range(1, MAX_SEARCH_BITS))]] = Field(
@@ -231,63 +256,6 @@ class _ConfigFile(_Strict):
     group_size: _Count = 4
     batch: _Count = 1
     layers: list[_LayerFile] = Field(min_length=1)
-
-
-def _shown(value: Any) -> str:
-    """The offending value in a message, if it is short."""
-    text = repr(value)
-    return f", got {text}" if isinstance(value, str | int | float | bool | type(None)) and len(text) <= 40 else ""
-
-
-def _where(src: str, data: dict, loc: tuple[Any, ...]) -> str:
-    """``FILE: layers[3] (layer1.conv2).shape.stride[0]`` for a pydantic location."""
-    if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
-        raw = data.get("layers")
-        entry = raw[loc[1]] if isinstance(raw, list) and loc[1] < len(raw) else None
-        name = entry.get("name") if isinstance(entry, dict) else None
-        head = f"layers[{loc[1]}]" + (f" ({name})" if isinstance(name, str) and name else "")
-        rest = format_loc(loc[2:]) if loc[2:] else ""
-        return f"{src}: {head}" + (("" if rest.startswith("[") else ".") + rest if rest else "")
-    return f"{src}: {format_loc(loc)}"
-
-
-_TYPE_WORDS = {
-    "int_type": "expected an integer",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "tuple_type": "expected a list of two integers",
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-    "dict_type": "expected a mapping",
-}
-_LENGTH_WORDS = {"layers": "expected at least one layer", "bits": "expected at least one bit width"}
-
-
-def _problem(loc: tuple[Any, ...], err: Any) -> str:
-    """What is wrong with one field, worded for someone editing the YAML file."""
-    kind, value = err["type"], err.get("input")
-    if kind == "value_error":
-        return str(err["msg"]).removeprefix("Value error, ")
-    if kind in _TYPE_WORDS:
-        return _TYPE_WORDS[kind] + _shown(value)
-    if kind == "literal_error":
-        return "expected " + str(err["ctx"]["expected"]) + _shown(value)
-    if kind in ("too_short", "too_long"):
-        return _LENGTH_WORDS.get(str(loc[-1]), "expected a list of two integers")
-    return str(err["msg"]) + _shown(value)
-
-
-def _format_error(src: str, data: dict, exc: ValidationError) -> str:
-    """One line: the file, the first bad field (with its layer's name) and the problem."""
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    if err["type"] == "missing":
-        return f"{_where(src, data, loc[:-1]) if loc[:-1] else src}: missing field {loc[-1]!r}{more}"
-    if err["type"] == "extra_forbidden":
-        return f"{_where(src, data, loc)}: unknown field (misspelled?){more}"
-    msg = _problem(loc, err)
-    return f"{_where(src, data, loc)}: {msg[0].lower() + msg[1:]}{more}"
 
 
 def _check_bits(src: str, bits: list[int]) -> None:
@@ -344,26 +312,43 @@ def _check_layer(where: str, layer: _LayerFile) -> list[int]:
     return sorted(pruned)
 
 
-def _decision(where: str, layer: _LayerFile) -> LayerDecision:
+def _decision(where: str, layer: _LayerFile, group_size: int, version: str) -> LayerDecision:
     pruned = _check_layer(where, layer)
     s = layer.shape
+    w_bits, group_bits = (layer.w_bits, ()) if isinstance(layer.w_bits, int) else (0, tuple(layer.w_bits))
+    if group_bits:
+        if version != CHANNEL_FORMAT:
+            raise ConfigError(f"{where}.w_bits: a list of widths needs format {CHANNEL_FORMAT!r}, got {version!r}")
+        check_group_bits(where, group_bits, group_size, s.out_channels)
+        w_bits, group_bits = collapse_group_bits(group_bits, group_size, s.out_channels, pruned)
     shape = LayerShape(name=layer.name, **s.model_dump())  # the shape block holds LayerShape's other fields
     kept_in = s.in_channels if layer.kept_in_channels is None else layer.kept_in_channels
     fp = -1 if layer.fp_weights is None else layer.fp_weights
     return LayerDecision(
-        shape, layer.w_bits, layer.a_bits, pruned, kept_in, layer.weight_group or 0, layer.act_float, fp
+        shape,
+        w_bits,
+        layer.a_bits,
+        pruned,
+        kept_in,
+        layer.weight_group or 0,
+        layer.act_float,
+        fp,
+        group_bits,
+        group_size,
     )
 
 
 def _validate(src: str, data: Any) -> _ConfigFile:
     if not isinstance(data, dict):
         raise ConfigError(f"{src}: expected a mapping with 'format' and 'layers'")
-    if data.get("format") != CONFIG_FORMAT:  # first, so another file type is named as such
-        raise ConfigError(f"{src}: format: expected {CONFIG_FORMAT!r}, got {data.get('format')!r}")
+    found = data.get("format")
+    if found not in (CONFIG_FORMAT, CHANNEL_FORMAT):  # first, so another file type is named as such
+        newer = " (written by a newer hwsbs: upgrade to read it)" if str(found).startswith("hwsbs-config/") else ""
+        raise ConfigError(f"{src}: format: expected {CONFIG_FORMAT!r} or {CHANNEL_FORMAT!r}, got {found!r}{newer}")
     try:
         return _ConfigFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(src, data, exc)) from None
+        raise ConfigError(format_error(src, data, exc)) from None
 
 
 def load_config(path: str | Path) -> CompressionConfig:
@@ -382,7 +367,7 @@ def load_config(path: str | Path) -> CompressionConfig:
         if layer.name in seen:
             raise ConfigError(f"{where}.name: {layer.name!r} is also the name of layers[{seen[layer.name]}]")
         seen[layer.name] = i
-        layers.append(_decision(where, layer))
+        layers.append(_decision(where, layer, parsed.group_size, parsed.format))
     return CompressionConfig(
         layers=layers,
         model=parsed.model or "",

@@ -19,6 +19,7 @@ from hwsbs.quant.matmul import Matmul, SBSMatmul
 
 from .adapters import adapt_layers
 from .attention import expose_attention
+from .channel_config import collapse_group_bits
 from .config_io import LayerDecision, uniform_decision
 from .coverage import Coverage, measure_coverage
 from .prunable import PrunableGroup, find_prunable_groups, warn_untraceable
@@ -53,13 +54,14 @@ class SearchSpace:
         return [c for g in sorted(groups) for c in range(g * size, min((g + 1) * size, out))]
 
     def decisions(
-        self, bits: dict[str, tuple[int, int]], pruned_groups: Mapping[str, Sequence[int]]
+        self, bits: Mapping[str, tuple[int | tuple[int, ...], int]], pruned_groups: Mapping[str, Sequence[int]]
     ) -> list[LayerDecision]:
         """Every layer's decision from per-layer bits and per-producer pruned groups.
 
         The one home of the channel-coupling rule: a consumer's kept inputs are its producer's
         kept outputs, and a depthwise layer on the way loses the producer's channels, in and out.
-        Pinned layers, and layers missing from ``bits``, keep their fixed bits.
+        Pinned layers, and layers missing from ``bits``, keep their fixed bits. A tuple of weight
+        bits is one width per output-channel group (``--granularity channel``).
         """
         # by producer; a layer with no source looks up None and finds nothing pruned
         pruned: dict[str | None, list[int]] = {p: self.pruned_channels(p, gs) for p, gs in pruned_groups.items()}
@@ -75,7 +77,13 @@ class SearchSpace:
             src = source.get(name)
             kept_in = shape.in_channels - len(pruned.get(src, [])) if src is not None else None
             own = pruned.get(src, []) if name in passthrough else pruned.get(name, [])
-            out.append(LayerDecision(shape, int(w), int(a), list(own), kept_in, layer.weight_group, layer.act_float))
+            groups: tuple[int, ...] = ()
+            if isinstance(w, tuple):  # channel-wise: a plain decision when every kept channel shares a width
+                w, groups = collapse_group_bits(w, layer.group_size, shape.out_channels, own)
+            decision = LayerDecision(shape, int(w), int(a), list(own), kept_in, layer.weight_group, layer.act_float)
+            if groups:
+                decision.group_w_bits, decision.bit_group_size = groups, layer.group_size
+            out.append(decision)
         return out
 
     def uniform(self, bits: int) -> list[LayerDecision]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -27,13 +28,15 @@ from torch import Tensor
 from cost_models.base import CostModel, LayerShape, LayerState
 from hwsbs.quant.gates import bits_from_gates
 
+from .channel_cost import channel_act_delta, channel_weight_deltas, group_bits_from, mixed_state
 from .convert import SearchSpace
 
 __all__ = ["CostTerm", "Choice", "expected_flip_difference"]
 
 #: A discrete configuration of the search: ``(((layer, w_bits, a_bits), ...), ((producer, pruned
-#: group indices), ...))``, hashable so the steady state can be counted.
-Choice = tuple[tuple[tuple[str, int, int], ...], tuple[tuple[str, tuple[int, ...]], ...]]
+#: group indices), ...))``, hashable so the steady state can be counted. A channel-wise layer's
+#: ``w_bits`` is a tuple, one width per output-channel group (``--granularity channel``).
+Choice = tuple[tuple[tuple[str, int | tuple[int, ...], int], ...], tuple[tuple[str, tuple[int, ...]], ...]]
 
 
 def expected_flip_difference(
@@ -96,6 +99,9 @@ class CostTerm:
             self._consumers_of[g.producer] = [g.consumer, *g.passthrough]
         self._depthwise = {p for g in space.groups for p in g.passthrough}
         self.last_choice: Choice | None = None  # the configuration of the latest call
+        # Channel-wise layers of the latest call: their group widths and pruned output channels.
+        self._group_bits: dict[str, tuple[int, ...]] = {}
+        self._pruned: dict[str, list[int]] = {}
 
     def _layer_cost(self, shape: LayerShape, w: int, a: int, kin: int, kout: int) -> float:
         # Memoised by the cost model itself: a step asks for the same few states again and again.
@@ -145,6 +151,7 @@ class CostTerm:
 
     def _states_from(self, values: dict[tuple[str, str], list[float]]) -> dict[str, LayerState]:
         kept_out: dict[str, int] = {}
+        self._group_bits, self._pruned = {}, {}
 
         def out_channels(name: str) -> int:
             if name not in kept_out:
@@ -173,10 +180,27 @@ class CostTerm:
                 else layer.fixed_a_bits
             )
             states[name] = LayerState(w, a, kin, out_channels(name))
+            if layer.channel_bits and (name, "w") in values:  # one width per output-channel group
+                states[name] = self._mixed(name, values, states[name])
         return states
 
+    def _mixed(self, name: str, values: dict[tuple[str, str], list[float]], base: LayerState) -> LayerState:
+        layer = self.space.layer(name)
+        gb = group_bits_from(layer.bits, values[(name, "w")], layer.num_groups)
+        source = self._kept_in_source[name] if name in self._depthwise else name  # whose gates remove its rows
+        groups = [i for i, v in enumerate(values.get((source, "p"), [])) if v <= 0.5]
+        size, out = layer.group_size, self.space.shapes[name].out_channels
+        pruned = [c for g in groups for c in range(g * size, min((g + 1) * size, out))]
+        self._group_bits[name], self._pruned[name] = gb, pruned
+        return mixed_state(gb, size, out, pruned, base)
+
+    def _state_cost(self, name: str, st: LayerState) -> float:
+        if name in self._group_bits:  # the whole state: its channel-wise widths too
+            return float(self.cost_model.cached_layer_cost(self.space.shapes[name], st, self.batch))
+        return self._layer_cost(self.space.shapes[name], st.w_bits, st.a_bits, st.kept_in, st.kept_out)
+
     def _choice_from(self, values: dict[tuple[str, str], list[float]], states: dict[str, LayerState]) -> Choice:
-        bits = tuple((n, states[n].w_bits, states[n].a_bits) for n in self.space.layer_names)
+        bits = tuple((n, self._group_bits.get(n, states[n].w_bits), states[n].a_bits) for n in self.space.layer_names)
         pruned = tuple(
             (g.producer, tuple(i for i, v in enumerate(values.get((g.producer, "p"), [])) if v <= 0.5))
             for g in self.space.groups
@@ -203,8 +227,7 @@ class CostTerm:
         self.last_choice = self._choice_from(values, states)
         total = 0.0
         for n in self.space.layer_names:
-            st = states[n]
-            total += self._layer_cost(self.space.shapes[n], st.w_bits, st.a_bits, st.kept_in, st.kept_out)
+            total += self._state_cost(n, states[n])
         deltas: list[float] = []
         for name, kind, _, _ in gates:
             if kind == "p":
@@ -221,6 +244,8 @@ class CostTerm:
         self, name: str, kind: str, values: dict[tuple[str, str], list[float]], st: LayerState
     ) -> list[float]:
         """``dR/dg_j`` for one layer's nested weight (``"w"``) or activation (``"a"``) gates."""
+        if name in self._group_bits:
+            return self._channel_bit_deltas(name, kind, values, st)
         layer = self.space.layer(name)
         bits = layer.bits
         shape = self.space.shapes[name]
@@ -251,8 +276,33 @@ class CostTerm:
             out.append(delta)
         return out
 
-    def _flip_delta(self, name: str, st: LayerState, d_in: int, d_out: int) -> float:
-        """Cost change of layer ``name`` when its kept channels change by (d_in, d_out)."""
+    def _channel_bit_deltas(
+        self, name: str, kind: str, values: dict[tuple[str, str], list[float]], st: LayerState
+    ) -> list[float]:
+        """The bit gates' ``dR/dg`` of a channel-wise layer (see :mod:`hwsbs.sbs.channel_cost`)."""
+        layer, shape = self.space.layer(name), self.space.shapes[name]
+        pruned = self._pruned[name]
+
+        def cost(group_bits: tuple[int, ...], a: int) -> float:
+            state = mixed_state(group_bits, layer.group_size, shape.out_channels, pruned, replace(st, a_bits=a))
+            return float(self.cost_model.cached_layer_cost(shape, state, self.batch))
+
+        gb, w_probs, a_probs = self._group_bits[name], values.get((name, "w_prob")), values.get((name, "a_prob"))
+        if kind == "w":
+            sizes = layer.group_sizes()
+            shares = [s / sum(sizes) for s in sizes]
+            return channel_weight_deltas(cost, layer.bits, gb, values[(name, "w")], w_probs, a_probs, st.a_bits, shares)
+        a_gates = values[(name, "a")]
+        return [
+            channel_act_delta(cost, layer.bits, gb, j, a_gates, a_probs, w_probs, layer.fixed_a_bits)
+            for j in range(len(a_gates))
+        ]
+
+    def _flip_delta(self, name: str, st: LayerState, d_in: int, d_out: int, group: int = -1) -> float:
+        """Cost change of layer ``name`` when its kept channels change by (d_in, d_out) (a channel-wise
+        layer: output group ``group`` removed or restored, at its own width)."""
+        if name in self._group_bits:
+            return self._mixed_flip_delta(name, st, d_in, d_out, group)
         shape = self.space.shapes[name]
         kin, kout = st.kept_in + d_in, st.kept_out + d_out
         if kin <= 0 or kout <= 0:
@@ -261,21 +311,37 @@ class CostTerm:
             shape, st.w_bits, st.a_bits, kin, kout
         )
 
+    def _mixed_flip_delta(self, name: str, st: LayerState, d_in: int, d_out: int, group: int) -> float:
+        kin, kout = st.kept_in + d_in, st.kept_out + d_out
+        if kin <= 0 or kout <= 0:
+            return self._state_cost(name, st)
+        layer, out = self.space.layer(name), self.space.shapes[name].out_channels
+        pruned = set(self._pruned[name])
+        if d_out:
+            lo = group * layer.group_size
+            channels = set(range(lo, min(lo + layer.group_size, out)))
+            pruned = pruned - channels if d_out > 0 else pruned | channels
+        new = mixed_state(
+            self._group_bits[name], layer.group_size, out, sorted(pruned), replace(st, kept_in=kin, kept_out=kout)
+        )
+        return self._state_cost(name, st) - self._state_cost(name, new)
+
     def _channel_deltas(self, producer: str, gate_values: list[float], states: dict[str, LayerState]) -> list[float]:
         """``dR/dg_c`` per channel group: the cost of the group, for the producer and every layer
         whose input (or depthwise channels) it feeds."""
         sizes = self.space.layer(producer).group_sizes()
-        cache: dict[tuple[int, bool], float] = {}
+        cache: dict[tuple[int, bool, int], float] = {}
         out = []
-        for size, gate in zip(sizes, gate_values):
+        mixed = any(n in self._group_bits for n in (producer, *self._consumers_of.get(producer, [])))
+        for index, (size, gate) in enumerate(zip(sizes, gate_values)):
             kept = gate > 0.5
-            key = (size, kept)
+            key = (size, kept, index) if mixed else (size, kept, -1)  # channel-wise: groups differ in width
             if key not in cache:
                 step = -size if kept else size  # flipping a kept group removes it, a pruned one adds it
-                delta = self._flip_delta(producer, states[producer], 0, step)
+                delta = self._flip_delta(producer, states[producer], 0, step, index)
                 for other in self._consumers_of.get(producer, []):
                     d_out = step if other in self._depthwise else 0
-                    delta += self._flip_delta(other, states[other], step, d_out)
+                    delta += self._flip_delta(other, states[other], step, d_out, index)
                 cache[key] = delta if kept else -delta  # d cost / d g in both cases
             out.append(cache[key])
         return out

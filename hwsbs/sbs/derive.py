@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from hwsbs.defaults import DEFAULT_GROUP_SIZE
 from hwsbs.errors import ModelError
+from hwsbs.quant.channel_bits import current_group_bits, disable_channel_bits
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin, SBSLinear
 from hwsbs.quant.scales import LAYER_SETTINGS
 
@@ -31,7 +32,11 @@ def derive_config(
     The search itself reports its steady state instead (:mod:`hwsbs.sbs.steady_state`); this is
     the state of the model as it is, e.g. to compare the search model with the pruned one.
     """
-    chosen = {name: layer.current_bits() for name, layer in space.layers()}
+    chosen: dict[str, tuple[int | tuple[int, ...], int]] = {}
+    for name, layer in space.layers():
+        w, a = layer.current_bits()
+        searched = layer.channel_bits and layer.mode == "search" and not layer.pinned
+        chosen[name] = (current_group_bits(layer) if searched else w, a)
     pruned = {g.producer: space.layer(g.producer).pruned_groups() for g in space.groups}
     return CompressionConfig(
         layers=space.decisions(chosen, pruned),
@@ -146,6 +151,7 @@ def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "c
     cfg = config.by_name()
     model = space.model
     for name, layer in space.layers():
+        disable_channel_bits(layer)  # fixed layers: per-row widths below, plain threshold shapes
         layer.set_fixed(cfg[name].w_bits, cfg[name].a_bits)
         layer.prunable = False
         layer.act_float = cfg[name].act_float  # weight-only decisions keep activations float
@@ -169,6 +175,11 @@ def apply_config(space: SearchSpace, config: CompressionConfig, source: str = "c
         for dw in group.passthrough:
             set_submodule(model, dw, slice_sbs_layer(space.layer(dw), keep, keep))
         set_submodule(model, group.consumer, slice_sbs_layer(space.layer(group.consumer), None, keep))
+    for name, decision in cfg.items():  # channel-wise bits: each kept output row at its group's width
+        if decision.group_w_bits:
+            size, out = decision.bit_group_size, decision.shape.out_channels
+            rows = [decision.group_w_bits[c // size] for c in range(out) if c not in set(decision.pruned_channels)]
+            cast(SBSLayerMixin, model.get_submodule(name)).fixed_row_bits = tuple(rows)
     return model
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from cost_models.base import CostModel
 from hwsbs.budget import BUDGET_SLACK
@@ -45,7 +46,8 @@ class ChoiceRecorder:
     def state_dict(self) -> dict[str, Any]:
         """Plain lists and ints: loadable with ``torch.load(weights_only=True)``."""
         rows = [
-            [[list(b) for b in bits], [[p, list(g)] for p, g in pruned], n] for (bits, pruned), n in self.counts.items()
+            [[[b[0], _plain(b[1]), b[2]] for b in bits], [[p, list(g)] for p, g in pruned], n]
+            for (bits, pruned), n in self.counts.items()
         ]
         return {"epoch": self.epoch, "counts": rows}
 
@@ -54,10 +56,19 @@ class ChoiceRecorder:
         self.counts = {}
         for bits, pruned, n in state["counts"]:
             key = (
-                tuple((str(a), int(w), int(x)) for a, w, x in bits),
+                tuple((str(a), _widths(w), int(x)) for a, w, x in bits),
                 tuple((str(p), tuple(int(i) for i in g)) for p, g in pruned),
             )
             self.counts[key] = int(n)
+
+
+def _plain(w: int | tuple[int, ...]) -> int | list[int]:
+    return list(w) if isinstance(w, tuple) else w
+
+
+def _widths(w: Any) -> int | tuple[int, ...]:
+    """A recorded weight width: an int, or a channel-wise layer's per-group widths."""
+    return tuple(int(b) for b in w) if isinstance(w, list | tuple) else int(w)
 
 
 def choice_to_config(
@@ -94,7 +105,13 @@ def _downgrades(space: SearchSpace, choice: Choice) -> list[Choice]:
         if layer.pinned:
             continue
         ladder = sorted(layer.bits)
-        for which, value in (("w", w), ("a", a)):
+        if isinstance(w, tuple):  # channel-wise: one group's width down
+            for g, value in enumerate(w):
+                if value in ladder and ladder.index(value) > 0:
+                    lowered = w[:g] + (ladder[ladder.index(value) - 1],) + w[g + 1 :]
+                    out.append((bits[:i] + ((name, lowered, a),) + bits[i + 1 :], pruned))
+        pairs: list[tuple[str, int]] = [("a", a)] if isinstance(w, tuple) else [("w", w), ("a", a)]
+        for which, value in pairs:  # (a channel-wise layer's weights: group by group, above)
             if value in ladder and ladder.index(value) > 0:
                 lower = ladder[ladder.index(value) - 1]
                 new = (name, lower, a) if which == "w" else (name, w, lower)
@@ -163,10 +180,14 @@ def set_gates_to(space: SearchSpace, bits: dict[str, tuple[int, int]], pruned_gr
         if layer.pinned or layer.mode != "search":
             continue
         w_bits, a_bits = bits.get(name, (layer.bits[-1], layer.bits[-1]))
-        for theta, stats, chosen in (
-            (layer.w_theta, layer.weight_statistics(), w_bits),
+        w_stats = layer.weight_statistics()
+        rows: list[tuple[Tensor, Tensor, int]] = [
+            (layer.w_theta, w_stats, w_bits),
             (layer.a_theta, layer.a_residual_ema / layer.a_scale, a_bits),
-        ):
+        ]
+        if layer.channel_bits:  # the same width for every group (a per-layer choice, e.g. --init ilp)
+            rows = [(layer.w_theta[g], w_stats[g], w_bits) for g in range(w_stats.shape[0])] + rows[1:]
+        for theta, stats, chosen in rows:
             for j, stat in enumerate(stats.tolist()):
                 is_open = chosen > layer.bits[j]
                 theta[j] = max(0.0, stat - layer.tau) if is_open else stat + layer.tau
