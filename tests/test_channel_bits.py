@@ -17,7 +17,7 @@ from hardware_profiles.loader import load_profile
 from hardware_profiles.schema import ChannelSplit
 from hwsbs.cli.main import main
 from hwsbs.config import SearchConfig
-from hwsbs.errors import ConfigError
+from hwsbs.errors import ConfigError, ModelError
 from hwsbs.export import ModelSpec, export_model, load_exported
 from hwsbs.export.mixed import MixedExportedLayer
 from hwsbs.export.verify import verify_export
@@ -256,6 +256,10 @@ def test_fixed_model_and_its_export_compute_the_mixed_layer(tmp_path):
     loaded = load_exported(folded.save(tmp_path / "m.pt"))
     with torch.no_grad():
         assert torch.equal(loaded(x), folded(x))
+    onnx_export = pytest.importorskip("hwsbs.export.onnx_export")
+    pytest.importorskip("onnx")
+    with pytest.raises(ModelError, match="conv2 has channel-wise weight bits"):
+        onnx_export.onnx_from_export(folded, spec.example())
 
 
 # ----------------------------------------------------------------- the acceptance run

@@ -31,7 +31,7 @@ def test_the_term_is_zero_in_value_and_an_open_gate_resists_closing_by_its_fishe
     assert gates is not None and gates.tolist() == [1.0, 1.0]  # calibrated at the widest width
     gates.retain_grad()
     value = term()
-    assert float(value) == 0.0
+    assert float(value.detach()) == 0.0
     value.backward()
     # closed form for the top gate (8 -> 4 bits): 0.5 * sum F (q8 - q4)^2, with the sign of "stay open"
     with torch.no_grad():

@@ -267,6 +267,9 @@ def onnx_from_export(
         ConfigError: onnx is not installed.
         ModelError: an operation without an ONNX mapping, or a model torch.fx cannot trace.
     """
+    mixed = next((r.name for r in exported.records if r.parts), None)
+    if mixed is not None:  # one sub-layer per width: no ONNX mapping yet (the torch export runs it)
+        raise ModelError(f"layer {mixed} has channel-wise weight bits, not mapped to ONNX; export it with export_model")
     g = GraphBuilder()
     onnx = g.onnx
     try:
