@@ -80,7 +80,7 @@ def test_with_lambda_zero_open_gates_are_exactly_those_above_threshold():
             above = float(res.detach().abs().mean() / scale) > float(theta.detach())
             assert bool(gate > 0.5) == above
             if above:
-                assert float(gate) == 1.0
+                assert float(gate.detach()) == 1.0
 
 
 def test_thresholds_stay_non_negative_and_pruning_respects_its_cap():
