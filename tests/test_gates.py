@@ -86,8 +86,8 @@ def test_with_lambda_zero_open_gates_are_exactly_those_above_threshold():
 def test_thresholds_stay_non_negative_and_pruning_respects_its_cap():
     space = _search(3.0, steps=60)
     for _, layer in space.layers():
-        assert float(layer.w_theta.min()) >= 0 and float(layer.a_theta.min()) >= 0
-        assert float(layer.weight_clip) > 0 and float(layer.act_clip) > 0
+        assert float(layer.w_theta.detach().min()) >= 0 and float(layer.a_theta.detach().min()) >= 0
+        assert float(layer.weight_clip.detach()) > 0 and float(layer.act_clip.detach()) > 0
         if layer.prunable:
             assert len(layer.pruned_groups()) <= int(layer.max_prune_fraction * layer.num_groups)
 
