@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -51,25 +50,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-import torch
 from torch import Tensor, nn
 
 from cost_models import build_cost_model, cost_model_for
 from hwsbs.apb.decision import binary_fraction, is_apb_decision
 from hwsbs.apb.format import make_apb_layer
 from hwsbs.checkpoint import load_checkpoint
-from hwsbs.data import build_dataset, ensure_cifar10_jpeg, find_cifar10_archive, make_loader
 from hwsbs.lut.apb import freeze_outliers
-from hwsbs.models import build_model
 from hwsbs.quant.layers import SBSLayerMixin
 from hwsbs.sbs.config_io import CompressionConfig, LayerDecision, load_config
 from hwsbs.sbs.convert import searchable_shapes
-from hwsbs.training import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import frontier  # noqa: E402
-from frontier import Job, finetune, prepare_splits, pretrain, search, summarise  # noqa: E402
+from frontier import Job, cached_accuracies, finetune, search, setup, summarise  # noqa: E402
 from search_overhead import machine_info  # noqa: E402
 
 __all__ = ["ROWS", "plan", "uniform_size_bits", "apb_compressed_model", "summarise_rows", "markdown", "main"]
@@ -208,58 +203,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _finetune(*args: Any) -> tuple[float, float]:
+    """frontier.py's fine-tune with APB layers rebuilt (see :func:`_apb_aware_finetune`)."""
+    with _apb_aware_finetune():
+        return finetune(*args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ["FRONTIER_THREADS"] = str(args.threads)  # frontier's search children read it
-    out = Path(args.out_dir)
-    root = ensure_cifar10_jpeg(find_cifar10_archive())
-    search_dir, eval_dir = prepare_splits(
-        root, out / "data", args.train_per_class, args.val_per_class, args.test_per_class
-    )
-    fp_path = out / f"fp_{args.model}.pt"
-    t0 = time.perf_counter()
-    pretrain(args.model, search_dir, args.pretrain_epochs, fp_path)
-    fp_state = torch.load(fp_path, weights_only=True)
-    bundle = build_dataset("imagefolder", search_dir, None, 0)
-    fp = build_model(args.model, bundle.num_classes, bundle.in_channels, bundle.image_size)
-    fp.load_state_dict(fp_state)
-    test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
-    fp_acc = evaluate(fp, make_loader(test, 256, False, 0), torch.device("cpu"))
-    example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
-    budget = uniform_size_bits(fp, example)
-    base = dict(
-        model=args.model,
-        data="imagefolder",
-        data_dir=str(search_dir),
-        checkpoint=str(fp_path),
-        pretrain_epochs=0,
-        search_epochs=args.search_epochs,
-        hw="a100",
-        cost="bops",
-        progress=False,
-    )
+    st = setup(args)
+    out, fp_state, search_dir, eval_dir, base, t0 = st.out, st.fp_state, st.search_dir, st.eval_dir, st.base, st.t0
+    budget = uniform_size_bits(st.fp, st.example)
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         for job in plan(args.rows):
             run_dir = out / f"seed{seed}" / job.label
             stats = search(job, base, budget if job.budget == SIZE_BUDGET else None, seed, run_dir)
             config = load_config(run_dir / "config.yaml")
-            variants: list[tuple[str, str, dict | None]] = [(job.label, job.method, None)]
+            variants = [(job.label, job.method)]
             if job.method in ("sbs", "apb") and not args.skip_searched:
                 searched = job.method + "-searched"
-                variants.append((job.label.replace(job.method, searched, 1), searched, None))
-            for label, method, init in variants:
+                variants.append((job.label.replace(job.method, searched, 1), searched))
+            for label, method in variants:
+                init = load_checkpoint(run_dir)["model"] if method.endswith("-searched") else None
                 cache = run_dir / f"finetune-{method}.json"
-                if not cache.is_file():
-                    if method.endswith("-searched"):
-                        init = load_checkpoint(run_dir)["model"]
-                    with _apb_aware_finetune():
-                        accs = finetune(
-                            args.model, fp_state, config, init, seed, args.finetune_epochs, search_dir, eval_dir
-                        )
-                    cache.write_text(json.dumps(accs))
-                row = _row(label, method, config, tuple(json.loads(cache.read_text())), stats)
+                accs = cached_accuracies(
+                    cache,
+                    _finetune,
+                    args.model,
+                    fp_state,
+                    config,
+                    init,
+                    seed,
+                    args.finetune_epochs,
+                    search_dir,
+                    eval_dir,
+                )
+                row = _row(label, method, config, accs, stats)
                 rows.append({**row, "seed": seed})
                 print(
                     f"seed {seed} {label:22s} test {row['test_accuracy']:.4f} val {row['val_accuracy']:.4f} "
@@ -287,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 "skip_searched",
             )
         },
-        "test_images": len(test),
-        "fp_test_accuracy": fp_acc,
+        "test_images": st.test_images,
+        "fp_test_accuracy": st.fp_acc,
         "budget_size_bits": budget,
         "summary": summary,
         "runs": rows,

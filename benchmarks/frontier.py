@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from search_overhead import add_output_options, machine_info  # noqa: E402
 
-__all__ = ["Job", "plan", "prepare_splits", "main"]
+__all__ = ["Job", "Setup", "plan", "prepare_splits", "setup", "cached_accuracies", "main"]
 
 FINETUNE_LR = 0.01  # the pipeline's fine-tuning rate (a fifth of training's 0.05)
 BUDGETS = ("u4", "u2", "u2x0.75")
@@ -374,10 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@dataclass
+class Setup:
+    """What every row of a frontier-style benchmark starts from (frontier.py, apb_compare.py)."""
+
+    out: Path  # --out-dir: splits, the FP model and every run
+    search_dir: Path  # ImageFolder train/val the searches and fine-tunes see
+    eval_dir: Path  # ImageFolder with the test split, read only for the table
+    fp_state: dict  # the shared full-precision ResNet's state_dict
+    fp: torch.nn.Module  # that model, built and loaded
+    fp_acc: float  # its test accuracy
+    test_images: int  # size of the test split
+    example: torch.Tensor  # one training batch (shapes for budgets)
+    base: dict[str, Any]  # SearchConfig options every search shares
+    t0: float  # perf_counter at the start, for progress lines
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Threads, splits, the shared FP model (trained once) and the common search options."""
     torch.set_num_threads(args.threads)
-    os.environ["FRONTIER_THREADS"] = str(args.threads)
+    os.environ["FRONTIER_THREADS"] = str(args.threads)  # the search children read it
     out = Path(args.out_dir)
     search_dir, eval_dir = prepare_splits(
         ensure_cifar10_jpeg(find_cifar10_archive()),
@@ -396,7 +412,6 @@ def main(argv: list[str] | None = None) -> int:
     test = build_dataset("imagefolder", eval_dir, None, 0, augment=False).val
     fp_acc = evaluate(fp, make_loader(test, 256, False, 0), torch.device("cpu"))
     example = next(iter(make_loader(bundle.train, 64, True, 0)))[0]
-    targets = budget_costs(fp, example)
     base = dict(
         model=args.model,
         data="imagefolder",
@@ -408,6 +423,22 @@ def main(argv: list[str] | None = None) -> int:
         cost="bops",
         progress=False,
     )
+    return Setup(out, search_dir, eval_dir, fp_state, fp, fp_acc, len(test), example, base, t0)
+
+
+def cached_accuracies(cache: Path, run: Any, *run_args: Any) -> tuple[float, float]:
+    """(validation, test) accuracy of one fine-tune: ``run(*run_args)`` once, read back after."""
+    if not cache.is_file():
+        cache.write_text(json.dumps(run(*run_args)))
+    val, test = json.loads(cache.read_text())
+    return val, test
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    st = setup(args)
+    out, fp_state, search_dir, eval_dir, base, t0 = st.out, st.fp_state, st.search_dir, st.eval_dir, st.base, st.t0
+    targets = budget_costs(st.fp, st.example)
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         for job in plan(args.methods, args.prune_fractions, tuple(args.budgets)):
@@ -421,15 +452,19 @@ def main(argv: list[str] | None = None) -> int:
                 variants.append((job.label.replace(family, searched, 1), searched, load_checkpoint(run_dir)["model"]))
             for label, method, init in variants:
                 cache = run_dir / f"finetune-{method}.json"
-                if not cache.is_file():
-                    cache.write_text(
-                        json.dumps(
-                            finetune(
-                                args.model, fp_state, config, init, seed, args.finetune_epochs, search_dir, eval_dir
-                            )
-                        )
-                    )
-                row = _row(label, method, config, tuple(json.loads(cache.read_text())), stats)
+                accs = cached_accuracies(
+                    cache,
+                    finetune,
+                    args.model,
+                    fp_state,
+                    config,
+                    init,
+                    seed,
+                    args.finetune_epochs,
+                    search_dir,
+                    eval_dir,
+                )
+                row = _row(label, method, config, accs, stats)
                 rows.append({**row, "seed": seed})
                 print(
                     f"seed {seed} {label:26s} test {row['test_accuracy']:.4f} val {row['val_accuracy']:.4f} "
@@ -459,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                 "threads",
             )
         },
-        "test_images": len(test),
-        "fp_test_accuracy": fp_acc,
+        "test_images": st.test_images,
+        "fp_test_accuracy": st.fp_acc,
         "fp_bops": fp_bops,
         "budgets_bops": targets,
         "summary": summary,
@@ -469,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    plot(args.model, summary, fp_acc, Path(args.png))
+    plot(args.model, summary, st.fp_acc, Path(args.png))
     print(report["markdown"])
     return 0
 
