@@ -19,6 +19,7 @@ from cost_models.base import LayerState
 from hwsbs.quant.gates import bits_from_gates
 
 from .channel_config import bit_histogram
+from .flip_expectation import expected_flip_difference
 
 __all__ = ["group_bits_from", "mixed_state", "channel_weight_deltas", "channel_act_delta"]
 
@@ -43,21 +44,6 @@ def mixed_state(
     return LayerState(
         widest, base.a_bits, base.kept_in, base.kept_out, base.w_group, base.act_float, base.fp_weights, hist
     )
-
-
-def _expected(
-    cost: Callable[[int, int], float],
-    bits: Sequence[int],
-    family: str,
-    j: int,
-    w_probs: Sequence[float] | None,
-    a_probs: Sequence[float] | None,
-    fixed_w: int,
-    fixed_a: int,
-) -> float:
-    from .cost_term import expected_flip_difference  # cost_term imports this module
-
-    return expected_flip_difference(cost, bits, family, j, w_probs, a_probs, fixed_w, fixed_a)
 
 
 def channel_weight_deltas(
@@ -94,9 +80,9 @@ def channel_weight_deltas(
             flipped = [bits_from_gates(bits, [(f if i == j else v) > 0.5 for i, v in enumerate(row)]) for f in (1, 0)]
             delta = local(flipped[0], a_bits) - local(flipped[1], a_bits)
             if delta == 0.0 and probs is not None:  # flat: this group's other gates and the activation's
-                delta = _expected(local, bits, "w", j, probs, a_probs, group_bits[g], a_bits)
+                delta = expected_flip_difference(local, bits, "w", j, probs, a_probs, group_bits[g], a_bits)
             if delta == 0.0 and probs is not None:  # still flat: the layer moving as one, this group's share
-                joint = _expected(
+                joint = expected_flip_difference(
                     lambda w, a: cost((w,) * len(group_bits), a), bits, "w", j, probs, a_probs, group_bits[g], a_bits
                 )
                 delta = shares[g] * joint
@@ -118,10 +104,12 @@ def channel_act_delta(
     flipped = [bits_from_gates(bits, [(f if i == j else v) > 0.5 for i, v in enumerate(a_gates)]) for f in (1, 0)]
     delta = cost(group_bits, flipped[0]) - cost(group_bits, flipped[1])
     if delta == 0.0:
-        delta = _expected(lambda w, a: cost(group_bits, a), bits, "a", j, None, a_probs, 0, fixed_a)
+        delta = expected_flip_difference(lambda w, a: cost(group_bits, a), bits, "a", j, None, a_probs, 0, fixed_a)
     if delta == 0.0 and flat_w_probs is not None:  # the weights moving as one: the groups' mean probabilities
         n, groups = len(bits) - 1, len(group_bits)
         mean = [sum(flat_w_probs[g * n + i] for g in range(groups)) / groups for i in range(n)]
         w_now = max(group_bits)
-        delta = _expected(lambda w, a: cost((w,) * groups, a), bits, "a", j, mean, a_probs, w_now, fixed_a)
+        delta = expected_flip_difference(
+            lambda w, a: cost((w,) * groups, a), bits, "a", j, mean, a_probs, w_now, fixed_a
+        )
     return delta
