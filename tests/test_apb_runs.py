@@ -15,7 +15,7 @@ from cost_models import build_cost_model
 from cost_models.analytic import apb_index_bits
 from hwsbs.cli.main import main
 from hwsbs.errors import ConfigError
-from hwsbs.export import APBKernelLayer, export_model, load_exported, load_run_with_apb
+from hwsbs.export import APBKernelLayer, export_model, load_exported, load_run
 from hwsbs.export.verify import verify_export
 from hwsbs.sbs.config_io import CompressionConfig, load_config, save_config
 from tests.helpers import tiny_argv
@@ -68,7 +68,7 @@ def test_bad_full_precision_counts_are_one_line_errors(apb_run, tmp_path, change
 
 
 def test_export_runs_apb_layers_on_the_bitwise_kernels_and_agrees(apb_run, tmp_path):
-    spec, model, config = load_run_with_apb(apb_run)
+    spec, model, config = load_run(apb_run)
     exported = export_model(model, spec.example(), spec=spec)
     apb = [name for name, m in exported.net.named_modules() if isinstance(m, APBKernelLayer)]
     assert len(apb) == sum(d.fp_weights >= 0 for d in config.layers) and apb

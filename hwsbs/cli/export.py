@@ -17,7 +17,7 @@ from torch import nn
 from hwsbs.apb.decision import is_apb_decision
 from hwsbs.config import check_device
 from hwsbs.errors import ConfigError, DataError, HwsbsError
-from hwsbs.export import ExportedModel, ModelSpec, export_model, load_run_with_apb
+from hwsbs.export import ExportedModel, ModelSpec, export_model, load_run
 from hwsbs.export.source import read_run_options
 from hwsbs.export.verify import REL_TOL, verify_export
 from hwsbs.lut.timing import fixed_threads, time_callable
@@ -104,7 +104,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[ModelSpec, nn.Module, Compre
     """The spec, the fine-tuned compressed model, its configuration and the run's options."""
     options = read_run_options(args.run)
     overrides = {name: getattr(args, name) for name in _SOURCE_OVERRIDES}
-    spec, model, config = load_run_with_apb(args.run, config_path=args.config, **overrides)  # APB runs too
+    spec, model, config = load_run(args.run, config_path=args.config, **overrides)
     return spec, model, config, options
 
 

@@ -9,7 +9,7 @@ APB layers run on the bitwise kernels (:mod:`hwsbs.export.apb`);
 
 from __future__ import annotations
 
-from .apb import APBKernelLayer, apb_model, load_run_with_apb
+from .apb import APBKernelLayer
 from .encoding import int16_pair_safe, weight_codes
 from .kernels import BACKENDS, onednn_available, onednn_saturates, resolve_backend
 from .layers import ExportedLayer, LayerRecord
@@ -26,7 +26,6 @@ __all__ = [
     "LayerRecord",
     "ModelSpec",
     "OnnxExport",
-    "apb_model",
     "compressed_model",
     "default_spec",
     "export_model",
@@ -34,7 +33,6 @@ __all__ = [
     "int16_pair_safe",
     "load_exported",
     "load_run",
-    "load_run_with_apb",
     "onednn_available",
     "onednn_saturates",
     "plan_path",

@@ -1,4 +1,4 @@
-"""Export APB layers to the bitwise kernels (:mod:`hwsbs.apb.kernels`); load APB runs for export.
+"""Export APB layers to the bitwise kernels (:mod:`hwsbs.apb.kernels`).
 
 :func:`hwsbs.export.export_model` turns every frozen APB layer into a :class:`LayerRecord` with
 ``path == "apb"`` (:func:`apb_record`) and runs it as an :class:`APBKernelLayer`: the packed
@@ -6,14 +6,13 @@ signs, ``alpha`` and the outliers' residuals ``w - alpha * sign(w)`` as CSR, so
 ``y = out_scale * (alpha * (B x) + S x) + out_bias`` with ``B x`` from the integer AND + popcount
 product over the input codes' bit planes. The record stores the APB weight itself (binary
 positions exactly ``+-alpha``), from which loading re-derives the packed form.
-:func:`load_run_with_apb` is :func:`hwsbs.export.load_run` for runs whose configuration has APB
-layers (their alpha, delta and frozen mask are restored from the checkpoint).
+:func:`hwsbs.export.load_run` loads APB runs like any other (``compressed_model`` makes their
+layers APB again from the checkpoint and checks the masks against config.yaml).
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -22,29 +21,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardware_profiles import FLOAT_BITS
-from hwsbs.apb.decision import is_apb_decision
-from hwsbs.apb.format import apb_alpha_delta, is_apb_layer, make_apb_layer
+from hwsbs.apb.format import apb_alpha_delta, is_apb_layer
 from hwsbs.apb.kernels import HAVE_NUMBA, binary_gemm_codes, csr_gemm, pack_bits, to_csr
-from hwsbs.checkpoint import load_model_state
-from hwsbs.errors import CheckpointError, ModelError
+from hwsbs.errors import ModelError
 from hwsbs.quant.layers import SBSConv2d, SBSLayerMixin
-from hwsbs.sbs.config_io import CompressionConfig, load_config
 from hwsbs.sbs.convert import set_submodule
 
 from .encoding import fake_quant_input, input_codes
 from .layers import ExportedLayer, LayerRecord
-from .source import ModelSpec, compressed_model, load_run, read_run_options, run_model_name, spec_from_config
 
-__all__ = [
-    "APB_PATH",
-    "APBKernelLayer",
-    "apb_record",
-    "exported_layer",
-    "export_apb",
-    "apb_model",
-    "load_run_with_apb",
-    "verify_apb",
-]
+__all__ = ["APB_PATH", "APBKernelLayer", "apb_record", "exported_layer", "export_apb", "verify_apb"]
 
 #: ``LayerRecord.path`` of an APB layer.
 APB_PATH = "apb"
@@ -212,60 +198,6 @@ def export_apb(model: nn.Module) -> nn.Module:
         if is_apb_layer(mod):
             set_submodule(out, name, APBKernelLayer(apb_record(name, mod, None), "auto"))
     return out
-
-
-def apb_model(
-    spec: ModelSpec, config: CompressionConfig, state: dict[str, Tensor], source: str = "config.yaml"
-) -> nn.Module:
-    """:func:`hwsbs.export.compressed_model` for a configuration with APB layers: the fixed model
-    with those layers made APB again and ``state`` (alpha, delta, frozen masks included) loaded.
-
-    Raises:
-        CheckpointError: ``state`` does not fit, or a mask disagrees with the configuration's count.
-    """
-    model = compressed_model(spec, config, None, source)
-    apb = {d.shape.name: d.fp_weights for d in config.layers if is_apb_decision(d)}
-    for name in apb:
-        make_apb_layer(cast(SBSLayerMixin, model.get_submodule(name)))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
-        raise CheckpointError(f"checkpoint does not match {spec.name} configured by {source}: {detail[:240]}") from None
-    for name, fp in apb.items():
-        mod: Any = model.get_submodule(name)
-        if not bool(mod.apb_frozen) or int((~mod.apb_mask).sum()) != fp:
-            raise CheckpointError(f"checkpoint: APB layer {name} keeps other full-precision weights than {source}")
-    return model.eval()
-
-
-def load_run_with_apb(
-    run_dir: str | Path | None = None,
-    *,
-    config_path: str | Path | None = None,
-    checkpoint: str | Path | None = None,
-    model: str | None = None,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    image_size: int | None = None,
-) -> tuple[ModelSpec, nn.Module, CompressionConfig]:
-    """:func:`hwsbs.export.load_run` (same arguments, errors and result), APB runs included."""
-    args: dict[str, Any] = dict(config_path=config_path, checkpoint=checkpoint, model=model)
-    args.update(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    rd = Path(run_dir) if run_dir is not None else None
-    cfg_path = Path(config_path) if config_path else (rd / "config.yaml" if rd else None)
-    if cfg_path is None or not cfg_path.is_file():
-        return load_run(run_dir, **args)  # its errors name what is missing
-    config = load_config(cfg_path)
-    if not any(is_apb_decision(d) for d in config.layers):
-        return load_run(run_dir, **args)
-    ckpt_path = Path(checkpoint) if checkpoint else (rd / "checkpoint.pt" if rd else None)
-    name = model if model is not None or rd is None else run_model_name(rd, read_run_options(rd))
-    if ckpt_path is None or name is None:
-        return load_run(run_dir, **args)
-    spec = spec_from_config(name, config, num_classes, in_channels, image_size)
-    return spec, apb_model(spec, config, load_model_state(ckpt_path), str(cfg_path)), config
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hardware_profiles.checked_io import read_checked_json
+from hwsbs.apb.format import is_apb_layer, restore_apb_layers
 from hwsbs.checkpoint import load_model_state
 from hwsbs.defaults import API_MODEL_PREFIX
 from hwsbs.errors import CheckpointError, ConfigError
@@ -123,7 +124,8 @@ def compressed_model(
     state: dict[str, torch.Tensor] | None = None,
     source: str = "config.yaml",
 ) -> nn.Module:
-    """The fixed, pruned SBS model ``config`` describes, with ``state`` (fine-tuned weights) loaded.
+    """The fixed, pruned SBS model ``config`` describes, with ``state`` (fine-tuned weights) loaded;
+    APB layers are made APB again from the state, and their masks must match the configuration.
 
     Without ``state`` the weights are the untrained ones, calibrated on a random batch (enough
     for latency measurements).
@@ -135,6 +137,7 @@ def compressed_model(
     space = convert_model(spec.build(), spec.example(), config.bits, group_size=config.group_size, prune=True)
     model = apply_config(space, config, source)
     if state is not None:
+        restore_apb_layers(model, state)  # APB layers: their alpha, delta and frozen mask are in the state
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -143,6 +146,14 @@ def compressed_model(
             raise CheckpointError(
                 f"checkpoint does not match {spec.name} configured by {source}: {detail[:240]}"
             ) from None
+        for d in config.layers:
+            mod: Any = model.get_submodule(d.shape.name)
+            if d.fp_weights >= 0 and (
+                not is_apb_layer(mod) or not bool(mod.apb_frozen) or int((~mod.apb_mask).sum()) != d.fp_weights
+            ):
+                raise CheckpointError(
+                    f"checkpoint: APB layer {d.shape.name} keeps other full-precision weights than {source}"
+                )
     return model.eval()
 
 
