@@ -14,7 +14,7 @@ import yaml
 from cost_models import build_cost_model
 from cost_models.analytic import apb_index_bits
 from hwsbs.cli.main import main
-from hwsbs.errors import ConfigError
+from hwsbs.errors import CheckpointError, ConfigError
 from hwsbs.export import APBKernelLayer, export_model, load_exported, load_run
 from hwsbs.export.verify import verify_export
 from hwsbs.sbs.config_io import CompressionConfig, load_config, save_config
@@ -122,3 +122,12 @@ def test_an_apb_run_killed_inside_a_phase_resumes_to_the_same_result(apb_run, tm
     first, resumed = (json.loads((d / "result.json").read_text()) for d in (apb_run, out))
     assert resumed["cost"] == first["cost"] and resumed["layers"] == first["layers"]
     assert resumed["accuracy"]["compressed"] == pytest.approx(first["accuracy"]["compressed"])
+
+
+def test_a_config_whose_outlier_count_disagrees_with_the_checkpoint_is_refused(apb_run, tmp_path):
+    data = yaml.safe_load((apb_run / "config.yaml").read_text())
+    layer = next(x for x in data["layers"] if x.get("fp_weights"))
+    layer["fp_weights"] -= 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(CheckpointError, match=f"APB layer {layer['name']} keeps other full-precision weights"):
+        load_run(apb_run, config_path=tmp_path / "config.yaml")
