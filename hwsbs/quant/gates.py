@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["threshold_gate", "surrogate_grad", "bits_from_gates", "open_level"]
+__all__ = ["threshold_gate", "surrogate_grad", "bits_from_gates", "open_level", "flip_levels"]
 
 
 def surrogate_grad(statistic: Tensor, alpha: Tensor, tau: float) -> Tensor:
@@ -62,3 +62,11 @@ def bits_from_gates(bits: Sequence[int], open_gates: Sequence[bool]) -> int:
 def open_level(gates: Sequence[float]) -> int:
     """Index of the selected bit width of nested 0/1 gates: the number of consecutive open ones."""
     return next((i for i, g in enumerate(gates) if g < 0.5), len(gates))
+
+
+def flip_levels(hard: list[float]) -> list[tuple[int, int]]:
+    """For each gate, the selected width's index with that gate open and with it closed."""
+    return [
+        (open_level([*hard[:j], 1.0, *hard[j + 1 :]]), open_level([*hard[:j], 0.0, *hard[j + 1 :]]))
+        for j in range(len(hard))
+    ]

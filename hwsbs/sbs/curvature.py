@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from hwsbs.quant.fused import ACT_STAT_SAMPLES, _grid, _sample_index
-from hwsbs.quant.gates import open_level
+from hwsbs.quant.gates import flip_levels
 from hwsbs.quant.layers import SBSLayerMixin
 from hwsbs.quant.matmul import SBSMatmul
 
@@ -37,14 +37,6 @@ __all__ = ["CurvatureTerm", "probe_activation", "PROBE"]
 
 #: The layer attribute that asks the activation quantiser to record what this term needs.
 PROBE = "curvature_probe"
-
-
-def _flip_levels(hard: list[float]) -> list[tuple[int, int]]:
-    """For each gate, the selected width's index with that gate open and with it closed."""
-    return [
-        (open_level([*hard[:j], 1.0, *hard[j + 1 :]]), open_level([*hard[:j], 0.0, *hard[j + 1 :]]))
-        for j in range(len(hard))
-    ]
 
 
 @torch.no_grad()
@@ -103,7 +95,7 @@ class CurvatureTerm:
             return None
         diffs, count, scale = probe
         per_diff = 0.5 * float(fisher_mean) * count * float(scale.pow(2).mean())
-        out = [(1.0 - 2.0 * g) * per_diff * float(diffs[on, off]) for g, (on, off) in zip(hard, _flip_levels(hard))]
+        out = [(1.0 - 2.0 * g) * per_diff * float(diffs[on, off]) for g, (on, off) in zip(hard, flip_levels(hard))]
         return torch.tensor(out, dtype=torch.float64)
 
     @torch.no_grad()
@@ -113,7 +105,7 @@ class CurvatureTerm:
         z = layer._normalise_weight(w_std, v)
         unit = 2.0 * std.detach() * v  # one step of z in weight units
         out = []
-        for g, (on, off) in zip(hard, _flip_levels(hard)):
+        for g, (on, off) in zip(hard, flip_levels(hard)):
             if on == off:
                 out.append(0.0)
                 continue

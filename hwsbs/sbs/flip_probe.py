@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from hwsbs.distributed import mean_over_ranks
+from hwsbs.quant.gates import flip_levels
 from hwsbs.quant.layers import SBSLayerMixin
 from hwsbs.task import task_loss
 
 from .convert import SearchSpace
-from .curvature import _flip_levels
 
 __all__ = ["FlipProbe", "FORCE_OPEN", "FORCE_CLOSED"]
 
@@ -119,7 +119,7 @@ class FlipProbe:
         rel = self.relative_loss.get(f"{name}|{family}")
         if rel is None:
             return None
-        return torch.stack([rel[on] - rel[off] for on, off in _flip_levels(hard)])
+        return torch.stack([rel[on] - rel[off] for on, off in flip_levels(hard)])
 
     def term(self) -> Tensor:
         """``sum_j (g_j - sg(g_j)) * D_j`` over the latest forward's gates: zero in value, its
