@@ -91,6 +91,13 @@ def plan(methods: list[str], prune_fractions: list[float], budgets: tuple[str, .
         if m == "sbs-flip":  # SBS whose bit gates learn from measured flip differences (--flip-probe)
             jobs += [Job(f"sbs-flip@{b}", "sbs", b, {"flip_probe": FLIP_PROBE_EVERY}) for b in budgets]
             continue
+        if m == "sbs-greedy":  # SBS completed by the loss-blind greedy descent (--completion greedy)
+            jobs += [Job(f"sbs-greedy@{b}", "sbs", b, {"completion": "greedy"}) for b in budgets]
+            continue
+        if m == "sbs-flip-greedy":  # the same, with measured flip differences
+            opts = {"flip_probe": FLIP_PROBE_EVERY, "completion": "greedy"}
+            jobs += [Job(f"sbs-flip-greedy@{b}", "sbs", b, opts) for b in budgets]
+            continue
         if m == "sbs-ilp":  # SBS started from the integer program's configuration (--init ilp)
             jobs += [Job(f"sbs-ilp@{b}", "sbs", b, {"init": "ilp"}) for b in budgets]
             continue
@@ -311,6 +318,8 @@ def plot(model_name: str, summary: list[dict[str, Any]], fp_acc: float, path: Pa
         "sbs-flip": "h",
         "sbs-flip-searched": "H",
         "sbs-ilp-searched": "<",
+        "sbs-greedy-searched": "1",
+        "sbs-flip-greedy-searched": "2",
         "ilp": "P",
         "uniform": "^",
         "random": "x",

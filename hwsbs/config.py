@@ -72,6 +72,7 @@ def check_device(device: Any, flag: str = "--device") -> torch.device:
 
 
 SBS_INITS = ("8bit", "ilp")  # --init choices
+SBS_COMPLETIONS = ("ilp", "greedy")  # --completion choices
 
 
 def check_granularity(cfg: SearchConfig) -> None:
@@ -112,6 +113,9 @@ class SearchConfig:
     prune: bool = True  # search 0-bit channel groups on prunable pairs
     curvature: bool = False  # SBS gates also see each flip's Fisher curvature (second-order loss change)
     flip_probe: int = 0  # SBS bit gates learn from flip differences measured every N steps (0: the paper's)
+    # how SBS lowers a steady state that ends over --target: "ilp" (least-sensitive assignment at
+    # or below it, on the searched weights) or "greedy" (largest cost saving first, loss-blind)
+    completion: str = "ilp"
     weight_only: bool = False  # LLM practice: search weight bits only, activations stay float
     act_float_bits: int = 16  # weight-only: the float width activations run and are priced at (16 or 32)
     weight_group: int = 0  # weights per FP16 scale along the input dim (0: one learned clip); e.g. 128
@@ -147,6 +151,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.init not in SBS_INITS:
             raise ConfigError(f"--init: expected one of {', '.join(SBS_INITS)}, got {self.init!r}")
+        if self.completion not in SBS_COMPLETIONS:
+            raise ConfigError(f"--completion: expected one of {', '.join(SBS_COMPLETIONS)}, got {self.completion!r}")
         self.bits = validate_bit_candidates(self.bits)
         check_granularity(self)
         check_seed(self.seed)

@@ -146,6 +146,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="where SBS's gates start: 8bit (every gate open, the paper) or ilp (the sensitivity + integer-program "
         "configuration, then searched further) (default: %(default)s)",
     )
+    p.add_argument(
+        "--completion",
+        default="ilp",
+        choices=("ilp", "greedy"),
+        help="when no configuration of SBS's last epoch fits --target: ilp (the least-sensitive assignment at or "
+        "below the search's choice, on the searched weights) or greedy (largest cost saving first) "
+        "(default: %(default)s)",
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest in runs/)")
     p.add_argument("--json", action="store_true", help="print result.json to stdout")
@@ -207,7 +215,13 @@ def _handle(args: argparse.Namespace) -> int:
     if args.resume and out is None:
         out = _newest_run()
     cfg = config_from_args(
-        args, method=args.method, uniform_bits=args.uniform_bits, init=args.init, out=out, resume=args.resume
+        args,
+        method=args.method,
+        uniform_bits=args.uniform_bits,
+        init=args.init,
+        completion=args.completion,
+        out=out,
+        resume=args.resume,
     )
     started = time.perf_counter()
     compile_quantizers(cfg.compile)  # a process-wide switch the quantiser layers read

@@ -33,8 +33,9 @@ Options (``SearchConfig.extra``): ``sensitivity_batches`` (4), ``ilp_time_limit`
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -49,9 +50,6 @@ from .base import MethodContext, register_method
 from .random_search import Candidate, candidate_config, check_budget_reachable, max_pruned_groups, resolve_budget
 from .sensitivity import Sensitivity, estimate_sensitivity
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = [
     "Option",
     "LayerChoices",
@@ -64,6 +62,10 @@ __all__ = [
     "solve_assignment",
     "ilp_search",
     "ilp_candidate",
+    "assign",
+    "sensitivities",
+    "PrunePlan",
+    "Admit",
 ]
 
 _MAX_LEVELS = 8  # prune levels per producer in the program
@@ -191,7 +193,7 @@ def prune_levels(max_k: int, limit: int = _MAX_LEVELS) -> list[int]:
 
 
 @dataclass
-class _Plan:
+class PrunePlan:
     """How level indices map to pruned groups and kept channels."""
 
     ks: dict[str, list[int]]  # producer -> pruned-group counts per level index
@@ -206,8 +208,12 @@ class _Plan:
         return Candidate(bits, pruned)
 
 
-def _plan(space: SearchSpace, sens: Sensitivity) -> tuple[_Plan, dict[str, list[float]]]:
-    plan, levels = _Plan({}, {}, {}), {}
+#: ``admit(layer, option, plan)``: whether the program may pick ``option`` for ``layer``.
+Admit = Callable[[LayerChoices, Option, PrunePlan], bool]
+
+
+def _plan(space: SearchSpace, sens: Sensitivity) -> tuple[PrunePlan, dict[str, list[float]]]:
+    plan, levels = PrunePlan({}, {}, {}), {}
     for g in space.groups:
         layer = space.layer(g.producer)
         sizes = layer.group_sizes()
@@ -220,7 +226,7 @@ def _plan(space: SearchSpace, sens: Sensitivity) -> tuple[_Plan, dict[str, list[
     return plan, levels
 
 
-def build_problem(ctx: MethodContext, sens: Sensitivity, budget: float) -> tuple[Problem, _Plan]:
+def build_problem(ctx: MethodContext, sens: Sensitivity, budget: float) -> tuple[Problem, PrunePlan]:
     """Every layer's joint options, costed by the primary objective's cost model."""
     space, cm, batch = ctx.space, ctx.objectives[0].cost_model, ctx.config.cost_batch
     plan, levels = _plan(space, sens)
@@ -269,28 +275,56 @@ def ilp_search(ctx: MethodContext) -> CompressionConfig:
 
 def ilp_candidate(ctx: MethodContext) -> tuple[Candidate, float, float]:
     """The integer program's choice under the budget: ``(candidate, its cost, its sensitivity)``."""
-    cm = ctx.objectives[0].cost_model
     budget = resolve_budget(ctx)
     check_budget_reachable(ctx, budget)
-    n = int(ctx.extra.get("sensitivity_batches", 4))
-    if n < 1:
-        raise ConfigError(f"sensitivity_batches: expected a positive integer, got {n}")
-    ctx.progress.start("search", n + 1, 0)
-    sens = estimate_sensitivity(
+    ctx.progress.start("search", sensitivity_batches(ctx) + 1, 0)
+    return assign(ctx, sensitivities(ctx), budget)
+
+
+def sensitivity_batches(ctx: MethodContext) -> int:
+    """``sensitivity_batches`` (default 4): training batches the sensitivities are averaged over."""
+    n = ctx.extra.get("sensitivity_batches", 4)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"sensitivity_batches: expected a positive integer, got {n!r}")
+    return n
+
+
+def sensitivities(ctx: MethodContext) -> Sensitivity:
+    """Fisher-Taylor sensitivities of the search space's model as it stands, on a few training batches."""
+    return estimate_sensitivity(
         ctx.space,
-        itertools.islice(ctx.train_loader("search", 0), n),
+        itertools.islice(ctx.train_loader("search", 0), sensitivity_batches(ctx)),
         ctx.config.bits,
         ctx.device,
         on_batch=lambda: ctx.progress.update(what="sensitivity"),
     )
+
+
+def assign(
+    ctx: MethodContext, sens: Sensitivity, budget: float, admit: Admit | None = None
+) -> tuple[Candidate, float, float]:
+    """Solve the program under ``budget`` over the options ``admit`` accepts (all by default).
+
+    Returns:
+        ``(candidate, its cost, its sensitivity)``; the cost is the whole configuration's, so a
+        cost model with cross-layer terms is re-solved with the budget lowered by the overshoot.
+
+    Raises:
+        ConfigError: no admitted assignment fits the budget.
+    """
+    cm = ctx.objectives[0].cost_model
     problem, plan = build_problem(ctx, sens, budget)
+    if admit is not None:
+        for layer in problem.layers:
+            layer.options = [o for o in layer.options if admit(layer, o, plan)]
+            if not layer.options:
+                raise ConfigError(f"ilp: no admitted option for layer {layer.name}")
     pinned = {name for name, layer in ctx.space.layers() if layer.pinned}
     limit = float(ctx.extra.get("ilp_time_limit", 60.0))
     for _ in range(3):  # a cost model with cross-layer terms may price the whole model differently
         choice = solve_assignment(problem, limit)
         cand = plan.candidate(problem, choice, pinned)
-        config = candidate_config(ctx, cand)
-        cost = config.cost(cm)
+        cost = candidate_config(ctx, cand).cost(cm)
         if cost <= budget:
             break
         problem.budget -= cost - budget

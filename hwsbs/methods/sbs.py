@@ -10,6 +10,7 @@ from hwsbs.sbs.engine import SearchEngine
 from hwsbs.sbs.steady_state import choice_to_config, fit_to_budget, price_choice, set_gates_to, steady_choice
 
 from .base import MethodContext, register_method, run_search_epochs
+from .completion import complete_under_ceiling
 from .ilp import ilp_candidate
 
 __all__ = ["sbs"]
@@ -55,11 +56,19 @@ def steady_config(ctx: MethodContext, engine: SearchEngine) -> CompressionConfig
         start = steady_choice(engine.recorder.counts, price, None)
         assert start is not None
         # with no target the most frequent configuration is taken, so a target is set here
-        target = cast(float, objective.target)
-        choice, moves = fit_to_budget(ctx.space, start, price, float(target))
+        target = float(cast(float, objective.target))
+        unit = objective.cost_model.unit
+        completed = complete_under_ceiling(ctx, start, target) if ctx.config.completion == "ilp" else None
+        if completed is not None:
+            ctx.progress.log(
+                f"no configuration of the last search epoch fits the budget; the integer program under "
+                f"the most frequent one ({price(start):.4g} {unit}) completed it to {completed[1]:.4g} {unit}"
+            )
+            return completed[0]
+        choice, moves = fit_to_budget(ctx.space, start, price, target)
         ctx.progress.log(
             f"no configuration of the last search epoch fits the budget; lowered the most "
-            f"frequent one by {moves} step(s) to {price(choice):.4g} {objective.cost_model.unit}"
+            f"frequent one by {moves} step(s) to {price(choice):.4g} {unit}"
         )
     if choice is None:  # no search step ran (zero search epochs): the gates as they stand
         cfg = ctx.config
