@@ -76,17 +76,24 @@ SBS_COMPLETIONS = ("ilp", "greedy")  # --completion choices
 
 
 def check_granularity(cfg: SearchConfig) -> None:
-    """``--granularity``: a known value, and ``channel`` only where it is implemented (one line otherwise)."""
+    """``--granularity``: a known value, and ``channel`` only where it is implemented (one line otherwise).
+
+    Raises:
+        ConfigError: an unknown value, or ``channel`` with a method other than sbs, random or
+            optuna, or with ``--curvature``, ``--flip-probe`` or ``--weight-group``.
+    """
     if cfg.granularity not in GRANULARITIES:
         raise ConfigError(f"--granularity: expected one of {', '.join(GRANULARITIES)}, got {cfg.granularity!r}")
     if cfg.granularity == "layer":
         return
+    methods = ("sbs", "random", "optuna")  # those that search channel-wise weight bits
     clash = next((f for f, on in (("--curvature", cfg.curvature), ("--flip-probe", cfg.flip_probe > 0)) if on), None)
-    if cfg.method != "sbs" or clash or cfg.weight_group:
-        what = f"--method {cfg.method}" if cfg.method != "sbs" else clash or f"--weight-group {cfg.weight_group}"
+    other = cfg.method not in methods
+    if other or clash or cfg.weight_group:
+        what = f"--method {cfg.method}" if other else clash or f"--weight-group {cfg.weight_group}"
         raise ConfigError(
-            f"--granularity channel: not implemented with {what} (SBS only, without --curvature, --flip-probe, "
-            "--weight-group)"
+            f"--granularity channel: not implemented with {what} (methods {', '.join(methods)} only, "
+            "without --curvature, --flip-probe, --weight-group)"
         )
 
 

@@ -43,9 +43,11 @@ def complete_under_ceiling(ctx: MethodContext, start: Choice, budget: float) -> 
         below it fits the budget.
     """
     bits, pruned = start
-    if any(isinstance(w, tuple) for _, w, _ in bits):
-        return None
-    ceiling = {name: (int(w), int(a)) for name, w, a in bits}
+    ceiling: dict[str, tuple[int, int]] = {}
+    for name, w, a in bits:
+        if isinstance(w, tuple):  # channel-wise widths: not in the program's options
+            return None
+        ceiling[name] = (int(w), int(a))
     at_least = {producer: len(groups) for producer, groups in pruned}
 
     def admit(layer: LayerChoices, option: Option, plan: PrunePlan) -> bool:

@@ -7,6 +7,13 @@ pruning gates read). A trial is scored like a random-search candidate (validatio
 quantised, pruned model after batch-norm re-estimation, no training); a trial over the budget is
 reported to TPE as a violated constraint and not evaluated, since it can never be chosen.
 
+With ``--granularity channel`` a channel-wise layer (see
+:func:`~hwsbs.methods.random_search.channel_wise_layers`) has one weight categorical per
+output-channel group, ``<layer>:w:g<i>``, in place of ``<layer>:w``; activations
+(``<layer>:a``) and pruning (``<layer>:pruned_groups``) are as at layer granularity. A pruned
+group keeps its parameter (its width is not priced), so every trial has the same parameters and
+TPE models each of them from every trial.
+
 The sampler is ``TPESampler(seed=--seed)`` on in-memory storage; the budget is a trial
 constraint, ``cost / budget - 1 <= 0``, set with ``Trial.set_constraint`` (Optuna 5 deprecates
 the sampler's ``constraints_func`` for it; constrained TPE reads it the same way). The first
@@ -17,6 +24,8 @@ other options (``bn_batches``, ``eval_batches``, ``budget_bits``) as for ``--met
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import optuna
 import torch
@@ -29,6 +38,7 @@ from .random_search import (
     CandidateSearch,
     candidate_config,
     candidate_search_method,
+    channel_wise_layers,
     cheapest_candidate,
     max_pruned_groups,
 )
@@ -58,6 +68,7 @@ class _Space:
         self.ctx = ctx
         self.bits = list(ctx.config.bits)
         self.searchable = [n for n, layer in ctx.space.layers() if not layer.pinned]
+        self.per_group = channel_wise_layers(ctx)  # layer -> weight groups (empty: layer granularity)
         self.producers = {}
         for g in ctx.space.groups:
             layer = ctx.space.layer(g.producer)
@@ -65,14 +76,17 @@ class _Space:
             order = sorted(range(layer.num_groups), key=lambda i, m=mags: (m[i], i))  # type: ignore[misc]  # mypy cannot infer lambdas with default-bound arguments
             self.producers[g.producer] = (max_pruned_groups(layer), order)
 
+    def weight_params(self, name: str) -> list[str]:
+        """The weight-bit parameters of layer ``name``: one, or one per output-channel group."""
+        if name not in self.per_group:
+            return [f"{name}:w"]
+        return [f"{name}:w:g{g}" for g in range(self.per_group[name])]
+
     def suggest(self, trial: optuna.trial.Trial) -> Candidate:
-        bits = {
-            n: (
-                int(trial.suggest_categorical(f"{n}:w", self.bits)),
-                int(trial.suggest_categorical(f"{n}:a", self.bits)),
-            )
-            for n in self.searchable
-        }
+        bits: dict[str, tuple[Any, int]] = {}
+        for n in self.searchable:  # weights, then activations: the layer-wise order of earlier versions
+            ws = tuple(int(trial.suggest_categorical(p, self.bits)) for p in self.weight_params(n))
+            bits[n] = (ws if n in self.per_group else ws[0], int(trial.suggest_categorical(f"{n}:a", self.bits)))
         pruned = {}
         for name, (cap, order) in self.producers.items():
             k = trial.suggest_int(f"{name}:pruned_groups", 0, cap) if cap > 0 else 0
@@ -80,7 +94,7 @@ class _Space:
         return Candidate(bits, pruned)
 
     def uniform_params(self, bits: int) -> dict[str, int]:
-        params = {f"{n}:{kind}": bits for n in self.searchable for kind in ("w", "a")}
+        params = {p: bits for n in self.searchable for p in (*self.weight_params(n), f"{n}:a")}
         params.update({f"{name}:pruned_groups": 0 for name, (cap, _) in self.producers.items() if cap > 0})
         return params
 

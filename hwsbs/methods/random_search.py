@@ -7,6 +7,11 @@ fits. Each candidate is scored by the validation accuracy of the quantised, prun
 training, after its batch-norm statistics are re-estimated on a few training batches; the best
 one is returned and the pipeline fine-tunes it like every other method's choice.
 
+With ``--granularity channel`` a layer whose weight gates are per output-channel group (see
+:func:`channel_wise_layers`) draws one weight width per group of ``--group-size`` channels, each
+independently, and its repair lowers one kept group at a time; activations stay one width per
+layer and pruning is unchanged.
+
 Budget: the primary objective's ``--target`` (absolute, or a % of uniform 8-bit); without one,
 the cost of uniform ``extra["budget_bits"]`` (default 4) bits with the pinned layers at their
 pinned bits, i.e. the cost of ``--method uniform --uniform-bits 4``.
@@ -41,6 +46,7 @@ from .base import MethodContext, register_method
 
 __all__ = [
     "Candidate",
+    "channel_wise_layers",
     "CandidateEvaluator",
     "CandidateSearch",
     "resolve_budget",
@@ -53,24 +59,55 @@ __all__ = [
 
 @dataclass
 class Candidate:
-    """One point of the search space: bits per searchable layer, pruned groups per producer."""
+    """One point of the search space: bits per searchable layer, pruned groups per producer.
 
-    bits: dict[str, tuple[int, int]]  # non-pinned layer -> (w_bits, a_bits)
+    A layer's weight bits are one width, or (``--granularity channel``) a tuple with one width per
+    output-channel group, as :meth:`~hwsbs.sbs.convert.SearchSpace.decisions` reads them; a
+    pruned group's entry is kept but priced at nothing.
+    """
+
+    # non-pinned layer -> (w_bits, a_bits); w_bits an int or a tuple of per-group ints. Typed Any
+    # so layer-wise producers (the ILP's dict[str, tuple[int, int]]) still type-check: dict values
+    # are invariant.
+    bits: dict[str, tuple[Any, int]]
     pruned: dict[str, list[int]] = field(default_factory=dict)  # producer -> pruned group indices
 
     def to_state(self) -> dict:
-        """A plain, checkpointable form."""
+        """A plain, checkpointable form (lists and ints: loadable with ``weights_only=True``)."""
         return {
-            "bits": {k: list(v) for k, v in self.bits.items()},
+            "bits": {k: [list(w) if isinstance(w, tuple) else w, a] for k, (w, a) in self.bits.items()},
             "pruned": {k: list(v) for k, v in self.pruned.items()},
         }
 
     @classmethod
     def from_state(cls, state: dict) -> Candidate:
+        """The candidate :meth:`to_state` wrote (per-group weight widths come back as tuples)."""
         return cls(
-            {k: (int(v[0]), int(v[1])) for k, v in state["bits"].items()},
+            {k: (_widths(v[0]), int(v[1])) for k, v in state["bits"].items()},
             {k: [int(g) for g in v] for k, v in state["pruned"].items()},
         )
+
+
+def _widths(w: Any) -> int | tuple[int, ...]:
+    """Saved weight bits: an int, or a list of per-group widths (back to a tuple)."""
+    return tuple(int(b) for b in w) if isinstance(w, list | tuple) else int(w)
+
+
+def channel_wise_layers(ctx: MethodContext) -> dict[str, int]:
+    """Searched layers with one weight width per output-channel group, and their group counts.
+
+    The pipeline turns channel-wise weight gates on (``--granularity channel``) exactly where a
+    layer can have them (not pinned, depthwise, grouped or an attention product); reading that
+    flag makes the baselines sample the space SBS searches. The bit groups are the pruning groups
+    (same ``group_size``), so pruned group ``g`` is weight entry ``g``. Empty at layer granularity.
+    """
+    return {n: layer.num_groups for n, layer in ctx.space.layers() if layer.channel_bits and not layer.pinned}
+
+
+def _lowerable_groups(w: tuple[int, ...], pruned: list[int], lowest: int) -> list[int]:
+    """The kept groups of a channel-wise layer above the lowest width (a pruned group saves nothing)."""
+    gone = set(pruned)
+    return [g for g, b in enumerate(w) if b > lowest and g not in gone]
 
 
 def max_pruned_groups(layer: SBSLayerMixin) -> int:
@@ -96,7 +133,12 @@ def resolve_budget(ctx: MethodContext) -> float:
 def cheapest_candidate(ctx: MethodContext) -> Candidate:
     """Lowest bits everywhere and every producer pruned to its cap (its first, full-size groups)."""
     low = min(ctx.config.bits)
-    bits = {n: (low, low) for n, layer in ctx.space.layers() if not layer.pinned}
+    per_group = channel_wise_layers(ctx)
+    bits: dict[str, tuple[Any, int]] = {
+        n: ((low,) * per_group[n] if n in per_group else low, low)
+        for n, layer in ctx.space.layers()
+        if not layer.pinned
+    }
     pruned = {}
     for g in ctx.space.groups:
         layer = ctx.space.layer(g.producer)
@@ -196,8 +238,17 @@ def _reestimate_batchnorm(model: nn.Module, batches: list[Tensor], device: torch
 
 
 def _sample(ctx: MethodContext, rng: random.Random) -> Candidate:
+    """Uniform bits per layer (per group for channel-wise weights), then random pruned groups."""
     bits = list(ctx.config.bits)
-    chosen = {n: (rng.choice(bits), rng.choice(bits)) for n, layer in ctx.space.layers() if not layer.pinned}
+    per_group = channel_wise_layers(ctx)
+    chosen: dict[str, tuple[Any, int]] = {}
+    for n, layer in ctx.space.layers():
+        if layer.pinned:
+            continue
+        # weights before activations: at layer granularity this is the draw order of every earlier
+        # version, so seeded layer-wise runs pick the same candidates as before
+        w = tuple(rng.choice(bits) for _ in range(per_group[n])) if n in per_group else rng.choice(bits)
+        chosen[n] = (w, rng.choice(bits))
     pruned = {}
     for g in ctx.space.groups:
         layer = ctx.space.layer(g.producer)
@@ -207,14 +258,22 @@ def _sample(ctx: MethodContext, rng: random.Random) -> Candidate:
 
 
 def _repair(ctx: MethodContext, cand: Candidate, budget: float, rng: random.Random) -> Candidate:
-    """Random downgrades (a bit step, or one more pruned group) until the candidate fits."""
+    """Random downgrades (a bit step, or one more pruned group) until the candidate fits.
+
+    A channel-wise layer's weight move lowers one random kept group by one step: one move per
+    layer, not per group, so weights, activations and pruning stay as likely to be picked as at
+    layer granularity (per-group moves would bias the repair towards weights of wide layers).
+    """
     bits = sorted(ctx.config.bits)
     cm = ctx.objectives[0].cost_model
     space: SearchSpace = ctx.space
     while candidate_config(ctx, cand).cost(cm) > budget:
         moves: list[tuple[str, str]] = []
         for name, (w, a) in cand.bits.items():
-            if w > bits[0]:
+            if isinstance(w, tuple):
+                if _lowerable_groups(w, cand.pruned.get(name, []), bits[0]):
+                    moves.append((name, "w"))
+            elif w > bits[0]:
                 moves.append((name, "w"))
             if a > bits[0]:
                 moves.append((name, "a"))
@@ -225,7 +284,10 @@ def _repair(ctx: MethodContext, cand: Candidate, budget: float, rng: random.Rand
             raise ConfigError(f"random search: no configuration fits the budget {budget:.4g} {cm.unit}")
         name, what = rng.choice(moves)
         w, a = cand.bits.get(name, (0, 0))
-        if what == "w":
+        if what == "w" and isinstance(w, tuple):
+            i = rng.choice(_lowerable_groups(w, cand.pruned.get(name, []), bits[0]))
+            cand.bits[name] = (w[:i] + (bits[bits.index(w[i]) - 1],) + w[i + 1 :], a)
+        elif what == "w":
             cand.bits[name] = (bits[bits.index(w) - 1], a)
         elif what == "a":
             cand.bits[name] = (w, bits[bits.index(a) - 1])
