@@ -94,6 +94,13 @@ def plan(methods: list[str], prune_fractions: list[float], budgets: tuple[str, .
         if m == "sbs-greedy":  # SBS completed by the loss-blind greedy descent (--completion greedy)
             jobs += [Job(f"sbs-greedy@{b}", "sbs", b, {"completion": "greedy"}) for b in budgets]
             continue
+        if m == "sbs-iw":  # SBS completed under width ceilings only, pruning the program's
+            jobs += [Job(f"sbs-iw@{b}", "sbs", b, {"completion": "ilp-widths"}) for b in budgets]
+            continue
+        if m == "sbs-flip-iw":
+            opts = {"flip_probe": FLIP_PROBE_EVERY, "completion": "ilp-widths"}
+            jobs += [Job(f"sbs-flip-iw@{b}", "sbs", b, opts) for b in budgets]
+            continue
         if m == "sbs-flip-greedy":  # the same, with measured flip differences
             opts = {"flip_probe": FLIP_PROBE_EVERY, "completion": "greedy"}
             jobs += [Job(f"sbs-flip-greedy@{b}", "sbs", b, opts) for b in budgets]
@@ -319,6 +326,8 @@ def plot(model_name: str, summary: list[dict[str, Any]], fp_acc: float, path: Pa
         "sbs-flip-searched": "H",
         "sbs-ilp-searched": "<",
         "sbs-greedy-searched": "1",
+        "sbs-iw-searched": "3",
+        "sbs-flip-iw-searched": "4",
         "sbs-flip-greedy-searched": "2",
         "ilp": "P",
         "uniform": "^",

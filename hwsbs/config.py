@@ -72,7 +72,7 @@ def check_device(device: Any, flag: str = "--device") -> torch.device:
 
 
 SBS_INITS = ("8bit", "ilp")  # --init choices
-SBS_COMPLETIONS = ("ilp", "greedy")  # --completion choices
+SBS_COMPLETIONS = ("ilp", "ilp-widths", "greedy")  # --completion choices
 
 
 def check_granularity(cfg: SearchConfig) -> None:
@@ -121,7 +121,8 @@ class SearchConfig:
     curvature: bool = False  # SBS gates also see each flip's Fisher curvature (second-order loss change)
     flip_probe: int = 0  # SBS bit gates learn from flip differences measured every N steps (0: the paper's)
     # how SBS lowers a steady state that ends over --target: "ilp" (least-sensitive assignment at
-    # or below it, on the searched weights) or "greedy" (largest cost saving first, loss-blind)
+    # or below it, on the searched weights), "ilp-widths" (the same with only the widths as
+    # ceilings, pruning the program's) or "greedy" (largest cost saving first, loss-blind)
     completion: str = "ilp"
     weight_only: bool = False  # LLM practice: search weight bits only, activations stay float
     act_float_bits: int = 16  # weight-only: the float width activations run and are priced at (16 or 32)

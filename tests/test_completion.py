@@ -80,5 +80,16 @@ def test_completion_gives_up_below_the_ceilings_floor_and_on_channel_widths(ctx)
 
 
 def test_completion_option_is_validated():
-    with pytest.raises(ConfigError, match="--completion: expected one of ilp, greedy, got 'best'"):
+    with pytest.raises(ConfigError, match="--completion: expected one of ilp, ilp-widths, greedy, got 'best'"):
         SearchConfig(completion="best")
+
+
+def test_ilp_widths_lets_the_program_undo_the_searchs_pruning(ctx):
+    producer = ctx.space.groups[0].producer
+    cap = ctx.space.max_pruned_groups(producer)
+    start = _start(ctx, {}, {producer: tuple(range(cap))})
+    roomy = 2.0 * price_choice(ctx.space, _start(ctx, {}, {}), BOPS, 1)  # everything fits
+    kept, _ = complete_under_ceiling(ctx, start, roomy)
+    free, _ = complete_under_ceiling(ctx, start, roomy, keep_pruning=False)
+    assert len(kept.by_name()[producer].pruned_channels) == cap * ctx.config.group_size
+    assert free.by_name()[producer].pruned_channels == []  # pruning costs accuracy and saves nothing needed

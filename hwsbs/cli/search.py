@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from hwsbs.config import SearchConfig, parse_target
+from hwsbs.config import SBS_COMPLETIONS, SearchConfig, parse_target
 from hwsbs.distributed import is_main
 from hwsbs.errors import ConfigError
 from hwsbs.methods import list_methods
@@ -149,9 +149,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--completion",
         default="ilp",
-        choices=("ilp", "greedy"),
+        choices=SBS_COMPLETIONS,
         help="when no configuration of SBS's last epoch fits --target: ilp (the least-sensitive assignment at or "
-        "below the search's choice, on the searched weights) or greedy (largest cost saving first) "
+        "below the search's choice, on the searched weights), ilp-widths (only the widths are ceilings) or greedy (largest cost saving first) "
         "(default: %(default)s)",
     )
     p.add_argument("--out", default=None, help="run directory (default: runs/<timestamp>)")

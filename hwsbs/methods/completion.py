@@ -30,13 +30,17 @@ from .random_search import candidate_config
 __all__ = ["complete_under_ceiling"]
 
 
-def complete_under_ceiling(ctx: MethodContext, start: Choice, budget: float) -> tuple[CompressionConfig, float] | None:
+def complete_under_ceiling(
+    ctx: MethodContext, start: Choice, budget: float, keep_pruning: bool = True
+) -> tuple[CompressionConfig, float] | None:
     """The least-sensitive configuration at or below ``start`` that fits ``budget``.
 
     Args:
         ctx: the run (its search space holds the searched weights).
         start: the search's steady-state configuration, over the budget.
         budget: the absolute cost budget.
+        keep_pruning: every producer keeps at least the search's pruned groups (else the
+            program chooses pruning freely and only the widths are ceilings).
 
     Returns:
         ``(config, cost)``, or ``None`` when ``start`` has channel-wise widths or nothing at or
@@ -48,7 +52,7 @@ def complete_under_ceiling(ctx: MethodContext, start: Choice, budget: float) -> 
         if isinstance(w, tuple):  # channel-wise widths: not in the program's options
             return None
         ceiling[name] = (int(w), int(a))
-    at_least = {producer: len(groups) for producer, groups in pruned}
+    at_least = {producer: len(groups) for producer, groups in pruned} if keep_pruning else {}
 
     def admit(layer: LayerChoices, option: Option, plan: PrunePlan) -> bool:
         w_max, a_max = ceiling.get(layer.name, option.bits)

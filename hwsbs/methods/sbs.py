@@ -58,7 +58,8 @@ def steady_config(ctx: MethodContext, engine: SearchEngine) -> CompressionConfig
         # with no target the most frequent configuration is taken, so a target is set here
         target = float(cast(float, objective.target))
         unit = objective.cost_model.unit
-        completed = complete_under_ceiling(ctx, start, target) if ctx.config.completion == "ilp" else None
+        how = ctx.config.completion
+        completed = complete_under_ceiling(ctx, start, target, how == "ilp") if how != "greedy" else None
         if completed is not None:
             ctx.progress.log(
                 f"no configuration of the last search epoch fits the budget; the integer program under "
