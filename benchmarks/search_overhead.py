@@ -22,11 +22,14 @@ Method:
   the BOPs cost (``lambda`` 0.1); 4-bit QAT is ``set_fixed(4, 4)`` on every non-pinned layer.
 
 * Quantiser variants (issue 16), timed and probed beside the four: ``sbs`` is the default (fused
-  quantisers, eager); ``--variants sbs_reference`` (the default) adds the reference layer code,
-  ``--compile`` adds ``sbs_compile`` (fused, kernels under ``torch.compile``; its compilation
-  runs in the warm-up steps, and its memory probe takes one warm-up step before the reset, so
-  its memory is not comparable with a cold first step). Ratios ``sbs_vs_<variant>_time``,
-  ``<variant>_vs_fp32_time`` and ``<variant>_vs_fp32_memory`` go into the JSON.
+  quantisers, eager; on CPU their numba kernels where numba imports); ``--variants`` (default
+  ``sbs_reference sbs_torch_kernels``) adds the reference layer code (``sbs_reference``) and the
+  fused path on its torch kernels (``sbs_torch_kernels``, numba off); ``--compile`` adds
+  ``sbs_compile`` (fused, kernels under ``torch.compile``; its compilation runs in the warm-up
+  steps, and its memory probe takes one warm-up step before the reset, so its memory is not
+  comparable with a cold first step). The numba kernels are loaded (compiled on a cold cache)
+  before a probe's reset too. Ratios ``sbs_vs_<variant>_time``, ``<variant>_vs_fp32_time`` and
+  ``<variant>_vs_fp32_memory`` go into the JSON.
 
 ``--profile`` adds the top operators of the SBS step (``torch.profiler``, self CPU time) and the
 hwsbs functions they come from (``cProfile``, cumulative time).
@@ -54,6 +57,7 @@ from hwsbs.methods.multipath import MultiPathSearch
 from hwsbs.models import build_model
 from hwsbs.quant.compiled import kernels_compiled
 from hwsbs.quant.fused_layers import use_fused
+from hwsbs.quant.numba_kernels import numba_kernels_enabled, use_numba_kernels, warm_up
 from hwsbs.sbs.convert import convert_model
 from hwsbs.sbs.engine import CostObjective, SearchEngine
 from hwsbs.training import make_sgd, split_decay
@@ -61,9 +65,13 @@ from hwsbs.training import make_sgd, split_decay
 __all__ = ["CONFIGS", "VARIANTS", "make_step", "machine_info", "add_output_options", "write_report"]
 
 CONFIGS = ("fp32", "qat4", "sbs", "multipath")
-#: The SBS step with other quantiser implementations (issue 16): name -> (fused, compiled).
-#: "sbs" itself is the default: fused, eager.
-VARIANTS = {"sbs_reference": (False, False), "sbs_compile": (True, True)}
+#: The SBS step with other quantiser implementations (issue 16): name -> (fused, compiled, numba).
+#: "sbs" itself is the default: fused, eager, numba kernels on CPU (where numba imports).
+VARIANTS = {
+    "sbs_reference": (False, False, False),
+    "sbs_torch_kernels": (True, False, False),
+    "sbs_compile": (True, True, False),
+}
 
 
 def machine_info() -> dict[str, object]:
@@ -138,17 +146,18 @@ def _search_step(searcher: SearchEngine | MultiPathSearch, x: torch.Tensor, y: t
     return search_step
 
 
-def _variant(step: Callable[[], None], fused: bool, compiled: bool) -> Callable[[], None]:
-    """``step`` run with the fused or reference quantisers, compiled or eager (process-wide switches,
-    set around each step so variants can be timed round-robin in one process)."""
+def _variant(step: Callable[[], None], fused: bool, compiled: bool, numba: bool) -> Callable[[], None]:
+    """``step`` run with the fused or reference quantisers, compiled or eager, numba kernels or not
+    (process-wide switches, set around each step so variants can be timed round-robin in one process)."""
 
     def variant_step() -> None:
-        old = use_fused(fused)
+        old, old_numba = use_fused(fused), use_numba_kernels(numba)
         try:
             with kernels_compiled(compiled):
                 step()
         finally:
             use_fused(old)
+            use_numba_kernels(old_numba)
 
     variant_step.model = step.model  # type: ignore[attr-defined]
     return variant_step
@@ -220,9 +229,11 @@ def memory_probe(model_name: str, config: str, batch: int, steps: int, device: s
     """
     x, y = _batch(batch, device=device)
     fn = make_step(model_name, config, x, y)
-    warmed = VARIANTS.get(config, (True, False))[1]
+    warmed = VARIANTS.get(config, (True, False, True))[1]
     if warmed:
         fn()  # compiling is setup, not the step's memory
+    elif VARIANTS.get(config, (True, False, True))[2] and numba_kernels_enabled():
+        warm_up()  # so is loading (or compiling) the numba kernels
     if torch.device(device).type == "cuda":
         fn()  # the first step allocates optimiser state and the cost term's tables
         torch.cuda.synchronize()
@@ -342,7 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the JSON here too")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
-    p.add_argument("--variants", nargs="*", default=["sbs_reference"], choices=sorted(VARIANTS), help="SBS variants")
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=["sbs_reference", "sbs_torch_kernels"],
+        choices=sorted(VARIANTS),
+        help="SBS variants",
+    )
     p.add_argument("--compile", action="store_true", help="also time the SBS step with --compile (sbs_compile)")
     p.add_argument("--probe", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -17,9 +17,19 @@ from torch import nn
 from hwsbs.quant.fused_layers import fused_enabled, fused_quantize, use_fused
 from hwsbs.quant.layers import SBSConv2d, SBSLinear
 from hwsbs.quant.matmul import SBSMatmul
+from hwsbs.quant.numba_kernels import use_numba_kernels
 from hwsbs.quant.quantizer import bit_sharing_terms, compose
 
 BITS = (2, 4, 8)
+
+
+@pytest.fixture(autouse=True)
+def _torch_kernels():
+    """The torch kernels: they repeat the reference exactly, sums included (the numba kernels sum in
+    float64; tests/test_numba_kernels.py checks them against these)."""
+    old = use_numba_kernels(False)
+    yield
+    use_numba_kernels(old)
 
 
 @pytest.fixture(autouse=True)

@@ -8,15 +8,18 @@ gates and mask, and recomputes the rest in its backward (:mod:`hwsbs.quant.kerne
 statistics are taken on the input directly (a fixed sample of an activation, normalised), so
 no normalised copy is kept either. The selected width is found on the device (no host read).
 
-Values are those of the reference, operation for operation: in eager mode the fused path is
-bit-identical in value and gradient (tests/test_fused_quantizers.py), so results do not change.
+Values are those of the reference, operation for operation: with the torch kernels the fused
+path is bit-identical in value and gradient (tests/test_fused_quantizers.py). On CPU their numba
+loops run by default (:mod:`hwsbs.quant.numba_kernels`): values and input gradients are still
+identical, the gradients of clips, gates and masks (sums) agree to float32 rounding.
 :func:`use_fused` switches to the reference layer code (``HWSBS_QUANTIZER=reference`` too);
-``--compile`` (:mod:`hwsbs.quant.compiled`) compiles the two kernels.
+``--compile`` (:mod:`hwsbs.quant.compiled`) compiles the two torch kernels instead.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +29,7 @@ from torch import Tensor, nn
 
 from hwsbs.distributed import mean_over_ranks
 
-from . import compiled
+from . import compiled, numba_kernels
 from .fused import ACT_STAT_SAMPLES, _grid, gate_grads, lower_grid_residuals, sample_index
 from .gates import threshold_gate
 from .kernels import quantize_backward, quantize_forward
@@ -66,6 +69,13 @@ def _selected_level(gates: Tensor, bits: tuple[int, ...], dtype: torch.dtype, de
     return levels[index]
 
 
+def _kernel(name: str, eager: Callable[..., Any]) -> Callable[..., Any]:
+    """Kernel ``name``: torch.compile's under ``--compile`` (until it fails), else numba's, else ``eager``."""
+    if compiled.compiling():
+        return compiled.kernel(name, eager)
+    return numba_kernels.kernel(name, eager)
+
+
 class FusedQuantize(torch.autograd.Function):
     """``mask * v_out * q'(D(normalise(x, v), s_b))`` with the width ``b`` chosen by ``gates``."""
 
@@ -84,13 +94,13 @@ class FusedQuantize(torch.autograd.Function):
         ctx.bits, ctx.signed, ctx.has_mask = bits, signed, mask is not None
         ctx.save_for_backward(x, v, v_out, gates, level, mask)
         ctx.same_v = v_out is v
-        return compiled.kernel("forward", quantize_forward)(x, v, None if v_out is v else v_out, level, mask, signed)
+        return _kernel("forward", quantize_forward)(x, v, None if v_out is v else v_out, level, mask, signed)
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
         x, v, v_out, gates, level, mask = ctx.saved_tensors
         need = ctx.needs_input_grad
-        kernel = compiled.kernel("backward", quantize_backward)
+        kernel = _kernel("backward", quantize_backward)
         grad_x, grad_v, grad_v_out, grad_mask, dots = kernel(
             grads[0].contiguous(), x, v, None if ctx.same_v else v_out, level, mask, ctx.signed, ctx.bits, bool(need[3])
         )
