@@ -142,7 +142,7 @@ def _row(
         "val_accuracy": accs[0],
         "test_accuracy": accs[1],
         "size_bits": config.cost(build_cost_model("size")),
-        "apb_cpu_s": config.cost(build_cost_model("apb_cpu")),
+        "apb_cpu_s": config.cost(cost_model_for("x86-avx512", "apb_cpu")),
         "a100_s": config.cost(cost_model_for("a100")),
         "a100_prices_outliers": fraction is None,
         **({"binary_fraction": fraction} if fraction is not None else {}),

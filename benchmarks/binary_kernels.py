@@ -21,6 +21,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from cost_models.apb_cpu import binary_seconds, dense_seconds
+from hardware_profiles import load_profile
 from hwsbs.apb.kernels import HAVE_NUMBA, binary_gemm_codes, csr_gemm, pack_bits, to_csr
 
 #: M x K x N: the square reference and ResNet-20 CIFAR layers as im2col GEMMs (batch 1).
@@ -66,6 +68,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--act-bits", type=int, default=8)
     p.add_argument("--fp-share", type=float, default=0.05)
+    p.add_argument(
+        "--profile", default="x86-avx512", help="whose binary_kernels block predicts the APB times (apb_cpu's model)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     seconds: dict[str, dict[str, float]] = {}
@@ -80,6 +85,13 @@ def main() -> None:
                 fn()
                 times[name].append(time.perf_counter() - t)
         seconds[f"{m}x{k}x{n}"] = {name: statistics.median(ts) for name, ts in times.items()}
+    kernels = load_profile(args.profile).binary_kernels
+    predicted = {}
+    if kernels is not None:  # the apb_cpu model's prediction of the same calls, from the profile's fit
+        for m, k, n in SHAPES:
+            outliers = round(args.fp_share * n * k)
+            apb = binary_seconds(kernels, m, n, k, args.act_bits) + dense_seconds(kernels.sparse_gemm, m * outliers)
+            predicted[f"{m}x{k}x{n}"] = {"apb_s": apb, "measured_over_predicted": seconds[f"{m}x{k}x{n}"]["apb"] / apb}
     speedup = {shape: {name: t["fp32"] / v for name, v in t.items() if name != "fp32"} for shape, t in seconds.items()}
     print(
         json.dumps(
@@ -91,6 +103,7 @@ def main() -> None:
                 "speedup_vs_fp32": {shape: s["apb"] for shape, s in speedup.items()},
                 "speedup_vs_fp32_all": speedup,
                 "seconds": seconds,
+                "apb_cpu_predicted": {"profile": args.profile, "shapes": predicted},
             },
             indent=2,
         )

@@ -1,33 +1,44 @@
 """Single-thread CPU latency of APB layers: a bitwise binary GEMM plus a CSR sparse GEMM.
 
-An APB layer (``state.fp_weights >= 0``) as ``hwsbs.apb.kernels`` runs it, per sample batch:
+An APB layer (``state.fp_weights >= 0``) as ``hwsbs.apb.kernels`` runs it, per layer call:
 
-* binary part: ``M * N * ceil(K / 64) * a_bits`` word operations (AND + POPCNT + add per
-  activation bit plane), ``M`` output positions, ``N`` kept outputs, ``K`` weights per row;
-* outliers: ``M * fp_weights`` sparse multiply-adds.
+* binary part: ``per_call_s + M * N * ceil(K / 64) * a_bits / word_ops_per_s + M * K * a_bits /
+  packed_bits_per_s`` (AND + POPCNT + add per activation bit plane, after packing those planes),
+  with ``M`` output positions times batch, ``N`` kept outputs and ``K`` weights per row;
+* outliers: ``per_call_s + M * fp_weights / macs_per_s`` (CSR times dense).
 
 Other layers run dense: FP32 GEMM when either operand is float, else the int8 path (narrower
-integer widths included, as on oneDNN). The profile schema has no block for this model yet, so
-the rates are defaults measured with ``benchmarks/binary_kernels.py --threads 1`` on the
-development machine (AMD EPYC, shared and busy: treat them as orders of magnitude, and re-measure
-for a target CPU).
+integer widths included, as on oneDNN), each ``per_call_s + MACs / macs_per_s``. Every figure
+comes from the profile's ``binary_kernels`` block, measured on that CPU by
+``hwsbs profiles measure-kernels`` (built in: ``x86-avx512``); a profile without one cannot use
+this model.
 """
 
 from __future__ import annotations
 
+from hardware_profiles.schema import BinaryKernels, HardwareProfile, KernelSpeed
+
 from .base import FLOAT_BITS, CostModel, LayerShape, LayerState
+from .errors import CostModelError
 from .registry import register_cost_model
 
-__all__ = ["APBCpuCostModel", "WORD_OPS_PER_S", "SPARSE_MACS_PER_S", "INT8_MACS_PER_S", "FP32_MACS_PER_S"]
+__all__ = ["APBCpuCostModel", "dense_seconds", "binary_seconds"]
 
-#: 64-bit AND + POPCNT + accumulate per second (numba kernel, one thread; measured 2.2e9).
-WORD_OPS_PER_S = 2.2e9
-#: CSR multiply-adds per second (numba kernel, one thread; measured 6.3e8).
-SPARSE_MACS_PER_S = 6.3e8
-#: int8 GEMM multiply-adds per second (torch._int_mm / oneDNN, one thread; measured 1.1e11).
-INT8_MACS_PER_S = 1.1e11
-#: FP32 GEMM multiply-adds per second (torch.matmul / MKL, one thread; measured 2.2e10).
-FP32_MACS_PER_S = 2.2e10
+
+def dense_seconds(speed: KernelSpeed, macs: float) -> float:
+    """One dense (or sparse) kernel call doing ``macs`` multiply-adds."""
+    return speed.per_call_s + macs / speed.macs_per_s
+
+
+def binary_seconds(kernels: BinaryKernels, positions: int, rows: int, per_row: int, a_bits: int) -> float:
+    """One bitwise GEMM call: ``positions`` x ``per_row`` activations against ``rows`` packed rows."""
+    speed = kernels.binary_gemm
+    words = -(-per_row // 64)
+    return (
+        speed.per_call_s
+        + positions * rows * words * a_bits / speed.word_ops_per_s
+        + positions * per_row * a_bits / speed.packed_bits_per_s
+    )
 
 
 @register_cost_model("apb_cpu")
@@ -38,22 +49,29 @@ class APBCpuCostModel(CostModel):
     unit = "s"
     prices_apb = True
 
+    def __init__(self, profile: HardwareProfile | None = None) -> None:
+        super().__init__(profile)
+        kernels = getattr(profile, "binary_kernels", None)
+        if kernels is None:
+            where = f"profile {profile.name!r}" if profile is not None else "no profile"
+            raise CostModelError(
+                f"cost model 'apb_cpu' needs measured kernel speeds: {where} has no binary_kernels block "
+                "(measure this CPU with `hwsbs profiles measure-kernels --into PROFILE.yaml`, or use --hw x86-avx512)"
+            )
+        self.kernels: BinaryKernels = kernels
+
     def layer_cost(self, shape: LayerShape, state: LayerState, batch: int = 1) -> float:
+        k = self.kernels
         macs = batch * shape.macs(state.kept_in, state.kept_out)
-        rate = FP32_MACS_PER_S if max(state.w_bits, state.a_bits) >= FLOAT_BITS else INT8_MACS_PER_S
-        dense = macs / rate
+        is_float = max(state.w_bits, state.a_bits) >= FLOAT_BITS
+        dense = dense_seconds(k.fp32_gemm if is_float else k.int8_gemm, macs)
         if state.fp_weights < 0 and state.w_bits != 1 or shape.kind == "matmul":
             return dense
-        binary = self._binary(shape, state, macs)
-        # a plain 1-bit layer runs on whichever path is faster; an APB layer needs the bitwise one
-        return binary if state.fp_weights >= 0 else min(binary, dense)
-
-    @staticmethod
-    def _binary(shape: LayerShape, state: LayerState, macs: int) -> float:
         rows = max(state.kept_out, 1)
         per_row = shape.weight_count(state.kept_in, state.kept_out) // rows
         positions = macs // max(rows * per_row, 1)  # M: output positions times batch
-        words = -(-per_row // 64)
-        planes = min(state.a_bits, FLOAT_BITS)
-        binary = positions * rows * words * planes / WORD_OPS_PER_S
-        return binary + positions * max(state.fp_weights, 0) / SPARSE_MACS_PER_S
+        binary = binary_seconds(k, positions, rows, per_row, min(state.a_bits, FLOAT_BITS))
+        if state.fp_weights > 0:
+            binary += dense_seconds(k.sparse_gemm, positions * state.fp_weights)
+        # a plain 1-bit layer runs on whichever path is faster; an APB layer needs the bitwise one
+        return binary if state.fp_weights >= 0 else min(binary, dense)

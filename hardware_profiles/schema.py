@@ -30,6 +30,9 @@ __all__ = [
     "ArraySpec",
     "EnergyFigures",
     "ChannelSplit",
+    "KernelSpeed",
+    "BinaryGemmSpeed",
+    "BinaryKernels",
     "HardwareProfile",
     "profile_json_schema",
     "json_schema_text",
@@ -151,6 +154,41 @@ class ChannelSplit(_FiniteModel):
     )
 
 
+class KernelSpeed(_FiniteModel):
+    """One kernel's time per call: ``per_call_s + work / macs_per_s``."""
+
+    per_call_s: float = Field(ge=0.0, description="Fixed seconds per call (dispatch, allocation, layout).")
+    macs_per_s: PositiveFloat = Field(description="Multiply-adds per second once running.")
+
+
+class BinaryGemmSpeed(_FiniteModel):
+    """APB's bitwise GEMM: ``per_call_s + word_ops / word_ops_per_s + packed_bits / packed_bits_per_s``."""
+
+    per_call_s: float = Field(ge=0.0, description="Fixed seconds per call (transposes, allocation, dispatch).")
+    word_ops_per_s: PositiveFloat = Field(
+        description="64-bit AND + POPCNT + accumulate per second: M x N x ceil(K/64) x a_bits per call."
+    )
+    packed_bits_per_s: PositiveFloat = Field(
+        description="Activation bits packed into bit planes per second: M x K x a_bits per call."
+    )
+
+
+class BinaryKernels(_FiniteModel):
+    """Measured single-core speeds of APB's kernels on one CPU, for the ``apb_cpu`` cost model.
+
+    Written by ``hwsbs profiles measure-kernels`` (least-squares fit of a per-call term and
+    rates, in relative error, to kernel timings over a grid of GEMM shapes).
+    """
+
+    measured_on: str = Field(min_length=1, description="The CPU as hwsbs describes it; a search on another CPU warns.")
+    threads: PositiveInt = Field(default=1, description="Threads the kernels ran on.")
+    binary_gemm: BinaryGemmSpeed = Field(description="Bit-packed binary GEMM (numba AND + popcount).")
+    sparse_gemm: KernelSpeed = Field(description="CSR outliers times dense activations (M x outliers MACs).")
+    int8_gemm: KernelSpeed = Field(description="Dense int8 GEMM (torch._int_mm / oneDNN) for integer layers.")
+    fp32_gemm: KernelSpeed = Field(description="Dense FP32 GEMM (torch.matmul) for float layers.")
+    fit: str = Field(default="", description="How well the fit matched its measurements, in words.")
+
+
 def _table_tag(value: Any) -> str:
     return "path" if isinstance(value, str) else "inline"
 
@@ -200,6 +238,9 @@ class HardwareProfile(_FiniteModel):
     channel_split: ChannelSplit | None = Field(
         default=None,
         description="Split execution of channel-wise bit widths (absent: a mixed layer runs at its widest group).",
+    )
+    binary_kernels: BinaryKernels | None = Field(
+        default=None, description="Measured APB kernel speeds on this CPU (the apb_cpu cost model needs them)."
     )
     extensions: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

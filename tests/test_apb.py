@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cost_models import LayerShape, LayerState, build_cost_model
+from cost_models import LayerShape, LayerState, build_cost_model, cost_model_for
 from hwsbs.apb.format import APB_TAU, apb_weight, band_mask, make_apb_layer, soft_weight
 from hwsbs.apb.kernels import (
     _binary_gemm_np,
@@ -108,7 +108,7 @@ def test_size_of_an_apb_layer_is_the_closed_form():
     weights = 16 * 9 * 32
     assert build_cost_model("size").layer_cost(shape, state) == weights + 37 * (32 + 8)  # ceil(log2 144) = 8
     assert build_cost_model("size").layer_cost(shape, LayerState(1, 8, 16, 32)) == weights  # not APB: 1 bit each
-    cpu = build_cost_model("apb_cpu")
+    cpu = cost_model_for("x86-avx512", "apb_cpu")
     assert cpu.layer_cost(shape, state) > cpu.layer_cost(shape, LayerState(1, 8, 16, 32, fp_weights=0))
 
 

@@ -20,7 +20,7 @@ from hardware_profiles import (
     resolve_profile_path,
 )
 from hardware_profiles.schema import json_schema_text
-from hwsbs.errors import CostModelError, HwsbsError, ProfileError
+from hwsbs.errors import ConfigError, CostModelError, HwsbsError, ProfileError
 
 __all__ = ["add_parser", "validate_files", "stdout_console"]
 
@@ -49,6 +49,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("validate", help="check profile files; one line per file, exit 2 if any is bad")
     q.add_argument("files", metavar="FILE", nargs="+", help="profile files (or built-in names)")
     q.set_defaults(handler=_validate)
+
+    q = sub.add_parser(
+        "measure-kernels",
+        help="time APB's bitwise kernels on this CPU and fit the binary_kernels block (for --cost apb_cpu)",
+    )
+    q.add_argument("--into", metavar="FILE", default=None, help="append the block to this profile file")
+    q.add_argument("--threads", type=int, default=1, help="torch threads for the dense GEMMs (default 1)")
+    q.add_argument("--repeats", type=int, default=7, help="timed calls per kernel and shape (median fitted)")
+    q.add_argument("--quick", action="store_true", help="a small shape grid (seconds; for a quick look)")
+    q.set_defaults(handler=_measure_kernels)
 
     q = sub.add_parser("schema", help="print the profile JSON Schema")
     q.add_argument("--output", "-o", metavar="FILE", default=None, help="write it to FILE instead")
@@ -171,6 +181,29 @@ def _validate(args: argparse.Namespace) -> int:
     for line in bad:
         print(line, file=sys.stderr)
     return 2 if bad else 0
+
+
+def _measure_kernels(args: argparse.Namespace) -> int:
+    from hwsbs.apb.calibrate import (
+        DEFAULT_SHAPES,
+        QUICK_SHAPES,
+        append_to_profile,
+        kernels_yaml,
+        measure_binary_kernels,
+    )
+
+    for flag, value in (("--threads", args.threads), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ConfigError(f"{flag}: expected a positive integer, got {value}")
+    if args.into is not None:
+        load_profile(args.into)  # a bad target file fails before minutes of timing
+    kernels = measure_binary_kernels(QUICK_SHAPES if args.quick else DEFAULT_SHAPES, args.repeats, args.threads)
+    if args.into is None:
+        sys.stdout.write(kernels_yaml(kernels))
+    else:
+        append_to_profile(args.into, kernels)
+        print(f"{args.into}: binary_kernels measured on {kernels.measured_on} ({kernels.fit})")
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from cost_models.apb_cpu import APBCpuCostModel
 from cost_models.lut import LutCostModel
 
 __all__ = ["machine_info", "describe_machine", "measured_elsewhere", "warn_if_measured_elsewhere"]
@@ -113,14 +114,22 @@ def measured_elsewhere(table_device: str, info: dict[str, Any] | None = None) ->
 
 
 def warn_if_measured_elsewhere(cost_model: Any) -> None:
-    """One warning when ``cost_model`` is a CPU lookup table measured on another CPU."""
+    """One warning when ``cost_model`` reads CPU measurements taken on another CPU: a lookup
+    table (``lut``), or the APB kernel speeds (``apb_cpu``, the profile's ``binary_kernels``)."""
     profile = getattr(cost_model, "profile", None)
-    if not isinstance(cost_model, LutCostModel) or profile is None or profile.kind != "cpu":
+    if profile is None:
         return
-    why = measured_elsewhere(cost_model.table.device)
+    if isinstance(cost_model, LutCostModel) and profile.kind == "cpu":
+        what, measured_on, remedy = "its latency table", cost_model.table.device, "hwsbs lut build"
+    elif isinstance(cost_model, APBCpuCostModel):
+        what, measured_on = "its binary_kernels block", cost_model.kernels.measured_on
+        remedy = "hwsbs profiles measure-kernels"
+    else:
+        return
+    why = measured_elsewhere(measured_on)
     if why is not None:
         warnings.warn(
-            f"profile {profile.name!r}: its latency table was {why}; its latencies may not hold here "
-            "(measure this machine with hwsbs lut build)",
+            f"profile {profile.name!r}: {what} was {why}; its latencies may not hold here "
+            f"(measure this machine with {remedy})",
             stacklevel=2,
         )
