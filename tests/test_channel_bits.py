@@ -323,3 +323,28 @@ def test_pruning_gate_of_a_mixed_producer_removes_its_own_width(tmp_path):
     assert again.counts == recorder.counts
     lowered = [dict((n, w) for n, w, _ in c[0])["conv2"] for c in _downgrades(space, term.last_choice)]
     assert (2, 4, 8, 8) in [w[:4] for w in lowered if isinstance(w, tuple)]
+
+
+def test_fit_to_budget_lowers_a_channel_wise_layer_as_one_where_no_single_group_saves():
+    """a100 runs a mixed layer at its widest group: one group's step down saves nothing, so the
+    descent must be able to move every widest group together, or it stops over a reachable budget."""
+    from hwsbs.sbs.steady_state import BUDGET_SLACK, fit_to_budget, price_choice
+
+    space, _ = _space()
+    wise = ("conv2", "conv3")
+    for name in wise:
+        enable_channel_bits(space.layer(name))
+    groups = {n: int(space.layer(n).w_theta.shape[0]) for n in wise}
+    start = (tuple((n, (8,) * groups[n], 8) if n in wise else (n, 8, 8) for n in space.layer_names), ())
+    a100 = cost_model_for("a100")
+
+    def price(choice):
+        return price_choice(space, choice, a100, 1)
+
+    four = (tuple((n, (4,) * groups[n], 4) if n in wise else (n, 8, 8) for n in space.layer_names), ())
+    singles = [c for c in _downgrades(space, start) if c[1] == () and price(c) < price(start)]
+    assert singles == []  # no single-group or activation step saves at the 8/8 corner
+    landed, _ = fit_to_budget(space, start, price, price(four))
+    assert price(landed) <= price(four) * (1 + BUDGET_SLACK)
+    widths = {n: w for n, w, _ in landed[0]}
+    assert all(max(widths[n]) < 8 for n in wise)

@@ -17,6 +17,7 @@ from hwsbs.lut.apb import add_apb_argument, apb_shares_option
 from hwsbs.lut.builder import MeasureSettings
 from hwsbs.lut.fidelity import draw_configs, fit_profile, measure_configs, report_dict
 from hwsbs.lut.run import build_profile
+from hwsbs.lut.split import DEFAULT_SPLIT_LAYERS, check_split_options
 from hwsbs.progress import console, progress_bar
 
 from .profiles import stdout_console
@@ -139,6 +140,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also time N random configurations of each model end to end per batch and store the fitted "
         "whole-model term (overhead + scale * sum of layers) in the table (default: %(default)s, none)",
     )
+    b.add_argument(
+        "--channel-split",
+        action="store_true",
+        help="also time layers split as hwsbs export runs a channel-wise layer (--granularity channel: one "
+        "sub-layer per weight width) and write the fitted channel_split overhead into the profile "
+        "(--runtime torch only)",
+    )
+    b.add_argument(
+        "--split-layers",
+        type=_positive,
+        default=DEFAULT_SPLIT_LAYERS,
+        metavar="N",
+        help="layer shapes --channel-split times, spread by size (default: %(default)s)",
+    )
     add_apb_argument(b)
     _geometry(b)
     _timing(b, repeats=30)
@@ -195,6 +210,8 @@ def _command(args: argparse.Namespace) -> str:
         if args.whole_model_configs:
             parts += ["--whole-model-configs", str(args.whole_model_configs)]
         parts += ["--apb", args.apb] if args.apb is not None else []
+        if args.channel_split:
+            parts += ["--channel-split", "--split-layers", str(args.split_layers)]
     else:
         for hw in args.hw:
             parts += ["--hw", hw]
@@ -239,6 +256,8 @@ def _check_common(args: argparse.Namespace) -> list[int]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.channel_split:  # the combination first: ahead of whether onnxruntime is installed
+        check_split_options(args.runtime, args.bits)
     batches = _check_common(args)
     if args.whole_model_configs < 0 or args.whole_model_configs == 1:
         raise ConfigError(f"--whole-model-configs: expected 0 (none) or >= 2, got {args.whole_model_configs}")
@@ -276,7 +295,11 @@ def _build(args: argparse.Namespace) -> int:
         extra_shapes=extra,
         whole_model_configs=args.whole_model_configs,
         apb_shares=apb_shares,
+        channel_split=args.channel_split,
+        split_layers=args.split_layers,
     )
+    if result.channel_split is not None:
+        console.print(f"channel_split: {result.channel_split.describe()}")
     console.print(
         f"wrote {result.profile_path} (profile {result.profile.name!r}, cost model lut) and "
         f"{result.table_path}: {result.entries} entries for {result.signatures} layer shapes in "

@@ -10,7 +10,7 @@ import yaml
 
 from hardware_profiles import load_profile
 from hardware_profiles.lut_table import LookupTable, load_lookup_table
-from hardware_profiles.schema import HardwareProfile
+from hardware_profiles.schema import ChannelSplit, HardwareProfile
 from hwsbs.errors import ConfigError
 
 __all__ = ["write_table", "write_profile", "profile_name_for"]
@@ -77,8 +77,10 @@ def write_profile(
     table_path: str | Path,
     sources: list[str],
     header: list[str] | None = None,
+    channel_split: ChannelSplit | None = None,
 ) -> HardwareProfile:
-    """Write a profile whose default cost model is ``lut`` on ``table_path``; loads it back."""
+    """Write a profile whose default cost model is ``lut`` on ``table_path`` (with a measured
+    ``channel_split`` block when given); loads it back."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     table_ref = Path(table_path)
@@ -94,8 +96,10 @@ def write_profile(
         "cost_model": {"name": "lut", "outside_grid": "proportional"},
         "fallback": "next_wider",
         "lookup_table": rel.as_posix(),
-        "sources": sources,
     }
+    if channel_split is not None:
+        data["channel_split"] = channel_split.model_dump()
+    data["sources"] = sources
     lines = [f"# {h}" for h in header or []]
     if (p.parent / "schema.json").is_file():
         lines.insert(0, "# yaml-language-server: $schema=schema.json")

@@ -6,13 +6,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cost_models.base import LayerShape
 from hardware_profiles import load_profile
 from hardware_profiles.lut_table import WholeModelTerm
-from hardware_profiles.schema import HardwareProfile
+from hardware_profiles.schema import ChannelSplit, HardwareProfile
 from hwsbs.defaults import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from hwsbs.errors import ConfigError
 from hwsbs.export import ModelSpec
@@ -20,9 +21,17 @@ from hwsbs.export.kernels import resolve_backend
 from hwsbs.progress import progress_bar
 
 from .apb import APB_DEFAULT_ACT_BITS, apb_task_count, measure_apb
-from .builder import MeasureSettings, executed_pairs, make_table, measure_jobs, plan_jobs
+from .builder import LayerJob, MeasureSettings, executed_pairs, make_table, measure_jobs, plan_jobs
 from .machine import describe_machine, machine_info
 from .profile_io import profile_name_for, write_profile, write_table
+from .split import (
+    DEFAULT_SPLIT_LAYERS,
+    SplitFit,
+    check_split_options,
+    measure_channel_split,
+    split_jobs,
+    split_task_count,
+)
 from .timing import fixed_threads
 from .whole_model import fit_term
 
@@ -39,6 +48,7 @@ class BuildResult:
     entries: int
     signatures: int
     seconds: float
+    channel_split: SplitFit | None = None  # the measured split overhead (``channel_split=True``)
 
 
 def _count(jobs, settings: MeasureSettings, pairs: int) -> int:
@@ -62,6 +72,8 @@ def build_profile(
     whole_model_configs: int = 0,
     apb_shares: Sequence[float] = (),
     apb_act_bits: int = APB_DEFAULT_ACT_BITS,
+    channel_split: bool = False,
+    split_layers: int = DEFAULT_SPLIT_LAYERS,
 ) -> BuildResult:
     """Measure ``specs``' layers and write ``out`` (a profile) plus its table (``tables/NAME.yaml``
     next to it unless ``table_out``). ``whole_model_configs`` > 0 also times that many random
@@ -69,9 +81,13 @@ def build_profile(
     (:mod:`hwsbs.lut.whole_model`) in the table. ``apb_shares`` (e.g.
     :data:`~hwsbs.lut.apb.DEFAULT_APB_SHARES`) also times every conv/linear shape as an APB layer
     at those outlier shares and ``apb_act_bits`` (:mod:`hwsbs.lut.apb`, the table's ``apb`` section).
+    ``channel_split`` then also times up to ``split_layers`` layer shapes split as the export runs
+    a channel-wise layer and writes the fitted ``channel_split`` block into the profile
+    (:mod:`hwsbs.lut.split`).
 
     Raises:
-        ConfigError: a bad option (device not available, bad output name).
+        ConfigError: a bad option (device not available, bad output name, ``channel_split`` with
+            a runtime other than torch, fewer than two ``bits`` or no layer to split).
     """
     dev = torch.device(settings.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -79,6 +95,8 @@ def build_profile(
     out_path = Path(out)
     name = profile_name_for(out_path)
     table_path = Path(table_out) if table_out else out_path.parent / "tables" / f"{name}.yaml"
+    if channel_split:  # before minutes of measuring
+        check_split_options(settings.runtime, bits)
     start = time.perf_counter()
     with fixed_threads(threads):
         backend = resolve_backend(settings.backend, settings.device)
@@ -94,6 +112,12 @@ def build_profile(
             grid=grid,
             extra_shapes=extra_shapes,
         )
+        to_split = split_jobs(jobs, group_size, split_layers) if channel_split else []
+        if channel_split and not to_split:
+            raise ConfigError(
+                "--channel-split: no layer to split (an ungrouped conv or linear layer with more than "
+                "--group-size output channels)"
+            )
         pairs = executed_pairs(backend, settings.runtime)
         total = _count(jobs, settings, len(pairs)) + (apb_task_count(jobs, settings, apb_shares) if apb_shares else 0)
         with progress_bar("measuring", "what", disable=not progress) as bar:
@@ -104,7 +128,6 @@ def build_profile(
                 if apb_shares
                 else []
             )
-    elapsed = time.perf_counter() - start
     device_line = describe_machine(machine)
     paths = "; ".join(f"{w}/{a}: {label}" for w, a, label in pairs)
     how = (
@@ -140,30 +163,84 @@ def build_profile(
     ]
     write_table(table, table_path, header)
     kind = "gpu" if dev.type == "cuda" else "cpu"
-    profile = write_profile(
-        out_path,
-        name=name,
-        kind=kind,
-        table_path=table_path,
-        header=header,
-        description=f"measured layer latencies: {machine.get('gpu', machine['cpu'])}, torch threads {machine['threads']}, "
+    description = (
+        f"measured layer latencies: {machine.get('gpu', machine['cpu'])}, torch threads {machine['threads']}, "
         f"torch {machine['torch']} ({backend} int8 kernels)"
         if settings.runtime == "torch"
-        else f"measured layer latencies: {machine['cpu']}, {machine['runtime']} QDQ, intra-op threads {machine['threads']}",
-        sources=[
-            f"Measured with `{command or 'hwsbs.lut.build_profile'}` on {date} ({len(entries)} entries, "
-            f"{len(jobs)} layer shapes of {models})",
-            f"Machine: {device_line}",
-            f"Method: {method}",
-        ],
+        else f"measured layer latencies: {machine['cpu']}, {machine['runtime']} QDQ, intra-op threads {machine['threads']}"
     )
+    sources = [
+        f"Measured with `{command or 'hwsbs.lut.build_profile'}` on {date} ({len(entries)} entries, "
+        f"{len(jobs)} layer shapes of {models})",
+        f"Machine: {device_line}",
+        f"Method: {method}",
+    ]
+
+    def write(lines: list[str], split: ChannelSplit | None = None) -> HardwareProfile:
+        return write_profile(
+            out_path,
+            name=name,
+            kind=kind,
+            table_path=table_path,
+            header=header,
+            description=description,
+            sources=lines,
+            channel_split=split,
+        )
+
+    profile = write(sources)
+    fit = None
+    if channel_split:  # needs the written table: its predictions for the parts
+        fit = _measure_split(to_split, profile, settings, threads, bits, group_size, progress)
+        how = _split_source(fit, machine, settings, models)
+        line = f"channel_split: measured with `{command or 'hwsbs.lut.build_profile'}` on {date}: {how}"
+        profile = write([*sources, line], fit.channel_split())
     if whole_model_configs > 0:
         terms = fit_whole_model_terms(specs, profile, settings, threads, whole_model_configs, bits, group_size)
         table = table.model_copy(update={"whole_model": terms})
         write_table(table, table_path, header)
         profile = load_profile(out_path)
-        elapsed = time.perf_counter() - start
-    return BuildResult(profile, out_path, table_path, len(entries), len(jobs), elapsed)
+    return BuildResult(profile, out_path, table_path, len(entries), len(jobs), time.perf_counter() - start, fit)
+
+
+def _measure_split(
+    jobs: list[LayerJob],
+    profile: HardwareProfile,
+    settings: MeasureSettings,
+    threads: int | None,
+    bits: Sequence[int],
+    group_size: int,
+    progress: bool,
+) -> SplitFit:
+    """:func:`~hwsbs.lut.split.measure_channel_split` with the build's threads and a progress bar."""
+    widths = check_split_options(settings.runtime, bits)
+    with fixed_threads(threads), progress_bar("measuring splits", "what", disable=not progress) as bar:
+        task = bar.add_task("split", total=split_task_count(jobs, widths, group_size, settings), what="")
+        return measure_channel_split(
+            jobs,
+            profile,
+            settings,
+            bits=bits,
+            group_size=group_size,
+            on_step=lambda w: bar.update(task, advance=1, what=w),
+        )
+
+
+def _split_source(fit: SplitFit, machine: dict[str, Any], settings: MeasureSettings, models: str) -> str:
+    """The profile's ``sources`` line for a measured ``channel_split`` (how, where, on what)."""
+    shapes = len({s.signature for s in fit.samples})
+    batches = ", ".join(map(str, settings.batches))
+    widths = ", ".join(map(str, fit.widths))
+    return (
+        f"{shapes} layer shapes of {models} exported as hwsbs export runs a channel-wise layer (one sub-layer "
+        f"per weight width, concatenated and reordered, a ReLU after it unfused), split into the narrowest and "
+        f"widest of {widths} bits (and all of them where the layer has the groups), groups of {fit.group_size} "
+        f"output channels taking the widths in turn, {fit.a_bits}-bit inputs, timed as the table ({settings.rounds} "
+        f"passes, {settings.warmup} warm-up calls, >= {settings.repeats} timed calls, medians) on {machine['cpu']}"
+        f"{' / ' + machine['gpu'] if 'gpu' in machine else ''}, runtime {machine['runtime']} (torch "
+        f"{machine['torch']}, {settings.backend} kernels), threads {machine['threads']}, batch {batches}; "
+        + fit.describe()
+    )
 
 
 def fit_whole_model_terms(

@@ -110,6 +110,14 @@ def _downgrades(space: SearchSpace, choice: Choice) -> list[Choice]:
                 if value in ladder and ladder.index(value) > 0:
                     lowered = w[:g] + (ladder[ladder.index(value) - 1],) + w[g + 1 :]
                     out.append((bits[:i] + ((name, lowered, a),) + bits[i + 1 :], pruned))
+            # and every group at the layer's widest width down together: where the device runs a
+            # layer at its widest group (a GPU, a CPU) or tiles rows wider than one group (BISMO's
+            # d_m), no single group's step saves, and without this the descent stops over budget
+            widest = max(w)
+            if w.count(widest) > 1 and widest in ladder and ladder.index(widest) > 0:
+                down = ladder[ladder.index(widest) - 1]
+                lowered = tuple(down if value == widest else value for value in w)
+                out.append((bits[:i] + ((name, lowered, a),) + bits[i + 1 :], pruned))
         pairs: list[tuple[str, int]] = [("a", a)] if isinstance(w, tuple) else [("w", w), ("a", a)]
         for which, value in pairs:  # (a channel-wise layer's weights: group by group, above)
             if value in ladder and ladder.index(value) > 0:
