@@ -62,17 +62,26 @@ class ChannelGateMixin:
         """0/1 over the weight: the rows and input columns the physically pruned layer keeps.
 
         Standardising over these alone makes the search layer quantise exactly as the pruned
-        layer will (same mean and std), so the search model is the pruned model.
+        layer will (same mean and std), so the search model is the pruned model. The same row and
+        column masks give the same mask object (what was computed with it stays valid: weight_stats).
         """
-        mask = None
         row_source: SBSLayerMixin | None = (
             cast("SBSLayerMixin", self) if self.searches_pruning else self.__dict__.get("row_source")
         )
         rows = row_source.kept_channel_mask() if row_source is not None else None
-        if rows is not None:
-            mask = rows.view(-1, *([1] * (self.weight.dim() - 1))).expand_as(self.weight)
         col_source: SBSLayerMixin | None = self.__dict__.get("mask_source")
         cols = col_source.kept_channel_mask() if col_source is not None else None
+        hit = self.__dict__.get("_weight_mask")
+        if hit is not None and hit[0] is rows and hit[1] is cols and hit[2] == self.weight.shape:
+            return hit[3]
+        mask = self._combine_masks(rows, cols)
+        self.__dict__["_weight_mask"] = (rows, cols, self.weight.shape, mask)  # holds rows, cols: ids stay unique
+        return mask
+
+    def _combine_masks(self, rows: Tensor | None, cols: Tensor | None) -> Tensor | None:
+        mask = None
+        if rows is not None:
+            mask = rows.view(-1, *([1] * (self.weight.dim() - 1))).expand_as(self.weight)
         if cols is not None and self.weight.shape[1] == cols.numel():
             col_mask = cols.view(1, -1, *([1] * (self.weight.dim() - 2))).expand_as(self.weight)
             mask = col_mask if mask is None else mask * col_mask
@@ -110,16 +119,26 @@ class ChannelGateMixin:
 
     @torch.no_grad()
     def kept_channel_mask(self) -> Tensor | None:
-        """1.0 for every output channel the pruning gates keep now, 0.0 for pruned ones."""
+        """1.0 for every output channel the pruning gates keep now, 0.0 for pruned ones.
+
+        On CPU the same decisions give the same mask object even after the statistics or the
+        threshold moved (one comparison of a few booleans), so what was computed with the mask
+        (the standardised weight of the clamp, weight_stats) stays valid for the next forward.
+        """
         if not self.searches_pruning:
             return None
         stats = self.pruning_statistics()
         key = (id(self.p_theta), self.p_theta._version, self.group_size)
+        layout = (self.group_size, self.weight.shape[0], self.weight.dtype, self.weight.device)
         hit = self.__dict__.get("_kept_mask")
         if hit is not None and hit[0] is stats and hit[1] == key:  # same statistics and threshold
-            return hit[2]
-        keep = self._expand_groups((stats > self.p_theta).to(self.weight.dtype))
-        self.__dict__["_kept_mask"] = (stats, key, keep)  # holding stats keeps its identity unique
+            return hit[4]
+        kept = stats > self.p_theta
+        if hit is not None and hit[3] == layout and kept.is_cpu and torch.equal(hit[2], kept):
+            keep = hit[4]  # the same decisions: the same mask (a read of the device would wait on it)
+        else:
+            keep = self._expand_groups(kept.to(self.weight.dtype))
+        self.__dict__["_kept_mask"] = (stats, key, kept, layout, keep)  # holding stats keeps its id unique
         return keep
 
     def channel_gates(self) -> Tensor | None:

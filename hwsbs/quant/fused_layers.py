@@ -30,15 +30,25 @@ from torch import Tensor, nn
 from hwsbs.distributed import mean_over_ranks
 
 from . import compiled, numba_kernels
-from .fused import ACT_STAT_SAMPLES, _grid, gate_grads, lower_grid_residuals, sample_index
+from .fused import ACT_STAT_SAMPLES, _grid, gate_grads, sample_index
 from .gates import threshold_gate
 from .kernels import quantize_backward, quantize_forward
+from .numba_stats import residual_means
 from .scales import ActivationPath
+from .weight_stats import searched_weight
 
 if TYPE_CHECKING:
     from .layers import SBSLayerMixin
 
-__all__ = ["FusedQuantize", "fused_quantize", "use_fused", "fused_enabled", "fused_input", "fused_weight"]
+__all__ = [
+    "FusedQuantize",
+    "fused_quantize",
+    "use_fused",
+    "fused_enabled",
+    "fused_input",
+    "fused_weight",
+    "fused_weight_applies",
+]
 
 _STATE = {"fused": os.environ.get("HWSBS_QUANTIZER", "fused").strip().lower() != "reference"}
 
@@ -60,11 +70,26 @@ def _levels(bits: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.tensor([float(2**b - 1) for b in bits], dtype=dtype, device=device)
 
 
+@lru_cache(maxsize=256)
+def _level(bits: tuple[int, ...], index: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``_levels(...)[index]`` as its own tensor, made once (the kernels only read it); a normal
+    tensor even when first asked for under inference mode (the backward saves it)."""
+    with torch.inference_mode(False):
+        return _levels(bits, dtype, device)[index].clone()
+
+
 def _selected_level(gates: Tensor, bits: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """``2^b - 1`` of the width nested 0/1 gates select (consecutive open gates), on the device."""
-    levels = _levels(bits, dtype, device)
     if gates.numel() == 0:
-        return levels[0]
+        return _level(bits, 0, dtype, device)
+    if gates.is_cpu:  # a host read costs nothing here: one read instead of five tiny ops
+        opened = 0
+        for g in gates.tolist():
+            if not g >= 0.5:  # as the device count below: NaN closes
+                break
+            opened += 1
+        return _level(bits, opened, dtype, device)
+    levels = _levels(bits, dtype, device)
     index = (gates.detach() >= 0.5).to(torch.int64).cumprod(0).sum()
     return levels[index]
 
@@ -119,11 +144,14 @@ def fused_quantize(
 def _sampled_stats(x: Tensor, v: Tensor, signed: bool, bits: tuple[int, ...]) -> Tensor:
     """:func:`hwsbs.quant.fused.sampled_residuals` of the normalised ``x``, normalising only the sample."""
     flat = x.detach().reshape(-1)
-    if flat.numel() > ACT_STAT_SAMPLES:
-        flat = flat.index_select(0, sample_index(flat.numel(), ACT_STAT_SAMPLES, str(flat.device)))
+    index = sample_index(flat.numel(), ACT_STAT_SAMPLES, str(flat.device)) if flat.numel() > ACT_STAT_SAMPLES else None
     if len(bits) < 2:
         return flat.new_zeros(0)
     v = v.detach()
+    if (fast := residual_means(flat, v, signed, bits, index)) is not None:  # one numba pass, same values
+        return fast
+    if index is not None:
+        flat = flat.index_select(0, index)
     z = (torch.clamp(flat / v, -1.0, 1.0) + 1.0) / 2.0 if signed else torch.clamp(flat / v, 0.0, 1.0)
     return torch.stack([F.l1_loss(_grid(z, b), z) for b in bits[:-1]])
 
@@ -179,16 +207,21 @@ def fused_input(layer: SBSLayerMixin, x: Tensor, path: ActivationPath, momentum:
     return out
 
 
-def fused_weight(layer: SBSLayerMixin) -> Tensor | None:
-    """``layer.quantized_weight()`` in search mode, fused (None where the reference code runs)."""
+def fused_weight_applies(layer: SBSLayerMixin) -> bool:
+    """True where ``layer.quantized_weight()`` runs :func:`fused_weight` (else the reference code)."""
     if not _STATE["fused"] or layer.mode != "search" or layer.pinned or not layer.search_weight_bits:
+        return False
+    return layer.weight_group <= 0 and not layer.channel_bits  # else a clip tensor / per-group gates
+
+
+def fused_weight(layer: SBSLayerMixin) -> Tensor | None:
+    """``layer.quantized_weight()`` in search mode, fused (None where the reference code runs).
+
+    The standardised weight and the gate statistics come from :func:`searched_weight`: built by
+    the clamp after the latest weight update where nothing changed since (the same values).
+    """
+    if not fused_weight_applies(layer):
         return None
-    if layer.weight_group > 0 or layer.channel_bits:  # a clip tensor / per-group gates: the reference code
-        return None
-    w_std, std = layer._search_standardised()
-    v = layer._weight_clip()
-    with torch.no_grad():
-        z = (torch.clamp(w_std / v, -1.0, 1.0) + 1.0) / 2.0
-        stats, _ = lower_grid_residuals(z, layer.bits)
-    gates = _gates(layer, "w", stats / layer.w_scale)
+    w_std, std, v, rel = searched_weight(layer, take=True)
+    gates = _gates(layer, "w", rel)
     return fused_quantize(w_std, v, std * v, gates, layer.bits, True)

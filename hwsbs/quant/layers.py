@@ -39,19 +39,16 @@ from .fused_layers import fused_activation, fused_input, fused_weight
 from .gates import bits_from_gates, threshold_gate
 from .quantizer import quantize, step_size
 from .scales import EPS, INPUT_PATH, MIN_CLIP, ActivationPath, grad_scale, group_absmax, standardise
+from .weight_stats import CACHE as WEIGHT_CACHE
+from .weight_stats import clamp_layer, searched_weight
 
 __all__ = ["SBSLayerMixin", "SBSConv2d", "SBSLinear", "sbs_layers"]
 
 _EMA_MOMENTUM = 0.1  # running mean of per-batch activation residuals (method section 2)
 
-
-# Thresholds stay within this many temperatures of their statistics: a gate far past its
-# statistic has no surrogate gradient left, so its decision could never be reversed.
-THRESHOLD_MARGIN_TAU = 3.0
-
-
-#: Attributes only the latest forward's cost term reads (autograd graph nodes, never copied).
-TRANSIENT = ("last_w_gates", "last_a_gates", "last_p_gates", "last_w_probs", "last_a_probs")
+#: Attributes only the latest forward's cost term (or the next forward: weight_stats) reads
+#: (autograd graph nodes, never copied).
+TRANSIENT = ("last_w_gates", "last_a_gates", "last_p_gates", "last_w_probs", "last_a_probs", WEIGHT_CACHE)
 
 
 class SBSLayerMixin(ChannelGateMixin):
@@ -171,7 +168,7 @@ class SBSLayerMixin(ChannelGateMixin):
         return grad_scale(self.weight_clip, 1.0 / math.sqrt(self.weight.numel() * (2 ** self.bits[-1] - 1)))
 
     def _act_clip(self, x: Tensor, clip: Tensor | None = None) -> Tensor:
-        per_sample = max(x[0].numel(), 1) if x.dim() > 1 else x.numel()
+        per_sample = max(math.prod(x.shape[1:]), 1) if x.dim() > 1 else x.numel()  # x[0].numel(), no op
         clip = self.act_clip if clip is None else clip
         return grad_scale(clip, 1.0 / math.sqrt(per_sample * (2 ** self.bits[-1] - 1)))
 
@@ -188,7 +185,9 @@ class SBSLayerMixin(ChannelGateMixin):
 
     def weight_statistics(self) -> Tensor:
         """The weight gates' statistics in their units (residual over its calibration value)."""
-        return cb.relative_statistics(self, self._normalise_weight(self._search_standardised()[0]))
+        if self.channel_bits or self.weight_group > 0:
+            return cb.relative_statistics(self, self._normalise_weight(self._search_standardised()[0]))
+        return searched_weight(self).rel  # cached until the weight changes (weight_stats)
 
     def _normalise_act(self, x: Tensor, v: Tensor, signed_flag: str = "act_signed") -> Tensor:
         if self._host_flag(signed_flag):
@@ -305,25 +304,10 @@ class SBSLayerMixin(ChannelGateMixin):
         a_bits = bits_from_gates(self.bits, [a > float(t) for a, t in zip(a_rel, self.a_theta)])
         return w_bits, a_bits
 
-    @torch.no_grad()
     def clamp_parameters(self) -> None:
         """Keep thresholds >= 0 and within reach of their statistics, clipping values > 0, and
-        pruning under its cap (method 2-3). Runs on the device: no value is read back."""
-        margin = THRESHOLD_MARGIN_TAU * self.tau
-        self.w_theta.clamp_(min=0.0)
-        self.a_theta.clamp_(min=0.0)
-        self.weight_clip.clamp_(min=MIN_CLIP)
-        self.act_clip.clamp_(min=MIN_CLIP)
-        if self.mode == "search" and not self.pinned:
-            self.w_theta.copy_(torch.minimum(self.w_theta, self.weight_statistics() + margin))
-            self.a_theta.copy_(torch.minimum(self.a_theta, self.a_residual_ema / self.a_scale + margin))
-        if self.prunable:
-            stats = torch.sort(self.pruning_statistics()).values
-            max_pruned = self.max_pruned_groups
-            # Groups with stat <= theta are pruned: keep theta below the (max_pruned+1)-th smallest,
-            # and no further than the margin below the weakest group.
-            ceiling = stats[max_pruned] - 1e-6 * stats[max_pruned].abs().clamp_min(1.0)
-            self.p_theta.copy_(torch.maximum(torch.minimum(self.p_theta, ceiling), stats[0] - margin))
+        pruning under its cap (method 2-3; :func:`hwsbs.quant.weight_stats.clamp_layer`)."""
+        clamp_layer(self)
 
     def set_fixed(self, w_bits: int, a_bits: int) -> None:
         """Switch to fixed mode with the given bit widths (32 = float)."""
