@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from cost_models.apb_cpu import binary_seconds, dense_seconds
+from cost_models.apb_cpu import binary_seconds, sparse_seconds
 from hardware_profiles import load_profile
 from hwsbs.apb.kernels import HAVE_NUMBA, binary_gemm_codes, csr_gemm, pack_bits, to_csr
 
@@ -90,7 +90,7 @@ def main() -> None:
     if kernels is not None:  # the apb_cpu model's prediction of the same calls, from the profile's fit
         for m, k, n in SHAPES:
             outliers = round(args.fp_share * n * k)
-            apb = binary_seconds(kernels, m, n, k, args.act_bits) + dense_seconds(kernels.sparse_gemm, m * outliers)
+            apb = binary_seconds(kernels, m, n, k, args.act_bits) + sparse_seconds(kernels, m, k, outliers)
             predicted[f"{m}x{k}x{n}"] = {"apb_s": apb, "measured_over_predicted": seconds[f"{m}x{k}x{n}"]["apb"] / apb}
     speedup = {shape: {name: t["fp32"] / v for name, v in t.items() if name != "fp32"} for shape, t in seconds.items()}
     print(

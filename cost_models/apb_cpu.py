@@ -5,7 +5,8 @@ An APB layer (``state.fp_weights >= 0``) as ``hwsbs.apb.kernels`` runs it, per l
 * binary part: ``per_call_s + M * N * ceil(K / 64) * a_bits / word_ops_per_s + M * K * a_bits /
   packed_bits_per_s`` (AND + POPCNT + add per activation bit plane, after packing those planes),
   with ``M`` output positions times batch, ``N`` kept outputs and ``K`` weights per row;
-* outliers: ``per_call_s + M * fp_weights / macs_per_s`` (CSR times dense).
+* outliers: ``per_call_s + M * fp_weights / macs_per_s + M * K / activations_per_s`` (CSR times
+  the dense activations, which the kernel first transposes).
 
 Other layers run dense: FP32 GEMM when either operand is float, else the int8 path (narrower
 integer widths included, as on oneDNN), each ``per_call_s + MACs / macs_per_s``. Every figure
@@ -22,11 +23,11 @@ from .base import FLOAT_BITS, CostModel, LayerShape, LayerState
 from .errors import CostModelError
 from .registry import register_cost_model
 
-__all__ = ["APBCpuCostModel", "dense_seconds", "binary_seconds"]
+__all__ = ["APBCpuCostModel", "dense_seconds", "binary_seconds", "sparse_seconds"]
 
 
 def dense_seconds(speed: KernelSpeed, macs: float) -> float:
-    """One dense (or sparse) kernel call doing ``macs`` multiply-adds."""
+    """One dense GEMM call doing ``macs`` multiply-adds."""
     return speed.per_call_s + macs / speed.macs_per_s
 
 
@@ -39,6 +40,12 @@ def binary_seconds(kernels: BinaryKernels, positions: int, rows: int, per_row: i
         + positions * rows * words * a_bits / speed.word_ops_per_s
         + positions * per_row * a_bits / speed.packed_bits_per_s
     )
+
+
+def sparse_seconds(kernels: BinaryKernels, positions: int, per_row: int, outliers: int) -> float:
+    """One CSR outlier call: ``outliers`` weights against ``positions`` x ``per_row`` activations."""
+    speed = kernels.sparse_gemm
+    return speed.per_call_s + positions * outliers / speed.macs_per_s + positions * per_row / speed.activations_per_s
 
 
 @register_cost_model("apb_cpu")
@@ -72,6 +79,6 @@ class APBCpuCostModel(CostModel):
         positions = macs // max(rows * per_row, 1)  # M: output positions times batch
         binary = binary_seconds(k, positions, rows, per_row, min(state.a_bits, FLOAT_BITS))
         if state.fp_weights > 0:
-            binary += dense_seconds(k.sparse_gemm, positions * state.fp_weights)
+            binary += sparse_seconds(k, positions, per_row, state.fp_weights)
         # a plain 1-bit layer runs on whichever path is faster; an APB layer needs the bitwise one
         return binary if state.fp_weights >= 0 else min(binary, dense)

@@ -32,6 +32,7 @@ __all__ = [
     "ChannelSplit",
     "KernelSpeed",
     "BinaryGemmSpeed",
+    "SparseGemmSpeed",
     "BinaryKernels",
     "HardwareProfile",
     "profile_json_schema",
@@ -173,6 +174,16 @@ class BinaryGemmSpeed(_FiniteModel):
     )
 
 
+class SparseGemmSpeed(_FiniteModel):
+    """APB's CSR outliers: ``per_call_s + outlier_macs / macs_per_s + activations / activations_per_s``."""
+
+    per_call_s: float = Field(ge=0.0, description="Fixed seconds per call (allocation, dispatch).")
+    macs_per_s: PositiveFloat = Field(description="Outlier multiply-adds per second: M x outliers per call.")
+    activations_per_s: PositiveFloat = Field(
+        description="Activations laid out for the kernel per second (a transpose): M x K per call."
+    )
+
+
 class BinaryKernels(_FiniteModel):
     """Measured single-core speeds of APB's kernels on one CPU, for the ``apb_cpu`` cost model.
 
@@ -183,7 +194,7 @@ class BinaryKernels(_FiniteModel):
     measured_on: str = Field(min_length=1, description="The CPU as hwsbs describes it; a search on another CPU warns.")
     threads: PositiveInt = Field(default=1, description="Threads the kernels ran on.")
     binary_gemm: BinaryGemmSpeed = Field(description="Bit-packed binary GEMM (numba AND + popcount).")
-    sparse_gemm: KernelSpeed = Field(description="CSR outliers times dense activations (M x outliers MACs).")
+    sparse_gemm: SparseGemmSpeed = Field(description="CSR outliers times the dense activations.")
     int8_gemm: KernelSpeed = Field(description="Dense int8 GEMM (torch._int_mm / oneDNN) for integer layers.")
     fp32_gemm: KernelSpeed = Field(description="Dense FP32 GEMM (torch.matmul) for float layers.")
     fit: str = Field(default="", description="How well the fit matched its measurements, in words.")

@@ -53,7 +53,11 @@ def test_builtin_x86_profile_prices_apb_from_its_block_in_closed_form():
         + positions * rows * 3 * 8 / k.binary_gemm.word_ops_per_s  # ceil(144 / 64) = 3 words, 8 planes
         + positions * per_row * 8 / k.binary_gemm.packed_bits_per_s
     )
-    sparse = k.sparse_gemm.per_call_s + positions * 37 / k.sparse_gemm.macs_per_s
+    sparse = (
+        k.sparse_gemm.per_call_s
+        + positions * 37 / k.sparse_gemm.macs_per_s
+        + positions * per_row / k.sparse_gemm.activations_per_s  # the transposed activations
+    )
     assert model.layer_cost(CONV, state) == pytest.approx(binary + sparse, rel=1e-12)
     assert model.layer_cost(CONV, LayerState(1, 8, 16, 32, fp_weights=0)) == pytest.approx(binary, rel=1e-12)
     macs = CONV.macs()
@@ -90,6 +94,7 @@ def test_measured_block_appends_to_a_profile_and_then_refuses_a_second(tmp_path)
     kernels = measure_binary_kernels(QUICK_SHAPES[:8] + (GemmShape(256, 576, 64, 8),), repeats=2)
     for speed in (kernels.sparse_gemm, kernels.int8_gemm, kernels.fp32_gemm):
         assert speed.per_call_s >= 0 and speed.macs_per_s > 0
+    assert kernels.sparse_gemm.activations_per_s > 0
     assert "binary_kernels:" in kernels_yaml(kernels)
     path = tmp_path / "cpu.yaml"
     path.write_text((BUILTIN_DIR / "t4.yaml").read_text().replace("name: t4", "name: mycpu"))

@@ -21,7 +21,7 @@ from scipy.optimize import nnls
 
 from hardware_profiles.errors import ProfileError
 from hardware_profiles.loader import load_profile
-from hardware_profiles.schema import BinaryGemmSpeed, BinaryKernels, KernelSpeed
+from hardware_profiles.schema import BinaryGemmSpeed, BinaryKernels, KernelSpeed, SparseGemmSpeed
 
 from .kernels import binary_gemm_codes, csr_gemm, pack_bits, to_csr
 
@@ -110,8 +110,8 @@ def _work(shape: GemmShape, kernel: str) -> list[float]:
     m, k, n, bits = shape.m, shape.k, shape.n, shape.a_bits
     if kernel == "binary_gemm":
         return [m * n * -(-k // 64) * bits, m * k * bits]  # word operations, packed activation bits
-    if kernel == "sparse_gemm":
-        return [m * round(OUTLIER_SHARE * n * k)]
+    if kernel == "sparse_gemm":  # outlier MACs, and the activations it transposes
+        return [m * round(OUTLIER_SHARE * n * k), m * k]
     return [m * k * n]
 
 
@@ -154,7 +154,7 @@ def measure_binary_kernels(
         coef = fits[kernel][0]
         return KernelSpeed(per_call_s=_sig(coef[0]), macs_per_s=_sig(1 / coef[1]))
 
-    binary = fits["binary_gemm"][0]
+    binary, sparse = fits["binary_gemm"][0], fits["sparse_gemm"][0]
     errors = ", ".join(f"{kernel} {100 * err:.1f}%" for kernel, (_, err) in fits.items())
     return BinaryKernels(
         measured_on=machine,
@@ -162,7 +162,9 @@ def measure_binary_kernels(
         binary_gemm=BinaryGemmSpeed(
             per_call_s=_sig(binary[0]), word_ops_per_s=_sig(1 / binary[1]), packed_bits_per_s=_sig(1 / binary[2])
         ),
-        sparse_gemm=dense("sparse_gemm"),
+        sparse_gemm=SparseGemmSpeed(
+            per_call_s=_sig(sparse[0]), macs_per_s=_sig(1 / sparse[1]), activations_per_s=_sig(1 / sparse[2])
+        ),
         int8_gemm=dense("int8_gemm"),
         fp32_gemm=dense("fp32_gemm"),
         fit=f"median |relative error| over {len(shapes)} shapes, {repeats} repeats each: {errors}",
