@@ -252,6 +252,13 @@ def _check_common(args: argparse.Namespace) -> list[int]:
     return args.batch or [1]
 
 
+def _warn_if_busy(args: argparse.Namespace, when: str) -> float | None:
+    """Warn when other processes stretch this CPU measurement; the 1-minute load average."""
+    from hwsbs.lut.machine import load_average, warn_if_busy
+
+    return warn_if_busy(when) if args.device == "cpu" else load_average()
+
+
 def _build(args: argparse.Namespace) -> int:
     if args.channel_split:  # the combination first: ahead of whether onnxruntime is installed
         check_split_options(args.runtime, args.bits)
@@ -273,6 +280,7 @@ def _build(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         runtime=args.runtime,
     )
+    _warn_if_busy(args, "before measuring")
     extra = []
     if args.conformance_shapes:
         from hwsbs.testing.cost_models import default_shapes
@@ -295,6 +303,7 @@ def _build(args: argparse.Namespace) -> int:
         channel_split=args.channel_split,
         split_layers=args.split_layers,
     )
+    _warn_if_busy(args, "while measuring")
     if result.channel_split is not None:
         console.print(f"channel_split: {result.channel_split.describe()}")
     console.print(
@@ -318,6 +327,7 @@ def _check(args: argparse.Namespace) -> int:
     for hw in args.hw:  # bad profiles fail before minutes of measuring
         warn_if_measured_elsewhere(cost_model_for(load_profile(hw), args.cost))
     configs = draw_configs(spec, args.configs, args.seed, args.bits, batch)
+    load_before = _warn_if_busy(args, "before measuring")
     with progress_bar("measuring configs", remaining=False, disable=not args.progress) as bar:
         task = bar.add_task("check", total=len(configs) + args.repeats)
         measured = measure_configs(
@@ -332,6 +342,7 @@ def _check(args: argparse.Namespace) -> int:
             on_step=lambda: bar.update(task, advance=1),
             runtime=args.runtime,
         )
+    load_after = _warn_if_busy(args, "while measuring")
     fits = [fit_profile(hw, measured, batch, args.cost) for hw in args.hw]
     import torch
 
@@ -346,6 +357,7 @@ def _check(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "bits": list(args.bits),
         "command": _command(args),
+        "load_average": [load_before, load_after],  # 1-minute, before and after measuring
     }
     report = report_dict(spec, measured, fits, settings)
     if args.json:

@@ -14,7 +14,15 @@ import torch
 from cost_models.apb_cpu import APBCpuCostModel
 from cost_models.lut import LutCostModel
 
-__all__ = ["machine_info", "describe_machine", "measured_elsewhere", "warn_if_measured_elsewhere"]
+__all__ = [
+    "machine_info",
+    "describe_machine",
+    "measured_elsewhere",
+    "warn_if_measured_elsewhere",
+    "load_average",
+    "busy_reason",
+    "warn_if_busy",
+]
 
 _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
@@ -133,3 +141,41 @@ def warn_if_measured_elsewhere(cost_model: Any) -> None:
             f"(measure this machine with {remedy})",
             stacklevel=2,
         )
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_reason(when: str, load: float | None = None, cores: int | None = None) -> str | None:
+    """Why timings taken ``when`` (e.g. "while measuring") are stretched by other processes: the
+    1-minute load average above the core count plus 0.5 (this process's threads included), else None.
+
+    A call longer than a scheduler slice (a batch-32 whole model: tens of ms) is preempted on
+    every sample, so its median grows with the CPU share other processes take, while short calls
+    (single layers, batch 1) mostly run between preemptions: a table built on a quieter machine
+    then predicts every configuration too fast by about the same factor (rank order kept).
+    """
+    load = load_average() if load is None else load
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if load is None or load <= cores + 0.5:
+        return None
+    return (
+        f"the machine was busy {when} (1-minute load average {load:.2f} on {cores} cores): other processes "
+        f"stretch calls longer than a scheduler slice (whole models at large batches) by the CPU share they "
+        f"take, so these timings and a table measured quieter disagree by about that factor; measure when the "
+        f"load average stays below the core count"
+    )
+
+
+def warn_if_busy(when: str) -> float | None:
+    """One warning when :func:`busy_reason` finds the machine busy; the 1-minute load average."""
+    load = load_average()
+    why = busy_reason(when, load)
+    if why is not None:
+        warnings.warn(why, stacklevel=2)
+    return load
