@@ -64,7 +64,7 @@ from hwsbs.sbs.convert import searchable_shapes
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import frontier  # noqa: E402
-from frontier import Job, cached_accuracies, finetune, search, setup, summarise  # noqa: E402
+from frontier import Job, add_protocol_arguments, cached_accuracies, finetune, schedule, search, setup, summarise  # noqa: E402
 from search_overhead import machine_info  # noqa: E402
 
 __all__ = ["ROWS", "plan", "uniform_size_bits", "apb_compressed_model", "summarise_rows", "markdown", "main"]
@@ -189,13 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--model", default="resnet20", help="built-in model")
-    p.add_argument("--train-per-class", type=int, default=300)
-    p.add_argument("--val-per-class", type=int, default=50)
-    p.add_argument("--test-per-class", type=int, default=200, help="0 = the whole test split")
-    p.add_argument("--pretrain-epochs", type=int, default=15)
-    p.add_argument("--search-epochs", type=int, default=2)
-    p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add_protocol_arguments(p)
     p.add_argument("--skip-searched", action="store_true", help="no -searched rows (fine-tunes from FP only)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out-dir", default="runs/apb_compare")
@@ -252,21 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": machine_info(),
         "command": " ".join(["benchmarks/apb_compare.py", *(argv if argv is not None else sys.argv[1:])]),
-        "schedule": {
-            k: getattr(args, k)
-            for k in (
-                "train_per_class",
-                "val_per_class",
-                "test_per_class",
-                "pretrain_epochs",
-                "search_epochs",
-                "finetune_epochs",
-                "seeds",
-                "threads",
-                "rows",
-                "skip_searched",
-            )
-        },
+        "schedule": schedule(args, "rows", "skip_searched"),
         "test_images": st.test_images,
         "fp_test_accuracy": st.fp_acc,
         "budget_size_bits": budget,

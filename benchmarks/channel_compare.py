@@ -50,7 +50,7 @@ from hwsbs.sbs.convert import searchable_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from frontier import Job, cached_accuracies, finetune, search, setup, summarise  # noqa: E402
+from frontier import Job, add_protocol_arguments, cached_accuracies, finetune, schedule, search, setup, summarise  # noqa: E402
 from search_overhead import machine_info  # noqa: E402
 
 __all__ = ["BUDGETS", "plan", "uniform_cost", "mixed_layers", "summarise_rows", "markdown", "main"]
@@ -157,13 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", nargs="+", default=list(BUDGETS), help="DEVICE@uBITS, e.g. bismo@u4")
     p.add_argument("--group-size", type=int, default=GROUP_SIZE, help="output channels per group (both rows)")
     p.add_argument("--model", default="resnet20", help="built-in model")
-    p.add_argument("--train-per-class", type=int, default=300)
-    p.add_argument("--val-per-class", type=int, default=50)
-    p.add_argument("--test-per-class", type=int, default=200, help="0 = the whole test split")
-    p.add_argument("--pretrain-epochs", type=int, default=15)
-    p.add_argument("--search-epochs", type=int, default=2)
-    p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add_protocol_arguments(p)
     p.add_argument("--skip-searched", action="store_true", help="no -searched rows (fine-tunes from FP only)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="runs/channel_compare")
@@ -214,22 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": machine_info(),
         "command": " ".join(["benchmarks/channel_compare.py", *(argv if argv is not None else sys.argv[1:])]),
-        "schedule": {
-            k: getattr(args, k)
-            for k in (
-                "train_per_class",
-                "val_per_class",
-                "test_per_class",
-                "pretrain_epochs",
-                "search_epochs",
-                "finetune_epochs",
-                "seeds",
-                "threads",
-                "budgets",
-                "group_size",
-                "skip_searched",
-            )
-        },
+        "schedule": schedule(args, "budgets", "group_size", "skip_searched"),
         "test_images": st.test_images,
         "fp_test_accuracy": st.fp_acc,
         "budget_costs": targets,

@@ -61,7 +61,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from search_overhead import add_output_options, machine_info  # noqa: E402
 
-__all__ = ["Job", "Setup", "plan", "prepare_splits", "setup", "cached_accuracies", "main"]
+__all__ = [
+    "Job",
+    "Setup",
+    "plan",
+    "prepare_splits",
+    "setup",
+    "cached_accuracies",
+    "add_protocol_arguments",
+    "schedule",
+    "main",
+]
 
 FINETUNE_LR = 0.01  # the pipeline's fine-tuning rate (a fifth of training's 0.05)
 BUDGETS = ("u4", "u2", "u2x0.75")
@@ -381,6 +391,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--budgets", nargs="+", choices=BUDGETS, default=list(BUDGETS), help="the budgets every method searches at"
     )
+    add_protocol_arguments(p)
+    add_output_options(p, "frontier", "frontier")
+    return p
+
+
+#: The protocol's options (:func:`add_protocol_arguments`), recorded in every report's ``schedule``.
+PROTOCOL_KEYS = (
+    "train_per_class",
+    "val_per_class",
+    "test_per_class",
+    "pretrain_epochs",
+    "search_epochs",
+    "finetune_epochs",
+    "seeds",
+    "threads",
+)
+
+
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """The splits, schedule and seeds every frontier-style benchmark shares (the CPU schedule)."""
     p.add_argument("--train-per-class", type=int, default=300)
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--test-per-class", type=int, default=200, help="0 = the whole test split")
@@ -388,8 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-epochs", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    add_output_options(p, "frontier", "frontier")
-    return p
+
+
+def schedule(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    """The report's ``schedule``: the protocol's options and ``extra`` ones, as given."""
+    return {k: getattr(args, k) for k in (*PROTOCOL_KEYS, *extra)}
 
 
 @dataclass
@@ -499,19 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": machine_info(),
         "command": " ".join(["benchmarks/frontier.py", *(argv if argv is not None else sys.argv[1:])]),
-        "schedule": {
-            k: getattr(args, k)
-            for k in (
-                "train_per_class",
-                "val_per_class",
-                "test_per_class",
-                "pretrain_epochs",
-                "search_epochs",
-                "finetune_epochs",
-                "seeds",
-                "threads",
-            )
-        },
+        "schedule": schedule(args),
         "test_images": st.test_images,
         "fp_test_accuracy": st.fp_acc,
         "fp_bops": fp_bops,

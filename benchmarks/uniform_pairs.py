@@ -30,7 +30,7 @@ from hwsbs.sbs.convert import searchable_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from frontier import cached_accuracies, finetune, setup  # noqa: E402
+from frontier import add_protocol_arguments, cached_accuracies, finetune, schedule, setup  # noqa: E402
 from search_overhead import machine_info  # noqa: E402
 
 __all__ = ["PAIRS", "pair_config", "main"]
@@ -52,12 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", nargs="+", default=[f"{w}/{a}" for w, a in PAIRS], help="W/A pairs, e.g. 8/4")
     p.add_argument("--model", default="resnet20", help="built-in model")
-    p.add_argument("--train-per-class", type=int, default=300)
-    p.add_argument("--val-per-class", type=int, default=50)
-    p.add_argument("--test-per-class", type=int, default=200, help="0 = the whole test split")
-    p.add_argument("--pretrain-epochs", type=int, default=15)
-    p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add_protocol_arguments(p)  # --search-epochs is accepted and unused: nothing is searched here
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="runs/uniform_pairs")
     p.add_argument("--json", default="benchmarks/results/uniform_pairs.json")
@@ -70,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [tuple(int(v) for v in text.split("/")) for text in args.pairs]
     except ValueError:
         raise SystemExit(f"--pairs: expected W/A pairs such as 8/4, got {args.pairs}") from None
-    args.search_epochs = 0  # setup() also fills the searches' options; nothing is searched here
     st = setup(args)
     bops = build_cost_model("bops")
     reference = pair_config(st.fp, st.example, 4, 4).cost(bops)
@@ -111,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["benchmarks/uniform_pairs.py", *(argv if argv is not None else sys.argv[1:])]),
         "fp_test_accuracy": st.fp_acc,
         "test_images": st.test_images,
-        "finetune_epochs": args.finetune_epochs,
+        "schedule": {k: v for k, v in schedule(args, "pairs").items() if k != "search_epochs"},
         "rows": rows,
         "markdown": "\n".join(lines),
     }
