@@ -29,8 +29,8 @@ from hwsbs.export.layers import ExportedLayer
 from hwsbs.methods.apb import APB_DEFAULT_ACT_BITS
 from hwsbs.quant.layers import SBSConv2d, SBSLinear
 
-from .builder import LayerJob, MeasureSettings, _base_module, _input
-from .timing import sample_times, summarise_times
+from .builder import LayerJob, MeasureSettings, _base_module, _input, layer_call, time_in_rounds
+from .timing import summarise_times
 
 __all__ = [
     "DEFAULT_APB_SHARES",
@@ -178,23 +178,12 @@ def measure_apb(
                 layer(_input(job, kin, settings.batches[0], gen).to(dev))
             for batch in settings.batches:
                 tasks.append((job, count / weights, batch, layer))
-    rounds = max(1, settings.rounds)
-    per_round = -(-settings.repeats // rounds)
-    samples: list[list[float]] = [[] for _ in tasks]
-    for _ in range(rounds):
-        for i, (job, share, batch, layer) in enumerate(tasks):
-            x = _input(job, _full(job)[0], batch, gen).to(dev)
-            if x.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
-                x = x.contiguous(memory_format=torch.channels_last)
-            samples[i] += sample_times(
-                partial(layer, x),
-                warmup=settings.warmup,
-                repeats=per_round,
-                device=dev,
-                min_time_s=settings.min_time_s / rounds,
-            )
-            if on_step is not None:
-                on_step(f"{job.signature} apb {100 * share:.3g}% b{batch}")
+    samples = time_in_rounds(
+        [partial(layer_call, layer, job, _full(job)[0], batch, gen, dev) for job, _, batch, layer in tasks],
+        [f"{job.signature} apb {100 * share:.3g}% b{batch}" for job, share, batch, _ in tasks],
+        settings,
+        on_step,
+    )
     entries = []
     for (job, share, batch, _), times in zip(tasks, samples):
         timing = summarise_times(times)

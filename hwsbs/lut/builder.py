@@ -31,7 +31,16 @@ from hwsbs.sbs.convert import convert_model
 from .configs import kept_channels
 from .timing import sample_times, summarise_times
 
-__all__ = ["LayerJob", "MeasureSettings", "plan_jobs", "executed_pairs", "grid_points", "measure_jobs"]
+__all__ = [
+    "LayerJob",
+    "MeasureSettings",
+    "plan_jobs",
+    "executed_pairs",
+    "grid_points",
+    "layer_call",
+    "time_in_rounds",
+    "measure_jobs",
+]
 
 _FLOAT = 32
 
@@ -295,6 +304,45 @@ def _measured(
     return ort_layer_call(job.kind, _export_one(job, base, w, a, example, settings), shape, torch.get_num_threads())
 
 
+def layer_call(
+    layer: nn.Module, job: LayerJob, kin: int, batch: int, gen: torch.Generator, dev: torch.device
+) -> Callable[[], object]:
+    """``layer`` on a fresh input of ``job`` (``kin`` channels, ``batch``), laid out as an exported
+    model feeds it (NHWC on the CPU)."""
+    x = _input(job, kin, batch, gen).to(dev)
+    if x.dim() == 4 and dev.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return partial(layer, x)
+
+
+def _bound(call: Callable[[], object]) -> Callable[[], object]:
+    """An ONNX Runtime session's call, whose input is bound already: the same call every pass."""
+    return call
+
+
+def time_in_rounds(
+    calls: Sequence[Callable[[], Callable[[], object]]],
+    labels: Sequence[str],
+    settings: MeasureSettings,
+    on_step: Callable[[str], None] | None = None,
+) -> list[list[float]]:
+    """Samples of every task, in ``settings.rounds`` passes over all of them, each pass taking its
+    share of the repeats (``calls[i]()`` gives task ``i``'s call for one pass, e.g. on a fresh input),
+    so load that changes while measuring spreads over every task alike."""
+    rounds = max(1, settings.rounds)
+    per_round = -(-settings.repeats // rounds)
+    dev = torch.device(settings.device)
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, make in enumerate(calls):
+            samples[i] += sample_times(
+                make(), warmup=settings.warmup, repeats=per_round, device=dev, min_time_s=settings.min_time_s / rounds
+            )
+            if on_step is not None:
+                on_step(labels[i])
+    return samples
+
+
 def measure_jobs(
     jobs: Sequence[LayerJob], settings: MeasureSettings, on_step: Callable[[str], None] | None = None
 ) -> list[LutEntry]:
@@ -320,23 +368,14 @@ def measure_jobs(
                 shape = tuple(_input(job, kin, batch, gen).shape)
                 for w, a, _ in pairs:
                     tasks.append((job, kin, kout, batch, w, a, _measured(job, base, w, a, example, settings, shape)))
-    rounds = max(1, settings.rounds)
-    per_round = -(-settings.repeats // rounds)
-    samples: list[list[float]] = [[] for _ in tasks]
-    for _ in range(rounds):
-        for i, (job, kin, kout, batch, w, a, layer) in enumerate(tasks):
-            if isinstance(layer, nn.Module):
-                x = _input(job, kin, batch, gen).to(dev)
-                if x.dim() == 4 and dev.type == "cpu":  # inside an exported model inputs are NHWC
-                    x = x.contiguous(memory_format=torch.channels_last)
-                call: Callable[[], object] = partial(layer, x)
-            else:  # ONNX Runtime: the input is bound to the call
-                call = layer
-            samples[i] += sample_times(
-                call, warmup=settings.warmup, repeats=per_round, device=dev, min_time_s=settings.min_time_s / rounds
-            )
-            if on_step is not None:
-                on_step(f"{job.signature} {w}/{a} {kin}->{kout} b{batch}")
+    calls = [
+        partial(layer_call, layer, job, kin, batch, gen, dev)
+        if isinstance(layer, nn.Module)
+        else partial(_bound, layer)
+        for job, kin, kout, batch, w, a, layer in tasks
+    ]
+    labels = [f"{job.signature} {w}/{a} {kin}->{kout} b{batch}" for job, kin, kout, batch, w, a, _ in tasks]
+    samples = time_in_rounds(calls, labels, settings, on_step)
     entries = []
     for (job, kin, kout, batch, w, a, _), times in zip(tasks, samples):
         timing = summarise_times(times)

@@ -32,8 +32,8 @@ from hwsbs.errors import ConfigError
 from hwsbs.export import export_model
 from hwsbs.quant.layers import SBSConv2d, SBSLinear
 
-from .builder import LayerJob, MeasureSettings, _base_module, _input
-from .timing import sample_times, summarise_times
+from .builder import LayerJob, MeasureSettings, _base_module, _input, layer_call, time_in_rounds
+from .timing import summarise_times
 
 __all__ = [
     "DEFAULT_SPLIT_LAYERS",
@@ -266,23 +266,14 @@ def measure_channel_split(
             rows = split_rows(_full(job)[1], width_set, group_size)
             layer = split_layer(job, rows, a_bits, example, settings, seed=j)
             with torch.no_grad():  # first calls build kernels (oneDNN primitives, numba): not in any sample
-                layer(_nhwc(_input(job, kin, settings.batches[0], gen).to(dev)))
+                layer_call(layer, job, kin, settings.batches[0], gen, dev)()
             tasks += [(job, rows, batch, layer) for batch in settings.batches]
-    rounds = max(1, settings.rounds)
-    per_round = -(-settings.repeats // rounds)
-    samples: list[list[float]] = [[] for _ in tasks]
-    for _ in range(rounds):
-        for i, (job, rows, batch, layer) in enumerate(tasks):
-            x = _nhwc(_input(job, _full(job)[0], batch, gen).to(dev))
-            samples[i] += sample_times(
-                partial(layer, x),
-                warmup=settings.warmup,
-                repeats=per_round,
-                device=dev,
-                min_time_s=settings.min_time_s / rounds,
-            )
-            if on_step is not None:
-                on_step(f"{job.signature} split {'+'.join(map(str, sorted(set(rows))))} b{batch}")
+    samples = time_in_rounds(
+        [partial(layer_call, layer, job, _full(job)[0], batch, gen, dev) for job, _, batch, layer in tasks],
+        [f"{job.signature} split {'+'.join(map(str, sorted(set(rows))))} b{batch}" for job, rows, batch, _ in tasks],
+        settings,
+        on_step,
+    )
     out = []
     for (job, rows, batch, _), times in zip(tasks, samples):
         shape, kin, kout = _shape(job), *_full(job)
@@ -296,8 +287,3 @@ def measure_channel_split(
             )
         )
     return SplitFit(fit_overhead(out), tuple(out), a_bits, widths, group_size)
-
-
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    # inside an exported model a conv's inputs are NHWC (channels_last) on the CPU
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.device.type == "cpu" else x
