@@ -175,7 +175,7 @@ def measure_apb(
                 continue
             counts.add(count)
             with torch.no_grad():  # numba compiles on the first call: not in any sample
-                layer(_input(job, kin, settings.batches[0], gen).to(dev))
+                layer_call(layer, job, kin, settings.batches[0], gen, dev)()  # the layout that is timed
             for batch in settings.batches:
                 tasks.append((job, count / weights, batch, layer))
     samples = time_in_rounds(
