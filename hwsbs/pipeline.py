@@ -172,6 +172,7 @@ def run_search(
     get_method(config.method)  # an unknown method fails before any work
     device, joined = init_from_env(config.device)  # a torchrun job: join its process group
     compile_quantizers(config.compile, notice=is_main())  # --compile (or back to eager)
+    failed = True
     try:
         if world().distributed and config.curvature:
             raise ConfigError("--curvature: not supported under torchrun (its Fisher estimate is per rank)")
@@ -179,12 +180,14 @@ def run_search(
         run.on_epoch = on_epoch
         lock = _open_run_dir(run)
         try:
-            return _run_locked(run, lock)
+            result = _run_locked(run, lock)
         finally:
             if lock is not None:
                 lock.release()
+        failed = False
+        return result
     finally:
-        shutdown(joined)
+        shutdown(joined, failed)
 
 
 def _open_run_dir(run: RunState) -> RunDirLock | None:

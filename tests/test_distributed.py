@@ -24,6 +24,7 @@ from hwsbs.distributed import (
     GlobalBatchSampler,
     is_main,
     mean_over_ranks,
+    shutdown,
     sum_over_ranks,
     sync_batch_norms,
     sync_gradients,
@@ -61,6 +62,18 @@ def test_alone_the_primitives_change_nothing():
     assert sum_over_ranks([1, 2.5]) == [1.0, 2.5]
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     assert sync_batch_norms(model) == 0 and "forward" not in model[1].__dict__
+
+
+@pytest.mark.parametrize(("failed", "expected"), [(False, ["barrier", "destroy"]), (True, ["destroy"])])
+def test_a_clean_exit_waits_for_every_rank_before_leaving_and_a_failing_one_does_not(monkeypatch, failed, expected):
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    shutdown(False, failed)  # a group this process did not join is left alone
+    assert calls == []
+    shutdown(True, failed)
+    assert calls == expected
 
 
 def _model() -> nn.Module:
