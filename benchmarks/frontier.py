@@ -231,6 +231,22 @@ def finetune(
     eval_dir: Path,
 ) -> tuple[float, float]:
     """The identical schedule for every configuration; returns (validation, test) accuracy."""
+    model, val, test = finetune_model(model_name, fp_state, config, init, seed, epochs, search_dir, eval_dir)
+    cpu = torch.device("cpu")
+    return evaluate(model, val, cpu), evaluate(model, test, cpu)
+
+
+def finetune_model(
+    model_name: str,
+    fp_state: dict,
+    config: CompressionConfig,
+    init: dict | None,
+    seed: int,
+    epochs: int,
+    search_dir: Path,
+    eval_dir: Path,
+) -> tuple[torch.nn.Module, Any, Any]:
+    """:func:`finetune`'s schedule; returns the fine-tuned model and the validation and test loaders."""
     torch.manual_seed(seed)  # before building: calibration samples activations with the global RNG
     random.seed(seed)
     bundle = build_dataset("imagefolder", search_dir, None, 0)
@@ -257,10 +273,7 @@ def finetune(
             PhaseProgress(False),
             "finetune",
         )
-    cpu = torch.device("cpu")
-    return evaluate(model, make_loader(bundle.val, 256, False, 0), cpu), evaluate(
-        model, make_loader(test, 256, False, 0), cpu
-    )
+    return model, make_loader(bundle.val, 256, False, 0), make_loader(test, 256, False, 0)
 
 
 def _row(

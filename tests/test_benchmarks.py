@@ -74,3 +74,16 @@ def test_cost_eval_times_the_term_of_every_cost_model_on_a_covering_table():
     for label, factory in cost_eval.COST_MODELS.items():
         timing = cost_eval.time_cost_term(space, factory, cold_repeats=1, repeats=1)
         assert timing["cold_s"] > 0 and timing["warm_s"] > 0 and timing["cost"] > 0, label
+
+
+def test_ort_deploy_prices_every_row_with_the_table_at_its_batch_and_summarises_over_seeds(tmp_path):
+    import ort_deploy
+
+    jobs = ort_deploy.plan([0.9, 0.8], tmp_path / "t.yaml", 32)
+    assert [j.label for j in jobs] == ["uniform8", "sbs@u8x0.9", "sbs@u8x0.8"]
+    assert all(j.options["hw"] == str(tmp_path / "t.yaml") and j.options["cost_batch"] == 32 for j in jobs)
+    assert jobs[0].options["uniform_bits"] == 8 and [j.budget for j in jobs[1:]] == ["u8x0.9", "u8x0.8"]
+    rows = [{"label": "a", "test_accuracy": x, "ort_test_accuracy": x, "skip": "s"} for x in (0.5, 0.7)]
+    (entry,) = ort_deploy.summarise_rows(rows)
+    assert entry["seeds"] == 2 and entry["test_accuracy"] == pytest.approx(0.6)
+    assert entry["test_accuracy_std"] == pytest.approx(0.1414, abs=1e-4) and "skip" not in entry

@@ -79,6 +79,12 @@ def _timing(p: argparse.ArgumentParser, repeats: int) -> None:
         help="what runs the layers: torch (the hwsbs export) or onnxruntime (QDQ graphs of export --format "
         "onnx; needs the deploy extra) (default: %(default)s)",
     )
+    p.add_argument(
+        "--round-8bit-weights",
+        action="store_true",
+        help="--runtime onnxruntime: 8-bit weights rounded onto int8 and fused, as export --format onnx "
+        "--round-8bit-weights deploys them (default: exact, with a second node)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -230,6 +236,7 @@ def _command(args: argparse.Namespace) -> str:
         "--runtime",
         args.runtime,
     ]
+    parts += ["--round-8bit-weights"] if args.round_8bit_weights else []
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -241,6 +248,8 @@ def _check_common(args: argparse.Namespace) -> list[int]:
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available")
+    if args.round_8bit_weights and args.runtime != "onnxruntime":
+        raise ConfigError(f"--round-8bit-weights: applies to --runtime onnxruntime only, not --runtime {args.runtime}")
     if args.runtime == "onnxruntime":
         if args.device != "cpu":
             raise ConfigError(f"--runtime onnxruntime measures the CPU: drop --device {args.device}")
@@ -279,6 +288,7 @@ def _build(args: argparse.Namespace) -> int:
         device=args.device,
         rounds=args.rounds,
         runtime=args.runtime,
+        round_8bit_weights=args.round_8bit_weights,
     )
     _warn_if_busy(args, "before measuring")
     extra = []
@@ -341,6 +351,7 @@ def _check(args: argparse.Namespace) -> int:
             device=args.device,
             on_step=lambda: bar.update(task, advance=1),
             runtime=args.runtime,
+            round_8bit_weights=args.round_8bit_weights,
         )
     load_after = _warn_if_busy(args, "while measuring")
     fits = [fit_profile(hw, measured, batch, args.cost) for hw in args.hw]
@@ -354,6 +365,7 @@ def _check(args: argparse.Namespace) -> int:
         "device": args.device,
         "kernel": args.kernel,
         "runtime": args.runtime,
+        "round_8bit_weights": args.round_8bit_weights,
         "repeats": args.repeats,
         "bits": list(args.bits),
         "command": _command(args),

@@ -97,6 +97,7 @@ class MeasureSettings:
     backend: str = "auto"
     device: str = "cpu"
     runtime: str = "torch"  # "torch" (the torch export) or "onnxruntime" (single-layer QDQ graphs)
+    round_8bit_weights: bool = False  # ORT: 8-bit weights as export --round-8bit-weights runs them (fused)
 
 
 def grid_points(channels: int, fewest: int, count: int, group_size: int) -> list[int]:
@@ -193,16 +194,17 @@ def plan_jobs(
     return list(jobs.values())
 
 
-def executed_pairs(backend: str, runtime: str = "torch") -> list[tuple[int, int, str]]:
+def executed_pairs(backend: str, runtime: str = "torch", rounded: bool = False) -> list[tuple[int, int, str]]:
     """The (w_bits, a_bits) pairs to measure with ``backend`` (or ``runtime``) and what runs them.
 
-    ONNX Runtime: :data:`~hwsbs.lut.ort_runtime.ORT_PAIRS`. Torch: the widest pairs of the integer region (every narrower pair runs the same kernel), 8/8 when it
+    ONNX Runtime: :data:`~hwsbs.lut.ort_runtime.ORT_PAIRS` (8-bit weights ``rounded`` onto int8:
+    :data:`~hwsbs.lut.ort_runtime.ORT_ROUNDED_PAIRS`). Torch: the widest pairs of the integer region (every narrower pair runs the same kernel), 8/8 when it
     is not in that region (it then runs in float32 on fake-quantised values), and 32/32.
     """
     if runtime == "onnxruntime":
-        from .ort_runtime import ORT_PAIRS
+        from .ort_runtime import ORT_PAIRS, ORT_ROUNDED_PAIRS
 
-        return list(ORT_PAIRS)
+        return list(ORT_ROUNDED_PAIRS if rounded else ORT_PAIRS)
     inside = [
         (w, a) for w in range(1, 9) for a in range(1, 9) if plan_path(w, a, 1, (0, 0), "zeros", backend)[0] == "int8"
     ]
@@ -287,8 +289,7 @@ def _exported(job: LayerJob, base: nn.Module, w: int, a: int, example: Tensor, s
     exported = _export_one(job, base, w, a, example, settings)
     if isinstance(exported, _FloatProduct):
         return exported
-    out = cast(ExportedLayer, cast(nn.Sequential, cast(nn.Module, exported).net)[0])  # the Sequential's one layer
-    return out
+    return cast(ExportedLayer, cast(nn.Sequential, cast(nn.Module, exported).net)[0])  # the Sequential's one layer
 
 
 def _measured(
@@ -299,9 +300,9 @@ def _measured(
         return _exported(job, base, w, a, example, settings)
     from .ort_runtime import ort_layer_call
 
-    if job.kind == "matmul":
-        return ort_layer_call(job.kind, base, shape, torch.get_num_threads())
-    return ort_layer_call(job.kind, _export_one(job, base, w, a, example, settings), shape, torch.get_num_threads())
+    layer = base if job.kind == "matmul" else _export_one(job, base, w, a, example, settings)
+    exact = not settings.round_8bit_weights
+    return ort_layer_call(job.kind, layer, shape, torch.get_num_threads(), exact_8bit_weights=exact)
 
 
 def layer_call(
@@ -355,7 +356,7 @@ def measure_jobs(
     from hwsbs.export.kernels import resolve_backend
 
     backend = resolve_backend(settings.backend, settings.device)
-    pairs = executed_pairs(backend, settings.runtime)
+    pairs = executed_pairs(backend, settings.runtime, settings.round_8bit_weights)
     dev = torch.device(settings.device)
     gen = torch.Generator().manual_seed(0)
     tasks: list[tuple[LayerJob, int, int, int, int, int, nn.Module | Callable[[], object]]] = []

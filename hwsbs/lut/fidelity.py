@@ -99,13 +99,15 @@ def measure_configs(
     device: str = "cpu",
     on_step: Callable[[], None] | None = None,
     runtime: str = "torch",
+    round_8bit_weights: bool = False,
 ) -> list[Measured]:
     """Export each configuration (untrained weights: latency does not depend on their values) and
     time the whole models on one ``batch``-sized input, side by side: ``repeats`` rounds of one
     call per configuration, so load that drifts during the measurement hits them all alike.
     ``on_step`` is called after each export and after each round. ``runtime="onnxruntime"``
     times the ``export --format onnx`` models in ONNX Runtime sessions with ``threads`` intra-op
-    threads (one inter-op thread, sequential)."""
+    threads (one inter-op thread, sequential), 8-bit weights rounded onto int8 with
+    ``round_8bit_weights``."""
     dev = torch.device(device)
     with fixed_threads(threads):
         x = spec.example(batch).to(dev)
@@ -113,7 +115,7 @@ def measure_configs(
         int8_counts = []
         for config in configs:
             if runtime == "onnxruntime":
-                m, count = _ort_model(spec, config)
+                m, count = _ort_model(spec, config, not round_8bit_weights)
             else:
                 m = export_model(compressed_model(spec, config), spec.example(), backend=backend, device=device)
                 count = sum(r.path == "int8" for r in m.records)
@@ -137,13 +139,19 @@ def measure_configs(
     return results
 
 
-def _ort_model(spec: ModelSpec, config: CompressionConfig) -> tuple[Any, int]:
+def _ort_model(spec: ModelSpec, config: CompressionConfig, exact_8bit_weights: bool = True) -> tuple[Any, int]:
     """The configuration as an ONNX Runtime session (called like a torch model) and its int8 layer count."""
     from hwsbs.export.onnx_export import export_onnx
     from hwsbs.export.onnx_run import OrtModule, ort_session
 
     # Integer edges: the fast deploy path, whose fused kernels the ORT table measures.
-    onnx_export = export_onnx(compressed_model(spec, config), spec.example(), spec=spec, integer_edges=True)
+    onnx_export = export_onnx(
+        compressed_model(spec, config),
+        spec.example(),
+        spec=spec,
+        integer_edges=True,
+        exact_8bit_weights=exact_8bit_weights,
+    )
     count = sum(r["path"] == "int8" for r in onnx_export.layer_table())
     return OrtModule(ort_session(onnx_export.to_bytes(), torch.get_num_threads())), count
 

@@ -20,7 +20,7 @@ from hwsbs.export.model import ExportedModel
 from hwsbs.export.onnx_graph import IR_VERSION, OPSET, GraphBuilder, emit_layer
 from hwsbs.export.onnx_run import ort_session, require_onnxruntime
 
-__all__ = ["RUNTIMES", "ORT_PAIRS", "runtime_version", "layer_model", "ort_layer_call"]
+__all__ = ["RUNTIMES", "ORT_PAIRS", "ORT_ROUNDED_PAIRS", "runtime_version", "layer_model", "ort_layer_call"]
 
 #: Runtimes ``hwsbs lut build/check --runtime`` measure with.
 RUNTIMES = ("torch", "onnxruntime")
@@ -30,6 +30,12 @@ RUNTIMES = ("torch", "onnxruntime")
 ORT_PAIRS = [
     (8, 8, "int8 QDQ with the exact 8-bit weight term (onnxruntime)"),
     (7, 8, "int8 QDQ fused into QLinearConv/QGemm (onnxruntime)"),
+    (32, 32, "float32 (onnxruntime)"),
+]
+#: The same with 8-bit weights rounded onto int8 (``export --round-8bit-weights``, the fast deploy
+#: path): every width runs the one fused integer kernel, so only pruning changes a layer's time.
+ORT_ROUNDED_PAIRS = [
+    (8, 8, "int8 QDQ fused into QLinearConv/QGemm, 8-bit weights rounded onto int8 (onnxruntime)"),
     (32, 32, "float32 (onnxruntime)"),
 ]
 
@@ -76,9 +82,15 @@ def layer_model(exported: ExportedModel, in_shape: tuple[int, ...], exact_8bit_w
 
 
 def ort_layer_call(
-    kind: str, exported: nn.Module, in_shape: tuple[int, ...], threads: int, seed: int = 0
+    kind: str,
+    exported: nn.Module,
+    in_shape: tuple[int, ...],
+    threads: int,
+    seed: int = 0,
+    exact_8bit_weights: bool = True,
 ) -> Callable[[], object]:
-    """A no-argument call running the layer's graph once on a fixed random input.
+    """A no-argument call running the layer's graph once on a fixed random input (8-bit weights
+    exact, or rounded onto int8 as ``export --round-8bit-weights`` runs them).
 
     Raises:
         ModelError: an attention product (no ONNX export).
@@ -86,7 +98,7 @@ def ort_layer_call(
     """
     if kind == "matmul" or not isinstance(exported, ExportedModel):
         raise ModelError("attention products (matmul layers) have no ONNX export: measure them with --runtime torch")
-    model = layer_model(exported, in_shape)
+    model = layer_model(exported, in_shape, exact_8bit_weights)
     session = ort_session(model.SerializeToString(), threads)
     inp = session.get_inputs()[0]
     rng = np.random.default_rng(seed)

@@ -118,7 +118,7 @@ def build_profile(
                 "--channel-split: no layer to split (an ungrouped conv or linear layer with more than "
                 "--group-size output channels)"
             )
-        pairs = executed_pairs(backend, settings.runtime)
+        pairs = executed_pairs(backend, settings.runtime, settings.round_8bit_weights)
         total = _count(jobs, settings, len(pairs)) + (apb_task_count(jobs, settings, apb_shares) if apb_shares else 0)
         with progress_bar("measuring", "what", disable=not progress) as bar:
             task = bar.add_task("lut", total=total, what="")
@@ -274,6 +274,7 @@ def fit_whole_model_terms(
                 backend=settings.backend,
                 device=settings.device,
                 runtime=settings.runtime,
+                round_8bit_weights=settings.round_8bit_weights,
             )
             sums = [m.config.cost(model) for m in measured]
             terms.append(fit_term(spec.name, batch, sums, [m.median_s for m in measured]))
