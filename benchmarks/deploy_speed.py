@@ -8,8 +8,12 @@ on uint8 grids, so ONNX Runtime fuses the whole chain); ``ort_int8_exact`` is th
 export. ``ort_searched`` is a configuration found by ``hwsbs search`` against an ONNX Runtime table
 measured on this machine at ``--batch`` first, trained on the built-in digits (upsampled to
 3x32x32 for the cifar geometry, so no dataset is needed); the search is tiny (``--epochs`` per
-phase, ``--subset`` samples), and its accuracy on digits is reported. ``ort_quantize_static`` is
-onnxruntime.quantization's QDQ model of the same FP32 export, for reference.
+phase, ``--subset`` samples), and its accuracy on digits is reported. The table prices 8-bit
+weights as the export rounds them (``lut build --round-8bit-weights``). ``--searched-config
+FILE`` times a configuration searched elsewhere instead (e.g. one of
+``benchmarks/ort_deploy.py``'s CIFAR-10 searches, whose accuracies that script reports).
+``ort_quantize_static`` is onnxruntime.quantization's QDQ model of the same FP32 export, for
+reference.
 
     python benchmarks/deploy_speed.py --model resnet20 --batch 32 --threads 1 --repeats 10
 """
@@ -35,6 +39,7 @@ from hwsbs.lut.builder import MeasureSettings
 from hwsbs.lut.configs import uniform_config
 from hwsbs.lut.machine import machine_info
 from hwsbs.lut.run import build_profile
+from hwsbs.sbs.config_io import load_config
 from hwsbs.sbs.convert import convert_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,7 +76,9 @@ def _searched(
     from hwsbs.config import SearchConfig
     from hwsbs.pipeline import run_search
 
-    settings = MeasureSettings(batches=(batch,), warmup=2, repeats=6, rounds=2, runtime="onnxruntime")
+    settings = MeasureSettings(
+        batches=(batch,), warmup=2, repeats=6, rounds=2, runtime="onnxruntime", round_8bit_weights=True
+    )
     profile = build_profile([spec], tmp / "ort-here.yaml", settings, threads=threads, grid=2, progress=False)
     out = tmp / "run"
     result = run_search(
@@ -134,6 +141,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs per search phase (default: 1)")
     p.add_argument("--subset", type=int, default=512, help="digits training samples (default: 512)")
     p.add_argument("--geometry", choices=sorted(GEOMETRY), default="cifar", help="input geometry (default: cifar)")
+    p.add_argument("--searched-config", default=None, metavar="FILE", help="time this config.yaml as ort_searched")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     c, h, w = GEOMETRY[args.geometry]
@@ -148,9 +156,14 @@ def main() -> int:
         return OrtModule(ort_session(onnx_model.to_bytes(), args.threads))
 
     data = "digits" if args.geometry == "digits" else _register_digits32()
-    print("measuring the ORT table and searching (tiny) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        searched, search_info = _searched(spec, data, args.batch, args.threads, args.epochs, args.subset, Path(tmp))
+        if args.searched_config:
+            config = load_config(args.searched_config)
+            searched = compressed_model(spec, config)
+            search_info = {"config": args.searched_config, "bits": [[d.w_bits, d.a_bits] for d in config.layers]}
+        else:
+            print("measuring the ORT table and searching (tiny) ...", file=sys.stderr)
+            searched, search_info = _searched(spec, data, args.batch, args.threads, args.epochs, args.subset, Path(tmp))
         static = _quantize_static(export_onnx(fp32, spec.example(4)).to_bytes(), spec, Path(tmp), args.threads)
     torch.set_num_threads(args.threads)
     torch_fp32 = spec.build().eval()
@@ -183,7 +196,9 @@ def main() -> int:
         },
         "searched": {
             **search_info,
-            "search": f"hwsbs search on {data}, {args.epochs} epoch(s) per phase, "
+            "search": f"searched elsewhere: {args.searched_config}"
+            if args.searched_config
+            else f"hwsbs search on {data}, {args.epochs} epoch(s) per phase, "
             f"subset {args.subset}, priced by an ORT table of this machine at batch {args.batch}",
         },
     }
