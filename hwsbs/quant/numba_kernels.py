@@ -2,8 +2,8 @@
 
 :mod:`hwsbs.quant.kernels` makes about twelve vectorised torch passes over an activation in the
 backward (each reading and writing a full tensor) and four in the forward. Here each is one
-vectorised loop over the input that does every step per element, tile by tile; the reductions
-(``grad_v``, ``grad_v_out``, ``grad_mask``, the gate dots) sum the tile's terms while it is in L1.
+vectorised loop over the input that does every step per element, run by run of one mask value,
+summing the reductions (``grad_v``, ``grad_v_out``, ``grad_mask``, gate dots) as it goes (float64).
 
 Exactness: every elementwise result (the forward's output, ``grad_x``) repeats the torch kernel's
 float32 operations in the same order (``x / v``, the clamp, ``(z + 1) / 2``, ``z * L``, round half
@@ -48,62 +48,85 @@ _STATE: dict[str, Any] = {"enabled": os.environ.get("HWSBS_NUMBA", "1").strip() 
 #: Masks whose runs (one channel's elements) are shorter than this are expanded to one period
 #: (``inner * C`` values, at most ``_PERIOD``) and read as stretches: short runs cost per run.
 _SHORT_RUN, _PERIOD = 256, 1 << 14
-#: Elements per tile: the backward's six float32 temporaries (24 KiB) stay in L1.
-_TILE = 1024
+#: Gate dots summed in the backward's one pass (more widths: another pass per three).
+_DOTS = 3
 
 if HAVE_NUMBA:
-    # The elementwise loops are strict IEEE (no fastmath): LLVM vectorises them without changing a
-    # bit. Sums in order would keep the loop scalar (one dependent add per element), so they are
-    # separate loops over a tile kept in L1, allowed to reassociate (float64 lanes): the one liberty.
+    # The elementwise work is strict IEEE (no fastmath): LLVM vectorises it without changing a bit.
+    # The loops that sum may reassociate (float64 lanes), the one liberty: their elementwise work is
+    # a strict function's, which LLVM inlines with its own (no) flags, so only the sums reorder.
     _ONE, _TWO = np.float32(1.0), np.float32(2.0)
 
-    @numba.njit(cache=True, fastmath={"reassoc"})
-    def _sum64(a: np.ndarray, n: int) -> float:  # pragma: no cover
-        s = 0.0
-        for i in range(n):
-            s += np.float64(a[i])
-        return s
-
-    @numba.njit(cache=True, fastmath={"reassoc"})
-    def _dot64(g: np.ndarray, z: np.ndarray, level: Any, n: int) -> float:  # pragma: no cover
-        """``sum g * round(z L)`` in float64 (each product in float32, as torch's dot multiplies)."""
-        s = 0.0
-        for i in range(n):
-            s += np.float64(g[i] * np.rint(z[i] * level))
-        return s
+    @numba.njit(cache=True, fastmath=False)
+    def _quantize(xi: Any, v: Any, level: Any, lo: Any) -> Any:  # pragma: no cover
+        """``(t, z, q')`` of one element: ``t = x / v``, ``z`` normalised, ``q'`` quantised."""
+        t = xi / v
+        z = lo if t < lo else (_ONE if t > _ONE else t)  # clamp; NaN stays NaN
+        z = (z + _ONE) / _TWO if lo < 0.0 else z  # signed
+        q = np.rint(z * level) / level
+        q = q * _TWO - _ONE if lo < 0.0 else q
+        return t, z, q
 
     @numba.njit(cache=True, fastmath=False)
-    def _channel_runs(tile: np.ndarray, pos: int, inner: int, values: np.ndarray) -> None:  # pragma: no cover
-        """``tile[i]`` = ``values[((pos + i) // inner) % C]``: runs of one value, or with ``inner`` 1
-        stretches of ``values`` itself (a short-run mask comes expanded to one period)."""
-        i, n, period = 0, tile.shape[0], values.shape[0]
-        while i < n:
-            if inner == 1:
-                c0 = (pos + i) % period
-                seg = min(n - i, period - c0)
-                dst, src = tile[i : i + seg], values[c0 : c0 + seg]
-                for k in range(seg):
-                    dst[k] = src[k]
+    def _terms(gi: Any, m: Any, xi: Any, p: Any, l0: Any, l1: Any, l2: Any) -> Any:  # pragma: no cover
+        """One element's backward: ``grad_x`` and the terms of ``[sum g_c t / v, sum g_out q',
+        sum grad q' v_out, dots...]`` (float32, as torch computes them); ``p`` as :func:`_params`."""
+        v, v_out, level, lo, below = p
+        g_out = gi * m  # grad * 1 without a mask: exact
+        t, z, q = _quantize(xi, v, level, lo)
+        g_z = g_out * v_out
+        # threshold_backward's test on t - lo and 1 - t (value <= -denorm_min: blocked; NaN passes)
+        g_c = lo - lo if (t - lo <= below or _ONE - t <= below) else g_z
+        dots = (g_z * np.rint(z * l0), g_z * np.rint(z * l1), g_z * np.rint(z * l2))
+        return g_c / v, g_c * (t / v), g_out * q, gi * (q * v_out), dots
+
+    @numba.njit(cache=True, fastmath={"reassoc"})
+    def _backward_run(
+        g: Array, x: Array, gx: Array, m: Any, sums_m: Any, p: Any, lv: Any, acc: Array
+    ) -> None:  # pragma: no cover
+        """``grad_x`` into ``gx``; adds ``[s_v, s_vo, s_m, dots...]`` to ``acc`` (float64), the dots where
+        ``lv`` (their levels) is not None. The mask is ``m[0]``, or with ``sums_m`` ``m[i]`` (a stretch of
+        an expanded mask; ``s_m`` per element into ``sums_m``, in order). ``is None``: at compile time."""
+        s_v = s_vo = s_m = d0 = d1 = d2 = 0.0
+        l0, l1, l2 = (_ONE, _ONE, _ONE) if lv is None else lv
+        for i in range(x.shape[0]):
+            gxi, a, b, c, d = _terms(g[i], m[0] if sums_m is None else m[i], x[i], p, l0, l1, l2)
+            gx[i] = gxi
+            s_v += np.float64(a)
+            s_vo += np.float64(b)
+            if sums_m is None:
+                s_m += np.float64(c)
             else:
-                seg = min(n - i, inner - (pos + i) % inner)
-                tile[i : i + seg] = values[((pos + i) // inner) % period]
-            i += seg
+                sums_m[i] += np.float64(c)
+            if lv is not None:
+                d0 += np.float64(d[0])
+                d1 += np.float64(d[1])
+                d2 += np.float64(d[2])
+        for k, s in enumerate((s_v, s_vo, s_m, d0, d1, d2)):
+            acc[k] += s
 
     @numba.njit(cache=True, fastmath=False)
-    def _channel_sums(terms: np.ndarray, pos: int, inner: int, sums: np.ndarray) -> None:  # pragma: no cover
-        """Adds the terms of flat elements ``pos ..`` to ``sums`` by channel, as :func:`_channel_runs`
-        reads ``values`` (with ``inner`` 1: per position of the period)."""
-        i, n, period = 0, terms.shape[0], sums.shape[0]
-        while i < n:
+    def _backward_pass(
+        g: Array, x: Array, gx: Array, start: int, inner: int, mask: Array, p: Any, lv: Any, acc: Array, sm: Array
+    ) -> None:  # pragma: no cover
+        """One pass over flat elements ``start ..``, run by run of one mask value (element ``j`` in
+        channel ``(j // inner) % C``; with ``inner`` 1 stretches of the expanded mask)."""
+        i, n, period = 0, x.shape[0], mask.shape[0]
+        if period == 0:  # no mask
+            _backward_run(g, x, gx, np.ones(1, dtype=x.dtype), None, p, lv, acc)
+        while i < n and period > 0:
+            pos = start + i
             if inner == 1:
-                c0 = (pos + i) % period
-                seg = min(n - i, period - c0)
-                dst, src = sums[c0 : c0 + seg], terms[i : i + seg]
-                for k in range(seg):
-                    dst[k] += np.float64(src[k])
+                c = pos % period
+                seg = min(n - i, period - c)
+                _backward_run(
+                    g[i : i + seg], x[i : i + seg], gx[i : i + seg], mask[c : c + seg], sm[c : c + seg], p, lv, acc
+                )
             else:
-                seg = min(n - i, inner - (pos + i) % inner)
-                sums[((pos + i) // inner) % period] += _sum64(terms[i : i + seg], seg)
+                seg = min(n - i, inner - pos % inner)
+                c, acc[2] = (pos // inner) % period, 0.0
+                _backward_run(g[i : i + seg], x[i : i + seg], gx[i : i + seg], mask[c : c + 1], None, p, lv, acc)
+                sm[c] += acc[2]
             i += seg
 
     @numba.njit(cache=True, fastmath=False)
@@ -112,21 +135,23 @@ if HAVE_NUMBA:
     ) -> None:  # pragma: no cover
         """Flat elements ``start ..``; element ``j`` is in channel ``(j // inner) % C`` of ``scales``."""
         v, level, lo = p[0], p[2], p[3]
-        signed = lo < 0.0
-        scale_t = np.empty(_TILE, dtype=x.dtype)
-        for t0 in range(0, x.shape[0], _TILE):
-            n = min(_TILE, x.shape[0] - t0)
+        i, n, period = 0, x.shape[0], scales.shape[0]
+        while i < n:
             # Views and range(len) only: an index LLVM cannot prove >= 0 keeps numba's wraparound
             # test on every access, and the loop does not vectorise (4x slower).
-            x_t, out_t, s_t = x[t0 : t0 + n], out[t0 : t0 + n], scale_t[:n]
-            _channel_runs(s_t, start + t0, inner, scales)
-            for i in range(n):
-                t = x_t[i] / v
-                z = lo if t < lo else (_ONE if t > _ONE else t)  # clamp; NaN stays NaN
-                z = (z + _ONE) / _TWO if signed else z
-                q = np.rint(z * level) / level
-                q = q * _TWO - _ONE if signed else q
-                out_t[i] = q * s_t[i]
+            pos = start + i
+            if inner == 1:  # a stretch of the expanded scales
+                c0 = pos % period
+                seg = min(n - i, period - c0)
+                x_s, out_s, s_s = x[i : i + seg], out[i : i + seg], scales[c0 : c0 + seg]
+                for k in range(seg):
+                    out_s[k] = _quantize(x_s[k], v, level, lo)[2] * s_s[k]
+            else:  # a run of one scale
+                seg = min(n - i, inner - pos % inner)
+                x_s, out_s, s = x[i : i + seg], out[i : i + seg], scales[(pos // inner) % period]
+                for k in range(seg):
+                    out_s[k] = _quantize(x_s[k], v, level, lo)[2] * s
+            i += seg
 
     @numba.njit(cache=True, fastmath=False)
     def _backward_block(
@@ -144,37 +169,18 @@ if HAVE_NUMBA:
         """:func:`hwsbs.quant.kernels.quantize_backward` on flat elements ``start ..`` (channels as in
         the forward; no mask: ``mask`` empty); adds ``[sum g_c t / v, sum g_out q', dots...]`` to
         ``sums`` and ``sum grad q' v_out`` per channel to ``sums_mask`` (float64)."""
-        v, v_out, level, lo, below = p[0], p[1], p[2], p[3], p[4]
-        zero, signed, masked = lo - lo, lo < 0.0, mask.shape[0] > 0
-        tile = np.ones((6, _TILE), dtype=x.dtype)  # the mask row stays 1 without a mask: grad * 1 is exact
-        for t0 in range(0, x.shape[0], _TILE):
-            n = min(_TILE, x.shape[0] - t0)
-            g_t, x_t, gx_t = grad[t0 : t0 + n], x[t0 : t0 + n], gx[t0 : t0 + n]
-            s_v, s_vo, s_m, zs, gzs, m_t = tile[0, :n], tile[1, :n], tile[2, :n], tile[3, :n], tile[4, :n], tile[5, :n]
-            if masked:
-                _channel_runs(m_t, start + t0, inner, mask)
-            for i in range(n):
-                gi = g_t[i]
-                g_out = gi * m_t[i]
-                t = x_t[i] / v
-                z = lo if t < lo else (_ONE if t > _ONE else t)
-                z = (z + _ONE) / _TWO if signed else z
-                g_z = g_out * v_out
-                q = np.rint(z * level) / level
-                q = q * _TWO - _ONE if signed else q
-                # threshold_backward's test on t - lo and 1 - t (value <= -denorm_min: blocked; NaN passes)
-                g_c = zero if (t - lo <= below or _ONE - t <= below) else g_z
-                zs[i], gzs[i] = z, g_z
-                s_v[i] = g_c * (t / v)
-                s_vo[i] = g_out * q
-                s_m[i] = gi * (q * v_out)
-                gx_t[i] = g_c / v
-            if masked:
-                _channel_sums(s_m, start + t0, inner, sums_mask)
-            sums[0] += _sum64(s_v, n)
-            sums[1] += _sum64(s_vo, n)
-            for k in range(levels.shape[0]):
-                sums[2 + k] += _dot64(gzs, zs, levels[k], n)
+        pt = (p[0], p[1], p[2], p[3], p[4])
+        acc, nl = np.zeros(3 + _DOTS), levels.shape[0]
+        if nl == 0:
+            _backward_pass(grad, x, gx, start, inner, mask, pt, None, acc, sums_mask)
+        lv = np.zeros(_DOTS, dtype=levels.dtype)  # the dots past the widths are summed and dropped
+        for k0 in range(0, nl, _DOTS):  # over three widths: the pass again (grad_x alike) for the next dots
+            lv[: min(_DOTS, nl - k0)] = levels[k0 : k0 + _DOTS]
+            part, part_mask = (acc, sums_mask) if k0 == 0 else (np.zeros_like(acc), np.zeros_like(sums_mask))
+            _backward_pass(grad, x, gx, start, inner, mask, pt, (lv[0], lv[1], lv[2]), part, part_mask)
+            for k in range(min(_DOTS, nl - k0)):
+                sums[2 + k0 + k] += part[3 + k]
+        sums[:2] += acc[:2]
 
     # Serial: the block function on the whole input. Parallel: one contiguous chunk per thread,
     # each with its own partial sums (a separate function: numba's cache keys ignore its flags).
